@@ -1,0 +1,189 @@
+"""Actor-Critic Alignment (ACA) for offline-to-online RL.
+
+Paper: Zishun Yu and Xinhua Zhang, "Actor-Critic Alignment for Offline-to-Online Reinforcement Learning",
+ICML 2023. This module follows ../shared/ALGORITHM.md (the project's statement of the method, checked against the
+authors' reference implementation):
+- phase 1 `OfflineACA.update`: SAC + maximum likelihood, with Z functions fitted so that log pi(a|s) + Z(s) is a
+  soft evaluation of pi (order: temperature, critics, Z, actor, Polyak);
+- phase 2 `align`: a one-off transformation: alpha := 1, pi_0 := frozen offline actor, residual critics R_i from
+  Z_i with zeroed action columns (R(s,a) = Z(s) at the switch), Q = R + w L with L the soft-clipped prior;
+- phase 3: plain SAC on that critic (sac.py with an `AlignmentPrior`), actor gradient-norm clip 0.25, w decaying
+  linearly per update.
+
+Deliberate deviations and switches (all in `ACAConfig`):
+- `reset_residual_optimizer` (default true): R starts with a fresh Adam. The reference restores the whole offline
+  checkpoint, so R inherits the offline critic's Adam moments; set false to reproduce that.
+- `w_decay_k`: the w schedule is stated per gradient step: w <- max(w - w0 / (K * 1000), w_min).
+- `z_target_alpha`: `learned` (reference) uses the learned alpha inside the Z target; `one` uses alpha = 1.
+- `finetune: naive` selects the baseline: the offline actor, Q_i, Qbar_i, log_alpha and optimiser states carried
+  into plain SAC (no likelihood term, no kappa normalisation, no gradient clip).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Literal
+
+import numpy as np
+import torch
+
+from acalign_robot import config as config_io
+from acalign_robot.algo import losses
+from acalign_robot.algo.networks import EnsembleMLP, residual_critic_from_z
+from acalign_robot.algo.sac import SAC, AlignmentPrior, SACConfig, frozen, polyak_update, to_tensors
+from acalign_robot.config import FieldError
+from acalign_robot.data.replay_buffer import Batch
+
+__all__ = ["PRESETS", "ACAConfig", "OfflineACA", "align", "load_preset", "naive_finetuning"]
+
+PRESETS = ("random", "medium", "medium-replay", "medium-expert", "expert")
+
+
+@dataclass(frozen=True)
+class ACAConfig:
+    sac: SACConfig = field(default_factory=SACConfig)
+    kappa: float = 30.0  # phase 1: lambda = kappa / mean|Q|
+    beta: float = 7.0  # phase 2: width of the prior's clip, in standard deviations
+    w0: float = 1.0
+    w_decay_k: float = 40.0  # K: w falls by w0 / (K * 1000) per gradient step
+    w_min: float = 0.5
+    top_trajectories: int = 0  # N highest-return dataset trajectories copied into the online buffer
+    online_actor_grad_clip: float = 0.25
+    z_target_alpha: Literal["learned", "one"] = "learned"
+    reset_residual_optimizer: bool = True
+    finetune: Literal["aca", "naive"] = "aca"
+
+    def validate(self) -> None:
+        if self.kappa <= 0:
+            raise FieldError("kappa", f"must be positive, got {self.kappa}")
+        if self.beta <= 0:
+            raise FieldError("beta", f"must be positive, got {self.beta}")
+        if self.w_decay_k <= 0:
+            raise FieldError("w_decay_k", f"must be positive, got {self.w_decay_k}")
+        if not 0.0 <= self.w_min <= self.w0:
+            raise FieldError("w_min", f"must be in [0, w0 = {self.w0}], got {self.w_min}")
+        if self.top_trajectories < 0:
+            raise FieldError("top_trajectories", f"must be >= 0, got {self.top_trajectories}")
+        if self.online_actor_grad_clip <= 0:
+            raise FieldError("online_actor_grad_clip", f"must be positive, got {self.online_actor_grad_clip}")
+
+    @property
+    def w_step(self) -> float:
+        return self.w0 / (self.w_decay_k * 1000.0)
+
+
+def load_preset(name: str, overrides: tuple[str, ...] = ()) -> ACAConfig:
+    """One of PRESETS (the per-dataset settings of ALGORITHM.md), or a path to a YAML file."""
+    from pathlib import Path
+
+    if name in PRESETS:
+        text = resources.files("acalign_robot.algo").joinpath(f"presets/{name}.yaml").read_text()
+        return config_io.load_text(ACAConfig, text, f"preset {name}", overrides)
+    if Path(name).is_file():
+        return config_io.load(ACAConfig, name, overrides)
+    raise config_io.ConfigError(f"--preset {name!r}: not a preset ({', '.join(PRESETS)}) nor a YAML file")
+
+
+class OfflineACA:
+    """Phase 1: SAC critics + Z functions + a behaviour-regularised actor, trained on a fixed dataset."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        config: ACAConfig,
+        observations: np.ndarray,
+        device: str | torch.device = "cpu",
+    ):
+        self.config = config
+        self.sac = SAC(obs_dim, action_dim, config.sac, device, observations_for_normalizer=observations)
+        sac_cfg = config.sac
+        self.z = EnsembleMLP(sac_cfg.num_critics, obs_dim, 0, sac_cfg.hidden_sizes).to(self.sac.device)
+        self.z.normalizer.load_state_dict(self.sac.actor.normalizer.state_dict())
+        self.z_optimizer = torch.optim.Adam(self.z.parameters(), lr=sac_cfg.lr)
+
+    @property
+    def updates(self) -> int:
+        return self.sac.updates
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        sac, cfg = self.sac, self.config
+        obs, action, reward, next_obs, terminated = to_tensors(batch, sac.device)
+        draw = losses.Draw(sac.actor, obs)
+        with torch.no_grad():
+            next_draw = losses.Draw(sac.actor, next_obs)
+        dataset_log_prob = sac.actor.log_prob(obs, action)
+
+        loss, info = losses.temperature_loss(sac.log_alpha, draw.log_prob, sac.target_entropy)
+        sac._step(sac.alpha_optimizer, loss)
+        alpha = sac.log_alpha.detach().exp()
+
+        loss, critic_info = losses.sac_critic_loss(
+            sac.critic, sac.target_critic, obs, action, reward, next_obs, terminated, next_draw, alpha, cfg.sac.gamma
+        )
+        sac._step(sac.critic_optimizer, loss)
+
+        z_alpha = alpha if cfg.z_target_alpha == "learned" else torch.ones_like(alpha)
+        loss, z_info = losses.z_loss(
+            self.z, obs, dataset_log_prob, reward, next_obs, terminated, next_draw, z_alpha, cfg.sac.gamma
+        )
+        self._step_z(loss)
+
+        with frozen(sac.critic):
+            loss, actor_info = losses.offline_actor_loss(sac.critic, obs, draw, dataset_log_prob, alpha, cfg.kappa)
+        sac._step(sac.actor_optimizer, loss)
+
+        polyak_update(sac.target_critic, sac.critic, cfg.sac.tau)
+        sac.updates += 1
+        return info | critic_info | z_info | actor_info
+
+    def _step_z(self, loss: torch.Tensor) -> None:
+        self.z_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.z_optimizer.step()
+
+    def state_dict(self) -> dict:
+        return {"sac": self.sac.state_dict(), "z": self.z.state_dict(), "z_optimizer": self.z_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sac.load_state_dict(state["sac"])
+        self.z.load_state_dict(state["z"])
+        self.z_optimizer.load_state_dict(state["z_optimizer"])
+
+
+def align(offline: OfflineACA) -> SAC:
+    """Phase 2: the one-off alignment. Returns the phase-3 agent; `offline` is left untouched."""
+    cfg = offline.config
+    source = offline.sac
+    obs_dim, action_dim = source.actor.obs_dim, source.actor.action_dim
+    online = SAC(obs_dim, action_dim, cfg.sac, source.device)
+    # pi_theta starts as the offline actor, keeping its optimiser state; pi_0 is a frozen copy.
+    online.actor.load_state_dict(source.actor.state_dict())
+    online.actor_optimizer.load_state_dict(source.actor_optimizer.state_dict())
+    prior_actor = copy.deepcopy(online.actor).requires_grad_(False)
+    # alpha := 1 with a fresh optimiser (SAC's constructor with initial_alpha; force 1 whatever the config says).
+    with torch.no_grad():
+        online.log_alpha.zero_()
+    online.alpha_optimizer = torch.optim.Adam([online.log_alpha], lr=cfg.sac.lr)
+    # Q_i are discarded; R_i := Z_i with zeroed action columns; Rbar := R.
+    online.critic = residual_critic_from_z(offline.z, action_dim).to(source.device)
+    online.target_critic = copy.deepcopy(online.critic).requires_grad_(False)
+    online.critic_optimizer = torch.optim.Adam(online.critic.parameters(), lr=cfg.sac.lr)
+    if not cfg.reset_residual_optimizer:
+        online.critic_optimizer.load_state_dict(source.critic_optimizer.state_dict())
+    online.prior = AlignmentPrior(prior_actor, cfg.beta, cfg.w0, cfg.w_step, cfg.w_min)
+    online.actor_grad_clip = cfg.online_actor_grad_clip
+    return online
+
+
+def naive_finetuning(offline: OfflineACA) -> SAC:
+    """The baseline: the offline actor, critics, targets, temperature and optimiser states in plain SAC."""
+    source = offline.sac
+    online = SAC(source.actor.obs_dim, source.actor.action_dim, offline.config.sac, source.device)
+    state = copy.deepcopy(source.state_dict())
+    state["actor_grad_clip"] = None
+    state["updates"] = 0
+    online.load_state_dict(state)
+    return online

@@ -1,0 +1,196 @@
+"""Pure loss functions of SAC and ACA (ALGORITHM.md). Each returns `(loss, info)`.
+
+They never step an optimiser, clip a gradient or touch a target network's weights: `update()` methods in sac.py
+and aca.py order them. Every target is computed under `torch.no_grad()`. Shapes: ensembles give `(E, B)`, batch
+quantities `(B,)`.
+
+Within one update the caller draws one a~ ~ pi(s) and one a' ~ pi(s') and passes the same draws to every loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from acalign_robot.algo.networks import EnsembleMLP, TanhGaussianActor, atanh_clipped, tanh_gaussian_log_prob
+
+__all__ = [
+    "Draw",
+    "aligned_actor_loss",
+    "aligned_critic_loss",
+    "offline_actor_loss",
+    "prior_clip_level",
+    "sac_actor_loss",
+    "sac_critic_loss",
+    "soft_clipped_prior",
+    "temperature_loss",
+    "z_loss",
+]
+
+Info = dict[str, float]
+
+
+class Draw:
+    """One reparameterised sample of the actor at a batch of observations: action, log-prob and pre-tanh u."""
+
+    def __init__(self, actor: TanhGaussianActor, obs: torch.Tensor):
+        self.action, self.log_prob, self.u = actor.sample(obs)
+
+    def detached(self) -> Draw:
+        copy = object.__new__(Draw)
+        copy.action, copy.log_prob, copy.u = self.action.detach(), self.log_prob.detach(), self.u.detach()
+        return copy
+
+
+def temperature_loss(
+    log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float
+) -> tuple[torch.Tensor, Info]:
+    """SAC auto-tuning: -log_alpha * (log pi(a~|s) + target_entropy), the log-probability detached.
+
+    With target_entropy = -c|A| this is ALGORITHM.md's -log_alpha * (log pi - c|A|).
+    """
+    loss = -(log_alpha * (log_prob.detach() + target_entropy)).mean()
+    return loss, {"loss/temperature": loss.item(), "alpha": log_alpha.exp().item(), "entropy": -log_prob.mean().item()}
+
+
+def sac_critic_loss(
+    critic: EnsembleMLP,
+    target_critic: EnsembleMLP,
+    obs: torch.Tensor,
+    action: torch.Tensor,
+    reward: torch.Tensor,
+    next_obs: torch.Tensor,
+    terminated: torch.Tensor,
+    next_draw: Draw,
+    alpha: torch.Tensor,
+    gamma: float,
+) -> tuple[torch.Tensor, Info]:
+    """Standard SAC: y = r + gamma (1-d) [min_j Qbar_j(s',a') - alpha log pi(a'|s')]; loss = sum_i MSE(Q_i, y)."""
+    with torch.no_grad():
+        next_q = target_critic(next_obs, next_draw.action).min(0).values
+        target = reward + gamma * (1.0 - terminated) * (next_q - alpha * next_draw.log_prob)
+    q = critic(obs, action)  # (E, B)
+    loss = F.mse_loss(q, target.expand_as(q), reduction="none").mean(1).sum()
+    return loss, {"loss/critic": loss.item(), "q_mean": q.mean().item()}
+
+
+def z_loss(
+    z: EnsembleMLP,
+    obs: torch.Tensor,
+    dataset_log_prob: torch.Tensor,
+    reward: torch.Tensor,
+    next_obs: torch.Tensor,
+    terminated: torch.Tensor,
+    next_draw: Draw,
+    target_alpha: torch.Tensor,
+    gamma: float,
+) -> tuple[torch.Tensor, Info]:
+    """Phase 1 Z functions: fit log pi(a|s) + Z_i(s) to a soft evaluation of pi.
+
+    y_Z = r + gamma (1-d) [log pi(a'|s') + min_j Z_j(s') - target_alpha log pi(a'|s')], from the current Z (no
+    target network); `target_alpha` is the learned alpha (reference) or 1 (`z_target_alpha: one`).
+    `dataset_log_prob` is log pi(a|s) of the dataset action, used detached.
+    """
+    with torch.no_grad():
+        next_z = z(next_obs).min(0).values
+        target = reward + gamma * (1.0 - terminated) * (next_draw.log_prob + next_z - target_alpha * next_draw.log_prob)
+    prediction = dataset_log_prob.detach() + z(obs)  # (E, B)
+    loss = F.mse_loss(prediction, target.expand_as(prediction), reduction="none").mean(1).sum()
+    return loss, {"loss/z": loss.item(), "z_mean": (prediction - dataset_log_prob.detach()).mean().item()}
+
+
+def offline_actor_loss(
+    critic: EnsembleMLP,
+    obs: torch.Tensor,
+    draw: Draw,
+    dataset_log_prob: torch.Tensor,
+    alpha: torch.Tensor,
+    kappa: float,
+) -> tuple[torch.Tensor, Info]:
+    """Phase 1 actor: lambda * mean[alpha log pi(a~|s) - Qmin(s,a~)] - mean[log pi(a|s)], lambda = kappa / mean|Qmin|.
+
+    Gradient flows through a~ into the critic's input but the caller only steps the actor's optimiser.
+    """
+    q_min = critic(obs, draw.action).min(0).values
+    scale = kappa / q_min.abs().mean().detach().clamp_min(1e-6)
+    q_term = (alpha.detach() * draw.log_prob - q_min).mean()
+    likelihood = dataset_log_prob.mean()
+    loss = scale * q_term - likelihood
+    return loss, {"loss/actor": loss.item(), "actor/lambda": scale.item(), "actor/dataset_log_prob": likelihood.item()}
+
+
+def sac_actor_loss(
+    critic: EnsembleMLP, obs: torch.Tensor, draw: Draw, alpha: torch.Tensor
+) -> tuple[torch.Tensor, Info]:
+    """Plain SAC actor: mean[alpha log pi(a~|s) - min_i Q_i(s,a~)]."""
+    q_min = critic(obs, draw.action).min(0).values
+    loss = (alpha.detach() * draw.log_prob - q_min).mean()
+    return loss, {"loss/actor": loss.item()}
+
+
+def prior_clip_level(prior: TanhGaussianActor, obs: torch.Tensor, beta: float) -> torch.Tensor:
+    """c_beta(s) = min(log pi_0(u = mu - beta sigma), log pi_0(u = mu + beta sigma)). (B,)
+
+    The two points shift every dimension together (whole vectors), as in the reference.
+    """
+    mean, log_std = prior(obs)
+    offset = beta * torch.exp(log_std)
+    low = tanh_gaussian_log_prob(mean - offset, mean, log_std)
+    high = tanh_gaussian_log_prob(mean + offset, mean, log_std)
+    return torch.minimum(low, high)
+
+
+def soft_clipped_prior(prior_log_prob: torch.Tensor, clip_level: torch.Tensor) -> torch.Tensor:
+    """L = softplus(log pi_0 - c_beta) + c_beta: a smooth max(log pi_0, c_beta), the taming of far actions."""
+    return F.softplus(prior_log_prob - clip_level) + clip_level
+
+
+def prior_term(prior: TanhGaussianActor, obs: torch.Tensor, u: torch.Tensor, beta: float) -> torch.Tensor:
+    """L(s, tanh(u)) for a pre-tanh u; gradient flows into u (pi_0's own parameters are frozen by the caller)."""
+    mean, log_std = prior(obs)
+    return soft_clipped_prior(tanh_gaussian_log_prob(u, mean, log_std), prior_clip_level(prior, obs, beta))
+
+
+def aligned_critic_loss(
+    residual: EnsembleMLP,
+    target_residual: EnsembleMLP,
+    prior: TanhGaussianActor,
+    obs: torch.Tensor,
+    action: torch.Tensor,
+    reward: torch.Tensor,
+    next_obs: torch.Tensor,
+    terminated: torch.Tensor,
+    next_draw: Draw,
+    alpha: torch.Tensor,
+    w: float,
+    beta: float,
+    gamma: float,
+) -> tuple[torch.Tensor, Info]:
+    """Phase 3 critic on Q_i = R_i + w L: y = r + gamma (1-d) [min_j Rbar_j(s',a') + w L(s',a') - alpha log pi(a'|s')];
+    loss = sum_i MSE(R_i(s,a) + w L(s,a), y). L is a constant here: only R is trained.
+    """
+    with torch.no_grad():
+        next_q = target_residual(next_obs, next_draw.action).min(0).values + w * prior_term(
+            prior, next_obs, next_draw.u, beta
+        )
+        target = reward + gamma * (1.0 - terminated) * (next_q - alpha * next_draw.log_prob)
+        prior_now = prior_term(prior, obs, atanh_clipped(action), beta)
+    q = residual(obs, action) + w * prior_now  # (E, B)
+    loss = F.mse_loss(q, target.expand_as(q), reduction="none").mean(1).sum()
+    return loss, {"loss/critic": loss.item(), "q_mean": q.mean().item(), "prior_mean": prior_now.mean().item()}
+
+
+def aligned_actor_loss(
+    residual: EnsembleMLP,
+    prior: TanhGaussianActor,
+    obs: torch.Tensor,
+    draw: Draw,
+    alpha: torch.Tensor,
+    w: float,
+    beta: float,
+) -> tuple[torch.Tensor, Info]:
+    """Phase 3 actor: mean[alpha log pi(a~|s) - (min_i R_i(s,a~) + w L(s,a~))], gradient through a~ into L."""
+    prior_value = prior_term(prior, obs, draw.u, beta)
+    q = residual(obs, draw.action).min(0).values + w * prior_value
+    loss = (alpha.detach() * draw.log_prob - q).mean()
+    return loss, {"loss/actor": loss.item(), "actor/prior": prior_value.mean().item()}

@@ -1,0 +1,237 @@
+"""The ACA pipeline as steps on checkpoints: pretrain (phase 1) -> align (phase 2) -> finetune (phase 3), and eval.
+
+Each step reads the previous step's checkpoint and writes its own, so an expensive offline run is done once and
+every online run (ACA or the naive baseline, any seed) starts from it.
+
+Checkpoint `meta` carries what later steps need: env id, spaces and the env's action bounds (for export),
+dataset ids and reference scores (for normalised scores), and the phase-1 step count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from acalign_robot import config as config_io
+from acalign_robot.algo.aca import ACAConfig, OfflineACA, align, naive_finetuning
+from acalign_robot.algo.checkpoint import load_checkpoint, save_checkpoint
+from acalign_robot.algo.networks import TanhGaussianActor
+from acalign_robot.algo.sac import SAC
+from acalign_robot.algo.train import MetricsWriter, OnlineLoop, evaluate, make_env
+from acalign_robot.data.datasets import TransitionView, load_transitions
+from acalign_robot.data.replay_buffer import ReplayBuffer
+from acalign_robot.data.scores import ReferenceScores, dataset_reference
+from acalign_robot.errors import InputError
+
+__all__ = [
+    "EvalSchedule",
+    "align_checkpoint",
+    "buffer_from_state",
+    "buffer_state",
+    "env_id_of",
+    "evaluate_checkpoint",
+    "finetune",
+    "load_actor",
+    "load_online_agent",
+    "pretrain",
+    "reference_of",
+]
+
+
+@dataclass(frozen=True)
+class EvalSchedule:
+    every: int = 5000
+    episodes: int = 5
+
+
+def env_id_of(view: TransitionView) -> str:
+    import json
+
+    spec = view.metadata.get("env_spec")
+    if not spec:
+        raise InputError(f"dataset {view.metadata.get('dataset_id')} records no env spec; pass --env")
+    return json.loads(spec)["id"]
+
+
+def reference_of(meta: dict[str, Any]) -> ReferenceScores | None:
+    if meta.get("ref_random") is None or meta.get("ref_expert") is None:
+        return None
+    return ReferenceScores(meta["ref_random"], meta["ref_expert"], meta.get("ref_source", "dataset"))
+
+
+def _log_eval(metrics: MetricsWriter, phase: str, step: int, returns: list[float], reference) -> dict:
+    normalized = reference.normalize(float(np.mean(returns))) if reference else None
+    metrics.log_eval(phase, step, returns, normalized)
+    return {"return": float(np.mean(returns)), "score": normalized}
+
+
+def buffer_state(buffer: ReplayBuffer) -> dict:
+    """A replay buffer as tensors and ints (checkpoints hold no numpy arrays: weights_only loading)."""
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in buffer.state_dict().items()}
+
+
+def buffer_from_state(state: dict, obs_dim: int, action_dim: int) -> ReplayBuffer:
+    buffer = ReplayBuffer(int(state["capacity"]), obs_dim, action_dim)
+    buffer.load_state_dict({k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in state.items()})
+    return buffer
+
+
+def pretrain(
+    datasets: list[str],
+    config: ACAConfig,
+    steps: int,
+    out_path: Path,
+    *,
+    seed: int,
+    env_id: str | None = None,
+    schedule: EvalSchedule = EvalSchedule(),
+    device: str = "cpu",
+) -> Path:
+    """Phase 1 on one or several datasets; writes an 'offline' checkpoint and `eval.csv` next to it."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    view = load_transitions(datasets)
+    env_id = env_id or env_id_of(view)
+    env = make_env(env_id)
+    if env.observation_space.shape[0] != view.obs_dim or env.action_space.shape[0] != view.action_dim:
+        raise InputError(
+            f"datasets have obs/action dims {view.obs_dim}/{view.action_dim}; {env_id} has "
+            f"{env.observation_space.shape[0]}/{env.action_space.shape[0]}"
+        )
+    bounds = env.unwrapped.action_space
+    env.close()
+    reference = dataset_reference(view.metadata)
+    meta = {
+        "env_id": env_id,
+        "obs_dim": view.obs_dim,
+        "action_dim": view.action_dim,
+        "action_low": [float(x) for x in bounds.low],
+        "action_high": [float(x) for x in bounds.high],
+        "datasets": list(datasets),
+        "dataset_transitions": len(view),
+        "seed": seed,
+        "ref_random": reference.random if reference else None,
+        "ref_expert": reference.expert if reference else None,
+        "ref_source": reference.source if reference else None,
+    }
+    agent = OfflineACA(view.obs_dim, view.action_dim, config, view.observations, device)
+    buffer = ReplayBuffer.from_view(view)
+    metrics = MetricsWriter(out_path.parent)
+    config_dict = config_io.to_dict(config)
+    with tqdm(total=steps, desc="pretrain (phase 1)", unit="update") as bar:
+        for step in range(1, steps + 1):
+            info = agent.update(buffer.sample(config.sac.batch_size, rng))
+            if step % 1000 == 0:
+                metrics.log(step, info)
+            if step % schedule.every == 0 or step == steps:
+                result = _log_eval(
+                    metrics,
+                    "offline",
+                    step,
+                    evaluate(agent.sac.actor, env_id, schedule.episodes, seed + 1000),
+                    reference,
+                )
+                bar.set_postfix(ret=f"{result['return']:.0f}", alpha=f"{info['alpha']:.3g}")
+                save_checkpoint(out_path, "offline", agent.state_dict(), config_dict, {**meta, "offline_steps": step})
+            bar.update(1)
+    metrics.close()
+    return out_path
+
+
+def align_checkpoint(offline_path: Path, out_path: Path, config: ACAConfig, buffer_capacity: int = 1_000_000) -> Path:
+    """Phase 2 (or, with `finetune: naive`, the baseline's carry-over) + the seeded online replay buffer."""
+    payload = load_checkpoint(offline_path, "offline")
+    meta = payload["meta"]
+    agent = OfflineACA(meta["obs_dim"], meta["action_dim"], config, np.zeros((1, meta["obs_dim"]), np.float32))
+    agent.load_state_dict(payload["agent"])
+    online = align(agent) if config.finetune == "aca" else naive_finetuning(agent)
+    buffer = ReplayBuffer(buffer_capacity, meta["obs_dim"], meta["action_dim"])
+    if config.top_trajectories:
+        seeded = buffer.seed_with_top_trajectories(load_transitions(meta["datasets"]), config.top_trajectories)
+        meta = {**meta, "seeded_transitions": seeded}
+    state = {"agent": online.state_dict(), "buffer": buffer_state(buffer), "env_steps": 0}
+    save_checkpoint(out_path, "online", state, config_io.to_dict(config), {**meta, "finetune": config.finetune})
+    return out_path
+
+
+def load_online_agent(payload: dict) -> tuple[SAC, ReplayBuffer, ACAConfig]:
+    meta = payload["meta"]
+    config = config_io.load_text(ACAConfig, config_io.dump(payload["config"]), "checkpoint config")
+    agent = SAC(meta["obs_dim"], meta["action_dim"], config.sac)
+    agent.load_state_dict(payload["agent"]["agent"])
+    buffer = buffer_from_state(payload["agent"]["buffer"], meta["obs_dim"], meta["action_dim"])
+    return agent, buffer, config
+
+
+def finetune(
+    online_path: Path,
+    env_id: str | None,
+    steps: int,
+    out_path: Path,
+    *,
+    seed: int,
+    schedule: EvalSchedule = EvalSchedule(),
+) -> Path:
+    """Phase 3 in-process (gymnasium env, no runtime): UTD 1, stochastic actions, no random warm-up."""
+    torch.manual_seed(seed)
+    payload = load_checkpoint(online_path, "online")
+    meta = payload["meta"]
+    env_id = env_id or meta["env_id"]
+    agent, buffer, config = load_online_agent(payload)
+    reference = reference_of(meta)
+    metrics = MetricsWriter(out_path.parent)
+    start_step = int(payload["agent"]["env_steps"])
+    _log_eval(metrics, "online", start_step, evaluate(agent.actor, env_id, schedule.episodes, seed + 1000), reference)
+
+    def on_step(step: int, info: dict) -> None:
+        total = start_step + step
+        if step % 1000 == 0 and info:
+            metrics.log(total, info)
+        if step % schedule.every == 0 or step == steps:
+            result = _log_eval(
+                metrics, "online", total, evaluate(agent.actor, env_id, schedule.episodes, seed + 1000), reference
+            )
+            bar.set_postfix(ret=f"{result['return']:.0f}")
+
+    loop = OnlineLoop(env_id, seed)
+    with tqdm(total=steps, desc=f"finetune ({meta.get('finetune', 'aca')})", unit="step") as bar:
+        loop.run(agent, buffer, steps, on_step=on_step, progress=bar)
+    metrics.close()
+    state = {"agent": agent.state_dict(), "buffer": buffer_state(buffer), "env_steps": start_step + steps}
+    save_checkpoint(out_path, "online", state, payload["config"], meta)
+    return out_path
+
+
+def load_actor(payload: dict) -> TanhGaussianActor:
+    """The actor of any checkpoint phase."""
+    meta = payload["meta"]
+    hidden = tuple(payload["config"]["sac"]["hidden_sizes"])
+    actor = TanhGaussianActor(meta["obs_dim"], meta["action_dim"], hidden)
+    agent_state = payload["agent"]
+    if payload["phase"] == "offline":
+        actor.load_state_dict(agent_state["sac"]["actor"])
+    elif payload["phase"] == "online":
+        actor.load_state_dict(agent_state["agent"]["actor"])
+    else:
+        actor.load_state_dict(agent_state["actor"])
+    return actor.requires_grad_(False)
+
+
+def evaluate_checkpoint(path: Path, env_id: str | None, episodes: int, seed: int) -> dict[str, Any]:
+    payload = load_checkpoint(path)
+    env_id = env_id or payload["meta"]["env_id"]
+    returns = evaluate(load_actor(payload), env_id, episodes, seed)
+    reference = reference_of(payload["meta"])
+    mean = float(np.mean(returns))
+    return {
+        "env_id": env_id,
+        "episodes": episodes,
+        "return_mean": mean,
+        "return_std": float(np.std(returns)),
+        "normalized_score": reference.normalize(mean) if reference else None,
+    }

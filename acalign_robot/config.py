@@ -1,0 +1,241 @@
+"""Typed, frozen configuration dataclasses and a strict YAML loader.
+
+The dataclasses are the single source of truth; YAML is their saved form. Loading is strict:
+- an unknown key is an error naming the key, the file and the line, with the closest valid key suggested;
+- a wrong type or a missing required field is an error naming the field, the file and the line;
+- cross-field checks live in each dataclass's `validate()`, which raises `FieldError(field, message)`; the loader
+  points the error at that field's line.
+
+Round trip: `load_text(cls, dump(obj)) == obj`.
+
+Supported field types: bool, int, float, str, `X | None`, `Literal[...]`, `tuple[X, ...]`, `dict[str, X]` and
+nested dataclasses. Sequences load as tuples so that every config stays hashable and immutable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from acalign_robot.errors import InputError
+
+__all__ = ["ConfigError", "FieldError", "dump", "load", "load_text", "save", "to_dict"]
+
+T = TypeVar("T")
+
+_TAG_INT = "tag:yaml.org,2002:int"
+_TAG_FLOAT = "tag:yaml.org,2002:float"
+_TAG_BOOL = "tag:yaml.org,2002:bool"
+_TAG_STR = "tag:yaml.org,2002:str"
+_TAG_NULL = "tag:yaml.org,2002:null"
+
+
+class ConfigError(InputError):
+    """A configuration problem, located at `source:line` where possible."""
+
+
+class FieldError(ValueError):
+    """Raised by a dataclass's `validate()`: `field` is the offending key (dotted for nested fields)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _where(node: yaml.Node | None, source: str) -> str:
+    if node is None:
+        return source
+    return f"{source}:{node.start_mark.line + 1}"
+
+
+def _closest(word: str, choices: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+class _Builder:
+    """Turns a composed YAML node tree into typed values, remembering where each value came from."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self._scalar_loader = yaml.SafeLoader("")
+
+    def error(self, node: yaml.Node | None, message: str) -> ConfigError:
+        return ConfigError(f"{_where(node, self.source)}: {message}")
+
+    def build(self, tp: Any, node: yaml.Node, path: str) -> Any:
+        origin = typing.get_origin(tp)
+        if dataclasses.is_dataclass(tp):
+            return self._build_dataclass(tp, node, path)
+        if origin in (typing.Union, types.UnionType):
+            options = typing.get_args(tp)
+            if type(None) in options and node.tag == _TAG_NULL:
+                return None
+            (inner,) = [option for option in options if option is not type(None)]
+            return self.build(inner, node, path)
+        if origin is Literal:
+            value = self._scalar(node, path)
+            choices = typing.get_args(tp)
+            if value not in choices:
+                names = ", ".join(repr(c) for c in choices)
+                raise self.error(
+                    node, f"{path}: {value!r} is not one of {names}{_closest(str(value), map(str, choices))}"
+                )
+            return value
+        if origin is tuple:
+            if not isinstance(node, yaml.SequenceNode):
+                raise self.error(node, f"{path}: expected a list")
+            (inner, _ellipsis) = typing.get_args(tp)
+            return tuple(self.build(inner, item, f"{path}[{i}]") for i, item in enumerate(node.value))
+        if origin is dict:
+            if not isinstance(node, yaml.MappingNode):
+                raise self.error(node, f"{path}: expected a mapping")
+            _key_type, value_type = typing.get_args(tp)
+            result = {}
+            for key_node, value_node in node.value:
+                key = self._scalar(key_node, path)
+                result[str(key)] = self.build(value_type, value_node, f"{path}.{key}")
+            return result
+        if tp is bool:
+            return self._typed_scalar(node, path, {_TAG_BOOL}, "a boolean (true/false)")
+        if tp is int:
+            return self._typed_scalar(node, path, {_TAG_INT}, "an integer")
+        if tp is float:
+            return float(self._typed_scalar(node, path, {_TAG_INT, _TAG_FLOAT}, "a number"))
+        if tp is str:
+            return self._typed_scalar(node, path, {_TAG_STR}, "a string")
+        raise TypeError(f"unsupported config field type {tp!r} at {path}")
+
+    def _scalar(self, node: yaml.Node, path: str) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            kind = "list" if isinstance(node, yaml.SequenceNode) else "mapping"
+            raise self.error(node, f"{path}: expected a single value, got a {kind}")
+        return self._scalar_loader.construct_object(node)
+
+    def _typed_scalar(self, node: yaml.Node, path: str, tags: set[str], expected: str) -> Any:
+        value = self._scalar(node, path)
+        if node.tag not in tags:
+            raise self.error(node, f"{path}: expected {expected}, got {value!r}")
+        return value
+
+    def _build_dataclass(self, cls: type, node: yaml.Node, path: str) -> Any:
+        label = path or cls.__name__
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, f"{label}: expected a mapping of {cls.__name__} fields")
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        key_nodes: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = self._scalar(key_node, path)
+            dotted = f"{path}.{key}" if path else str(key)
+            if key not in fields:
+                raise self.error(key_node, f"unknown key '{dotted}'{_closest(str(key), fields)}")
+            if key in values:
+                raise self.error(key_node, f"duplicate key '{dotted}'")
+            values[key] = self.build(hints[key], value_node, dotted)
+            key_nodes[key] = key_node
+        for name, field in fields.items():
+            required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+            if required and name not in values:
+                dotted = f"{path}.{name}" if path else name
+                raise self.error(node, f"missing required key '{dotted}' in {label}")
+        obj = cls(**values)
+        validate = getattr(obj, "validate", None)
+        if validate is not None:
+            try:
+                validate()
+            except FieldError as exc:
+                head = exc.field.split(".")[0]
+                dotted = f"{path}.{exc.field}" if path else exc.field
+                raise self.error(key_nodes.get(head, node), f"{dotted}: {exc.message}") from None
+        return obj
+
+
+def _compose(text: str, source: str) -> yaml.Node:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{source}{line}: invalid YAML: {problem}") from None
+    if node is None:
+        raise ConfigError(f"{source}: the file is empty")
+    return node
+
+
+def _apply_override(root: yaml.Node, override: str) -> None:
+    """Apply one `dotted.key=value` override to the node tree (the value is parsed as YAML)."""
+    if "=" not in override:
+        raise ConfigError(f"--set {override!r}: expected KEY=VALUE")
+    dotted, text = override.split("=", 1)
+    value_node = _compose(text if text.strip() else "''", f"--set {dotted}")
+    node = root
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, yaml.MappingNode):
+            raise ConfigError(f"--set {dotted}: '{'.'.join(parts[:depth])}' is not a mapping")
+        for key_node, child in node.value:
+            if key_node.value == part:
+                if depth == len(parts) - 1:
+                    node.value = [(k, value_node if k is key_node else v) for k, v in node.value]
+                    return
+                node = child
+                break
+        else:
+            key_node = yaml.ScalarNode(_TAG_STR, part, value_node.start_mark, value_node.end_mark)
+            if depth == len(parts) - 1:
+                node.value.append((key_node, value_node))
+                return
+            child = yaml.MappingNode("tag:yaml.org,2002:map", [], value_node.start_mark, value_node.end_mark)
+            node.value.append((key_node, child))
+            node = child
+
+
+def load_text(cls: type[T], text: str, source: str = "<string>", overrides: typing.Sequence[str] = ()) -> T:
+    """Build `cls` from YAML text; `source` names the text in error messages."""
+    root = _compose(text, source)
+    for override in overrides:
+        _apply_override(root, override)
+    return _Builder(source).build(cls, root, "")
+
+
+def load(cls: type[T], path: str | Path, overrides: typing.Sequence[str] = ()) -> T:
+    """Build `cls` from a YAML file. Raises ConfigError (an InputError) naming the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    return load_text(cls, text, str(path), overrides)
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass as plain YAML/JSON-friendly Python values (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [to_dict(item) for item in obj]
+    if isinstance(obj, dict):
+        return {key: to_dict(value) for key, value in obj.items()}
+    return obj
+
+
+def dump(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj), sort_keys=False)
+
+
+def save(obj: Any, path: str | Path) -> None:
+    """Write a config atomically (temp file + rename), so a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(dump(obj))
+    tmp.replace(path)

@@ -1,0 +1,313 @@
+"""Dataset generation: the D4RL recipe on our own simulator (`acalign collect`).
+
+Kinds (Fu et al. 2020, "D4RL", section 5):
+- random: uniform-random actions.
+- expert: rollouts of the fully trained SAC behaviour policy (its best evaluated snapshot).
+- medium: rollouts of the behaviour policy stopped at about 1/3 of the expert's return (the first snapshot that
+  reaches a third of the expert's evaluation return).
+- medium-replay: every episode the behaviour agent experienced during training up to that medium snapshot.
+- medium-expert: medium + expert rollouts.
+Rollouts sample from the stochastic policy, as D4RL's did.
+
+One behaviour run per (env, seed) is trained once and reused by every kind: it lives in
+`<runs>/behaviour/<env>-seed<seed>/` with actor snapshots, the evaluation curve and every training episode.
+Reference scores recorded in each dataset: R_random = the uniform-random policy's mean return, R_expert = the
+expert snapshot's deterministic mean return (Minari's ref_min_score / ref_max_score).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from acalign_robot.data.datasets import DatasetError, EpisodeRecord, write_dataset
+
+__all__ = ["BehaviourRun", "KINDS", "collect_random_episodes", "collect_sac_dataset", "random_policy_return"]
+
+KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
+REFERENCE_EPISODES = 10
+
+
+class _EpisodeRecorder:
+    """Accumulates steps into EpisodeRecords (T + 1 observations per T steps)."""
+
+    def __init__(self):
+        self.episodes: list[EpisodeRecord] = []
+        self._reset()
+
+    def _reset(self):
+        self._obs, self._actions, self._rewards, self._term, self._trunc = [], [], [], [], []
+
+    def add(self, obs, action, reward, next_obs, terminated, truncated) -> None:
+        if not self._obs:
+            self._obs.append(np.asarray(obs, dtype=np.float32))
+        self._actions.append(np.asarray(action, dtype=np.float32))
+        self._rewards.append(float(reward))
+        self._term.append(bool(terminated))
+        self._trunc.append(bool(truncated))
+        self._obs.append(np.asarray(next_obs, dtype=np.float32))
+        if terminated or truncated:
+            self.flush()
+
+    def flush(self) -> None:
+        """Close the open episode (a trailing partial episode is kept, neither terminated nor truncated)."""
+        if self._actions:
+            self.episodes.append(
+                EpisodeRecord(
+                    observations=np.stack(self._obs),
+                    actions=np.stack(self._actions),
+                    rewards=np.asarray(self._rewards, dtype=np.float32),
+                    terminations=np.asarray(self._term),
+                    truncations=np.asarray(self._trunc),
+                )
+            )
+        self._reset()
+
+
+def collect_random_episodes(env_id: str, episodes: int, seed: int, progress: bool = True) -> list[EpisodeRecord]:
+    from acalign_robot.algo.train import make_env
+
+    env = make_env(env_id, seed)
+    recorder = _EpisodeRecorder()
+    for episode in tqdm(range(episodes), desc=f"random {env_id}", disable=not progress, unit="ep"):
+        obs, _ = env.reset(seed=seed + episode)
+        done = False
+        while not done:
+            action = env.action_space.sample()
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            recorder.add(obs, action, reward, next_obs, terminated, truncated)
+            obs, done = next_obs, terminated or truncated
+    env.close()
+    for index, record in enumerate(recorder.episodes):
+        record.seed = seed + index
+    return recorder.episodes
+
+
+def random_policy_return(env_id: str, seed: int) -> float:
+    episodes = collect_random_episodes(env_id, REFERENCE_EPISODES, seed + 10_000, progress=False)
+    return float(np.mean([e.episode_return for e in episodes]))
+
+
+@dataclass
+class BehaviourRun:
+    """A SAC behaviour agent's training run, stored once and reused by every dataset kind."""
+
+    directory: Path
+
+    @classmethod
+    def for_env(cls, runs_dir: str | Path, env_id: str, seed: int) -> BehaviourRun:
+        return cls(Path(runs_dir) / "behaviour" / f"{env_id}-seed{seed}")
+
+    @property
+    def complete(self) -> bool:
+        return (self.directory / "done.json").exists()
+
+    def summary(self) -> dict:
+        return json.loads((self.directory / "done.json").read_text())
+
+    def evaluations(self) -> list[dict]:
+        return [json.loads(line) for line in (self.directory / "evals.jsonl").read_text().splitlines()]
+
+    def snapshot_path(self, step: int) -> Path:
+        return self.directory / "snapshots" / f"actor_{step:08d}.pt"
+
+    def train(self, env_id: str, steps: int, seed: int, eval_every: int, eval_episodes: int, warmup: int) -> None:
+        import torch
+
+        from acalign_robot.algo.checkpoint import save_checkpoint
+        from acalign_robot.algo.sac import SAC, SACConfig
+        from acalign_robot.algo.train import MetricsWriter, OnlineLoop, evaluate, make_env
+        from acalign_robot.data.replay_buffer import ReplayBuffer
+
+        torch.manual_seed(seed)
+        env = make_env(env_id)
+        obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        env.close()
+        config = SACConfig()
+        agent = SAC(obs_dim, action_dim, config)
+        buffer = ReplayBuffer(steps, obs_dim, action_dim)
+        recorder = _EpisodeRecorder()
+        steps_of_transition: list[int] = []
+
+        def record(t: dict) -> None:
+            recorder.add(t["obs"], t["action"], t["reward"], t["next_obs"], t["terminated"], t["truncated"])
+            steps_of_transition.append(t["step"])
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        metrics = MetricsWriter(self.directory)
+        evals = open(self.directory / "evals.jsonl", "w")
+        meta = {"env_id": env_id, "obs_dim": obs_dim, "action_dim": action_dim, "seed": seed}
+
+        def on_step(step: int, info: dict) -> None:
+            if step % 1000 == 0 and info:
+                metrics.log(step, info)
+            if step % eval_every == 0 or step == steps:
+                returns = evaluate(agent.actor, env_id, eval_episodes, seed=seed + 1000)
+                save_checkpoint(
+                    self.snapshot_path(step),
+                    "behaviour",
+                    {"actor": agent.actor.state_dict()},
+                    {"sac": vars(config)},
+                    {**meta, "step": step},
+                )
+                evals.write(json.dumps({"step": step, "return_mean": float(np.mean(returns))}) + "\n")
+                evals.flush()
+                metrics.log_eval("behaviour", step, returns, None)
+
+        loop = OnlineLoop(env_id, seed, random_warmup_steps=warmup, on_transition=record)
+        with tqdm(total=steps, desc=f"behaviour SAC {env_id}", unit="step") as bar:
+            loop.run(agent, buffer, steps, on_step=on_step, progress=bar)
+        recorder.flush()
+        evals.close()
+        metrics.close()
+        episode_ends = np.cumsum([len(e) for e in recorder.episodes])
+        np.savez_compressed(
+            self.directory / "training_episodes.npz",
+            **_pack_episodes(recorder.episodes),
+            env_step_at_episode_end=np.asarray(steps_of_transition)[episode_ends - 1],
+        )
+        (self.directory / "done.json").write_text(json.dumps({"env_id": env_id, "steps": steps, "seed": seed}))
+
+    def training_episodes(self, until_step: int) -> list[EpisodeRecord]:
+        """Episodes the agent experienced that ended at or before env step `until_step` (medium-replay)."""
+        data = np.load(self.directory / "training_episodes.npz")
+        episodes = _unpack_episodes(data)
+        ends = data["env_step_at_episode_end"]
+        return [episode for episode, end in zip(episodes, ends) if end <= until_step]
+
+    def load_actor(self, step: int):
+        from acalign_robot.algo.checkpoint import load_checkpoint
+        from acalign_robot.algo.networks import TanhGaussianActor
+
+        payload = load_checkpoint(self.snapshot_path(step), "behaviour")
+        meta = payload["meta"]
+        actor = TanhGaussianActor(meta["obs_dim"], meta["action_dim"], tuple(payload["config"]["sac"]["hidden_sizes"]))
+        actor.load_state_dict(payload["agent"]["actor"])
+        return actor.requires_grad_(False)
+
+
+def _pack_episodes(episodes: list[EpisodeRecord]) -> dict[str, np.ndarray]:
+    return {
+        "observations": np.concatenate([e.observations for e in episodes]),
+        "actions": np.concatenate([e.actions for e in episodes]),
+        "rewards": np.concatenate([e.rewards for e in episodes]),
+        "terminations": np.concatenate([e.terminations for e in episodes]),
+        "truncations": np.concatenate([e.truncations for e in episodes]),
+        "lengths": np.asarray([len(e) for e in episodes]),
+    }
+
+
+def _unpack_episodes(data) -> list[EpisodeRecord]:
+    episodes, step_offset, obs_offset = [], 0, 0
+    for length in data["lengths"]:
+        length = int(length)
+        steps = slice(step_offset, step_offset + length)
+        episodes.append(
+            EpisodeRecord(
+                observations=data["observations"][obs_offset : obs_offset + length + 1],
+                actions=data["actions"][steps],
+                rewards=data["rewards"][steps],
+                terminations=data["terminations"][steps],
+                truncations=data["truncations"][steps],
+            )
+        )
+        step_offset += length
+        obs_offset += length + 1
+    return episodes
+
+
+def _rollouts(actor, env_id: str, transitions: int, seed: int, desc: str) -> list[EpisodeRecord]:
+    """Stochastic-policy rollouts until `transitions` steps (the last episode is cut as a partial one)."""
+    import torch
+
+    from acalign_robot.algo.train import make_env
+
+    env = make_env(env_id, seed)
+    recorder = _EpisodeRecorder()
+    obs, _ = env.reset(seed=seed)
+    episode = 0
+    for _ in tqdm(range(transitions), desc=desc, unit="step"):
+        with torch.no_grad():
+            action = actor.sample(torch.as_tensor(obs, dtype=torch.float32)[None])[0][0].numpy()
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        recorder.add(obs, action, reward, next_obs, terminated, truncated)
+        obs = next_obs
+        if terminated or truncated:
+            episode += 1
+            obs, _ = env.reset(seed=seed + episode)
+    recorder.flush()
+    env.close()
+    return recorder.episodes
+
+
+def collect_sac_dataset(
+    env_id: str,
+    kind: str,
+    dataset_id: str,
+    *,
+    runs_dir: str | Path,
+    seed: int,
+    behaviour_steps: int,
+    transitions: int,
+    eval_every: int = 5000,
+    eval_episodes: int = 5,
+    warmup: int = 5000,
+    force: bool = False,
+):
+    """Train (or reuse) the behaviour run for `env_id`, then write the `kind` dataset."""
+    if kind not in KINDS or kind == "random":
+        raise DatasetError(f"--kind {kind!r}: expected one of {', '.join(k for k in KINDS if k != 'random')}")
+    run = BehaviourRun.for_env(runs_dir, env_id, seed)
+    if run.complete and run.summary()["steps"] < behaviour_steps:
+        raise DatasetError(
+            f"{run.directory} holds a {run.summary()['steps']}-step behaviour run, fewer than --behaviour-steps "
+            f"{behaviour_steps}; remove it or ask for at most {run.summary()['steps']}"
+        )
+    if not run.complete:
+        run.train(env_id, behaviour_steps, seed, eval_every, eval_episodes, warmup)
+    evals = run.evaluations()
+    expert = max(evals, key=lambda e: e["return_mean"])
+    random_return = random_policy_return(env_id, seed)
+    third = random_return + (expert["return_mean"] - random_return) / 3.0
+    reaching = [e for e in evals if e["return_mean"] >= third]
+    medium = reaching[0] if reaching else min(evals, key=lambda e: abs(e["return_mean"] - third))
+
+    from acalign_robot.algo.train import evaluate
+
+    expert_return = float(np.mean(evaluate(run.load_actor(expert["step"]), env_id, REFERENCE_EPISODES, seed + 2000)))
+    episodes: list[EpisodeRecord] = []
+    if kind in ("medium", "medium-expert"):
+        episodes += _rollouts(
+            run.load_actor(medium["step"]), env_id, transitions, seed + 3000, f"medium rollouts {env_id}"
+        )
+    if kind in ("expert", "medium-expert"):
+        episodes += _rollouts(
+            run.load_actor(expert["step"]), env_id, transitions, seed + 4000, f"expert rollouts {env_id}"
+        )
+    if kind == "medium-replay":
+        episodes = run.training_episodes(medium["step"])
+    metadata = {
+        "kind": kind,
+        "seed": seed,
+        "behaviour_run": str(run.directory),
+        "behaviour_steps": run.summary()["steps"],
+        "medium_snapshot_step": medium["step"],
+        "expert_snapshot_step": expert["step"],
+        "random_return": random_return,
+        "expert_return": expert_return,
+    }
+    return write_dataset(
+        dataset_id,
+        episodes,
+        env_id,
+        algorithm="SAC behaviour (D4RL recipe)",
+        description=f"{kind} data for {env_id}, generated by acalign collect (D4RL recipe, SAC behaviour agent)",
+        ref_min_score=random_return,
+        ref_max_score=expert_return,
+        extra_metadata=metadata,
+        force=force,
+    )
