@@ -187,7 +187,7 @@ class SAC:
 
     @property
     def alpha(self) -> float:
-        return float(self.log_alpha.exp())
+        return float(self.log_alpha.detach().exp())
 
     def state_dict(self) -> dict:
         state = {

@@ -1,0 +1,118 @@
+"""Each CLI entry point as a subprocess on a tiny budget."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.smoke
+
+
+def acalign(*args: str, env: dict | None = None, cwd=None, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "acalign_robot.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
+
+
+def _subcommands() -> list[str]:
+    from acalign_robot.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return sorted(action.choices)
+
+
+def test_version_and_help():
+    result = acalign("--version")
+    assert result.returncode == 0 and "acalign-robot" in result.stdout
+    for command in _subcommands():
+        result = acalign(command, "--help")
+        assert result.returncode == 0, (command, result.stderr)
+        assert "usage: acalign" in result.stdout
+
+
+def test_bad_flag_is_exit_2_with_one_line():
+    result = acalign("collect", "--env", "Hopper-v5", "--name", "x", "--episodes", "-3")
+    assert result.returncode == 2
+    assert "expected a positive integer" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_typo_in_preset_yaml_reports_file_and_line(tmp_path, minari_store):
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("beta: 7\nw_mni: 0.5\n")
+    result = acalign("pretrain", "missing-v0", "--out", str(tmp_path / "run"), "--preset", str(preset))
+    assert result.returncode == 2
+    assert f"{preset}:2: unknown key 'w_mni' (did you mean 'w_min'?)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_checkpoint_is_exit_2(tmp_path):
+    result = acalign("align", str(tmp_path / "nope.pt"))
+    assert result.returncode == 2 and "no such checkpoint" in result.stderr
+
+
+def test_collect_random_writes_a_loadable_dataset_and_refuses_overwrite(minari_store, tmp_path):
+    args = ("collect", "--env", "Hopper-v5", "--policy", "random", "--episodes", "3", "--name", "hopper-random-test")
+    result = acalign(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    import minari
+
+    dataset = minari.load_dataset("hopper-random-test-v0")
+    assert dataset.total_episodes == 3
+    again = acalign(*args, cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert minari.load_dataset("hopper-random-test-v0").total_episodes == 3
+
+
+def _returns(run_dir) -> list[float]:
+    with open(run_dir / "eval.csv") as handle:
+        return [float(row["return_mean"]) for row in csv.DictReader(handle)]
+
+
+def test_offline_to_online_pipeline_improves_on_inverted_pendulum(minari_store, tmp_path):
+    """collect -> pretrain -> align -> finetune -> eval -> plot, through the CLI; ACA must improve online."""
+    steps = [
+        ("collect", "--env", "InvertedPendulum-v5", "--episodes", "200", "--name", "ip-random"),
+        (
+            "pretrain",
+            "ip-random",
+            "--out",
+            str(tmp_path / "offline"),
+            "--steps",
+            "500",
+            "--eval-every",
+            "500",
+            "--preset",
+            "random",
+            "--set",
+            "sac.batch_size=64",
+        ),
+        ("align", str(tmp_path / "offline" / "offline.pt")),
+        (
+            "finetune",
+            str(tmp_path / "offline" / "aligned-aca.pt"),
+            "--out",
+            str(tmp_path / "online"),
+            "--steps",
+            "2500",
+            "--eval-every",
+            "500",
+        ),
+        ("eval", str(tmp_path / "online" / "finetuned.pt"), "--episodes", "3"),
+        ("plot", str(tmp_path / "offline"), str(tmp_path / "online"), "--out", str(tmp_path / "curves.png")),
+    ]
+    for args in steps:
+        result = acalign(*args, cwd=tmp_path)
+        assert result.returncode == 0, (args[0], result.stderr[-2000:])
+    returns = _returns(tmp_path / "online")
+    assert max(returns[1:]) > returns[0] + 40, returns
+    assert (tmp_path / "curves.png").stat().st_size > 1000

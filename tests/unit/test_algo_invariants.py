@@ -1,0 +1,241 @@
+"""Actor-critic invariants (STYLE.md 11): RL bugs are silent, so each property is asserted directly."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from acalign_robot.algo import losses
+from acalign_robot.algo.aca import ACAConfig, OfflineACA, align, naive_finetuning
+from acalign_robot.algo.networks import TanhGaussianActor, atanh_clipped, tanh_gaussian_log_prob
+from acalign_robot.algo.sac import SAC, SACConfig, frozen
+from acalign_robot.data.replay_buffer import Batch
+
+OBS, ACT, B = 5, 2, 32
+SMALL = SACConfig(batch_size=B, hidden_sizes=(32, 32))
+
+
+def _batch(seed=0) -> Batch:
+    rng = np.random.default_rng(seed)
+    action = rng.uniform(-1, 1, (B, ACT)).astype(np.float32)
+    action[:4] = np.sign(action[:4])  # dataset actions exactly at +-1
+    return Batch(
+        obs=rng.normal(size=(B, OBS)).astype(np.float32),
+        action=action,
+        reward=rng.normal(size=B).astype(np.float32),
+        next_obs=rng.normal(size=(B, OBS)).astype(np.float32),
+        terminated=(rng.uniform(size=B) < 0.2).astype(np.float32),
+    )
+
+
+def _offline(config: ACAConfig | None = None) -> OfflineACA:
+    torch.manual_seed(0)
+    return OfflineACA(OBS, ACT, config or ACAConfig(sac=SMALL), _batch().obs)
+
+
+def _grads(module: torch.nn.Module) -> list[bool]:
+    return [p.grad is not None and bool(p.grad.abs().sum() > 0) for p in module.parameters()]
+
+
+def _tensors(batch: Batch):
+    return [torch.as_tensor(x) for x in (batch.obs, batch.action, batch.reward, batch.next_obs, batch.terminated)]
+
+
+def test_log_prob_matches_torch_distributions():
+    torch.manual_seed(0)
+    mean, log_std = torch.randn(64, ACT), torch.randn(64, ACT).clamp(-2, 1)
+    u = mean + log_std.exp() * torch.randn(64, ACT)
+    reference = torch.distributions.TransformedDistribution(
+        torch.distributions.Normal(mean, log_std.exp()), [torch.distributions.TanhTransform()]
+    )
+    expected = reference.log_prob(torch.tanh(u).clamp(-0.999999, 0.999999)).sum(-1)
+    close = torch.tanh(u).abs().max(-1).values < 0.999
+    torch.testing.assert_close(tanh_gaussian_log_prob(u, mean, log_std)[close], expected[close], atol=1e-3, rtol=1e-4)
+
+
+def test_dataset_actions_at_the_bounds_score_finitely():
+    actor = TanhGaussianActor(OBS, ACT, (32,))
+    obs = torch.randn(8, OBS)
+    assert torch.isfinite(actor.log_prob(obs, torch.ones(8, ACT))).all()
+    assert torch.isfinite(atanh_clipped(-torch.ones(3))).all()
+
+
+def test_each_phase1_loss_moves_only_its_own_network():
+    agent = _offline()
+    sac = agent.sac
+    obs, action, reward, next_obs, terminated = _tensors(_batch())
+    draw = losses.Draw(sac.actor, obs)
+    with torch.no_grad():
+        next_draw = losses.Draw(sac.actor, next_obs)
+    dataset_log_prob = sac.actor.log_prob(obs, action)
+    alpha = sac.log_alpha.detach().exp()
+    modules = {"actor": sac.actor, "critic": sac.critic, "target": sac.target_critic, "z": agent.z}
+
+    def owners(loss):
+        for module in modules.values():
+            module.zero_grad(set_to_none=True)
+        sac.log_alpha.grad = None
+        loss.backward(retain_graph=True)
+        moved = {name for name, module in modules.items() if any(_grads(module))}
+        return moved | ({"log_alpha"} if sac.log_alpha.grad is not None else set())
+
+    assert owners(losses.temperature_loss(sac.log_alpha, draw.log_prob, -ACT)[0]) == {"log_alpha"}
+    critic_loss = losses.sac_critic_loss(
+        sac.critic, sac.target_critic, obs, action, reward, next_obs, terminated, next_draw, alpha, 0.99
+    )[0]
+    assert owners(critic_loss) == {"critic"}
+    z_loss = losses.z_loss(agent.z, obs, dataset_log_prob, reward, next_obs, terminated, next_draw, alpha, 0.99)[0]
+    assert owners(z_loss) == {"z"}
+    with frozen(sac.critic):
+        actor_loss = losses.offline_actor_loss(sac.critic, obs, draw, dataset_log_prob, alpha, 30.0)[0]
+    assert owners(actor_loss) == {"actor"}
+
+
+def test_phase3_losses_leave_prior_and_targets_untouched():
+    online = align(_offline())
+    obs, action, reward, next_obs, terminated = _tensors(_batch())
+    draw = losses.Draw(online.actor, obs)
+    with torch.no_grad():
+        next_draw = losses.Draw(online.actor, next_obs)
+    alpha = online.log_alpha.detach().exp()
+    prior = online.prior
+    critic_loss, _ = losses.aligned_critic_loss(
+        online.critic,
+        online.target_critic,
+        prior.actor,
+        obs,
+        action,
+        reward,
+        next_obs,
+        terminated,
+        next_draw,
+        alpha,
+        prior.w,
+        prior.beta,
+        0.99,
+    )
+    critic_loss.backward()
+    assert any(_grads(online.critic)) and not any(_grads(online.actor))
+    assert not any(_grads(online.target_critic)) and not any(_grads(prior.actor))
+    online.critic.zero_grad(set_to_none=True)
+    actor_loss, _ = losses.aligned_actor_loss(online.critic, prior.actor, obs, draw, alpha, prior.w, prior.beta)
+    actor_loss.backward()
+    assert any(_grads(online.actor)) and not any(_grads(prior.actor))
+
+
+def test_updates_never_mutate_the_batch():
+    batch = _batch()
+    before = copy.deepcopy(batch)
+    agent = _offline()
+    agent.update(batch)
+    align(agent).update(batch)
+    for name in ("obs", "action", "reward", "next_obs", "terminated"):
+        np.testing.assert_array_equal(getattr(batch, name), getattr(before, name))
+
+
+def test_residual_equals_z_at_the_switch_for_any_action():
+    agent = _offline()
+    for _ in range(3):
+        agent.update(_batch())
+    online = align(agent)
+    batch = _batch(1)
+    obs = torch.as_tensor(batch.obs)
+    with torch.no_grad():
+        z = agent.z(obs)
+        for action in (torch.as_tensor(batch.action), torch.rand(B, ACT) * 2 - 1):
+            torch.testing.assert_close(online.critic(obs, action), z, atol=0, rtol=0)
+            torch.testing.assert_close(online.target_critic(obs, action), z, atol=0, rtol=0)
+
+
+def test_soft_greedy_policy_of_aligned_critic_is_the_offline_actor():
+    """At w = 1, inside the clip: Q(s,a1) - Q(s,a2) = log pi_0(a1|s) - log pi_0(a2|s)."""
+    online = align(_offline())
+    prior = online.prior
+    obs = torch.as_tensor(_batch().obs)
+    with torch.no_grad():
+        mean, log_std = prior.actor(obs)
+        u1 = mean + 0.5 * log_std.exp() * torch.randn_like(mean)
+        u2 = mean - 0.8 * log_std.exp() * torch.randn_like(mean)
+
+        def q(u):
+            return online.critic(obs, torch.tanh(u)).min(0).values + prior.w * losses.prior_term(
+                prior.actor, obs, u, prior.beta
+            )
+
+        expected = prior.actor.log_prob_of_u(obs, u1) - prior.actor.log_prob_of_u(obs, u2)
+        torch.testing.assert_close(q(u1) - q(u2), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_prior_is_bounded_below_by_clip_and_equals_log_pi0_inside():
+    actor = TanhGaussianActor(OBS, ACT, (32,))
+    obs = torch.randn(B, OBS)
+    beta = 7.0
+    with torch.no_grad():
+        mean, log_std = actor(obs)
+        clip = losses.prior_clip_level(actor, obs, beta)
+        far = losses.prior_term(actor, obs, mean + 30 * log_std.exp(), beta)
+        near = losses.prior_term(actor, obs, mean + 0.1 * log_std.exp(), beta)
+        assert (far >= clip - 1e-5).all()
+        torch.testing.assert_close(near, actor.log_prob_of_u(obs, mean + 0.1 * log_std.exp()), atol=1e-4, rtol=0)
+
+
+def test_w_schedule_decays_linearly_to_floor():
+    config = ACAConfig(sac=SMALL, w0=1.0, w_decay_k=0.01, w_min=0.5)  # 1e-1 per update
+    online = align(_offline(config))
+    seen = [online.update(_batch(i))["w"] for i in range(8)]
+    np.testing.assert_allclose(seen, [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.5, 0.5], atol=1e-9)
+
+
+def test_alignment_resets_alpha_and_keeps_actor():
+    agent = _offline()
+    with torch.no_grad():
+        agent.sac.log_alpha.fill_(-3.0)
+    for _ in range(2):
+        agent.update(_batch())
+    online = align(agent)
+    assert online.alpha == 1.0 and online.actor_grad_clip == 0.25
+    for p, q in zip(online.actor.parameters(), agent.sac.actor.parameters()):
+        assert torch.equal(p, q)
+    assert (
+        online.actor_optimizer.state_dict()["state"][0]["step"]
+        == agent.sac.actor_optimizer.state_dict()["state"][0]["step"]
+    )
+
+
+def test_naive_baseline_carries_critic_and_temperature():
+    agent = _offline()
+    for _ in range(2):
+        agent.update(_batch())
+    naive = naive_finetuning(agent)
+    assert naive.prior is None and naive.actor_grad_clip is None
+    assert naive.alpha == pytest.approx(agent.sac.alpha)
+    for p, q in zip(naive.critic.parameters(), agent.sac.critic.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_reload_keeps_optimizer_references_and_continues_identically():
+    online = align(_offline())
+    online.update(_batch(0))
+    restored = SAC(OBS, ACT, SMALL)
+    restored.load_state_dict(copy.deepcopy(online.state_dict()))
+    assert restored.actor_optimizer.param_groups[0]["params"][0] is next(restored.actor.parameters())
+    assert restored.critic_optimizer.param_groups[0]["params"][0] is next(restored.critic.parameters())
+    torch.manual_seed(5)
+    online.update(_batch(2))
+    torch.manual_seed(5)
+    restored.update(_batch(2))
+    for p, q in zip(online.actor.parameters(), restored.actor.parameters()):
+        torch.testing.assert_close(p, q)
+    assert restored.prior.w == online.prior.w
+
+
+def test_utd_one_update_per_env_step_once_buffer_exceeds_batch():
+    from acalign_robot.algo.train import OnlineLoop
+    from acalign_robot.data.replay_buffer import ReplayBuffer
+
+    agent = SAC(4, 1, SACConfig(batch_size=16, hidden_sizes=(16,)))
+    buffer = ReplayBuffer(1000, 4, 1)
+    OnlineLoop("InvertedPendulum-v5", seed=0).run(agent, buffer, steps=40)
+    assert len(buffer) == 40
+    assert agent.updates == 40 - 16

@@ -1,0 +1,100 @@
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from acalign_robot import config
+from acalign_robot.algo.aca import PRESETS, ACAConfig, load_preset
+from acalign_robot.config import ConfigError, FieldError
+
+
+@dataclass(frozen=True)
+class Inner:
+    rate_hz: float = 100.0
+    names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str
+    inner: Inner = field(default_factory=Inner)
+    mode: Literal["sim", "robot"] = "sim"
+    limit: int | None = None
+
+    def validate(self) -> None:
+        if self.inner.rate_hz > 1000:
+            raise FieldError("inner", "rate above 1 kHz")
+
+
+def test_unknown_key_names_key_file_line_and_suggestion(tmp_path):
+    path = tmp_path / "session.yaml"
+    path.write_text("name: a\ninner:\n  rate_hzz: 5\n")
+    with pytest.raises(ConfigError) as error:
+        config.load(Outer, path)
+    message = str(error.value)
+    assert f"{path}:3" in message
+    assert "inner.rate_hzz" in message
+    assert "did you mean 'rate_hz'" in message
+
+
+def test_wrong_type_is_located(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: a\nlimit: many\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:2: limit: expected an integer"):
+        config.load(Outer, path)
+
+
+def test_bool_is_not_an_int():
+    with pytest.raises(ConfigError, match="expected an integer"):
+        config.load_text(Outer, "name: a\nlimit: true\n")
+
+
+def test_missing_required_field():
+    with pytest.raises(ConfigError, match="missing required key 'name'"):
+        config.load_text(Outer, "mode: sim\n")
+
+
+def test_literal_choice_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'robot'"):
+        config.load_text(Outer, "name: a\nmode: robto\n")
+
+
+def test_validate_error_points_at_field_line():
+    with pytest.raises(ConfigError, match=r"<string>:2: inner: rate above 1 kHz"):
+        config.load_text(Outer, "name: a\ninner: {rate_hz: 5000}\n")
+
+
+def test_invalid_yaml_is_a_config_error():
+    with pytest.raises(ConfigError, match=r":2: invalid YAML"):
+        config.load_text(Outer, "name: a\n  bad: [\n")
+
+
+def test_round_trip_and_overrides(tmp_path):
+    original = Outer(name="x", inner=Inner(rate_hz=250.0, names=("a", "b")), mode="robot", limit=3)
+    path = tmp_path / "o.yaml"
+    config.save(original, path)
+    assert config.load(Outer, path) == original
+    changed = config.load(Outer, path, overrides=["inner.rate_hz=500", "limit=null"])
+    assert changed.inner.rate_hz == 500.0 and changed.limit is None
+
+
+def test_override_of_unknown_key_is_reported():
+    with pytest.raises(ConfigError, match="unknown key 'inner.rat'"):
+        config.load_text(Outer, "name: a\n", overrides=["inner.rat=3"])
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_load_and_round_trip(name):
+    preset = load_preset(name)
+    assert config.load_text(ACAConfig, config.dump(preset)) == preset
+
+
+def test_preset_values_follow_algorithm_table():
+    assert load_preset("medium-expert").beta == 15 and load_preset("medium-expert").w_min == 1
+    assert load_preset("medium-replay").top_trajectories == 50
+    assert load_preset("random").w_min == 0 and load_preset("random").w_decay_k == 10
+
+
+def test_cross_field_check_in_aca_config():
+    with pytest.raises(ConfigError, match="w_min"):
+        config.load_text(ACAConfig, "w0: 1\nw_min: 2\n")
