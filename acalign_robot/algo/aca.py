@@ -32,7 +32,7 @@ import torch
 from acalign_robot import config as config_io
 from acalign_robot.algo import losses
 from acalign_robot.algo.networks import EnsembleMLP, residual_critic_from_z
-from acalign_robot.algo.sac import SAC, AlignmentPrior, SACConfig, frozen, polyak_update, to_tensors
+from acalign_robot.algo.sac import SAC, AlignmentPrior, SACConfig, adam, frozen, polyak_update, to_tensors
 from acalign_robot.config import FieldError
 from acalign_robot.data.replay_buffer import Batch
 
@@ -102,7 +102,7 @@ class OfflineACA:
         sac_cfg = config.sac
         self.z = EnsembleMLP(sac_cfg.num_critics, obs_dim, 0, sac_cfg.hidden_sizes).to(self.sac.device)
         self.z.normalizer.load_state_dict(self.sac.actor.normalizer.state_dict())
-        self.z_optimizer = torch.optim.Adam(self.z.parameters(), lr=sac_cfg.lr)
+        self.z_optimizer = adam(self.z.parameters(), sac_cfg.lr)
 
     @property
     def updates(self) -> int:
@@ -166,11 +166,11 @@ def align(offline: OfflineACA) -> SAC:
     # alpha := 1 with a fresh optimiser (SAC's constructor with initial_alpha; force 1 whatever the config says).
     with torch.no_grad():
         online.log_alpha.zero_()
-    online.alpha_optimizer = torch.optim.Adam([online.log_alpha], lr=cfg.sac.lr)
+    online.alpha_optimizer = adam([online.log_alpha], cfg.sac.lr)
     # Q_i are discarded; R_i := Z_i with zeroed action columns; Rbar := R.
     online.critic = residual_critic_from_z(offline.z, action_dim).to(source.device)
     online.target_critic = copy.deepcopy(online.critic).requires_grad_(False)
-    online.critic_optimizer = torch.optim.Adam(online.critic.parameters(), lr=cfg.sac.lr)
+    online.critic_optimizer = adam(online.critic.parameters(), cfg.sac.lr)
     if not cfg.reset_residual_optimizer:
         online.critic_optimizer.load_state_dict(source.critic_optimizer.state_dict())
     online.prior = AlignmentPrior(prior_actor, cfg.beta, cfg.w0, cfg.w_step, cfg.w_min)

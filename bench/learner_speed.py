@@ -1,0 +1,174 @@
+"""Learner speed: gradient updates per second of our SAC / ACA updates vs. a straightforward reference.
+
+All in one run, CPU, 1 torch thread, batch 256, Hopper sizes (obs 11, action 3), 2x256 MLPs, 2 critics:
+- ours: batched ensemble critics (one baddbmm per layer), the critic frozen during the actor step;
+- reference: what a first implementation looks like: one nn.Sequential per critic and per Z, one Adam per network,
+  Python loops over the ensemble.
+Also the machine's measured matmul GFLOP/s (1 thread) and the fraction of it each update reaches (FLOPs counted
+with torch.utils.flop_counter). Prints a table and writes bench/out/learner_speed.json.
+
+    python bench/learner_speed.py [--updates 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from acalign_robot.algo.aca import ACAConfig, OfflineACA, align
+from acalign_robot.algo.networks import TanhGaussianActor
+from acalign_robot.algo.sac import SAC, SACConfig
+from acalign_robot.data.replay_buffer import Batch
+
+OBS, ACT, BATCH, HIDDEN, CRITICS = 11, 3, 256, 256, 2
+
+
+def random_batch(rng: np.random.Generator) -> Batch:
+    return Batch(
+        obs=rng.normal(size=(BATCH, OBS)).astype(np.float32),
+        action=rng.uniform(-1, 1, (BATCH, ACT)).astype(np.float32),
+        reward=rng.normal(size=BATCH).astype(np.float32),
+        next_obs=rng.normal(size=(BATCH, OBS)).astype(np.float32),
+        terminated=np.zeros(BATCH, np.float32),
+    )
+
+
+def mlp(inputs: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inputs, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
+
+
+class ReferenceSAC:
+    """A straightforward SAC (and phase-1 ACA when `with_z`): separate networks and optimisers, Python loops."""
+
+    def __init__(self, with_z: bool):
+        self.actor = TanhGaussianActor(OBS, ACT, (HIDDEN, HIDDEN))
+        self.critics = [mlp(OBS + ACT) for _ in range(CRITICS)]
+        self.targets = [copy.deepcopy(c) for c in self.critics]
+        self.zs = [mlp(OBS) for _ in range(CRITICS)] if with_z else []
+        self.log_alpha = torch.zeros((), requires_grad=True)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
+        self.critic_opts = [torch.optim.Adam(c.parameters(), lr=3e-4) for c in self.critics]
+        self.z_opts = [torch.optim.Adam(z.parameters(), lr=3e-4) for z in self.zs]
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=3e-4)
+
+    def update(self, batch: Batch) -> None:
+        obs, action, reward, next_obs, done = (torch.as_tensor(x) for x in
+                                               (batch.obs, batch.action, batch.reward, batch.next_obs, batch.terminated))
+        new_action, log_prob, _ = self.actor.sample(obs)
+        alpha_loss = -(self.log_alpha * (log_prob.detach() - ACT)).mean()
+        self.alpha_opt.zero_grad()
+        alpha_loss.backward()
+        self.alpha_opt.step()
+        alpha = self.log_alpha.exp().detach()
+        with torch.no_grad():
+            next_action, next_log_prob, _ = self.actor.sample(next_obs)
+            next_q = torch.min(torch.stack([t(torch.cat([next_obs, next_action], 1)).squeeze(-1) for t in self.targets]), 0)
+            target = reward + 0.99 * (1 - done) * (next_q.values - alpha * next_log_prob)
+        for critic, opt in zip(self.critics, self.critic_opts):
+            loss = F.mse_loss(critic(torch.cat([obs, action], 1)).squeeze(-1), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        dataset_log_prob = self.actor.log_prob(obs, action) if self.zs else None
+        if self.zs:
+            with torch.no_grad():
+                next_z = torch.min(torch.stack([z(next_obs).squeeze(-1) for z in self.zs]), 0).values
+                z_target = reward + 0.99 * (1 - done) * (next_log_prob + next_z - alpha * next_log_prob)
+            for z, opt in zip(self.zs, self.z_opts):
+                loss = F.mse_loss(dataset_log_prob.detach() + z(obs).squeeze(-1), z_target)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        q = torch.min(torch.stack([c(torch.cat([obs, new_action], 1)).squeeze(-1) for c in self.critics]), 0).values
+        actor_loss = (alpha * log_prob - q).mean()
+        if self.zs:
+            actor_loss = 30.0 / q.abs().mean().detach() * actor_loss - dataset_log_prob.mean()
+        self.actor_opt.zero_grad()
+        actor_loss.backward()
+        self.actor_opt.step()
+        with torch.no_grad():
+            for target_net, critic in zip(self.targets, self.critics):
+                for tp, p in zip(target_net.parameters(), critic.parameters()):
+                    tp.mul_(0.995).add_(0.005 * p)
+
+
+def updates_per_second(update, updates: int, rng: np.random.Generator) -> float:
+    batches = [random_batch(rng) for _ in range(16)]
+    for i in range(20):
+        update(batches[i % 16])
+    start = time.perf_counter()
+    for i in range(updates):
+        update(batches[i % 16])
+    return updates / (time.perf_counter() - start)
+
+
+def flops_per_update(update, rng: np.random.Generator) -> int:
+    with FlopCounterMode(display=False) as counter:
+        update(random_batch(rng))
+    return counter.get_total_flops()
+
+
+def matmul_gflops(size: int = 512, repeats: int = 50) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(5):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--updates", type=int, default=300)
+    parser.add_argument("--out", default="bench/out/learner_speed.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    config = ACAConfig(sac=SACConfig())
+    observations = rng.normal(size=(1000, OBS)).astype(np.float32)
+
+    offline = OfflineACA(OBS, ACT, config, observations)
+    online = align(OfflineACA(OBS, ACT, config, observations))
+    candidates = {
+        "phase 1 (offline ACA)": (offline.update, ReferenceSAC(with_z=True).update),
+        "plain SAC / naive": (SAC(OBS, ACT, config.sac).update, ReferenceSAC(with_z=False).update),
+        "phase 3 (aligned ACA)": (online.update, None),
+    }
+    peak = matmul_gflops()
+    rows = []
+    for name, (ours, reference) in candidates.items():
+        ours_rate = updates_per_second(ours, args.updates, rng)
+        ours_flops = flops_per_update(ours, rng)
+        row = {"update": name, "ours_per_s": ours_rate, "gflop_per_update": ours_flops / 1e9,
+               "fraction_of_peak": ours_rate * ours_flops / 1e9 / peak}
+        if reference is not None:
+            row["reference_per_s"] = updates_per_second(reference, args.updates, rng)
+            row["speedup"] = ours_rate / row["reference_per_s"]
+        rows.append(row)
+
+    print(f"matmul peak (512x512, 1 thread): {peak:.1f} GFLOP/s; batch {BATCH}, {args.updates} timed updates\n")
+    print(f"{'update':<24}{'ours/s':>9}{'reference/s':>13}{'speedup':>9}{'GFLOP/upd':>11}{'% of peak':>11}")
+    for row in rows:
+        reference = f"{row['reference_per_s']:.1f}" if "reference_per_s" in row else "-"
+        speedup = f"{row['speedup']:.2f}x" if "speedup" in row else "-"
+        print(f"{row['update']:<24}{row['ours_per_s']:>9.1f}{reference:>13}{speedup:>9}"
+              f"{row['gflop_per_update']:>11.3f}{100 * row['fraction_of_peak']:>10.1f}%")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"matmul_gflops": peak, "batch": BATCH, "threads": 1, "rows": rows}, indent=1))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
