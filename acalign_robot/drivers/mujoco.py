@@ -1,0 +1,135 @@
+"""MuJoCo driver: any gymnasium MuJoCo env behind the driver interface, with realism settings from `sim/` YAML.
+
+Realism settings (SimConfig):
+- `control_period_s`: the control period. Physics substeps (gymnasium's frame_skip) = round(period / timestep),
+  asserted to divide evenly: a period the model's timestep cannot express is an error, not a silent rounding.
+- `action_delay_ticks`: an action takes effect that many ticks later (the first ticks apply the safe action),
+  like a robot whose command path has latency.
+- `observation_noise_std`: Gaussian noise on every returned observation (seeded).
+- `realtime`: pace steps to the control period in wall-clock time (as hardware would), or run as fast as possible.
+Actions arrive in the env's own bounds (the exported policy scales to them).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from acalign_robot.config import FieldError
+from acalign_robot.drivers.base import BoxSpec, Driver, DriverSpec, StepResult
+
+__all__ = ["MujocoDriver", "RealismConfig", "SimConfig", "physics_substeps"]
+
+
+@dataclass(frozen=True)
+class RealismConfig:
+    control_period_s: float | None = None  # None: the env's default (frame_skip * timestep)
+    action_delay_ticks: int = 0
+    observation_noise_std: float = 0.0
+    realtime: bool = False
+
+    def validate(self) -> None:
+        if self.control_period_s is not None and self.control_period_s <= 0:
+            raise FieldError("control_period_s", f"must be positive, got {self.control_period_s}")
+        if self.action_delay_ticks < 0:
+            raise FieldError("action_delay_ticks", f"must be >= 0, got {self.action_delay_ticks}")
+        if self.observation_noise_std < 0:
+            raise FieldError("observation_noise_std", f"must be >= 0, got {self.observation_noise_std}")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """A sim task: which gymnasium MuJoCo env, with which realism. Saved form: sim/<task>.yaml."""
+
+    env_id: str
+    realism: RealismConfig = field(default_factory=RealismConfig)
+    seed: int = 0
+
+
+def physics_substeps(control_period_s: float, timestep_s: float) -> int:
+    """MuJoCo steps per control period; the period must be a whole number of physics timesteps."""
+    substeps = round(control_period_s / timestep_s)
+    assert substeps >= 1 and abs(substeps * timestep_s - control_period_s) < 1e-9, (
+        f"control period {control_period_s} s is not a whole number of {timestep_s} s physics steps"
+    )
+    return substeps
+
+
+class MujocoDriver(Driver):
+    def __init__(self, config: SimConfig):
+        import gymnasium as gym
+
+        self.config = config
+        realism = config.realism
+        probe = gym.make(config.env_id)
+        timestep_s = float(probe.unwrapped.model.opt.timestep)
+        default_substeps = int(probe.unwrapped.frame_skip)
+        probe.close()
+        if realism.control_period_s is None:
+            substeps = default_substeps
+        else:
+            try:
+                substeps = physics_substeps(realism.control_period_s, timestep_s)
+            except AssertionError as exc:
+                from acalign_robot.config import ConfigError
+
+                raise ConfigError(f"realism.control_period_s: {exc}") from None
+        self.env = (
+            gym.make(config.env_id, frame_skip=substeps) if substeps != default_substeps else gym.make(config.env_id)
+        )
+        self.control_period_s = substeps * timestep_s
+        space = self.env.action_space
+        self.spec = DriverSpec(
+            name=f"mujoco:{config.env_id}",
+            observation=BoxSpec.from_bounds(self.env.observation_space.low, self.env.observation_space.high, "sim"),
+            action=BoxSpec.from_bounds(space.low, space.high, "actuator ctrl"),
+            control_period_s=self.control_period_s,
+            safe_action=tuple(0.0 for _ in range(space.shape[0])),
+            safe_action_kind="zero",
+            env_id=config.env_id,
+        )
+        self._rng = np.random.default_rng(config.seed)
+        self._pending: collections.deque[np.ndarray] = collections.deque()
+        self._last_step_time: float | None = None
+        self._seeded = False
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        if seed is None and not self._seeded:
+            seed = self.config.seed  # the first reset is seeded from the sim config: runs are reproducible
+        self._seeded = True
+        obs, _ = self.env.reset(seed=seed)
+        self._pending = collections.deque(self.safe_action() for _ in range(self.config.realism.action_delay_ticks))
+        self._last_step_time = None
+        return self._observe(obs)
+
+    def step(self, action: np.ndarray) -> StepResult:
+        self._pending.append(np.asarray(action, dtype=np.float32))
+        applied = self._pending.popleft()
+        if self.config.realism.realtime:
+            self._pace()
+        obs, reward, terminated, truncated, _ = self.env.step(applied)
+        return StepResult(
+            self._observe(obs), float(reward), bool(terminated), bool(truncated), {"applied_action": applied}
+        )
+
+    def _pace(self) -> None:
+        """Hold each step to the control period in wall-clock time (hardware cannot run faster than real time)."""
+        now = time.perf_counter()
+        if self._last_step_time is not None:
+            remaining = self._last_step_time + self.control_period_s - now
+            if remaining > 0:
+                time.sleep(remaining)
+        self._last_step_time = time.perf_counter()
+
+    def _observe(self, obs: np.ndarray) -> np.ndarray:
+        obs = np.asarray(obs, dtype=np.float32)
+        noise = self.config.realism.observation_noise_std
+        if noise > 0:
+            obs = obs + self._rng.normal(0.0, noise, size=obs.shape).astype(np.float32)
+        return obs
+
+    def close(self) -> None:
+        self.env.close()

@@ -1,0 +1,110 @@
+"""Template for a real robot driver: copy this file, fill in the SDK calls, keep the duties.
+
+A driver is the only code that talks to the robot's SDK. The driver server (runtime/driver_server.py) calls it
+from one thread, once per control tick, and applies `safe_action()` by itself when commands stop arriving
+(watchdog). The controller never talks to the SDK.
+
+Duties, method by method:
+
+`__init__` (connect, do not move):
+    - open the SDK connection; read joint limits from the robot, not from memory;
+    - declare `self.spec`: observation and action BoxSpec with bounds and SI units per dimension (rad, rad/s, N*m,
+      m, m/s), `control_period_s` (the rate the SDK's command loop runs at), the safe action and whether it means
+      "zero" (zero torque/velocity) or "hold" (hold the current position: for position-controlled arms);
+    - never command motion here.
+
+`reset(seed)` (bring to a start state, slowly):
+    - move to the start pose with the SDK's own trajectory generator and speed limits, or ask the operator to
+      place the robot; block until it is there; return the first observation (float32, in the declared units).
+
+`step(action)` (one control period, bounded time):
+    - the action is already clipped to bounds and rate-limited by the controller's safety layer; still refuse a
+      non-finite action (apply the safe action instead and report `info["rejected_action"] = True`);
+    - send the command, wait for the next state sample (the SDK's own clock sets the period), return it;
+    - `terminated`: the task ended (fall detected, goal reached); `truncated`: an episode time limit;
+    - never block longer than a few control periods: raise on SDK timeouts, the server turns it into an error
+      reply and the controller latches SAFE.
+
+`safe_action()`:
+    - "zero": zeros; "hold": the last measured position as the position command. Must be cheap and never fail:
+      the watchdog calls it when something else already went wrong.
+
+`close()`:
+    - apply the safe action, then disconnect. Idempotent.
+
+Timing: the driver server measures how long `step` takes; keep SDK calls non-allocating where possible.
+Safety: hardware e-stops stay wired to the robot's own controller; this software layer is in addition to them.
+
+`TemplateDriver` below is a working example of the shape (a position-controlled arm whose "SDK" is a first-order
+lag in memory), so the template itself runs in tests and can be launched from launch/robot_template.yaml.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from acalign_robot.drivers.base import BoxSpec, Driver, DriverSpec, StepResult
+
+__all__ = ["TemplateDriver"]
+
+
+class _InMemoryArmSDK:
+    """Stands in for a vendor SDK: joint positions follow position commands with a first-order lag."""
+
+    def __init__(self, joints: int, period_s: float, time_constant_s: float = 0.05):
+        self.positions = np.zeros(joints)
+        self.alpha = min(1.0, period_s / time_constant_s)
+
+    def command_positions(self, target: np.ndarray) -> None:
+        self.positions += self.alpha * (target - self.positions)
+
+    def read_positions(self) -> np.ndarray:
+        return self.positions.copy()
+
+
+class TemplateDriver(Driver):
+    """A position-controlled arm with `joints` joints; the task is to reach `goal` (rad)."""
+
+    def __init__(self, joints: int = 3, control_period_s: float = 0.01, episode_steps: int = 500):
+        self.joint_limit_rad = 1.5
+        self.goal = np.linspace(-0.5, 0.5, joints)
+        self.episode_steps = episode_steps
+        self.sdk = _InMemoryArmSDK(joints, control_period_s)
+        limit = self.joint_limit_rad
+        self.spec = DriverSpec(
+            name="template-arm",
+            observation=BoxSpec(
+                (-limit,) * joints + (-np.pi,) * joints, (limit,) * joints + (np.pi,) * joints, ("rad",) * (2 * joints)
+            ),
+            action=BoxSpec((-limit,) * joints, (limit,) * joints, ("rad",) * joints),
+            control_period_s=control_period_s,
+            safe_action=(0.0,) * joints,  # placeholder shape; "hold" means the measured position, see safe_action()
+            safe_action_kind="hold",
+        )
+        self._steps = 0
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        self.sdk.positions[:] = 0.0
+        self._steps = 0
+        return self._observation()
+
+    def step(self, action: np.ndarray) -> StepResult:
+        action = np.asarray(action, dtype=np.float64)
+        info = {}
+        if not np.all(np.isfinite(action)):
+            action = self.safe_action().astype(np.float64)
+            info["rejected_action"] = True
+        self.sdk.command_positions(np.clip(action, -self.joint_limit_rad, self.joint_limit_rad))
+        self._steps += 1
+        error = self.sdk.read_positions() - self.goal
+        return StepResult(self._observation(), -float(np.sum(error**2)), False, self._steps >= self.episode_steps, info)
+
+    def safe_action(self) -> np.ndarray:
+        """Hold: command the position the arm is at now."""
+        return self.sdk.read_positions().astype(np.float32)
+
+    def _observation(self) -> np.ndarray:
+        return np.concatenate([self.sdk.read_positions(), self.goal]).astype(np.float32)
+
+    def close(self) -> None:
+        self.sdk.command_positions(self.sdk.read_positions())
