@@ -1,0 +1,620 @@
+"""Versioned wire messages of the runtime and their msgpack codec.
+
+Every message that crosses a socket between driver, controller, learner and supervisor is one small frozen dataclass
+below, and travels as one msgpack frame: a map `{"v": PROTOCOL_VERSION, "t": <type tag>, <field>: <value>, ...}`.
+A numpy array travels as `[dtype name, shape, raw little-endian bytes]` with the dtype from `WIRE_DTYPES`; nothing
+is ever pickled, so a frame can only ever decode into these types, numbers, strings and arrays.
+
+`decode` never trusts its input: a wrong version, an unknown type, a missing, extra or wrongly typed field, an array
+whose bytes do not match its dtype and shape, an oversized, truncated or random frame all raise `ProtocolError`
+(an `InputError`) with a short machine-readable `code`, and no other exception escapes it. A peer that sent a bad
+frame is answered with `error_message(exc)`. `Error` has the same layout in every protocol version, so a peer that
+speaks another version can still read why it was refused.
+
+The annotation of each field is its wire schema (see `_CODECS`). Schemas are compiled once at import, so encoding
+and decoding the hot-path messages (Step, StepReply) costs a few microseconds and no dataclass introspection.
+Messages that hold arrays compare by identity (`eq=False`): compare their fields with numpy instead.
+
+Who sends what:
+- control channel, controller (client) -> driver (server), one reply per request:
+  Hello -> HelloReply, Reset -> ResetReply, Step -> StepReply, Heartbeat -> Heartbeat, Stats -> Stats,
+  EStop -> Heartbeat and Clear -> Heartbeat (the driver's state after latching or clearing); a refused request -> Error.
+  Any process (supervisor, CLI) may connect a control client to the driver to send EStop / Clear.
+- transitions channel, controller -> learner: TransitionBatch, and the controller's periodic Stats.
+- policy channel, learner -> controllers: Policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+import numpy as np
+
+from acalign_robot.errors import InputError
+
+__all__ = [
+    "CONTROL_REPLIES",
+    "CONTROL_REQUESTS",
+    "DEFAULT_MAX_FRAME_BYTES",
+    "MAX_NDIM",
+    "POLICY_MESSAGES",
+    "PROTOCOL_VERSION",
+    "TRANSITION_MESSAGES",
+    "WIRE_DTYPES",
+    "BoxSpace",
+    "Clear",
+    "EStop",
+    "Error",
+    "Heartbeat",
+    "Hello",
+    "HelloReply",
+    "Message",
+    "Policy",
+    "ProtocolError",
+    "Reset",
+    "ResetReply",
+    "Scalar",
+    "Stats",
+    "Step",
+    "StepReply",
+    "TransitionBatch",
+    "decode",
+    "encode",
+    "error_message",
+]
+
+PROTOCOL_VERSION = 1
+# Upper bound for any frame; each channel passes its own, smaller limit (a policy is the largest message).
+DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
+MAX_NDIM = 8
+_MAX_ELEMENTS = 2**31  # an empty array's other dimensions (with data, the byte count bounds the shape)
+_MAX_NESTING = 32  # depth of a manifest; msgpack itself nests deeper than Python's recursion limit allows us to walk
+_MAX_REPR = 40  # characters of a peer's value quoted back in an error message
+
+# Wire name -> dtype. Little-endian on the wire whatever the host; anything else (object, float16, strings) is refused.
+WIRE_DTYPES: dict[str, np.dtype] = {
+    "float32": np.dtype("<f4"),
+    "float64": np.dtype("<f8"),
+    "int32": np.dtype("<i4"),
+    "int64": np.dtype("<i8"),
+    "uint8": np.dtype("u1"),
+    "bool": np.dtype("?"),
+}
+_WIRE_NAME = {dtype: name for name, dtype in WIRE_DTYPES.items()}
+_BOOL = WIRE_DTYPES["bool"]
+
+Scalar = int | float | str | bool
+
+
+class ProtocolError(InputError):
+    """A frame that is not a valid message of this protocol version; `code` says which rule it broke.
+
+    Codes: "version" (missing or other protocol version), "type" (unknown type tag, or a type this channel does not
+    carry), "field" (missing, extra or wrongly typed field, or a broken cross-field rule), "array" (dtype not allowed,
+    bad shape, byte count != prod(shape) * itemsize), "size" (frame over the receiver's limit), "malformed" (not a
+    msgpack map: truncated, trailing or random bytes).
+    """
+
+    CODES: ClassVar[frozenset[str]] = frozenset({"version", "type", "field", "array", "size", "malformed"})
+
+    def __init__(self, code: str, detail: str):
+        if code not in self.CODES:
+            raise ValueError(f"unknown ProtocolError code {code!r}")
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+def _short(value: Any) -> str:
+    """A peer's value, quoted back safely: short scalars verbatim, containers by type (their repr could be huge)."""
+    if value is not None and type(value) not in (str, bytes, int, float, bool):
+        return f"<{type(value).__name__}>"
+    text = repr(value)
+    return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class BoxSpace:
+    """The box `low <= x <= high`: float arrays of one shape, one unit per element ("rad", "m/s"; "" if unknown)."""
+
+    low: np.ndarray
+    high: np.ndarray
+    units: tuple[str, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.low.shape
+
+
+# --- Messages -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Client -> driver, first request on a control connection: who is asking and in which role."""
+
+    TAG: ClassVar[str] = "hello"
+    client_name: str
+    role: str  # "controller", "supervisor", ...
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class HelloReply:
+    """Driver -> client: the contract of this driver (spaces, timing, safe action)."""
+
+    TAG: ClassVar[str] = "hello_reply"
+    driver_name: str
+    observation_space: BoxSpace
+    action_space: BoxSpace
+    control_period_s: float  # the driver's tick; the controller's rate must match it
+    watchdog_timeout_s: float  # no Step within this long -> the driver applies safe_action on its own
+    safe_action: np.ndarray  # (action_dim,), what the driver holds in SAFE / e-stop / watchdog
+
+    def _check(self) -> None:
+        for name in ("control_period_s", "watchdog_timeout_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ProtocolError("field", f"hello_reply.{name}: must be a positive number, got {_short(value)}")
+        space = self.action_space
+        if self.safe_action.shape != space.shape:
+            raise ProtocolError(
+                "field", f"hello_reply.safe_action: shape {self.safe_action.shape} != action space {space.shape}"
+            )
+        inside = np.all((space.low <= self.safe_action) & (self.safe_action <= space.high))
+        if not inside:
+            raise ProtocolError("field", "hello_reply.safe_action: outside the action bounds (or not finite)")
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Client -> driver: start a new episode, optionally seeded (simulators)."""
+
+    TAG: ClassVar[str] = "reset"
+    seed: int | None = None
+
+    def _check(self) -> None:
+        if self.seed is not None and self.seed < 0:
+            raise ProtocolError("field", f"reset.seed: must be >= 0, got {self.seed}")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ResetReply:
+    """Driver -> client: the first observation of the episode."""
+
+    TAG: ClassVar[str] = "reset_reply"
+    obs: np.ndarray  # (obs_dim,)
+    driver_time_s: float  # the driver's time.monotonic(): compare only with other driver timestamps
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Step:
+    """Controller -> driver, once per control tick: apply this action."""
+
+    TAG: ClassVar[str] = "step"
+    tick: int  # the controller's tick counter; lets the driver refuse a late (stale) step
+    action: np.ndarray  # (action_dim,)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StepReply:
+    """Driver -> controller: the observation after the step, and what the driver really did."""
+
+    TAG: ClassVar[str] = "step_reply"
+    tick: int  # echo of Step.tick
+    obs: np.ndarray  # (obs_dim,)
+    reward: float
+    terminated: bool
+    truncated: bool
+    driver_time_s: float  # the driver's time.monotonic() when obs was read
+    watchdog_fired: bool = False  # the driver's watchdog applied the safe action since the last reply
+    safe_action_applied: bool = False  # the driver applied its safe action instead of Step.action
+    estopped: bool = False  # the driver is latched in e-stop until a Clear
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TransitionBatch:
+    """Controller -> learner: consecutive executed transitions; arrays share their first axis (batch, ...)."""
+
+    TAG: ClassVar[str] = "transitions"
+    controller_id: str
+    seq: int  # per-controller batch counter: a gap at the learner means batches were dropped
+    policy_version: np.ndarray  # (batch,) int, the policy version that chose each action
+    obs: np.ndarray  # (batch, obs_dim)
+    action: np.ndarray  # (batch, action_dim), the action after the safety filter
+    reward: np.ndarray  # (batch,) float
+    next_obs: np.ndarray  # (batch, obs_dim)
+    terminated: np.ndarray  # (batch,) bool
+    truncated: np.ndarray  # (batch,) bool
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. raw_action, executed_action: (batch, ...)
+
+    def __len__(self) -> int:
+        return self.reward.shape[0]
+
+    def _check(self) -> None:
+        if self.reward.ndim != 1:
+            raise ProtocolError("field", f"transitions.reward: expected shape (batch,), got {self.reward.shape}")
+        batch = self.reward.shape[0]
+        kinds = {"policy_version": "iu", "reward": "f", "terminated": "b", "truncated": "b"}
+        for name, kinds_allowed in kinds.items():
+            value = getattr(self, name)
+            if value.shape != (batch,) or value.dtype.kind not in kinds_allowed:
+                raise ProtocolError(
+                    "field",
+                    f"transitions.{name}: expected ({batch},) of kind {kinds_allowed}, got {value.shape} {value.dtype}",
+                )
+        if self.obs.ndim < 2 or self.obs.shape[0] != batch or self.next_obs.shape != self.obs.shape:
+            raise ProtocolError(
+                "field", f"transitions: obs {self.obs.shape} / next_obs {self.next_obs.shape} for batch {batch}"
+            )
+        arrays = {"action": self.action, **self.extras}
+        for name, value in arrays.items():
+            if value.ndim < 1 or value.shape[0] != batch:
+                raise ProtocolError("field", f"transitions.{name}: first axis must be the batch ({batch})")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Learner -> controllers: a policy version, its ONNX bytes and its manifest (JSON-like dict)."""
+
+    TAG: ClassVar[str] = "policy"
+    version: int
+    onnx: bytes
+    manifest: dict[str, Any]
+
+    def _check(self) -> None:
+        if self.version < 0 or not self.onnx:
+            raise ProtocolError("field", "policy: version must be >= 0 and onnx non-empty")
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Liveness and state of a process; the driver's answer to Heartbeat, EStop and Clear."""
+
+    TAG: ClassVar[str] = "heartbeat"
+    sender: str
+    time_s: float  # the sender's time.monotonic()
+    state: str  # e.g. "running", "estopped", "safe"
+
+
+@dataclass(frozen=True, slots=True)
+class EStop:
+    """Latch the receiver into its safe state until a Clear."""
+
+    TAG: ClassVar[str] = "estop"
+    reason: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Clear:
+    """Release an e-stop latch."""
+
+    TAG: ClassVar[str] = "clear"
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Flat counters and timings of a process (counters, p50/p99 in seconds, versions)."""
+
+    TAG: ClassVar[str] = "stats"
+    source: str
+    values: dict[str, Scalar]
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """A refused request. `code` is machine-readable (a ProtocolError code or an application code)."""
+
+    TAG: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+Message = (
+    Hello
+    | HelloReply
+    | Reset
+    | ResetReply
+    | Step
+    | StepReply
+    | TransitionBatch
+    | Policy
+    | Heartbeat
+    | EStop
+    | Clear
+    | Stats
+    | Error
+)
+
+# What each channel carries; a receiver refuses anything else with ProtocolError("type").
+CONTROL_REQUESTS: tuple[type, ...] = (Hello, Reset, Step, Heartbeat, EStop, Clear, Stats)
+CONTROL_REPLIES: tuple[type, ...] = (HelloReply, ResetReply, StepReply, Heartbeat, Stats, Error)
+TRANSITION_MESSAGES: tuple[type, ...] = (TransitionBatch, Stats)
+POLICY_MESSAGES: tuple[type, ...] = (Policy,)
+
+
+def error_message(exc: ProtocolError) -> Error:
+    """The Error to send back to a peer whose frame raised `exc`."""
+    return Error(code=exc.code, message=exc.detail[:200])
+
+
+# --- Field codecs: one (encode, decode) pair per annotation ---------------------------------------------------------
+# Encoders turn local values (numpy scalars included) into msgpack-native ones; decoders check a peer's value and
+# raise ProtocolError naming the field (`where`, e.g. "step.action").
+
+
+def _enc_array(value: Any) -> list:
+    array = np.asarray(value)
+    name = _WIRE_NAME.get(array.dtype)
+    if name is None:  # a big-endian or disallowed dtype
+        little = array.dtype.newbyteorder("<")
+        name = _WIRE_NAME.get(little)
+        if name is None:
+            raise ProtocolError("array", f"dtype {array.dtype} is not allowed on the wire ({', '.join(WIRE_DTYPES)})")
+        array = array.astype(little)
+    return [name, list(array.shape), array.tobytes()]
+
+
+def _dec_array(raw: Any, where: str) -> np.ndarray:
+    """A read-only array viewing the frame's bytes (copy it to write)."""
+    if type(raw) is not list or len(raw) != 3:
+        raise ProtocolError("array", f"{where}: expected [dtype, shape, bytes]")
+    name, shape, data = raw
+    dtype = WIRE_DTYPES.get(name) if type(name) is str else None
+    if dtype is None:
+        raise ProtocolError("array", f"{where}: dtype {_short(name)} is not allowed")
+    if type(shape) is not list or len(shape) > MAX_NDIM:
+        raise ProtocolError("array", f"{where}: shape must be a list of at most {MAX_NDIM} sizes")
+    count = 1
+    for size in shape:
+        if type(size) is not int or size < 0:
+            raise ProtocolError("array", f"{where}: bad size {_short(size)} in shape")
+        count *= size
+    if type(data) is not bytes or len(data) != count * dtype.itemsize:
+        raise ProtocolError("array", f"{where}: byte count does not match {name} {shape}")
+    if count == 0 and math.prod(max(size, 1) for size in shape) > _MAX_ELEMENTS:
+        raise ProtocolError("array", f"{where}: empty shape {shape} has a dimension numpy cannot hold")
+    if dtype is _BOOL and data.translate(None, b"\x00\x01"):
+        raise ProtocolError("array", f"{where}: bool bytes must be 0 or 1")
+    array = np.frombuffer(data, dtype)
+    return array if len(shape) == 1 else array.reshape(shape)  # reshape costs ~0.4 us: skip it on the 1-D hot path
+
+
+def _dec_int(raw: Any, where: str) -> int:
+    if type(raw) is not int:
+        raise ProtocolError("field", f"{where}: expected an integer, got {type(raw).__name__}")
+    return raw
+
+
+def _dec_optional_int(raw: Any, where: str) -> int | None:
+    return None if raw is None else _dec_int(raw, where)
+
+
+def _dec_float(raw: Any, where: str) -> float:
+    if type(raw) is float:
+        return raw
+    if type(raw) is int:  # a peer may write 0 for 0.0
+        return float(raw)
+    raise ProtocolError("field", f"{where}: expected a number, got {type(raw).__name__}")
+
+
+def _exact(kind: type) -> Callable[[Any, str], Any]:
+    def decode_exact(raw: Any, where: str) -> Any:
+        if type(raw) is not kind:
+            raise ProtocolError("field", f"{where}: expected {kind.__name__}, got {type(raw).__name__}")
+        return raw
+
+    return decode_exact
+
+
+def _dec_dict(raw: Any, where: str) -> dict:
+    if type(raw) is not dict or any(type(key) is not str for key in raw):
+        raise ProtocolError("field", f"{where}: expected a map with string keys")
+    return raw
+
+
+def _enc_space(space: BoxSpace) -> dict:
+    return {"low": _enc_array(space.low), "high": _enc_array(space.high), "units": list(space.units)}
+
+
+def _dec_space(raw: Any, where: str) -> BoxSpace:
+    raw = _dec_dict(raw, where)
+    if set(raw) != {"low", "high", "units"}:
+        raise ProtocolError("field", f"{where}: a space has exactly low, high, units")
+    low = _dec_array(raw["low"], f"{where}.low")
+    high = _dec_array(raw["high"], f"{where}.high")
+    units = raw["units"]
+    if low.dtype.kind != "f" or high.shape != low.shape:
+        raise ProtocolError("field", f"{where}: low and high must be float arrays of one shape")
+    if type(units) is not list or len(units) != low.size or any(type(unit) is not str for unit in units):
+        raise ProtocolError("field", f"{where}.units: one string per element ({low.size})")
+    if not np.all(low <= high):  # also refuses NaN bounds
+        raise ProtocolError("field", f"{where}: low <= high must hold everywhere")
+    return BoxSpace(low=low, high=high, units=tuple(units))
+
+
+def _enc_arrays(arrays: dict[str, Any]) -> dict:
+    return {str(name): _enc_array(value) for name, value in arrays.items()}
+
+
+def _dec_arrays(raw: Any, where: str) -> dict[str, np.ndarray]:
+    return {name: _dec_array(value, f"{where}.{name}") for name, value in _dec_dict(raw, where).items()}
+
+
+def _enc_scalars(values: dict[str, Any]) -> dict:
+    out = {}
+    for name, value in values.items():
+        value = value.item() if isinstance(value, np.generic) else value
+        if type(value) not in (int, float, str, bool):
+            raise TypeError(f"{name}: expected a number or string, got {type(value).__name__}")
+        out[str(name)] = value
+    return out
+
+
+def _dec_scalars(raw: Any, where: str) -> dict[str, Scalar]:
+    raw = _dec_dict(raw, where)
+    for name, value in raw.items():
+        if type(value) not in (int, float, str, bool):
+            raise ProtocolError("field", f"{where}.{name}: expected a number or string, got {type(value).__name__}")
+    return raw
+
+
+def _check_json(value: Any, where: str, depth: int = 0) -> None:
+    if depth > _MAX_NESTING:
+        raise ProtocolError("field", f"{where}: nested deeper than {_MAX_NESTING}")
+    if value is None or type(value) in (str, int, float, bool):
+        return
+    if type(value) is list:
+        for item in value:
+            _check_json(item, where, depth + 1)
+    elif type(value) is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise ProtocolError("field", f"{where}: keys must be strings")
+            _check_json(item, f"{where}.{key}", depth + 1)
+    else:
+        raise ProtocolError("field", f"{where}: {type(value).__name__} is not JSON-like")
+
+
+def _dec_json(raw: Any, where: str) -> dict[str, Any]:
+    _check_json(_dec_dict(raw, where), where)
+    return raw
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+# Annotation (as written in the dataclasses above) -> (encode, decode). A field with any other annotation is a bug
+# that _compile reports at import time.
+_CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any, str], Any]]] = {
+    "int": (operator.index, _dec_int),  # index(): numpy integers pass, a float is refused rather than truncated
+    "int | None": (lambda value: None if value is None else operator.index(value), _dec_optional_int),
+    "float": (float, _dec_float),
+    "bool": (bool, _exact(bool)),
+    "str": (_same, _exact(str)),
+    "bytes": (bytes, _exact(bytes)),
+    "np.ndarray": (_enc_array, _dec_array),
+    "BoxSpace": (_enc_space, _dec_space),
+    "dict[str, np.ndarray]": (_enc_arrays, _dec_arrays),
+    "dict[str, Scalar]": (_enc_scalars, _dec_scalars),
+    "dict[str, Any]": (_same, _dec_json),
+}
+
+
+@dataclass(frozen=True)
+class _Schema:
+    cls: type
+    tag: str
+    n_keys: int  # fields + "v" + "t"
+    encoders: tuple[tuple[str, Callable[[Any], Any]], ...]
+    decoders: tuple[tuple[str, str, Callable[[Any, str], Any]], ...]  # (name, "tag.name", decode)
+    check: Callable[[Any], None] | None
+
+
+def _compile(cls: type) -> _Schema:
+    fields = dataclasses.fields(cls)
+    unknown = [f"{cls.__name__}.{f.name}: {f.type}" for f in fields if f.type not in _CODECS]
+    if unknown:
+        raise TypeError(f"no wire codec for {unknown}")
+    return _Schema(
+        cls=cls,
+        tag=cls.TAG,
+        n_keys=len(fields) + 2,
+        encoders=tuple((f.name, _CODECS[f.type][0]) for f in fields),
+        decoders=tuple((f.name, f"{cls.TAG}.{f.name}", _CODECS[f.type][1]) for f in fields),
+        check=getattr(cls, "_check", None),
+    )
+
+
+_MESSAGE_TYPES = (
+    Hello,
+    HelloReply,
+    Reset,
+    ResetReply,
+    Step,
+    StepReply,
+    TransitionBatch,
+    Policy,
+    Heartbeat,
+    EStop,
+    Clear,
+    Stats,
+    Error,
+)
+_SCHEMA_BY_CLASS: dict[type, _Schema] = {cls: _compile(cls) for cls in _MESSAGE_TYPES}
+_SCHEMA_BY_TAG: dict[str, _Schema] = {schema.tag: schema for schema in _SCHEMA_BY_CLASS.values()}
+
+
+# --- Codec ----------------------------------------------------------------------------------------------------------
+
+
+def encode(message: Message) -> bytes:
+    """One msgpack frame for `message`. Raises ProtocolError for a value that cannot go on the wire."""
+    schema = _SCHEMA_BY_CLASS.get(type(message))
+    if schema is None:
+        raise ProtocolError("type", f"{type(message).__name__} is not a protocol message")
+    if schema.check is not None:
+        schema.check(message)
+    out: dict[str, Any] = {"v": PROTOCOL_VERSION, "t": schema.tag}
+    for name, encode_field in schema.encoders:
+        try:
+            out[name] = encode_field(getattr(message, name))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ProtocolError("field", f"{schema.tag}.{name}: {exc}") from exc
+    try:
+        return msgpack.packb(out, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:  # e.g. a manifest value msgpack cannot represent
+        raise ProtocolError("field", f"{schema.tag}: {exc}") from exc
+
+
+def decode(frame: bytes | bytearray | memoryview, max_size: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
+    """The message in one frame from a peer; any problem raises ProtocolError (and nothing else).
+
+    Arrays in the result are read-only views on the frame's bytes.
+    """
+    if type(frame) not in (bytes, bytearray, memoryview):
+        raise ProtocolError("malformed", f"a frame is bytes, got {type(frame).__name__}")
+    size = frame.nbytes if type(frame) is memoryview else len(frame)
+    if size > max_size:
+        raise ProtocolError("size", f"frame of {size} bytes exceeds the limit of {max_size}")
+    try:
+        raw = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several types (ValueError, ExtraData, StackError, ...) on bad input
+        raise ProtocolError("malformed", f"not a msgpack frame ({type(exc).__name__})") from exc
+    if type(raw) is not dict:
+        raise ProtocolError("malformed", f"a message is a msgpack map, got {type(raw).__name__}")
+    version = raw.get("v")
+    tag = raw.get("t")
+    if type(version) is not int:
+        raise ProtocolError("version", "no protocol version")
+    if version != PROTOCOL_VERSION and tag != Error.TAG:  # Error reads the same in every version
+        raise ProtocolError("version", f"protocol version {version}, this side speaks {PROTOCOL_VERSION}")
+    schema = _SCHEMA_BY_TAG.get(tag) if type(tag) is str else None
+    if schema is None:
+        raise ProtocolError("type", f"unknown message type {_short(tag)}")
+    if len(raw) != schema.n_keys:
+        raise _field_mismatch(raw, schema)
+    values = []
+    for name, where, decode_field in schema.decoders:
+        if name not in raw:
+            raise _field_mismatch(raw, schema)
+        values.append(decode_field(raw[name], where))
+    message = schema.cls(*values)
+    if schema.check is not None:
+        schema.check(message)
+    return message
+
+
+def _field_mismatch(raw: dict, schema: _Schema) -> ProtocolError:
+    expected = {"v", "t", *(name for name, _ in schema.encoders)}
+    missing = sorted(expected.difference(raw))
+    extra = [_short(key) for key in raw if key not in expected][:5]
+    return ProtocolError("field", f"{schema.tag}: missing {missing}, unexpected {extra}")

@@ -1,0 +1,751 @@
+"""The runtime's three ZeroMQ channels behind a small interface, with an in-memory fake of each.
+
+Channels (the binding side owns the endpoint named in the launch file):
+
+    control      driver ROUTER (bind)  <->  DEALER (connect): controller; supervisor or CLI for EStop / Clear
+    transitions  learner PULL (bind)   <--  PUSH (connect): every controller
+    policy       learner PUB (bind)    -->  SUB (connect, conflated): every controller
+
+Each class below states its channel's semantics next to its code. In short: control is request/reply with a
+request id and a timeout on every request; transitions are bounded and never block the sender, which counts what it
+drops; policies are latest-only. Every receive has a timeout (poll-based; a zero timeout is a non-blocking check),
+and every frame is decoded by `protocol.decode`, never unpickled.
+
+E-stop rides the control channel: any process connects a control client to the driver and sends EStop (or Clear);
+the driver, the process nearest the actuators, latches its safe action, acknowledges with a Heartbeat, and reports
+`estopped` in every StepReply, so the controller learns of it on its next tick and latches SAFE too.
+
+Socket options every socket gets (`_COMMON_OPTIONS`, plus MAXMSGSIZE = the channel's frame limit, so an oversized
+frame makes ZeroMQ drop that connection before any byte reaches Python): LINGER 0, IPV6 off, ZMTP heartbeats.
+Each channel adds its high-water marks. Counters (`Counters`) on every endpoint report messages and bytes sent and
+received, protocol errors, timeouts, drops and stale replies.
+
+CURVE: every constructor takes `curve=` keys (`CurveServerKeys` on the binding side, `CurveClientKeys` on the
+connecting side), which encrypt the link and authenticate the server to its clients. Allow-listing client keys
+needs a ZAP handler (`zmq.auth.thread.ThreadAuthenticator`) on the binding side's context; none is installed here,
+so a CURVE server accepts any client that knows its public key. A deployment task adds the authenticator without
+changing these constructors.
+
+An endpoint belongs to one thread (ZeroMQ sockets are not thread-safe). The in-memory fakes (`Memory*`) have the
+same methods and counters, go through the same codec and size limits, and may be used across threads; a fake
+receiver reports an oversized frame as ProtocolError("size") where ZeroMQ silently drops the connection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from typing import Any, Protocol
+
+import zmq
+
+from acalign_robot.errors import InputError
+from acalign_robot.runtime.protocol import (
+    CONTROL_REPLIES,
+    CONTROL_REQUESTS,
+    POLICY_MESSAGES,
+    TRANSITION_MESSAGES,
+    Message,
+    ProtocolError,
+    decode,
+    encode,
+)
+
+__all__ = [
+    "CONTROL_MAX_BYTES",
+    "POLICY_MAX_BYTES",
+    "TRANSITIONS_MAX_BYTES",
+    "ControlClient",
+    "ControlServer",
+    "Counters",
+    "CurveClientKeys",
+    "CurveServerKeys",
+    "MemoryControlClient",
+    "MemoryControlServer",
+    "MemoryPolicyPublisher",
+    "MemoryPolicySubscriber",
+    "MemoryTransitionReceiver",
+    "MemoryTransitionSender",
+    "Peer",
+    "Receiver",
+    "Sender",
+    "TransportError",
+    "TransportTimeout",
+    "ZmqControlClient",
+    "ZmqControlServer",
+    "ZmqPolicyPublisher",
+    "ZmqPolicySubscriber",
+    "ZmqTransitionReceiver",
+    "ZmqTransitionSender",
+    "free_tcp_endpoint",
+]
+
+# Frame limits per channel (bytes). Control messages are tiny; a transition batch of image observations is not;
+# a policy is the largest message.
+CONTROL_MAX_BYTES = 1024 * 1024
+TRANSITIONS_MAX_BYTES = 16 * 1024 * 1024
+POLICY_MAX_BYTES = 64 * 1024 * 1024
+
+_COMMON_OPTIONS: dict[int, int] = {
+    zmq.LINGER: 0,  # close() returns at once and discards what is queued: a stopping process never hangs on a peer
+    zmq.IPV6: 0,  # IPv4 endpoints (loopback by default)
+    zmq.HEARTBEAT_IVL: 1000,  # ms; ZMTP pings notice a peer that vanished without closing TCP (cable, power) ...
+    zmq.HEARTBEAT_TIMEOUT: 3000,  # ... within 3 s, and the socket reconnects
+}
+
+# Control envelope: DEALER sends [request id, frame]; ROUTER sees [identity, request id, frame] and echoes the id.
+_REQUEST_ID = struct.Struct("<Q")
+
+
+class TransportError(Exception):
+    """A channel could not do what was asked."""
+
+
+class TransportTimeout(TransportError, TimeoutError):
+    """No reply, or no connected peer, within the timeout."""
+
+
+@dataclasses.dataclass
+class Counters:
+    """What one endpoint has done since it was created; `as_dict` feeds a Stats message."""
+
+    sent: int = 0
+    received: int = 0  # valid messages
+    bytes_sent: int = 0
+    bytes_received: int = 0  # every frame, valid or not
+    protocol_errors: int = 0  # frames that did not decode (or travel on the wrong channel), malformed envelopes
+    timeouts: int = 0  # requests without a reply; receives that waited (timeout_s > 0) and got nothing
+    drops: int = 0  # messages not sent because the queue was full or the peer had gone
+    stale: int = 0  # control replies to an earlier, timed-out request, discarded
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class CurveServerKeys:
+    """The binding side's CURVE key pair (z85 bytes, from `zmq.curve_keypair()`)."""
+
+    secret_key: bytes
+    public_key: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class CurveClientKeys:
+    """The connecting side's CURVE key pair and the public key of the server it trusts (z85 bytes)."""
+
+    secret_key: bytes
+    public_key: bytes
+    server_public_key: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """Where a control reply goes: the client's routing identity and the request id to echo."""
+
+    identity: bytes
+    request_id: bytes
+
+
+# --- The interface: what controller, driver and learner code may rely on -------------------------------------------
+
+
+class ControlClient(Protocol):
+    counters: Counters
+
+    def request(self, message: Message, timeout_s: float) -> Message:
+        """The reply to `message`, or TransportTimeout; a reply that does not decode raises ProtocolError."""
+
+    def close(self) -> None: ...
+
+
+class ControlServer(Protocol):
+    counters: Counters
+
+    def recv(self, timeout_s: float) -> tuple[Peer, Message | ProtocolError] | None:
+        """The next request and who sent it (ProtocolError for a bad frame: answer it), or None on timeout."""
+
+    def send(self, peer: Peer, message: Message) -> bool:
+        """Reply to `peer`; False (a counted drop) when that client is gone or not reading."""
+
+    def close(self) -> None: ...
+
+
+class Sender(Protocol):
+    counters: Counters
+
+    def send(self, message: Message) -> bool:
+        """Queue `message` without blocking; False (a counted drop) when it could not be queued."""
+
+    def close(self) -> None: ...
+
+
+class Receiver(Protocol):
+    counters: Counters
+
+    def recv(self, timeout_s: float) -> Message | ProtocolError | None:
+        """The next message (ProtocolError for a bad frame), or None when none came within timeout_s."""
+
+    def close(self) -> None: ...
+
+
+def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
+    """`tcp://host:port` on a port that was free a moment ago (another process could take it before a bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return f"tcp://{host}:{probe.getsockname()[1]}"
+
+
+def _outgoing(message: Message, allowed: tuple[type, ...], channel: str, max_bytes: int) -> bytes:
+    """The frame for `message`; refuses a type the channel does not carry and a frame its receiver would drop."""
+    if not isinstance(message, allowed):
+        raise ProtocolError("type", f"{type(message).__name__} does not travel on the {channel} channel")
+    frame = encode(message)
+    if len(frame) > max_bytes:
+        raise ProtocolError("size", f"{type(message).__name__} of {len(frame)} bytes exceeds the {channel} limit")
+    return frame
+
+
+def _incoming(
+    frame: bytes, allowed: tuple[type, ...], channel: str, max_bytes: int, counters: Counters
+) -> Message | ProtocolError:
+    """A received frame as a message of this channel, or the ProtocolError saying why not (counted)."""
+    counters.bytes_received += len(frame)
+    try:
+        message = decode(frame, max_bytes)
+        if not isinstance(message, allowed):
+            raise ProtocolError("type", f"{type(message).__name__} does not travel on the {channel} channel")
+    except ProtocolError as exc:
+        counters.protocol_errors += 1
+        return exc
+    counters.received += 1
+    return message
+
+
+def _count_sent(counters: Counters, frame: bytes) -> None:
+    counters.sent += 1
+    counters.bytes_sent += len(frame)
+
+
+# --- ZeroMQ --------------------------------------------------------------------------------------------------------
+
+
+class _ZmqEndpoint:
+    """One socket with the options all channels share, bound or connected; subclasses add a channel's semantics."""
+
+    def __init__(
+        self,
+        socket_type: int,
+        endpoint: str,
+        *,
+        bind: bool,
+        options: dict[int, int | bytes],
+        max_message_bytes: int,
+        context: zmq.Context | None,
+        curve: CurveServerKeys | CurveClientKeys | None,
+    ):
+        self.endpoint = endpoint
+        self.max_message_bytes = max_message_bytes
+        self.counters = Counters()
+        self._socket = (context if context is not None else zmq.Context.instance()).socket(socket_type)
+        try:
+            for option, value in {**_COMMON_OPTIONS, zmq.MAXMSGSIZE: max_message_bytes, **options}.items():
+                self._socket.setsockopt(option, value)
+            _apply_curve(self._socket, curve)
+            if bind:
+                self._socket.bind(endpoint)
+            else:
+                self._socket.connect(endpoint)
+        except zmq.ZMQError as exc:
+            self._socket.close(linger=0)
+            raise InputError(f"cannot {'bind' if bind else 'connect'} {endpoint!r}: {exc}") from exc
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _wait(self, events: int, deadline: float) -> bool:
+        """Poll until `events` are possible or the monotonic deadline passes (a passed deadline polls once)."""
+        timeout_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000.0))
+        return bool(self._socket.poll(timeout_ms, events))
+
+    def _recv_single(self, allowed: tuple[type, ...], channel: str, timeout_s: float) -> Message | ProtocolError | None:
+        if not self._wait(zmq.POLLIN, time.monotonic() + timeout_s):
+            if timeout_s > 0:
+                self.counters.timeouts += 1
+            return None
+        frames = self._socket.recv_multipart(zmq.NOBLOCK)
+        if len(frames) != 1:
+            self.counters.protocol_errors += 1
+            return ProtocolError("malformed", f"a {channel} message is one frame, got {len(frames)}")
+        return _incoming(frames[0], allowed, channel, self.max_message_bytes, self.counters)
+
+
+def _apply_curve(sock: zmq.Socket, keys: CurveServerKeys | CurveClientKeys | None) -> None:
+    """CURVE must be configured before bind/connect; see the module docstring for what it does and does not check."""
+    if isinstance(keys, CurveServerKeys):
+        sock.curve_secretkey = keys.secret_key
+        sock.curve_publickey = keys.public_key
+        sock.curve_server = True
+    elif isinstance(keys, CurveClientKeys):
+        sock.curve_secretkey = keys.secret_key
+        sock.curve_publickey = keys.public_key
+        sock.curve_serverkey = keys.server_public_key
+
+
+class ZmqControlClient(_ZmqEndpoint):
+    """Control channel, client side (controller; supervisor or CLI for EStop): DEALER, connects to the driver.
+
+    DEALER rather than REQ: a REQ socket that lost one reply refuses to send again, so a dropped reply or a restarted
+    driver would wedge the control loop. A DEALER can always send; each request carries a fresh 8-byte request id
+    that the server echoes, and `request` discards any reply with another id (a late answer to a request that
+    already timed out), so a reply always belongs to the request it returns from.
+
+    One request in flight. `request` waits at most timeout_s in total, first for a connected driver, then for the
+    reply, and raises TransportTimeout; it never retries (the caller decides: a controller goes SAFE).
+    IMMEDIATE: requests queue only on a completed connection, so steps are not buffered while the driver is down and
+    replayed when it returns. A request that timed out after it left may still reach the driver late: Step.tick
+    lets the driver refuse it. HWMs are small for the same reason.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        context: zmq.Context | None = None,
+        max_message_bytes: int = CONTROL_MAX_BYTES,
+        curve: CurveClientKeys | None = None,
+    ):
+        options = {zmq.IMMEDIATE: 1, zmq.SNDHWM: 4, zmq.RCVHWM: 16}
+        super().__init__(
+            zmq.DEALER,
+            endpoint,
+            bind=False,
+            options=options,
+            max_message_bytes=max_message_bytes,
+            context=context,
+            curve=curve,
+        )
+        self._last_request_id = 0
+
+    def request(self, message: Message, timeout_s: float) -> Message:
+        frame = _outgoing(message, CONTROL_REQUESTS, "control", self.max_message_bytes)
+        deadline = time.monotonic() + timeout_s
+        self._last_request_id += 1
+        request_id = _REQUEST_ID.pack(self._last_request_id)
+        queued = self._wait(zmq.POLLOUT, deadline)  # with IMMEDIATE, writable means connected
+        if queued:
+            try:
+                self._socket.send_multipart((request_id, frame), zmq.NOBLOCK)
+            except zmq.Again:  # the connection dropped between the poll and the send
+                queued = False
+        if not queued:
+            self.counters.timeouts += 1
+            raise TransportTimeout(f"no driver connected at {self.endpoint} within {timeout_s} s")
+        _count_sent(self.counters, frame)
+        while self._wait(zmq.POLLIN, deadline):
+            frames = self._socket.recv_multipart(zmq.NOBLOCK)
+            if len(frames) != 2 or len(frames[0]) != _REQUEST_ID.size:
+                self.counters.protocol_errors += 1
+                continue
+            if frames[0] != request_id:
+                self.counters.stale += 1
+                continue
+            reply = _incoming(frames[1], CONTROL_REPLIES, "control", self.max_message_bytes, self.counters)
+            if isinstance(reply, ProtocolError):
+                raise reply
+            return reply
+        self.counters.timeouts += 1
+        raise TransportTimeout(f"no reply from {self.endpoint} within {timeout_s} s")
+
+
+class ZmqControlServer(_ZmqEndpoint):
+    """Control channel, server side (driver): ROUTER, binds; any number of clients connect.
+
+    `recv` returns each request with its Peer (identity + request id); answer every request exactly once with
+    `send(peer, reply)`, an Error included (`protocol.error_message(exc)` for a frame that did not decode).
+    A frame without the [request id, frame] envelope cannot be answered: it is counted and skipped.
+    ROUTER_MANDATORY: a reply to a client that has gone raises inside ZeroMQ instead of vanishing, so it is counted
+    as a drop; so is a reply to a client whose queue is full (it stopped reading).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        context: zmq.Context | None = None,
+        max_message_bytes: int = CONTROL_MAX_BYTES,
+        curve: CurveServerKeys | None = None,
+    ):
+        options = {zmq.ROUTER_MANDATORY: 1, zmq.SNDHWM: 64, zmq.RCVHWM: 64}
+        super().__init__(
+            zmq.ROUTER,
+            endpoint,
+            bind=True,
+            options=options,
+            max_message_bytes=max_message_bytes,
+            context=context,
+            curve=curve,
+        )
+
+    def recv(self, timeout_s: float) -> tuple[Peer, Message | ProtocolError] | None:
+        deadline = time.monotonic() + timeout_s
+        while self._wait(zmq.POLLIN, deadline):
+            frames = self._socket.recv_multipart(zmq.NOBLOCK)
+            if len(frames) != 3 or len(frames[1]) != _REQUEST_ID.size:
+                self.counters.protocol_errors += 1
+                continue
+            peer = Peer(identity=frames[0], request_id=frames[1])
+            return peer, _incoming(frames[2], CONTROL_REQUESTS, "control", self.max_message_bytes, self.counters)
+        if timeout_s > 0:
+            self.counters.timeouts += 1
+        return None
+
+    def send(self, peer: Peer, message: Message) -> bool:
+        frame = _outgoing(message, CONTROL_REPLIES, "control", self.max_message_bytes)
+        try:
+            self._socket.send_multipart((peer.identity, peer.request_id, frame), zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters.drops += 1
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.counters.drops += 1
+            return False
+        _count_sent(self.counters, frame)
+        return True
+
+
+class ZmqTransitionSender(_ZmqEndpoint):
+    """Transitions channel, controller side: PUSH, connects to the learner.
+
+    Bounded and never blocking: up to `queue_messages` batches wait in ZeroMQ (plus the OS socket buffers); when the
+    queue is full (learner slow, gone, or not started yet) `send` returns False and counts a drop instead of
+    stalling the control loop. The controller's durable log keeps every transition, so a drop costs the learner data,
+    never the robot a tick; TransitionBatch.seq shows the learner the gap. IMMEDIATE stays off, so batches queue
+    (bounded) while the learner starts. Several controllers may push to one learner.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        context: zmq.Context | None = None,
+        queue_messages: int = 64,
+        max_message_bytes: int = TRANSITIONS_MAX_BYTES,
+        curve: CurveClientKeys | None = None,
+    ):
+        super().__init__(
+            zmq.PUSH,
+            endpoint,
+            bind=False,
+            options={zmq.SNDHWM: queue_messages},
+            max_message_bytes=max_message_bytes,
+            context=context,
+            curve=curve,
+        )
+
+    def send(self, message: Message) -> bool:
+        frame = _outgoing(message, TRANSITION_MESSAGES, "transitions", self.max_message_bytes)
+        try:
+            self._socket.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters.drops += 1
+            return False
+        _count_sent(self.counters, frame)
+        return True
+
+
+class ZmqTransitionReceiver(_ZmqEndpoint):
+    """Transitions channel, learner side: PULL, binds; batches from all controllers, fairly queued.
+
+    `queue_messages` bounds what waits on this side; beyond it the senders' queues fill and they count drops.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        context: zmq.Context | None = None,
+        queue_messages: int = 256,
+        max_message_bytes: int = TRANSITIONS_MAX_BYTES,
+        curve: CurveServerKeys | None = None,
+    ):
+        super().__init__(
+            zmq.PULL,
+            endpoint,
+            bind=True,
+            options={zmq.RCVHWM: queue_messages},
+            max_message_bytes=max_message_bytes,
+            context=context,
+            curve=curve,
+        )
+
+    def recv(self, timeout_s: float) -> Message | ProtocolError | None:
+        return self._recv_single(TRANSITION_MESSAGES, "transitions", timeout_s)
+
+
+class ZmqPolicyPublisher(_ZmqEndpoint):
+    """Policy channel, learner side: PUB, binds; every connected controller receives each policy.
+
+    Latest-only: CONFLATE here and on each SUB keeps at most one policy per queue, the newest, so a controller never
+    receives an older policy after a newer one was published. CONFLATE cannot carry multipart messages, which is
+    why a policy is a single frame. PUB never blocks and never reports a drop (ZeroMQ drops silently for a slow
+    subscriber), which latest-only makes harmless: `send` always returns True. A controller that connects after a
+    publish (PUB/SUB's slow joiner) receives the next one, so the learner re-publishes its latest policy now and then.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        context: zmq.Context | None = None,
+        max_message_bytes: int = POLICY_MAX_BYTES,
+        curve: CurveServerKeys | None = None,
+    ):
+        super().__init__(
+            zmq.PUB,
+            endpoint,
+            bind=True,
+            options={zmq.CONFLATE: 1},
+            max_message_bytes=max_message_bytes,
+            context=context,
+            curve=curve,
+        )
+
+    def send(self, message: Message) -> bool:
+        frame = _outgoing(message, POLICY_MESSAGES, "policy", self.max_message_bytes)
+        self._socket.send(frame, zmq.NOBLOCK)
+        _count_sent(self.counters, frame)
+        return True
+
+
+class ZmqPolicySubscriber(_ZmqEndpoint):
+    """Policy channel, controller side: SUB to everything, connects, CONFLATE (at most the newest policy waits).
+
+    The controller calls `recv(0.0)` between ticks, a non-blocking check, and validates a policy before swapping it
+    in; it never waits on the learner (a positive timeout is for start-up, waiting for a first policy).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        context: zmq.Context | None = None,
+        max_message_bytes: int = POLICY_MAX_BYTES,
+        curve: CurveClientKeys | None = None,
+    ):
+        super().__init__(
+            zmq.SUB,
+            endpoint,
+            bind=False,
+            options={zmq.CONFLATE: 1, zmq.SUBSCRIBE: b""},
+            max_message_bytes=max_message_bytes,
+            context=context,
+            curve=curve,
+        )
+
+    def recv(self, timeout_s: float) -> Message | ProtocolError | None:
+        return self._recv_single(POLICY_MESSAGES, "policy", timeout_s)
+
+
+# --- In-memory fakes: the same interface without sockets, for unit tests of controller, driver and learner logic ----
+
+
+class _Mailbox:
+    """A thread-safe FIFO of at most `capacity` items; `conflate` keeps only the newest (ZeroMQ's CONFLATE)."""
+
+    def __init__(self, capacity: int, conflate: bool = False):
+        self._items: deque[Any] = deque()
+        self._capacity = 1 if conflate else capacity
+        self._conflate = conflate
+        self._ready = threading.Condition()
+
+    def put(self, item: Any) -> bool:
+        with self._ready:
+            if self._conflate:
+                self._items.clear()
+            elif len(self._items) >= self._capacity:
+                return False
+            self._items.append(item)
+            self._ready.notify()
+            return True
+
+    def get(self, timeout_s: float) -> Any | None:
+        with self._ready:
+            if not self._ready.wait_for(lambda: self._items, timeout=max(0.0, timeout_s)):
+                return None
+            return self._items.popleft()
+
+
+def _recv_mailbox(
+    mailbox: _Mailbox, allowed: tuple[type, ...], channel: str, max_bytes: int, counters: Counters, timeout_s: float
+) -> Message | ProtocolError | None:
+    frame = mailbox.get(timeout_s)
+    if frame is None:
+        if timeout_s > 0:
+            counters.timeouts += 1
+        return None
+    return _incoming(frame, allowed, channel, max_bytes, counters)
+
+
+class MemoryControlServer:
+    """In-memory ZmqControlServer; clients attach with `MemoryControlClient(server)`."""
+
+    def __init__(self, *, max_message_bytes: int = CONTROL_MAX_BYTES, queue_messages: int = 64):
+        self.max_message_bytes = max_message_bytes
+        self.counters = Counters()
+        self._inbox = _Mailbox(queue_messages)
+        self._clients: dict[bytes, _Mailbox] = {}
+        self._identities = itertools.count()
+
+    def _attach(self, replies: _Mailbox) -> bytes:
+        identity = b"client-%d" % next(self._identities)
+        self._clients[identity] = replies
+        return identity
+
+    def recv(self, timeout_s: float) -> tuple[Peer, Message | ProtocolError] | None:
+        item = self._inbox.get(timeout_s)
+        if item is None:
+            if timeout_s > 0:
+                self.counters.timeouts += 1
+            return None
+        peer, frame = item
+        return peer, _incoming(frame, CONTROL_REQUESTS, "control", self.max_message_bytes, self.counters)
+
+    def send(self, peer: Peer, message: Message) -> bool:
+        frame = _outgoing(message, CONTROL_REPLIES, "control", self.max_message_bytes)
+        replies = self._clients.get(peer.identity)
+        if replies is None or not replies.put((peer.request_id, frame)):
+            self.counters.drops += 1
+            return False
+        _count_sent(self.counters, frame)
+        return True
+
+    def close(self) -> None:
+        self._clients.clear()  # like a closed ROUTER: later replies go nowhere and clients time out
+
+
+class MemoryControlClient:
+    """In-memory ZmqControlClient attached to a MemoryControlServer (request ids and stale replies included)."""
+
+    def __init__(self, server: MemoryControlServer, *, max_message_bytes: int = CONTROL_MAX_BYTES):
+        self.max_message_bytes = max_message_bytes
+        self.counters = Counters()
+        self._server = server
+        self._replies = _Mailbox(16)
+        self._identity = server._attach(self._replies)
+        self._last_request_id = 0
+
+    def request(self, message: Message, timeout_s: float) -> Message:
+        frame = _outgoing(message, CONTROL_REQUESTS, "control", self.max_message_bytes)
+        deadline = time.monotonic() + timeout_s
+        self._last_request_id += 1
+        request_id = _REQUEST_ID.pack(self._last_request_id)
+        if not self._server._inbox.put((Peer(self._identity, request_id), frame)):
+            self.counters.timeouts += 1
+            raise TransportTimeout("the server's queue is full")
+        _count_sent(self.counters, frame)
+        while (item := self._replies.get(deadline - time.monotonic())) is not None:
+            reply_id, reply_frame = item
+            if reply_id != request_id:
+                self.counters.stale += 1
+                continue
+            reply = _incoming(reply_frame, CONTROL_REPLIES, "control", self.max_message_bytes, self.counters)
+            if isinstance(reply, ProtocolError):
+                raise reply
+            return reply
+        self.counters.timeouts += 1
+        raise TransportTimeout(f"no reply within {timeout_s} s")
+
+    def close(self) -> None:
+        self._server._clients.pop(self._identity, None)
+
+
+class MemoryTransitionReceiver:
+    """In-memory ZmqTransitionReceiver; senders attach with `MemoryTransitionSender(receiver)`.
+
+    One bounded queue shared by all senders (ZeroMQ has one per sender): a full queue is a counted drop at the sender.
+    """
+
+    def __init__(self, *, queue_messages: int = 256, max_message_bytes: int = TRANSITIONS_MAX_BYTES):
+        self.max_message_bytes = max_message_bytes
+        self.counters = Counters()
+        self._queue = _Mailbox(queue_messages)
+
+    def recv(self, timeout_s: float) -> Message | ProtocolError | None:
+        return _recv_mailbox(
+            self._queue, TRANSITION_MESSAGES, "transitions", self.max_message_bytes, self.counters, timeout_s
+        )
+
+    def close(self) -> None:
+        """Nothing to release; present for the interface."""
+
+
+class MemoryTransitionSender:
+    """In-memory ZmqTransitionSender: `send` never blocks and returns False (a counted drop) when the queue is full."""
+
+    def __init__(self, receiver: MemoryTransitionReceiver, *, max_message_bytes: int = TRANSITIONS_MAX_BYTES):
+        self.max_message_bytes = max_message_bytes
+        self.counters = Counters()
+        self._receiver = receiver
+
+    def send(self, message: Message) -> bool:
+        frame = _outgoing(message, TRANSITION_MESSAGES, "transitions", self.max_message_bytes)
+        if not self._receiver._queue.put(frame):
+            self.counters.drops += 1
+            return False
+        _count_sent(self.counters, frame)
+        return True
+
+    def close(self) -> None:
+        """Nothing to release; present for the interface."""
+
+
+class MemoryPolicyPublisher:
+    """In-memory ZmqPolicyPublisher; subscribers attach with `MemoryPolicySubscriber(publisher)`."""
+
+    def __init__(self, *, max_message_bytes: int = POLICY_MAX_BYTES):
+        self.max_message_bytes = max_message_bytes
+        self.counters = Counters()
+        self._subscribers: list[_Mailbox] = []
+
+    def send(self, message: Message) -> bool:
+        frame = _outgoing(message, POLICY_MESSAGES, "policy", self.max_message_bytes)
+        for latest in self._subscribers:
+            latest.put(frame)
+        _count_sent(self.counters, frame)
+        return True
+
+    def close(self) -> None:
+        self._subscribers.clear()
+
+
+class MemoryPolicySubscriber:
+    """In-memory ZmqPolicySubscriber: latest-only, like CONFLATE; it sees policies published after it attached."""
+
+    def __init__(self, publisher: MemoryPolicyPublisher, *, max_message_bytes: int = POLICY_MAX_BYTES):
+        self.max_message_bytes = max_message_bytes
+        self.counters = Counters()
+        self._publisher = publisher
+        self._latest = _Mailbox(1, conflate=True)
+        publisher._subscribers.append(self._latest)
+
+    def recv(self, timeout_s: float) -> Message | ProtocolError | None:
+        return _recv_mailbox(self._latest, POLICY_MESSAGES, "policy", self.max_message_bytes, self.counters, timeout_s)
+
+    def close(self) -> None:
+        if self._latest in self._publisher._subscribers:
+            self._publisher._subscribers.remove(self._latest)

@@ -1,0 +1,332 @@
+"""The wire codec: every message round-trips, and every malformed frame raises ProtocolError and nothing else."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import msgpack
+import numpy as np
+import pytest
+
+from acalign_robot.errors import InputError
+from acalign_robot.runtime.protocol import (
+    MAX_NDIM,
+    PROTOCOL_VERSION,
+    WIRE_DTYPES,
+    BoxSpace,
+    Clear,
+    Error,
+    EStop,
+    Heartbeat,
+    Hello,
+    HelloReply,
+    Policy,
+    ProtocolError,
+    Reset,
+    ResetReply,
+    Stats,
+    Step,
+    StepReply,
+    TransitionBatch,
+    decode,
+    encode,
+    error_message,
+)
+
+
+def transition_batch(batch: int = 4, obs_dim: int = 11, action_dim: int = 3) -> TransitionBatch:
+    rng = np.random.default_rng(0)
+    return TransitionBatch(
+        controller_id="hopper-0",
+        seq=7,
+        policy_version=np.arange(batch, dtype=np.int64),
+        obs=rng.standard_normal((batch, obs_dim)).astype(np.float32),
+        action=rng.uniform(-1, 1, (batch, action_dim)).astype(np.float32),
+        reward=rng.standard_normal(batch).astype(np.float32),
+        next_obs=rng.standard_normal((batch, obs_dim)).astype(np.float32),
+        terminated=np.array([False, False, False, True][:batch]),
+        truncated=np.zeros(batch, dtype=bool),
+        extras={"executed_action": np.zeros((batch, action_dim), np.float32)},
+    )
+
+
+def hello_reply() -> HelloReply:
+    return HelloReply(
+        driver_name="mujoco:Hopper-v5",
+        observation_space=BoxSpace(low=np.full(11, -np.inf), high=np.full(11, np.inf), units=("",) * 11),
+        action_space=BoxSpace(low=-np.ones(3, np.float32), high=np.ones(3, np.float32), units=("N*m",) * 3),
+        control_period_s=0.008,
+        watchdog_timeout_s=0.05,
+        safe_action=np.zeros(3, np.float32),
+    )
+
+
+def every_message() -> list:
+    return [
+        Hello(client_name="controller-0", role="controller"),
+        hello_reply(),
+        Reset(seed=3),
+        Reset(),
+        ResetReply(obs=np.arange(11, dtype=np.float64), driver_time_s=12.5),
+        Step(tick=42, action=np.array([0.1, -0.2, 0.3], np.float32)),
+        StepReply(
+            tick=42,
+            obs=np.arange(11, dtype=np.float64),
+            reward=1.25,
+            terminated=False,
+            truncated=True,
+            driver_time_s=13.0,
+            watchdog_fired=True,
+            safe_action_applied=True,
+            estopped=False,
+        ),
+        transition_batch(),
+        Policy(version=3, onnx=b"\x08\x01onnx-bytes", manifest={"obs_dim": 11, "nested": {"a": [1, 2.5, None, "x"]}}),
+        Heartbeat(sender="driver", time_s=1.5, state="running"),
+        EStop(reason="operator pressed the button", source="cli"),
+        Clear(source="cli"),
+        Stats(source="controller-0", values={"ticks": 1000, "p99_s": 0.0012, "policy": "v3", "safe": False}),
+        Error(code="field", message="step.action: missing"),
+    ]
+
+
+def assert_same(a, b) -> None:
+    """Field-by-field equality; arrays must match in dtype, shape and values."""
+    if isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+    elif dataclasses.is_dataclass(a):
+        assert type(a) is type(b)
+        for f in dataclasses.fields(a):
+            assert_same(getattr(a, f.name), getattr(b, f.name))
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys()
+        for key in a:
+            assert_same(a[key], b[key])
+    else:
+        assert type(a) is type(b) and a == b
+
+
+def raw_of(message) -> dict:
+    return msgpack.unpackb(encode(message))
+
+
+def packed(raw: dict) -> bytes:
+    return msgpack.packb(raw, use_bin_type=True)
+
+
+def code_of(frame, **kwargs) -> str:
+    with pytest.raises(ProtocolError) as info:
+        decode(frame, **kwargs)
+    return info.value.code
+
+
+@pytest.mark.parametrize("message", every_message(), ids=lambda m: type(m).__name__)
+def test_every_message_round_trips(message):
+    frame = encode(message)
+    assert isinstance(frame, bytes)
+    assert_same(message, decode(frame))
+
+
+@pytest.mark.parametrize("name", sorted(WIRE_DTYPES))
+@pytest.mark.parametrize("shape", [(), (0,), (5,), (2, 3), (1, 2, 1, 2)])
+def test_every_wire_dtype_and_shape_round_trips(name, shape):
+    action = np.asarray(np.arange(int(np.prod(shape))).reshape(shape) % 2, dtype=WIRE_DTYPES[name])
+    decoded = decode(encode(Step(tick=0, action=action))).action
+    assert_same(action, decoded)
+    assert not decoded.flags.writeable  # a view on the frame: copy before writing
+
+
+def test_encoding_normalises_numpy_scalars_byte_order_and_lists():
+    big_endian = np.array([1.5, -2.0], dtype=">f8")
+    decoded = decode(encode(Step(tick=np.int64(5), action=big_endian)))
+    assert decoded.tick == 5 and type(decoded.tick) is int
+    assert decoded.action.dtype == np.dtype("<f8")
+    np.testing.assert_array_equal(decoded.action, big_endian)
+    reply = decode(
+        encode(
+            StepReply(
+                tick=1,
+                obs=[0.0, 1.0],
+                reward=np.float32(0.5),
+                terminated=np.bool_(True),
+                truncated=False,
+                driver_time_s=1,
+            )
+        )
+    )
+    assert reply.reward == 0.5 and reply.terminated is True and type(reply.driver_time_s) is float
+    stats = decode(encode(Stats(source="x", values={"n": np.int64(3), "f": np.float32(0.25)})))
+    assert stats.values == {"n": 3, "f": 0.25}
+
+
+def test_encode_refuses_what_cannot_go_on_the_wire():
+    with pytest.raises(ProtocolError) as info:
+        encode(Step(tick=0, action=np.zeros(3, np.float16)))
+    assert info.value.code == "array"
+    with pytest.raises(ProtocolError) as info:
+        encode(Step(tick=0, action=np.array(["a"], dtype=object)))
+    assert info.value.code == "array"
+    with pytest.raises(ProtocolError) as info:
+        encode(Step(tick=1.5, action=np.zeros(3)))  # a float tick is refused, not truncated
+    assert info.value.code == "field"
+    with pytest.raises(ProtocolError) as info:
+        encode(Policy(version=1, onnx=b"x", manifest={"bad": object()}))
+    assert info.value.code == "field"
+    with pytest.raises(ProtocolError) as info:
+        encode({"t": "step"})
+    assert info.value.code == "type"
+
+
+def test_protocol_error_is_an_input_error_and_becomes_an_error_reply():
+    with pytest.raises(ProtocolError) as info:
+        decode(b"\xc1")
+    exc = info.value
+    assert isinstance(exc, InputError)
+    reply = error_message(exc)
+    assert isinstance(reply, Error) and reply.code == exc.code == "malformed" and reply.message
+    assert_same(reply, decode(encode(reply)))
+
+
+def test_wrong_or_missing_version():
+    raw = raw_of(Hello(client_name="c", role="controller"))
+    assert code_of(packed({**raw, "v": PROTOCOL_VERSION + 1})) == "version"
+    assert code_of(packed({**raw, "v": "1"})) == "version"
+    del raw["v"]
+    assert code_of(packed(raw)) == "version"
+
+
+def test_error_reads_in_every_version():
+    """A peer on another version must still learn why it was refused."""
+    raw = raw_of(Error(code="version", message="driver speaks v1"))
+    message = decode(packed({**raw, "v": PROTOCOL_VERSION + 7}))
+    assert isinstance(message, Error) and message.code == "version"
+
+
+def test_unknown_or_missing_type():
+    raw = raw_of(Clear(source="x"))
+    assert code_of(packed({**raw, "t": "reboot"})) == "type"
+    assert code_of(packed({**raw, "t": 3})) == "type"
+    del raw["t"]
+    assert code_of(packed(raw)) == "type"
+
+
+def test_missing_extra_and_wrongly_typed_fields():
+    raw = raw_of(Step(tick=1, action=np.zeros(3, np.float32)))
+    assert code_of(packed({k: v for k, v in raw.items() if k != "tick"})) == "field"
+    assert code_of(packed({**raw, "speed": 1})) == "field"
+    # one extra and one missing: the key count matches, the names do not
+    assert code_of(packed({**{k: v for k, v in raw.items() if k != "tick"}, "tock": 1})) == "field"
+    assert code_of(packed({**raw, "tick": "1"})) == "field"
+    assert code_of(packed({**raw, "tick": True})) == "field"  # bool is not an int here
+    assert code_of(packed({**raw, "tick": 1.0})) == "field"
+    reply = raw_of(every_message()[6])
+    assert code_of(packed({**reply, "terminated": 1})) == "field"
+    assert code_of(packed({**reply, "reward": "1.0"})) == "field"
+    assert decode(packed({**reply, "reward": 2})).reward == 2.0  # an integer is a fine number
+    stats = raw_of(Stats(source="x", values={}))
+    assert code_of(packed({**stats, "values": {"nested": [1]}})) == "field"
+    assert code_of(packed({**stats, "values": [1, 2]})) == "field"
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        ["float32", [3], b"\x00" * 11],  # bytes != prod(shape) * itemsize
+        ["float32", [4], b"\x00" * 12],
+        ["float32", [-1], b""],
+        ["float32", [2**62, 2**62], b"\x00" * 12],
+        ["float32", [2**64 - 1, 0], b""],  # empty, but numpy cannot even describe it
+        ["float32", [2**40, 2**40, 0], b""],
+        ["float32", [1] * (MAX_NDIM + 1), b"\x00" * 4],
+        ["float32", [3.0], b"\x00" * 12],
+        ["float32", 3, b"\x00" * 12],
+        ["float16", [3], b"\x00" * 6],
+        ["object", [1], b"\x00" * 8],
+        [1, [3], b"\x00" * 12],
+        ["float32", [3], "not bytes"],
+        ["float32", [3]],
+        {"dtype": "float32"},
+        ["bool", [3], b"\x00\x01\x02"],
+    ],
+)
+def test_bad_arrays(array):
+    raw = raw_of(Step(tick=1, action=np.zeros(3, np.float32)))
+    assert code_of(packed({**raw, "action": array})) == "array"
+
+
+def test_cross_field_rules():
+    batch = raw_of(transition_batch())
+    short_reward = raw_of(transition_batch(batch=3))["reward"]
+    assert code_of(packed({**batch, "reward": short_reward})) == "field"
+    assert code_of(packed({**batch, "terminated": batch["reward"]})) == "field"  # float, not bool
+    assert code_of(packed({**batch, "extras": {"raw_action": short_reward}})) == "field"
+    hello = raw_of(hello_reply())
+    assert code_of(packed({**hello, "safe_action": raw_of(Step(tick=0, action=np.full(3, 2.0)))["action"]})) == "field"
+    assert code_of(packed({**hello, "control_period_s": 0.0})) == "field"
+    flipped = {**hello["action_space"], "low": hello["action_space"]["high"], "high": hello["action_space"]["low"]}
+    assert code_of(packed({**hello, "action_space": flipped})) == "field"
+    assert code_of(packed({**hello, "action_space": {**hello["action_space"], "units": ["N*m"]}})) == "field"
+    assert code_of(packed({**raw_of(Reset(seed=1)), "seed": -1})) == "field"
+
+
+def test_manifest_must_be_json_like_and_shallow():
+    raw = raw_of(Policy(version=1, onnx=b"x", manifest={}))
+    assert code_of(packed({**raw, "manifest": {"blob": b"\x00"}})) == "field"
+    deep: dict = {}
+    node = deep
+    for _ in range(200):
+        node["a"] = {}
+        node = node["a"]
+    assert code_of(packed({**raw, "manifest": deep})) == "field"
+    assert code_of(packed({**raw, "onnx": b""})) == "field"
+
+
+def test_oversized_frames():
+    frame = encode(transition_batch())
+    assert code_of(frame, max_size=len(frame) - 1) == "size"
+    assert isinstance(decode(frame, max_size=len(frame)), TransitionBatch)
+
+
+@pytest.mark.parametrize("message", every_message(), ids=lambda m: type(m).__name__)
+def test_every_truncation_raises_protocol_error(message):
+    frame = encode(message)
+    for end in range(len(frame)):
+        with pytest.raises(ProtocolError):
+            decode(frame[:end])
+    with pytest.raises(ProtocolError):
+        decode(frame + b"\x00")  # trailing bytes
+
+
+def test_not_a_message_at_all():
+    for frame in (b"", packed([1, 2, 3]), packed("step"), packed({1: 2}), packed({"v": 1}), b"\xd4\x01\x00"):
+        with pytest.raises(ProtocolError):
+            decode(frame)
+    assert code_of("a string") == "malformed"
+    assert code_of(None) == "malformed"
+    assert isinstance(decode(memoryview(encode(Clear(source="x")))), Clear)
+
+
+def test_random_frames_raise_only_protocol_error():
+    rng = np.random.default_rng(1234)
+    for _ in range(2000):
+        frame = rng.integers(0, 256, size=int(rng.integers(0, 200)), dtype=np.uint8).tobytes()
+        with pytest.raises(ProtocolError):  # anything else escaping decode fails the test
+            decode(frame)
+
+
+def test_mutated_frames_raise_only_protocol_error():
+    """Flipped bytes in valid frames reach deeper than random bytes: past the msgpack layer into field checks."""
+    rng = np.random.default_rng(5678)
+    frames = [encode(message) for message in every_message()]
+    decoded = 0
+    for _ in range(3000):
+        frame = bytearray(frames[int(rng.integers(len(frames)))])
+        for _ in range(int(rng.integers(1, 4))):
+            frame[int(rng.integers(len(frame)))] = int(rng.integers(256))
+        try:
+            decode(bytes(frame))
+            decoded += 1  # a flip inside a payload (array bytes, a string) can leave a valid message
+        except ProtocolError:
+            pass
+    assert decoded < 3000
