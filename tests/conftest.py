@@ -35,3 +35,44 @@ def tiny_hopper_dataset(minari_store):
         extra_metadata={"kind": "medium-replay"},
     )
     return "tiny-hopper-v0"
+
+
+@pytest.fixture
+def make_checkpoint(tmp_path):
+    """Factory: an untrained phase-1 ('offline') checkpoint on an env's spaces, saved as `acalign pretrain` saves one.
+
+    Small (2x32) networks; the normaliser is fitted to shifted, scaled random observations so that exports exercise
+    the normalisation; meta carries the env's action bounds and reference scores 0 / 100.
+    """
+
+    def make(env_id: str = "Hopper-v5", filename: str = "offline.pt", seed: int = 0):
+        import gymnasium as gym
+        import numpy as np
+        import torch
+
+        from acalign_robot import config as config_io
+        from acalign_robot.algo.aca import OfflineACA, load_preset
+        from acalign_robot.algo.checkpoint import save_checkpoint
+
+        env = gym.make(env_id)
+        obs_dim, bounds = env.observation_space.shape[0], env.unwrapped.action_space
+        env.close()
+        torch.manual_seed(seed)
+        config = load_preset("medium", ("sac.hidden_sizes=[32, 32]",))
+        observations = np.random.default_rng(seed).normal(0.5, 2.0, size=(256, obs_dim)).astype(np.float32)
+        agent = OfflineACA(obs_dim, bounds.shape[0], config, observations)
+        meta = {
+            "env_id": env_id,
+            "obs_dim": obs_dim,
+            "action_dim": bounds.shape[0],
+            "action_low": bounds.low.tolist(),
+            "action_high": bounds.high.tolist(),
+            "datasets": [],
+            "offline_steps": 0,
+            "ref_random": 0.0,
+            "ref_expert": 100.0,
+            "ref_source": "test",
+        }
+        return save_checkpoint(tmp_path / filename, "offline", agent.state_dict(), config_io.to_dict(config), meta)
+
+    return make
