@@ -250,6 +250,33 @@ def _cmd_policies_show(args) -> int:
     return EXIT_OK
 
 
+def _cmd_demo(args) -> int:
+    from acalign_robot.demo import run_demo
+
+    run_demo(Path(args.out))
+    return EXIT_OK
+
+
+def _cmd_driver(args) -> int:
+    from acalign_robot import config as config_io
+    from acalign_robot.runtime.driver_server import DriverConfig, serve
+
+    serve(config_io.load(DriverConfig, args.config, tuple(args.set or ())), ready_file=args.ready_file)
+    return EXIT_OK
+
+
+def _cmd_controller(args) -> int:
+    import json
+
+    from acalign_robot import config as config_io
+    from acalign_robot.runtime.controller import ControllerConfig, run_controller
+
+    stats = run_controller(config_io.load(ControllerConfig, args.config, tuple(args.set or ())))
+    summary = {k: v for k, v in stats.items() if k != "episode_returns"}
+    print(json.dumps(summary, indent=1))
+    return EXIT_OK
+
+
 def _set_threads(threads: int) -> None:
     from acalign_robot.algo.train import set_torch_threads
 
@@ -419,6 +446,37 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("ref", metavar="NAME[/VERSION]", help="policy name (its latest version) or name/version")
     _add_policies_dir(q)
     q.set_defaults(handler=_cmd_policies_show)
+
+    p = commands.add_parser(
+        "demo",
+        help="the whole pipeline on a small MuJoCo task (what `make demo` runs)",
+        description="collect -> pretrain -> align -> export -> fine-tune -> report, on "
+        "InvertedPendulum-v5; re-running reuses what exists.",
+    )
+    p.add_argument("--out", default="demo", help="output directory (default demo/)")
+    p.set_defaults(handler=_cmd_demo)
+
+    p = commands.add_parser(
+        "driver",
+        help="serve a driver (MuJoCo, loopback, template) on the control channel",
+        description="Run one driver process: the driver behind a ZeroMQ ROUTER, with a watchdog "
+        "and an e-stop latch. Stops on SIGTERM/SIGINT after applying the safe action.",
+    )
+    p.add_argument("--config", required=True, help="YAML file of DriverConfig fields")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.add_argument("--ready-file", help="write this file once the socket is bound (for supervisors)")
+    p.set_defaults(handler=_cmd_driver)
+
+    p = commands.add_parser(
+        "controller",
+        help="run the real-time controller against a driver",
+        description="Run one controller process: an ONNX policy at a fixed rate against a driver, "
+        "streaming transitions to a learner and hot-swapping its policies when "
+        "endpoints are given. Prints its statistics as JSON at exit.",
+    )
+    p.add_argument("--config", required=True, help="YAML file of ControllerConfig fields")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.set_defaults(handler=_cmd_controller)
 
     return parser
 

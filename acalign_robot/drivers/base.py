@@ -16,40 +16,21 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["BoxSpec", "Driver", "DriverSpec", "StepResult"]
+from acalign_robot.runtime.protocol import BoxSpace
+
+__all__ = ["BoxSpace", "Driver", "DriverSpec", "StepResult", "box"]
 
 
-@dataclass(frozen=True)
-class BoxSpec:
-    """A flat box space: per-dimension bounds (+-inf allowed for observations) and units."""
-
-    low: tuple[float, ...]
-    high: tuple[float, ...]
-    units: tuple[str, ...]
-
-    def __post_init__(self):
-        if not (len(self.low) == len(self.high) == len(self.units)):
-            raise ValueError(
-                f"BoxSpec: low/high/units lengths differ ({len(self.low)}/{len(self.high)}/{len(self.units)})"
-            )
-        if any(lo > hi for lo, hi in zip(self.low, self.high)):
-            raise ValueError("BoxSpec: low > high in some dimension")
-
-    @property
-    def dim(self) -> int:
-        return len(self.low)
-
-    @classmethod
-    def from_bounds(cls, low, high, unit: str) -> BoxSpec:
-        low, high = np.asarray(low, dtype=np.float64).ravel(), np.asarray(high, dtype=np.float64).ravel()
-        return cls(tuple(map(float, low)), tuple(map(float, high)), (unit,) * len(low))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"low": list(self.low), "high": list(self.high), "units": list(self.units)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BoxSpec:
-        return cls(tuple(map(float, data["low"])), tuple(map(float, data["high"])), tuple(map(str, data["units"])))
+def box(low, high, units) -> BoxSpace:
+    """A BoxSpace from bounds (+-inf allowed for observations) and one unit string, or one per dimension."""
+    low = np.asarray(low, dtype=np.float64).ravel()
+    high = np.asarray(high, dtype=np.float64).ravel()
+    if low.shape != high.shape or np.any(low > high):
+        raise ValueError(f"box bounds must have one shape and low <= high, got {low} / {high}")
+    units = (units,) * low.size if isinstance(units, str) else tuple(units)
+    if len(units) != low.size:
+        raise ValueError(f"box: {len(units)} units for {low.size} dimensions")
+    return BoxSpace(low, high, units)
 
 
 @dataclass(frozen=True)
@@ -57,35 +38,12 @@ class DriverSpec:
     """What a driver declares in the handshake."""
 
     name: str
-    observation: BoxSpec
-    action: BoxSpec
+    observation: BoxSpace
+    action: BoxSpace
     control_period_s: float
-    safe_action: tuple[float, ...]
+    safe_action: np.ndarray  # (action_dim,) for "zero"; a "hold" driver overrides Driver.safe_action()
     safe_action_kind: Literal["zero", "hold"] = "zero"
     env_id: str | None = None  # the gymnasium env this driver stands for, when there is one
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "observation": self.observation.to_dict(),
-            "action": self.action.to_dict(),
-            "control_period_s": self.control_period_s,
-            "safe_action": list(self.safe_action),
-            "safe_action_kind": self.safe_action_kind,
-            "env_id": self.env_id,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DriverSpec:
-        return cls(
-            name=str(data["name"]),
-            observation=BoxSpec.from_dict(data["observation"]),
-            action=BoxSpec.from_dict(data["action"]),
-            control_period_s=float(data["control_period_s"]),
-            safe_action=tuple(map(float, data["safe_action"])),
-            safe_action_kind=data["safe_action_kind"],
-            env_id=data.get("env_id"),
-        )
 
 
 @dataclass

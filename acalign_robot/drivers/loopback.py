@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from acalign_robot.drivers.base import BoxSpec, Driver, DriverSpec, StepResult
+from acalign_robot.drivers.base import Driver, DriverSpec, StepResult, box
 
 __all__ = ["LoopbackDriver"]
 
@@ -22,12 +22,12 @@ class LoopbackDriver(Driver):
         inf = float("inf")
         self.spec = DriverSpec(
             name="loopback",
-            observation=BoxSpec(
-                (-inf,) * (2 * action_dim), (inf,) * (2 * action_dim), ("m",) * action_dim + ("m/s",) * action_dim
+            observation=box(
+                [-inf] * (2 * action_dim), [inf] * (2 * action_dim), ("m",) * action_dim + ("m/s",) * action_dim
             ),
-            action=BoxSpec((-1.0,) * action_dim, (1.0,) * action_dim, ("m/s^2",) * action_dim),
+            action=box([-1.0] * action_dim, [1.0] * action_dim, "m/s^2"),
             control_period_s=control_period_s,
-            safe_action=(0.0,) * action_dim,
+            safe_action=np.zeros(action_dim, dtype=np.float32),
             safe_action_kind="zero",
         )
         self._rng = np.random.default_rng(seed)

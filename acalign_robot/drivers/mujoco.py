@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from acalign_robot.config import FieldError
-from acalign_robot.drivers.base import BoxSpec, Driver, DriverSpec, StepResult
+from acalign_robot.drivers.base import Driver, DriverSpec, StepResult, box
 
 __all__ = ["MujocoDriver", "RealismConfig", "SimConfig", "physics_substeps"]
 
@@ -84,10 +84,10 @@ class MujocoDriver(Driver):
         space = self.env.action_space
         self.spec = DriverSpec(
             name=f"mujoco:{config.env_id}",
-            observation=BoxSpec.from_bounds(self.env.observation_space.low, self.env.observation_space.high, "sim"),
-            action=BoxSpec.from_bounds(space.low, space.high, "actuator ctrl"),
+            observation=box(self.env.observation_space.low, self.env.observation_space.high, "sim"),
+            action=box(space.low, space.high, "actuator ctrl"),
             control_period_s=self.control_period_s,
-            safe_action=tuple(0.0 for _ in range(space.shape[0])),
+            safe_action=np.zeros(space.shape[0], dtype=np.float32),
             safe_action_kind="zero",
             env_id=config.env_id,
         )

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from acalign_robot.drivers.base import BoxSpec, Driver, DriverSpec, StepResult
+from acalign_robot.drivers.base import Driver, DriverSpec, StepResult, box
 
 __all__ = ["TemplateDriver"]
 
@@ -73,12 +73,10 @@ class TemplateDriver(Driver):
         limit = self.joint_limit_rad
         self.spec = DriverSpec(
             name="template-arm",
-            observation=BoxSpec(
-                (-limit,) * joints + (-np.pi,) * joints, (limit,) * joints + (np.pi,) * joints, ("rad",) * (2 * joints)
-            ),
-            action=BoxSpec((-limit,) * joints, (limit,) * joints, ("rad",) * joints),
+            observation=box([-limit] * joints + [-np.pi] * joints, [limit] * joints + [np.pi] * joints, "rad"),
+            action=box([-limit] * joints, [limit] * joints, "rad"),
             control_period_s=control_period_s,
-            safe_action=(0.0,) * joints,  # placeholder shape; "hold" means the measured position, see safe_action()
+            safe_action=np.zeros(joints, dtype=np.float32),  # the start pose; "hold" overrides safe_action()
             safe_action_kind="hold",
         )
         self._steps = 0

@@ -1,0 +1,468 @@
+"""The real-time controller: an ONNX policy driving a driver at a fixed rate, streaming what it executes.
+
+Each tick (period = 1 / rate_hz, or the driver's control period):
+    infer   the PolicyRunner's action for the current observation (deterministic, or exploring)
+    filter  the safety filter (safety.py): finite check, clip, rate limit, SAFE latch
+    obs     one Step request to the driver and its StepReply (the round trip: apply, advance, observe)
+    send    the transition into the outgoing batch; a full batch is pushed to the learner without blocking
+then sleep until the tick's deadline. The schedule is deadline-based: deadline_k = start + k * period, and the loop
+sleeps for what is left of the period after its work, never `sleep(period)`. A tick whose work ends after its
+deadline is a deadline miss; the next deadline is then re-anchored to now (no burst of catch-up ticks).
+The loop measures every section (p50/p99/max) and publishes Stats.
+
+Hot-swap: a background thread owns the policy subscription (latest-only). It validates each new version off the
+control thread (sha256 and spaces via PolicyRunner, finite outputs on a probe batch of recent observations,
+bounded deviation from the current policy on that batch), builds its onnxruntime session, and leaves it in a
+one-slot mailbox; the control loop picks it up between two ticks with one reference assignment. Every transition
+records the version of the policy that chose its action.
+
+Faults: no StepReply within `driver_timeout_ms` latches SAFE (the safe action is sent every tick; the driver's
+own watchdog covers the controller being gone). Losing the learner never stops control: batches that do not fit
+the bounded queue are counted as drops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from acalign_robot.config import FieldError
+from acalign_robot.runtime import protocol as p
+from acalign_robot.runtime.manifest import PolicyError
+from acalign_robot.runtime.policy import PolicyRunner
+from acalign_robot.runtime.safety import ActionFilter, FilterFlags, SafetyConfig
+from acalign_robot.runtime.transport import ControlClient, Receiver, Sender, TransportTimeout
+
+__all__ = ["Controller", "ControllerConfig", "PolicySwapper", "SectionTimer", "run_controller"]
+
+SECTIONS = ("infer", "filter", "obs", "send", "tick")
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """One controller process. Saved form: a launch file's `controllers:` entry, or a file for `acalign controller`."""
+
+    driver_endpoint: str
+    policy: str  # artifact directory: policies/NAME (latest version) or policies/NAME/VERSION
+    controller_id: str = "controller-0"
+    rate_hz: float | None = None  # None: the driver's control period
+    explore: bool = False  # sample from the policy (fine-tuning) instead of tanh(mean) (evaluation)
+    seed: int = 0
+    episodes: int | None = None  # stop after this many episodes ...
+    ticks: int | None = None  # ... or ticks ...
+    duration_s: float | None = None  # ... or seconds (whichever first; none: until SIGTERM)
+    driver_timeout_ms: float = 100.0
+    learner_endpoint: str | None = None  # transitions PUSH (connect); none: no learner
+    policy_endpoint: str | None = None  # policy SUB (connect); none: no hot-swap
+    transition_batch: int = 64
+    queue_batches: int = 256
+    max_policy_deviation: float = 1.0  # hot-swap gate: max |a_new - a_cur| / (high - low) on the probe batch
+    probe_observations: int = 256
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    provider: str = "cpu"
+    output_dir: str | None = None  # stats.json (at exit) and status.json (every second)
+    stats_every_s: float = 1.0
+
+    def validate(self) -> None:
+        if self.rate_hz is not None and not 0 < self.rate_hz <= 10_000:
+            raise FieldError("rate_hz", f"must be in (0, 10000], got {self.rate_hz}")
+        if self.driver_timeout_ms <= 0:
+            raise FieldError("driver_timeout_ms", f"must be positive, got {self.driver_timeout_ms}")
+        if self.transition_batch < 1 or self.queue_batches < 1:
+            raise FieldError("transition_batch", "transition_batch and queue_batches must be >= 1")
+        if self.provider not in ("cpu", "cuda"):
+            raise FieldError("provider", f"must be 'cpu' or 'cuda', got {self.provider!r}")
+        if not 0 < self.max_policy_deviation <= 1:
+            raise FieldError("max_policy_deviation", f"must be in (0, 1], got {self.max_policy_deviation}")
+
+
+class SectionTimer:
+    """Per-section durations in preallocated rings (the last `capacity` ticks), summarised as p50/p99/max."""
+
+    def __init__(self, capacity: int = 100_000):
+        self.capacity = capacity
+        self.samples = {name: np.zeros(capacity) for name in SECTIONS}
+        self.count = 0
+
+    def record(self, durations: tuple[float, ...]) -> None:
+        index = self.count % self.capacity
+        for name, value in zip(SECTIONS, durations):
+            self.samples[name][index] = value
+        self.count += 1
+
+    def summary(self) -> dict[str, float]:
+        filled = min(self.count, self.capacity)
+        if filled == 0:
+            return {}
+        result = {}
+        for name, ring in self.samples.items():
+            values = ring[:filled]
+            result[f"{name}_p50_s"] = float(np.percentile(values, 50))
+            result[f"{name}_p99_s"] = float(np.percentile(values, 99))
+            result[f"{name}_max_s"] = float(values.max())
+        return result
+
+
+class _TransitionBatcher:
+    """Fills preallocated arrays; `flush` sends them as one TransitionBatch with the next sequence number."""
+
+    def __init__(self, controller_id: str, size: int, obs_dim: int, action_dim: int, sender: Sender | None):
+        self.controller_id, self.size, self.sender = controller_id, size, sender
+        self.obs = np.zeros((size, obs_dim), np.float32)
+        self.next_obs = np.zeros((size, obs_dim), np.float32)
+        self.action = np.zeros((size, action_dim), np.float32)
+        self.policy_action = np.zeros((size, action_dim), np.float32)
+        self.reward = np.zeros(size, np.float32)
+        self.terminated = np.zeros(size, bool)
+        self.truncated = np.zeros(size, bool)
+        self.version = np.zeros(size, np.int64)
+        self.flags = np.zeros(size, np.int32)
+        self.filled = 0
+        self.seq = 0
+        self.sent_batches = 0
+        self.dropped_batches = 0
+
+    def add(self, obs, policy_action, action, reward, next_obs, terminated, truncated, version, flags) -> None:
+        i = self.filled
+        self.obs[i], self.policy_action[i], self.action[i], self.next_obs[i] = obs, policy_action, action, next_obs
+        self.reward[i], self.terminated[i], self.truncated[i] = reward, terminated, truncated
+        self.version[i], self.flags[i] = version, flags
+        self.filled += 1
+        if self.filled == self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.filled == 0:
+            return
+        n, self.filled = self.filled, 0
+        if self.sender is None:
+            return
+        batch = p.TransitionBatch(
+            controller_id=self.controller_id,
+            seq=self.seq,
+            policy_version=self.version[:n].copy(),
+            obs=self.obs[:n].copy(),
+            action=self.action[:n].copy(),
+            reward=self.reward[:n].copy(),
+            next_obs=self.next_obs[:n].copy(),
+            terminated=self.terminated[:n].copy(),
+            truncated=self.truncated[:n].copy(),
+            extras={"policy_action": self.policy_action[:n].copy(), "safety_flags": self.flags[:n].copy()},
+        )
+        self.seq += 1
+        if self.sender.send(batch):
+            self.sent_batches += 1
+        else:
+            self.dropped_batches += 1
+
+
+class PolicySwapper:
+    """Receives policies on its own thread, validates them, and offers the next runner to the control loop."""
+
+    def __init__(self, subscriber: Receiver, controller: Controller):
+        self.subscriber = subscriber
+        self.controller = controller
+        self.ready: PolicyRunner | None = None  # the one-slot mailbox, taken by the control loop
+        self.accepted = 0
+        self.rejections: dict[str, int] = {}
+        self.last_rejection = ""
+        self.last_publish_to_ready_s = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="policy-swapper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self.subscriber.close()
+
+    def _reject(self, reason: str, detail: str) -> None:
+        self.rejections[reason] = self.rejections.get(reason, 0) + 1
+        self.last_rejection = f"{reason}: {detail}"[:300]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            message = self.subscriber.recv(0.1)
+            if message is None:
+                continue
+            received = time.perf_counter()
+            if isinstance(message, p.ProtocolError):
+                self._reject("protocol", str(message))
+                continue
+            current = self.controller.runner
+            if message.version <= current.manifest.version:
+                continue  # a re-publication of what we already run (or older): nothing to do
+            runner = self._validate(message, current)
+            if runner is not None:
+                self.ready = runner
+                self.accepted += 1
+                self.last_publish_to_ready_s = time.perf_counter() - received
+
+    def _validate(self, message: p.Policy, current: PolicyRunner) -> PolicyRunner | None:
+        spec = self.controller.spec
+        try:
+            runner = PolicyRunner(
+                message.onnx,
+                message.manifest,
+                obs_dim=spec.observation_space.shape[0],
+                action_dim=spec.action_space.shape[0],
+                action_low=spec.action_space.low,
+                action_high=spec.action_space.high,
+                provider=self.controller.config.provider,
+                seed=self.controller.rng,
+            )
+        except (PolicyError, ValueError) as exc:
+            self._reject("artifact", str(exc))
+            return None
+        probe = self.controller.recent_observations()
+        new_action = runner.act_batch(probe)[0]
+        if not np.all(np.isfinite(new_action)):
+            self._reject("nonfinite", f"version {message.version} gives non-finite actions on the probe batch")
+            return None
+        span = spec.action_space.high - spec.action_space.low
+        deviation = float(np.max(np.abs(new_action - current.act_batch(probe)[0]) / span))
+        if deviation > self.controller.config.max_policy_deviation:
+            self._reject("deviation", f"version {message.version} moves actions by {deviation:.2f} of the range")
+            return None
+        return runner
+
+
+class Controller:
+    """The control loop. Construct with transport endpoints (real or in-memory), then `run()`."""
+
+    def __init__(
+        self,
+        config: ControllerConfig,
+        client: ControlClient,
+        runner: PolicyRunner,
+        transitions: Sender | None = None,
+        policies: Receiver | None = None,
+    ):
+        self.config = config
+        self.client = client
+        self.rng = np.random.default_rng(config.seed)
+        reply = client.request(p.Hello(client_name=config.controller_id, role="controller"), 5.0)
+        if not isinstance(reply, p.HelloReply):
+            raise PolicyError(f"driver at {config.driver_endpoint} answered Hello with {type(reply).__name__}")
+        self.spec = reply
+        action_space = reply.action_space
+        # The artifact must fit this driver: same dims and the same action bounds it was exported for.
+        runner.manifest.check_spaces(
+            reply.observation_space.shape[0], action_space.shape[0], action_space.low, action_space.high
+        )
+        self.runner = runner
+        self.period_s = 1.0 / config.rate_hz if config.rate_hz else reply.control_period_s
+        self.filter = ActionFilter(config.safety, action_space.low, action_space.high, reply.safe_action)
+        self.timer = SectionTimer()
+        self.batcher = _TransitionBatcher(
+            config.controller_id,
+            config.transition_batch,
+            reply.observation_space.shape[0],
+            action_space.shape[0],
+            transitions,
+        )
+        self.transitions = transitions
+        self.swapper = PolicySwapper(policies, self) if policies is not None else None
+        self._recent = np.zeros((config.probe_observations, reply.observation_space.shape[0]), np.float32)
+        self._recent_count = 0
+        self._recent_lock = threading.Lock()
+        self._stop = False
+        self.ticks = 0
+        self.deadline_misses = 0
+        self.driver_timeouts = 0
+        self.episodes = 0
+        self.episode_returns: list[float] = []
+        self.swaps = 0
+        self.swap_ticks: list[int] = []
+        self.safe_reason = ""
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def recent_observations(self) -> np.ndarray:
+        with self._recent_lock:
+            count = min(self._recent_count, len(self._recent))
+            return self._recent[: max(count, 1)].copy()
+
+    def _remember(self, obs: np.ndarray) -> None:
+        with self._recent_lock:
+            self._recent[self._recent_count % len(self._recent)] = obs
+            self._recent_count += 1
+
+    def _reset(self) -> np.ndarray:
+        reply = self.client.request(
+            p.Reset(seed=self.config.seed + self.episodes), self.config.driver_timeout_ms / 1000 * 20
+        )
+        if not isinstance(reply, p.ResetReply):
+            raise RuntimeError(f"driver answered Reset with {reply}")
+        self.filter.reset()
+        return np.asarray(reply.obs, dtype=np.float32)
+
+    def _done(self, started: float) -> bool:
+        cfg = self.config
+        return (
+            self._stop
+            or (cfg.episodes is not None and self.episodes >= cfg.episodes)
+            or (cfg.ticks is not None and self.ticks >= cfg.ticks)
+            or (cfg.duration_s is not None and time.monotonic() - started >= cfg.duration_s)
+        )
+
+    def run(self) -> dict:
+        cfg = self.config
+        timeout_s = cfg.driver_timeout_ms / 1000.0
+        if self.swapper is not None:
+            self.swapper.start()
+        obs = self._reset()
+        episode_return = 0.0
+        started = time.monotonic()
+        last_stats = started
+        deadline = time.perf_counter() + self.period_s
+        while not self._done(started):
+            t0 = time.perf_counter()
+            if self.swapper is not None and self.swapper.ready is not None:
+                self.runner, self.swapper.ready = self.swapper.ready, None  # the swap: one reference assignment
+                self.swaps += 1
+                self.swap_ticks.append(self.ticks)
+            runner = self.runner
+            policy_action = runner.act(obs, cfg.explore)
+            t1 = time.perf_counter()
+            action, flags = self.filter(policy_action)
+            t2 = time.perf_counter()
+            try:
+                reply = self.client.request(p.Step(tick=self.ticks, action=action), timeout_s)
+            except TransportTimeout:
+                self.driver_timeouts += 1
+                self.filter.latch(f"no reply from the driver within {cfg.driver_timeout_ms} ms")
+                reply = None
+            t3 = time.perf_counter()
+            if isinstance(reply, p.StepReply):
+                if reply.estopped:
+                    self.filter.latch("driver e-stop")
+                next_obs = np.asarray(reply.obs, dtype=np.float32)
+                if reply.safe_action_applied:
+                    flags |= FilterFlags.SAFE
+                self.batcher.add(
+                    obs,
+                    policy_action,
+                    action,
+                    reply.reward,
+                    next_obs,
+                    reply.terminated,
+                    reply.truncated,
+                    runner.manifest.version,
+                    flags,
+                )
+                self._remember(obs)
+                episode_return += reply.reward
+                obs = next_obs
+                if reply.terminated or reply.truncated:
+                    self.episodes += 1
+                    self.episode_returns.append(episode_return)
+                    episode_return = 0.0
+                    self.batcher.flush()
+                    obs = self._reset()
+            t4 = time.perf_counter()
+            self.ticks += 1
+            self.timer.record((t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0))
+            if time.monotonic() - last_stats >= cfg.stats_every_s:
+                last_stats = time.monotonic()
+                self._publish_stats()
+            now = time.perf_counter()
+            if now > deadline:
+                self.deadline_misses += 1
+                deadline = now  # re-anchor: no burst of catch-up ticks
+            else:
+                time.sleep(deadline - now)
+            deadline += self.period_s
+        return self._shutdown(started)
+
+    def _shutdown(self, started: float) -> dict:
+        self.batcher.flush()
+        with contextlib.suppress(TransportTimeout):  # leave the robot on its safe action
+            self.client.request(
+                p.Step(tick=self.ticks, action=self.filter.safe_action), self.config.driver_timeout_ms / 1000
+            )
+        if self.swapper is not None:
+            self.swapper.stop()
+        stats = self.stats(time.monotonic() - started)
+        self._publish_stats(stats)
+        if self.config.output_dir:
+            _write_json(Path(self.config.output_dir) / "stats.json", stats)
+        return stats
+
+    def stats(self, elapsed_s: float | None = None) -> dict:
+        values: dict = {
+            "controller_id": self.config.controller_id,
+            "ticks": self.ticks,
+            "episodes": self.episodes,
+            "deadline_misses": self.deadline_misses,
+            "driver_timeouts": self.driver_timeouts,
+            "target_rate_hz": 1.0 / self.period_s,
+            "policy_version": self.runner.manifest.version,
+            "swaps": self.swaps,
+            "transition_batches_sent": self.batcher.sent_batches,
+            "transition_batches_dropped": self.batcher.dropped_batches,
+            "safe": self.filter.safe,
+            "safe_reason": self.filter.safe_reason,
+            **{f"filter_{k}": v for k, v in self.filter.counts.items()},
+            **self.timer.summary(),
+        }
+        if elapsed_s:
+            values["achieved_rate_hz"] = self.ticks / elapsed_s
+        if self.episode_returns:
+            values["last_episode_return"] = self.episode_returns[-1]
+            values["episode_returns"] = self.episode_returns[-1000:]
+        if self.swapper is not None:
+            values["swap_rejections"] = dict(self.swapper.rejections)
+            values["last_rejection"] = self.swapper.last_rejection
+            values["last_publish_to_ready_s"] = self.swapper.last_publish_to_ready_s
+        return values
+
+    def _publish_stats(self, stats: dict | None = None) -> None:
+        stats = stats or self.stats()
+        if self.config.output_dir:
+            _write_json(Path(self.config.output_dir) / "status.json", stats)
+        if self.transitions is not None:
+            flat = {k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool))}
+            self.transitions.send(p.Stats(source=self.config.controller_id, values=flat))
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Atomic: a reader (the supervisor) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def run_controller(config: ControllerConfig) -> dict:
+    """Build ZeroMQ endpoints and the policy runner from `config`, run until done or SIGTERM/SIGINT."""
+    from acalign_robot.runtime.transport import ZmqControlClient, ZmqPolicySubscriber, ZmqTransitionSender
+
+    runner = PolicyRunner.from_dir(config.policy, provider=config.provider, seed=config.seed)
+    client = ZmqControlClient(config.driver_endpoint)
+    transitions = (
+        ZmqTransitionSender(config.learner_endpoint, queue_messages=config.queue_batches)
+        if config.learner_endpoint
+        else None
+    )
+    policies = ZmqPolicySubscriber(config.policy_endpoint) if config.policy_endpoint else None
+    try:
+        controller = Controller(config, client, runner, transitions, policies)
+        signal.signal(signal.SIGTERM, lambda signum, frame: controller.stop())
+        signal.signal(signal.SIGINT, lambda signum, frame: controller.stop())
+        return controller.run()
+    finally:
+        client.close()
+        if transitions is not None:
+            transitions.close()

@@ -1,0 +1,267 @@
+"""The driver server: one process that owns a driver and serves it on the control channel (ROUTER).
+
+One thread, one loop: receive a request (with a timeout), act on the driver, reply. Requests and replies are the
+control messages of protocol.py. What the server adds to a bare driver:
+- watchdog: once a controller has started stepping an episode, if no Step arrives within `watchdog_ms`, the server
+  applies the driver's safe action, and keeps applying it every control period until a Step or Reset arrives; the
+  next StepReply says `watchdog_fired`. The latency from the last command to the safe action is measured.
+- e-stop latch: EStop (from any client) makes every Step apply the safe action instead (`estopped` and
+  `safe_action_applied` in the reply) until a Clear;
+- last-line checks on every action: wrong shape -> Error reply; non-finite -> safe action; outside bounds -> clipped;
+- a stale Step (tick not after the last one) is refused: it is a late duplicate of a request that timed out;
+- every bad frame is answered with an Error and counted; nothing a client sends can stop the loop.
+SIGTERM/SIGINT: apply the safe action, close the driver, exit 0.
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from acalign_robot.config import FieldError
+from acalign_robot.drivers.base import Driver
+from acalign_robot.runtime import protocol as p
+from acalign_robot.runtime.transport import ControlServer, ZmqControlServer
+
+__all__ = ["DriverConfig", "DriverServer", "make_driver", "serve"]
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    """One driver process. Saved form: the `driver:` section of a launch file, or a file for `acalign driver`."""
+
+    kind: Literal["mujoco", "loopback", "template"] = "mujoco"
+    sim: str | None = None  # sim/ task YAML (kind mujoco)
+    env_id: str | None = None  # kind mujoco without a sim file: the env with default realism
+    endpoint: str = "tcp://127.0.0.1:5555"
+    watchdog_ms: float = 100.0
+    seed: int = 0
+    name: str = "driver"
+
+    def validate(self) -> None:
+        if self.kind == "mujoco" and (self.sim is None) == (self.env_id is None):
+            raise FieldError("kind", "a mujoco driver needs exactly one of `sim` (a sim/ YAML file) or `env_id`")
+        if self.watchdog_ms <= 0:
+            raise FieldError("watchdog_ms", f"must be positive, got {self.watchdog_ms}")
+
+
+def make_driver(config: DriverConfig) -> Driver:
+    if config.kind == "loopback":
+        from acalign_robot.drivers.loopback import LoopbackDriver
+
+        return LoopbackDriver(seed=config.seed)
+    if config.kind == "template":
+        from acalign_robot.drivers.template import TemplateDriver
+
+        return TemplateDriver()
+    from acalign_robot import config as config_io
+    from acalign_robot.drivers.mujoco import MujocoDriver, SimConfig
+
+    sim = config_io.load(SimConfig, config.sim) if config.sim else SimConfig(env_id=config.env_id, seed=config.seed)
+    return MujocoDriver(sim)
+
+
+@dataclass
+class DriverStats:
+    steps: int = 0
+    resets: int = 0
+    watchdog_events: int = 0  # times the watchdog took over
+    watchdog_safe_steps: int = 0  # safe actions applied by the watchdog
+    last_watchdog_latency_s: float = 0.0  # last command -> safe action applied
+    estops: int = 0
+    safe_action_steps: int = 0  # Steps answered with the safe action (e-stop, non-finite action)
+    clipped_actions: int = 0
+    stale_steps: int = 0
+    bad_requests: int = 0
+    driver_errors: int = 0
+    step_time_s: collections.deque = field(default_factory=lambda: collections.deque(maxlen=10_000))
+
+
+class DriverServer:
+    """Serves `driver` on `server`; `run()` loops until `stop()` (or a signal, when installed by `serve`)."""
+
+    def __init__(self, driver: Driver, server: ControlServer, watchdog_s: float, name: str = "driver"):
+        self.driver = driver
+        self.server = server
+        self.watchdog_s = watchdog_s
+        self.name = name
+        self.stats = DriverStats()
+        self.estopped = False
+        self._running = True
+        self._armed = False  # a controller is stepping an episode: the watchdog may fire
+        self._last_command_s = time.monotonic()
+        self._watchdog_active = False
+        self._watchdog_fired_since_reply = False
+        self._last_tick: int | None = None
+        space = driver.spec.action
+        self._low = np.asarray(space.low, dtype=np.float32)
+        self._high = np.asarray(space.high, dtype=np.float32)
+
+    def stop(self) -> None:
+        self._running = False
+
+    def run(self) -> None:
+        try:
+            while self._running:
+                item = self.server.recv(self._recv_timeout())
+                if item is None:
+                    self._watchdog()
+                    continue
+                peer, request = item
+                self.server.send(peer, self._handle(request))
+        finally:
+            self._apply_safe_action()
+            self.driver.close()
+
+    def _recv_timeout(self) -> float:
+        if not self._armed:
+            return 0.1
+        if self._watchdog_active:
+            return self.driver.spec.control_period_s
+        return max(0.0, self._last_command_s + self.watchdog_s - time.monotonic())
+
+    def _watchdog(self) -> None:
+        if not self._armed:
+            return
+        now = time.monotonic()
+        if not self._watchdog_active:
+            if now - self._last_command_s < self.watchdog_s:
+                return
+            self._watchdog_active = True
+            self.stats.watchdog_events += 1
+        result = self._apply_safe_action()
+        if not self._watchdog_fired_since_reply:
+            self.stats.last_watchdog_latency_s = time.monotonic() - self._last_command_s
+        self._watchdog_fired_since_reply = True
+        self.stats.watchdog_safe_steps += 1
+        if result is not None and (result.terminated or result.truncated):
+            self._armed = False  # the episode is over: nothing to hold until the next Reset
+
+    def _apply_safe_action(self):
+        try:
+            return self.driver.step(self.driver.safe_action())
+        except Exception:  # the watchdog must never take the server down; the next request reports the fault
+            self.stats.driver_errors += 1
+            return None
+
+    def _handle(self, request: p.Message | p.ProtocolError) -> p.Message:
+        if isinstance(request, p.ProtocolError):
+            self.stats.bad_requests += 1
+            return p.error_message(request)
+        try:
+            if isinstance(request, p.Step):
+                return self._step(request)
+            if isinstance(request, p.Reset):
+                return self._reset(request)
+            if isinstance(request, p.Hello):
+                return self._hello()
+            if isinstance(request, p.EStop):
+                self.estopped = True
+                self.stats.estops += 1
+                self._apply_safe_action()
+                return self._heartbeat()
+            if isinstance(request, p.Clear):
+                self.estopped = False
+                return self._heartbeat()
+            if isinstance(request, p.Stats):
+                return p.Stats(source=self.name, values=self._stats_values())
+            return self._heartbeat()
+        except Exception as exc:  # a driver fault is reported to the client, never fatal to the server
+            self.stats.driver_errors += 1
+            return p.Error(code="driver", message=f"{type(exc).__name__}: {exc}"[:500])
+
+    def _hello(self) -> p.HelloReply:
+        spec = self.driver.spec
+        return p.HelloReply(
+            driver_name=spec.name,
+            observation_space=spec.observation,
+            action_space=spec.action,
+            control_period_s=spec.control_period_s,
+            watchdog_timeout_s=self.watchdog_s,
+            safe_action=np.asarray(self.driver.safe_action(), dtype=np.float64),
+        )
+
+    def _heartbeat(self) -> p.Heartbeat:
+        return p.Heartbeat(sender=self.name, time_s=time.monotonic(), state="estopped" if self.estopped else "running")
+
+    def _reset(self, request: p.Reset) -> p.ResetReply:
+        obs = self.driver.reset(request.seed)
+        self.stats.resets += 1
+        self._armed = False
+        self._watchdog_active = False
+        self._last_tick = None
+        return p.ResetReply(obs=np.asarray(obs, dtype=np.float32), driver_time_s=time.monotonic())
+
+    def _step(self, request: p.Step) -> p.Message:
+        action = request.action
+        if action.shape != self._low.shape:
+            self.stats.bad_requests += 1
+            return p.Error(code="field", message=f"step.action: shape {action.shape}, driver expects {self._low.shape}")
+        if self._last_tick is not None and request.tick <= self._last_tick:
+            self.stats.stale_steps += 1
+            return p.Error(code="stale", message=f"step tick {request.tick} is not after {self._last_tick}")
+        self._last_tick = request.tick
+        safe = self.estopped or not np.all(np.isfinite(action))
+        if safe:
+            action = self.driver.safe_action()
+            self.stats.safe_action_steps += 1
+        else:
+            clipped = np.clip(action, self._low, self._high).astype(np.float32)
+            if not np.array_equal(clipped, action):
+                self.stats.clipped_actions += 1
+            action = clipped
+        started = time.perf_counter()
+        result = self.driver.step(action)
+        self.stats.step_time_s.append(time.perf_counter() - started)
+        self.stats.steps += 1
+        self._last_command_s = time.monotonic()
+        self._armed = not (result.terminated or result.truncated)
+        self._watchdog_active = False
+        fired, self._watchdog_fired_since_reply = self._watchdog_fired_since_reply, False
+        return p.StepReply(
+            tick=request.tick,
+            obs=np.asarray(result.obs, dtype=np.float32),
+            reward=float(result.reward),
+            terminated=bool(result.terminated),
+            truncated=bool(result.truncated),
+            driver_time_s=time.monotonic(),
+            watchdog_fired=fired,
+            safe_action_applied=safe,
+            estopped=self.estopped,
+        )
+
+    def _stats_values(self) -> dict[str, p.Scalar]:
+        values = {k: v for k, v in vars(self.stats).items() if not isinstance(v, collections.deque)}
+        if self.stats.step_time_s:
+            times = np.asarray(self.stats.step_time_s)
+            values["step_time_p50_s"] = float(np.percentile(times, 50))
+            values["step_time_p99_s"] = float(np.percentile(times, 99))
+        values["estopped"] = self.estopped
+        return values | {f"transport_{k}": v for k, v in self.server.counters.as_dict().items()}
+
+
+def serve(config: DriverConfig, ready_file: str | None = None) -> DriverServer:
+    """Run a driver server until SIGTERM/SIGINT; `ready_file` is written once the socket is bound."""
+    driver = make_driver(config)
+    server = ZmqControlServer(config.endpoint)
+    instance = DriverServer(driver, server, config.watchdog_ms / 1000.0, config.name)
+
+    def request_stop(signum, frame):
+        instance.stop()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    if ready_file:
+        with open(ready_file, "w") as handle:
+            handle.write(config.endpoint)
+    print(f"driver {driver.spec.name} serving on {config.endpoint} (watchdog {config.watchdog_ms} ms)", flush=True)
+    try:
+        instance.run()
+    finally:
+        server.close()
+    return instance
