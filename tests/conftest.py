@@ -76,3 +76,20 @@ def make_checkpoint(tmp_path):
         return save_checkpoint(tmp_path / filename, "offline", agent.state_dict(), config_io.to_dict(config), meta)
 
     return make
+
+
+@pytest.fixture
+def processes():
+    """Start child processes with `processes.start(args, log_path)`; every one is killed at teardown."""
+    from tests.helpers import Processes
+
+    with Processes() as started:
+        yield started
+
+
+@pytest.fixture
+def hopper_policy(tmp_path, make_checkpoint):
+    """An exported (untrained, small) Hopper-v5 policy artifact directory."""
+    from acalign_robot.export.onnx_export import write_artifact
+
+    return write_artifact(make_checkpoint("Hopper-v5"), "hopper-test", tmp_path / "policies")

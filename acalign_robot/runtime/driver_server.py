@@ -194,6 +194,7 @@ class DriverServer:
         self.stats.resets += 1
         self._armed = False
         self._watchdog_active = False
+        self._watchdog_fired_since_reply = False  # a new episode: what happened before it is reported in stats
         self._last_tick = None
         return p.ResetReply(obs=np.asarray(obs, dtype=np.float32), driver_time_s=time.monotonic())
 

@@ -1,0 +1,173 @@
+"""Driver and controller as real processes on 127.0.0.1: MuJoCo, onnxruntime and ZeroMQ, no mocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import yaml
+import zmq
+
+from acalign_robot.runtime import protocol as p
+from acalign_robot.runtime.transport import ZmqControlClient, free_tcp_endpoint
+from tests.helpers import acalign_command, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _write(path, data: dict):
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def start_driver(processes, tmp_path, endpoint: str, **fields):
+    config = _write(tmp_path / "driver.yaml", {"kind": "mujoco", "env_id": "Hopper-v5", "endpoint": endpoint, **fields})
+    ready = tmp_path / "driver.ready"
+    process = processes.start(
+        acalign_command("driver", "--config", str(config), "--ready-file", str(ready)), tmp_path / "driver.log"
+    )
+    wait_for(lambda: ready.exists() or process.poll() is not None, 60, "the driver to bind")
+    assert process.poll() is None, (tmp_path / "driver.log").read_text()
+    return process
+
+
+def driver_stats(endpoint: str) -> dict:
+    with ZmqControlClient(endpoint) as client:
+        reply = client.request(p.Stats(source="test", values={}), 5.0)
+    assert isinstance(reply, p.Stats)
+    return reply.values
+
+
+def test_controller_drives_mujoco_driver_with_episode_resets(processes, tmp_path, hopper_policy):
+    endpoint = free_tcp_endpoint()
+    start_driver(processes, tmp_path, endpoint)
+    config = _write(
+        tmp_path / "controller.yaml",
+        {
+            "driver_endpoint": endpoint,
+            "policy": str(hopper_policy),
+            "ticks": 400,
+            "output_dir": str(tmp_path / "ctl"),
+        },
+    )
+    controller = processes.start(acalign_command("controller", "--config", str(config)), tmp_path / "controller.log")
+    assert controller.wait(timeout=120) == 0, (tmp_path / "controller.log").read_text()
+    stats = json.loads((tmp_path / "ctl" / "stats.json").read_text())
+    assert stats["ticks"] == 400 and stats["episodes"] >= 2
+    assert stats["driver_timeouts"] == 0 and not stats["safe"]
+    assert stats["tick_p50_s"] > 0 and stats["target_rate_hz"] == pytest.approx(125.0)
+    assert driver_stats(endpoint)["steps"] >= 400
+
+
+def test_remote_env_passes_gymnasium_check_env(processes, tmp_path):
+    from gymnasium.utils.env_checker import check_env
+
+    from acalign_robot.runtime.remote_env import RemoteEnv
+
+    endpoint = free_tcp_endpoint()
+    start_driver(processes, tmp_path, endpoint)
+    env = RemoteEnv(endpoint)
+    try:
+        check_env(env, skip_render_check=True)
+        obs, _ = env.reset(seed=3)
+        reference, _ = gym.make("Hopper-v5").reset(seed=3)
+        np.testing.assert_allclose(obs, reference, atol=1e-6)
+    finally:
+        env.close()
+
+
+def test_driver_survives_random_oversized_and_wrong_version_frames(processes, tmp_path):
+    endpoint = free_tcp_endpoint()
+    start_driver(processes, tmp_path, endpoint)
+    rng = random.Random(0)
+    context = zmq.Context()
+    raw = context.socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(endpoint)
+    try:
+        frames = [bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 200))) for _ in range(200)]
+        import msgpack
+
+        frames.append(msgpack.packb({"v": 99, "t": "hello", "client_name": "x", "role": "y"}))
+        frames.append(msgpack.packb({"v": 1, "t": "no-such-type"}))
+        for index, frame in enumerate(frames):
+            raw.send_multipart([index.to_bytes(8, "little"), frame])
+        replies = 0
+        while raw.poll(2000):
+            request_id, reply = raw.recv_multipart()
+            assert isinstance(p.decode(reply), p.Error)
+            replies += 1
+            if replies == len(frames):
+                break
+        assert replies == len(frames)
+        raw.send_multipart([b"x", b"y" * (2 * 1024 * 1024)])  # over the control channel's 1 MiB: connection dropped
+    finally:
+        raw.close()
+        context.term()
+    stats = driver_stats(endpoint)
+    assert stats["bad_requests"] == len(frames)
+    with ZmqControlClient(endpoint) as client:
+        assert isinstance(client.request(p.Hello(client_name="after", role="test"), 5.0), p.HelloReply)
+
+
+def test_driver_watchdog_applies_safe_action_when_controller_is_killed(processes, tmp_path, hopper_policy):
+    endpoint = free_tcp_endpoint()
+    watchdog_ms = 100
+    start_driver(processes, tmp_path, endpoint, watchdog_ms=watchdog_ms)
+    config = _write(
+        tmp_path / "controller.yaml",
+        {
+            "driver_endpoint": endpoint,
+            "policy": str(hopper_policy),
+            "duration_s": 60,
+        },
+    )
+    controller = processes.start(acalign_command("controller", "--config", str(config)), tmp_path / "controller.log")
+    wait_for(lambda: driver_stats(endpoint)["steps"] > 50, 60, "the controller to step the driver")
+    os.kill(controller.pid, signal.SIGKILL)
+    controller.wait(timeout=10)
+    stats = wait_for(lambda: (s := driver_stats(endpoint))["watchdog_events"] >= 1 and s, 5, "the watchdog")
+    assert stats["watchdog_safe_steps"] >= 1
+    # the safe action is applied within the watchdog period plus the scheduling slack of a loaded 2-core machine
+    assert stats["last_watchdog_latency_s"] < watchdog_ms / 1000 + 0.1
+
+
+def test_controller_survives_garbage_on_its_policy_channel(processes, tmp_path, hopper_policy):
+    endpoint, policy_endpoint = free_tcp_endpoint(), free_tcp_endpoint()
+    start_driver(processes, tmp_path, endpoint)
+    context = zmq.Context()
+    publisher = context.socket(zmq.PUB)
+    publisher.setsockopt(zmq.LINGER, 0)
+    publisher.bind(policy_endpoint)
+    config = _write(
+        tmp_path / "controller.yaml",
+        {
+            "driver_endpoint": endpoint,
+            "policy": str(hopper_policy),
+            "policy_endpoint": policy_endpoint,
+            "duration_s": 4,
+            "output_dir": str(tmp_path / "ctl"),
+        },
+    )
+    try:
+        controller = processes.start(
+            acalign_command("controller", "--config", str(config)), tmp_path / "controller.log"
+        )
+        wait_for(lambda: (tmp_path / "ctl" / "status.json").exists(), 60, "the controller to run")
+        import msgpack
+
+        rng = np.random.default_rng(0)
+        for frame in [rng.bytes(64), msgpack.packb({"v": 7, "t": "policy"}), rng.bytes(3)] * 5:
+            publisher.send(frame)
+        assert controller.wait(timeout=60) == 0, (tmp_path / "controller.log").read_text()
+    finally:
+        publisher.close()
+        context.term()
+    stats = json.loads((tmp_path / "ctl" / "stats.json").read_text())
+    assert stats["swap_rejections"].get("protocol", 0) >= 1
+    assert stats["policy_version"] == 1 and stats["ticks"] > 100
