@@ -3,8 +3,8 @@
 Kinds (Fu et al. 2020, "D4RL", section 5):
 - random: uniform-random actions.
 - expert: rollouts of the fully trained SAC behaviour policy (its best evaluated snapshot).
-- medium: rollouts of the behaviour policy stopped at about 1/3 of the expert's return (the first snapshot that
-  reaches a third of the expert's evaluation return).
+- medium: rollouts of the behaviour policy stopped at about 1/3 of the expert's return (the snapshot whose
+  evaluation return is closest to R_random + (R_expert - R_random) / 3, the earliest on ties).
 - medium-replay: every episode the behaviour agent experienced during training up to that medium snapshot.
 - medium-expert: medium + expert rollouts.
 Rollouts sample from the stochastic policy, as D4RL's did.
@@ -273,8 +273,7 @@ def collect_sac_dataset(
     expert = max(evals, key=lambda e: e["return_mean"])
     random_return = random_policy_return(env_id, seed)
     third = random_return + (expert["return_mean"] - random_return) / 3.0
-    reaching = [e for e in evals if e["return_mean"] >= third]
-    medium = reaching[0] if reaching else min(evals, key=lambda e: abs(e["return_mean"] - third))
+    medium = min(evals, key=lambda e: (abs(e["return_mean"] - third), e["step"]))
 
     from acalign_robot.algo.train import evaluate
 
