@@ -50,9 +50,11 @@ class FieldError(ValueError):
 
 
 def _where(node: yaml.Node | None, source: str) -> str:
+    """`file:line` of a node; the node's own file wins (it may come from an included file)."""
     if node is None:
         return source
-    return f"{source}:{node.start_mark.line + 1}"
+    name = node.start_mark.name
+    return f"{name if name and not name.startswith('<') else source}:{node.start_mark.line + 1}"
 
 
 def _closest(word: str, choices: typing.Iterable[str]) -> str:
@@ -160,13 +162,17 @@ class _Builder:
 
 
 def _compose(text: str, source: str) -> yaml.Node:
+    loader = yaml.SafeLoader(text)
+    loader.name = source  # every mark (and so every error) names the file the node came from
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = loader.get_single_node()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{source}{line}: invalid YAML: {problem}") from None
+    finally:
+        loader.dispose()
     if node is None:
         raise ConfigError(f"{source}: the file is empty")
     return node
@@ -181,6 +187,12 @@ def _apply_override(root: yaml.Node, override: str) -> None:
     node = root
     parts = dotted.split(".")
     for depth, part in enumerate(parts):
+        if isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            if depth == len(parts) - 1:
+                node.value[int(part)] = value_node
+                return
+            node = node.value[int(part)]
+            continue
         if not isinstance(node, yaml.MappingNode):
             raise ConfigError(f"--set {dotted}: '{'.'.join(parts[:depth])}' is not a mapping")
         for key_node, child in node.value:
@@ -209,13 +221,56 @@ def load_text(cls: type[T], text: str, source: str = "<string>", overrides: typi
 
 
 def load(cls: type[T], path: str | Path, overrides: typing.Sequence[str] = ()) -> T:
-    """Build `cls` from a YAML file. Raises ConfigError (an InputError) naming the file and line."""
-    path = Path(path)
+    """Build `cls` from a YAML file. Raises ConfigError (an InputError) naming the file and line.
+
+    A top-level `include: [file, ...]` (paths relative to the including file) merges shared fragments first; the
+    including file's own keys win, mapping by mapping.
+    """
+    root = _compose_file(Path(path), ())
+    for override in overrides:
+        _apply_override(root, override)
+    return _Builder(str(path)).build(cls, root, "")
+
+
+def _compose_file(path: Path, including: tuple[Path, ...]) -> yaml.Node:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
-    return load_text(cls, text, str(path), overrides)
+        where = f" (included from {including[-1]})" if including else ""
+        raise ConfigError(f"{path}: cannot read config file{where} ({exc.strerror})") from None
+    root = _compose(text, str(path))
+    if not isinstance(root, yaml.MappingNode):
+        return root
+    includes = [(k, v) for k, v in root.value if k.value == "include"]
+    if not includes:
+        return root
+    root.value = [(k, v) for k, v in root.value if k.value != "include"]
+    key_node, list_node = includes[0]
+    if not isinstance(list_node, yaml.SequenceNode) or not all(isinstance(n, yaml.ScalarNode) for n in list_node.value):
+        raise ConfigError(f"{_where(key_node, str(path))}: include: expected a list of file paths")
+    merged: yaml.Node | None = None
+    for item in list_node.value:
+        target = (path.parent / item.value).resolve()
+        if target in including or target == path.resolve():
+            raise ConfigError(f"{_where(item, str(path))}: include cycle through {target}")
+        fragment = _compose_file(target, (*including, path.resolve()))
+        merged = fragment if merged is None else _merge(merged, fragment)
+    return root if merged is None else _merge(merged, root)
+
+
+def _merge(base: yaml.Node, over: yaml.Node) -> yaml.Node:
+    """`over` on top of `base`: mappings merge key by key (recursively); anything else is replaced."""
+    if not (isinstance(base, yaml.MappingNode) and isinstance(over, yaml.MappingNode)):
+        return over
+    result = list(base.value)
+    for key_node, value_node in over.value:
+        for index, (base_key, base_value) in enumerate(result):
+            if base_key.value == key_node.value:
+                result[index] = (key_node, _merge(base_value, value_node))
+                break
+        else:
+            result.append((key_node, value_node))
+    return yaml.MappingNode(base.tag, result, over.start_mark, over.end_mark)
 
 
 def to_dict(obj: Any) -> Any:

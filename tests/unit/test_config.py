@@ -98,3 +98,37 @@ def test_preset_values_follow_algorithm_table():
 def test_cross_field_check_in_aca_config():
     with pytest.raises(ConfigError, match="w_min"):
         config.load_text(ACAConfig, "w0: 1\nw_min: 2\n")
+
+
+@dataclass(frozen=True)
+class Fleet:
+    name: str
+    robots: tuple[Inner, ...] = ()
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_include_merges_fragments_and_reports_their_lines(tmp_path):
+    (tmp_path / "limits.yaml").write_text("inner:\n  rate_hz: 50\n  names: [a]\n")
+    main = tmp_path / "main.yaml"
+    main.write_text("include: [limits.yaml]\nname: x\ninner:\n  rate_hz: 75\n")
+    loaded = config.load(Fleet, main)
+    assert loaded.inner == Inner(rate_hz=75.0, names=("a",))
+    (tmp_path / "bad.yaml").write_text("inner:\n  rate: 1\n")
+    main.write_text("include: [bad.yaml]\nname: x\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:2: unknown key 'inner.rate'"):
+        config.load(Fleet, main)
+
+
+def test_include_cycle_and_missing_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("include: [b.yaml]\nname: a\n")
+    (tmp_path / "b.yaml").write_text("include: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="include cycle"):
+        config.load(Fleet, tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("include: [nope.yaml]\nname: c\n")
+    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read config file \(included from"):
+        config.load(Fleet, tmp_path / "c.yaml")
+
+
+def test_override_into_a_list_entry():
+    loaded = config.load_text(Fleet, "name: f\nrobots:\n  - {rate_hz: 1}\n  - {rate_hz: 2}\n", overrides=["robots.1.rate_hz=9"])
+    assert [r.rate_hz for r in loaded.robots] == [1.0, 9.0]
