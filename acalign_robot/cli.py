@@ -271,9 +271,71 @@ def _cmd_controller(args) -> int:
     from acalign_robot import config as config_io
     from acalign_robot.runtime.controller import ControllerConfig, run_controller
 
-    stats = run_controller(config_io.load(ControllerConfig, args.config, tuple(args.set or ())))
-    summary = {k: v for k, v in stats.items() if k != "episode_returns"}
+    config = config_io.load(ControllerConfig, args.config, tuple(args.set or ()))
+    stats = run_controller(config, ready_file=args.ready_file)
+    summary = {k: v for k, v in stats.items() if k not in ("episode_returns", "episode_log")}
     print(json.dumps(summary, indent=1))
+    return EXIT_OK
+
+
+def _cmd_learner(args) -> int:
+    from acalign_robot import config as config_io
+    from acalign_robot.learner.process import LearnerConfig, serve
+
+    config = config_io.load(LearnerConfig, args.config, tuple(args.set or ()))
+    checkpoint = serve(config, resume=args.resume)
+    print(f"learner stopped; checkpoint: {checkpoint}")
+    return EXIT_OK
+
+
+def _cmd_validate(args) -> int:
+    from acalign_robot.session.schema import check_session, load_launch
+
+    config = load_launch(args.file, tuple(args.set or ()))
+    problems = check_session(config, host=args.host)
+    if problems:
+        print(f"{args.file}: {len(problems)} problem(s):", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"{args.file}: ok ({len(config.robots)} robot(s), learner: {'yes' if config.learner else 'no'})")
+    return EXIT_OK
+
+
+def _cmd_launch(args) -> int:
+    import time as time_module
+
+    from acalign_robot.session.schema import check_session, load_launch
+    from acalign_robot.session.supervisor import SessionFailed, Supervisor
+
+    config = load_launch(args.file, tuple(args.set or ()))
+    problems = check_session(config, host=args.host)
+    if problems:
+        raise InputError(f"{args.file} does not validate: " + "; ".join(problems))
+    stamp = time_module.strftime("%Y%m%d-%H%M%S")
+    session_dir = Path(config.output_dir) / config.session / (f"{stamp}-{args.host}" if args.host else stamp)
+    try:
+        Supervisor(config, session_dir, host=args.host).run()
+    except SessionFailed as exc:
+        print(f"acalign launch: session failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _cmd_keys_generate(args) -> int:
+    from acalign_robot.runtime.security import generate_keys
+
+    public_file, secret_file = generate_keys(args.dir, args.name, force=args.force)
+    print(f"public key: {public_file} (give it to the peers that must trust this key)")
+    print(f"secret key: {secret_file} (mode 0600; never leaves this machine)")
+    return EXIT_OK
+
+
+def _cmd_keys_show(args) -> int:
+    from acalign_robot.runtime.security import key_files, load_public_key
+
+    public_file, _ = key_files(args.dir, args.name)
+    print(load_public_key(public_file).decode("ascii"))
     return EXIT_OK
 
 
@@ -476,7 +538,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, help="YAML file of ControllerConfig fields")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.add_argument("--ready-file", help="write this file once the driver handshake succeeded (for supervisors)")
     p.set_defaults(handler=_cmd_controller)
+
+    p = commands.add_parser(
+        "learner",
+        help="the learner process: ACA phase 3 on transitions streamed by controllers",
+        description="Load an online checkpoint (from `acalign align`), pull transitions from controllers, fine-tune "
+        "with ACA phase 3 at the configured update-to-data ratio, publish ONNX policies latest-only, checkpoint on a "
+        "schedule and on SIGTERM/SIGINT (exit 0). Writes learner.pt, status.json and metrics.jsonl into "
+        "checkpoint_dir.",
+    )
+    p.add_argument("--config", required=True, metavar="FILE", help="learner YAML (LearnerConfig fields)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from CHECKPOINT_DIR/learner.pt instead of `checkpoint`"
+    )
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.set_defaults(handler=_cmd_learner)
+
+    for name, summary in (
+        ("validate", "check a launch file without starting anything"),
+        ("launch", "run a session from a launch file (supervised processes, live status, report)"),
+    ):
+        p = commands.add_parser(name, help=summary, description=summary + ". See launch/ for examples.")
+        p.add_argument("file", help="launch file (YAML)")
+        p.add_argument(
+            "--set",
+            action="append",
+            metavar="KEY=VALUE",
+            help="override a field, e.g. controller.rate_hz=250 (applies to every robot) or "
+            "robots.0.driver.watchdog_ms=50 (repeatable)",
+        )
+        p.add_argument("--host", help="only this host's processes (multi-host launch files)")
+        p.set_defaults(handler=_cmd_validate if name == "validate" else _cmd_launch)
+
+    p = commands.add_parser(
+        "keys",
+        help="generate or show CURVE key pairs for channels that cross machines",
+        description="CURVE key pairs for the runtime's channels (docs/security.md): NAME.key is the public half "
+        "(give it to peers), NAME.key_secret the pair (mode 0600, stays on its machine).",
+    )
+    actions = p.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    q = actions.add_parser(
+        "generate",
+        help="write a new key pair NAME.key + NAME.key_secret",
+        description="Write a new CURVE key pair into DIR (created 0700 if missing); refuses to replace an existing "
+        "pair unless --force (peers that trust the old public key are then locked out).",
+    )
+    q.add_argument("name", help="key pair name: letters, digits, '_', '.', '-' (e.g. learner, robot1)")
+    q.add_argument("--dir", default="keys", help="keys directory (default keys/)")
+    q.add_argument("--force", action="store_true", help="replace an existing key pair of that name")
+    q.set_defaults(handler=_cmd_keys_generate)
+    q = actions.add_parser(
+        "show", help="print a key pair's public key", description="Print the public key (Z85) in DIR/NAME.key."
+    )
+    q.add_argument("name", help="key pair name")
+    q.add_argument("--dir", default="keys", help="keys directory (default keys/)")
+    q.set_defaults(handler=_cmd_keys_show)
 
     return parser
 
@@ -486,6 +605,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "data_dir", None):
         os.environ["MINARI_DATASETS_PATH"] = str(Path(args.data_dir).resolve())
+    if args.command in ("driver", "controller", "learner"):
+        from acalign_robot.session.lifeline import start_lifeline
+
+        start_lifeline()  # under a supervisor: stop safely if it dies
     try:
         return args.handler(args)
     except InputError as exc:

@@ -258,8 +258,27 @@ def _compose_file(path: Path, including: tuple[Path, ...]) -> yaml.Node:
     return root if merged is None else _merge(merged, root)
 
 
+def _named(node: yaml.Node) -> dict[str, yaml.Node] | None:
+    """A list of mappings that all have a `name` key, by name; None for any other node."""
+    if not isinstance(node, yaml.SequenceNode):
+        return None
+    names = {}
+    for item in node.value:
+        name = isinstance(item, yaml.MappingNode) and next((v.value for k, v in item.value if k.value == "name"), None)
+        if not isinstance(name, str):
+            return None
+        names[name] = item
+    return names
+
+
 def _merge(base: yaml.Node, over: yaml.Node) -> yaml.Node:
-    """`over` on top of `base`: mappings merge key by key (recursively); anything else is replaced."""
+    """`over` on top of `base`: mappings merge key by key, lists of named mappings (robots) merge by `name`, both
+    recursively; anything else is replaced."""
+    base_named, over_named = _named(base), _named(over)
+    if base_named is not None and over_named is not None:
+        merged = [_merge(item, over_named[name]) if name in over_named else item for name, item in base_named.items()]
+        merged += [item for name, item in over_named.items() if name not in base_named]
+        return yaml.SequenceNode(over.tag, merged, over.start_mark, over.end_mark)
     if not (isinstance(base, yaml.MappingNode) and isinstance(over, yaml.MappingNode)):
         return over
     result = list(base.value)

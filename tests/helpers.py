@@ -57,15 +57,14 @@ class Processes:
         return process
 
     def close(self) -> None:
+        import contextlib
         import os
         import signal
 
         for process, handle in self.started:
             if process.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 process.wait(timeout=10)
             handle.close()
 

@@ -50,8 +50,8 @@ SECTIONS = ("infer", "filter", "obs", "send", "tick")
 class ControllerConfig:
     """One controller process. Saved form: a launch file's `controllers:` entry, or a file for `acalign controller`."""
 
-    driver_endpoint: str
     policy: str  # artifact directory: policies/NAME (latest version) or policies/NAME/VERSION
+    driver_endpoint: str = "tcp://127.0.0.1:5555"  # set by the supervisor in a launch file
     controller_id: str = "controller-0"
     rate_hz: float | None = None  # None: the driver's control period
     explore: bool = False  # sample from the policy (fine-tuning) instead of tanh(mean) (evaluation)
@@ -97,6 +97,12 @@ class SectionTimer:
         for name, value in zip(SECTIONS, durations):
             self.samples[name][index] = value
         self.count += 1
+
+    def tick_samples(self) -> np.ndarray:
+        """Whole-tick durations (s) of the last `capacity` ticks, oldest first."""
+        filled = min(self.count, self.capacity)
+        start = self.count % self.capacity if self.count > self.capacity else 0
+        return np.roll(self.samples["tick"][:filled], -start)
 
     def summary(self) -> dict[str, float]:
         filled = min(self.count, self.capacity)
@@ -282,6 +288,7 @@ class Controller:
         self.driver_timeouts = 0
         self.episodes = 0
         self.episode_returns: list[float] = []
+        self.episode_log: list[tuple[int, float, float, int]] = []  # (tick, seconds, return, policy version)
         self.swaps = 0
         self.swap_ticks: list[int] = []
         self.safe_reason = ""
@@ -368,6 +375,9 @@ class Controller:
                 if reply.terminated or reply.truncated:
                     self.episodes += 1
                     self.episode_returns.append(episode_return)
+                    self.episode_log.append(
+                        (self.ticks, time.monotonic() - started, episode_return, runner.manifest.version)
+                    )
                     episode_return = 0.0
                     self.batcher.flush()
                     obs = self._reset()
@@ -398,6 +408,7 @@ class Controller:
         self._publish_stats(stats)
         if self.config.output_dir:
             _write_json(Path(self.config.output_dir) / "stats.json", stats)
+            np.save(Path(self.config.output_dir) / "tick_latency_s.npy", self.timer.tick_samples())
         return stats
 
     def stats(self, elapsed_s: float | None = None) -> dict:
@@ -422,6 +433,7 @@ class Controller:
         if self.episode_returns:
             values["last_episode_return"] = self.episode_returns[-1]
             values["episode_returns"] = self.episode_returns[-1000:]
+            values["episode_log"] = self.episode_log[-1000:]
         if self.swapper is not None:
             values["swap_rejections"] = dict(self.swapper.rejections)
             values["last_rejection"] = self.swapper.last_rejection
@@ -445,7 +457,7 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def run_controller(config: ControllerConfig) -> dict:
+def run_controller(config: ControllerConfig, ready_file: str | None = None) -> dict:
     """Build ZeroMQ endpoints and the policy runner from `config`, run until done or SIGTERM/SIGINT."""
     from acalign_robot.runtime.transport import ZmqControlClient, ZmqPolicySubscriber, ZmqTransitionSender
 
@@ -459,6 +471,8 @@ def run_controller(config: ControllerConfig) -> dict:
     policies = ZmqPolicySubscriber(config.policy_endpoint) if config.policy_endpoint else None
     try:
         controller = Controller(config, client, runner, transitions, policies)
+        if ready_file:  # the driver answered the handshake and the policy fits it
+            Path(ready_file).write_text(config.controller_id)
         signal.signal(signal.SIGTERM, lambda signum, frame: controller.stop())
         signal.signal(signal.SIGINT, lambda signum, frame: controller.stop())
         return controller.run()

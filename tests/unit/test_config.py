@@ -130,5 +130,27 @@ def test_include_cycle_and_missing_file(tmp_path):
 
 
 def test_override_into_a_list_entry():
-    loaded = config.load_text(Fleet, "name: f\nrobots:\n  - {rate_hz: 1}\n  - {rate_hz: 2}\n", overrides=["robots.1.rate_hz=9"])
+    loaded = config.load_text(
+        Fleet, "name: f\nrobots:\n  - {rate_hz: 1}\n  - {rate_hz: 2}\n", overrides=["robots.1.rate_hz=9"]
+    )
     assert [r.rate_hz for r in loaded.robots] == [1.0, 9.0]
+
+
+@dataclass(frozen=True)
+class NamedInner:
+    name: str
+    rate_hz: float = 1.0
+    names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NamedFleet:
+    robots: tuple[NamedInner, ...]
+
+
+def test_include_merges_named_list_entries_by_name(tmp_path):
+    (tmp_path / "limits.yaml").write_text("robots:\n  - {name: a, rate_hz: 5, names: [x]}\n  - {name: b}\n")
+    main = tmp_path / "main.yaml"
+    main.write_text("include: [limits.yaml]\nrobots:\n  - {name: a, rate_hz: 7}\n  - {name: c}\n")
+    robots = config.load(NamedFleet, main).robots
+    assert robots == (NamedInner("a", 7.0, ("x",)), NamedInner("b"), NamedInner("c"))

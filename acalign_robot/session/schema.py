@@ -1,0 +1,227 @@
+"""Launch files: one YAML file describes a session (sim or robot) as a graph of processes.
+
+    session: sim_hopper_finetune
+    robots:                        # one driver + one controller per robot (or sim instance)
+      - name: hopper-0
+        driver: {kind: mujoco, sim: sim/hopper.yaml, watchdog_ms: 100}
+        controller: {policy: policies/hopper-aca, explore: true}
+    learner: {checkpoint: runs/hopper/aligned-aca.pt}    # optional: online fine-tuning
+    endpoints: {transitions: auto, policy: auto}         # auto: free ports on bind_host
+    restart: {learner: {mode: on-failure, max_restarts: 3, window_s: 60}}
+    include: [fragments/hopper_limits.yaml]              # shared fragments, merged under this file
+
+The supervisor fills in every endpoint (each robot's control endpoint, the learner's transitions and policy
+endpoints) and each process's output directory; process sections must not set them. Loading is strict (unknown
+keys, wrong types: file and line); `check_session` adds the checks that need the world: files that exist, the
+policy's spaces against the driver's, rates and safety limits that make sense. `acalign validate` prints them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from acalign_robot import config as config_io
+from acalign_robot.config import FieldError
+from acalign_robot.learner.config import LearnerConfig
+from acalign_robot.runtime.controller import ControllerConfig
+from acalign_robot.runtime.driver_server import DriverConfig
+from acalign_robot.runtime.security import SecurityConfig
+
+__all__ = [
+    "AUTO",
+    "Endpoints",
+    "LaunchConfig",
+    "RestartPolicies",
+    "RestartPolicy",
+    "Robot",
+    "check_session",
+    "load_launch",
+]
+
+AUTO = "auto"
+_ENDPOINT = re.compile(r"^(tcp://[^:/]+:\d{1,5}|ipc://.+)$")
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    mode: Literal["never", "on-failure"] = "never"
+    max_restarts: int = 3  # within window_s; one more failure stops the session
+    window_s: float = 60.0
+
+    def validate(self) -> None:
+        if self.max_restarts < 0 or self.window_s <= 0:
+            raise FieldError("max_restarts", "max_restarts must be >= 0 and window_s positive")
+
+
+@dataclass(frozen=True)
+class RestartPolicies:
+    driver: RestartPolicy = field(default_factory=RestartPolicy)
+    controller: RestartPolicy = field(default_factory=RestartPolicy)
+    learner: RestartPolicy = field(default_factory=lambda: RestartPolicy(mode="on-failure"))
+
+
+@dataclass(frozen=True)
+class Robot:
+    name: str
+    driver: DriverConfig
+    controller: ControllerConfig
+    control_endpoint: str = AUTO  # the driver's ROUTER; auto: a free port on endpoints.bind_host
+    host: str = "local"  # which machine runs this robot's driver and controller (`acalign launch --host`)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    bind_host: str = "127.0.0.1"  # where automatic ports are opened (loopback by default)
+    transitions: str = AUTO  # learner PULL
+    policy: str = AUTO  # learner PUB
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    session: str
+    robots: tuple[Robot, ...]
+    learner: LearnerConfig | None = None
+    learner_host: str = "local"
+    endpoints: Endpoints = field(default_factory=Endpoints)
+    restart: RestartPolicies = field(default_factory=RestartPolicies)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    output_dir: str = "sessions"
+    duration_s: float | None = None  # stop the session after this long (none: when controllers finish, or Ctrl-C)
+    ready_timeout_s: float = 60.0  # per process, from start to its readiness handshake
+    heartbeat_timeout_s: float = 10.0  # a process whose status file is older than this is reported stale
+
+    def validate(self) -> None:
+        if not re.fullmatch(r"[\w.-]+", self.session):
+            raise FieldError("session", f"use letters, digits, '.', '-' and '_' only, got {self.session!r}")
+        if not self.robots:
+            raise FieldError("robots", "a session needs at least one robot (driver + controller)")
+        names = [robot.name for robot in self.robots]
+        if len(set(names)) != len(names):
+            raise FieldError("robots", f"robot names must be unique, got {names}")
+        for index, robot in enumerate(self.robots):
+            if robot.driver.endpoint != DriverConfig.endpoint:
+                raise FieldError("robots", f"robots[{index}].driver.endpoint: set robots[{index}].control_endpoint")
+            if robot.controller.driver_endpoint != ControllerConfig.driver_endpoint:
+                raise FieldError("robots", f"robots[{index}].controller.driver_endpoint: set control_endpoint instead")
+            if robot.controller.learner_endpoint or robot.controller.policy_endpoint:
+                raise FieldError("robots", f"robots[{index}].controller: learner endpoints come from `endpoints:`")
+            if robot.controller.output_dir:
+                raise FieldError("robots", f"robots[{index}].controller.output_dir: the session directory is used")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise FieldError("duration_s", f"must be positive, got {self.duration_s}")
+
+
+def load_launch(path: str | Path, overrides: tuple[str, ...] = ()) -> LaunchConfig:
+    """Load a launch file. `--set controller.rate_hz=250` (or `driver.` / `robot.`) applies to every robot."""
+    robots = _robot_count(Path(path))
+    expanded: list[str] = []
+    for override in overrides:
+        head = override.split(".", 1)[0]
+        if head in ("controller", "driver") and robots:
+            expanded += [f"robots.{i}.{override}" for i in range(robots)]
+        else:
+            expanded.append(override)
+    return config_io.load(LaunchConfig, path, tuple(expanded))
+
+
+def _robot_count(path: Path) -> int:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return 0  # the strict loader reports the problem with its location
+    robots = data.get("robots") if isinstance(data, dict) else None
+    return len(robots) if isinstance(robots, list) else 0
+
+
+def check_session(config: LaunchConfig, host: str | None = None) -> list[str]:
+    """Every problem that needs more than types: a list of one-line messages (empty when the session is sane)."""
+    from acalign_robot.runtime.driver_server import make_driver
+    from acalign_robot.runtime.manifest import PolicyError
+    from acalign_robot.runtime.policy import PolicyRunner
+    from acalign_robot.runtime.security import check_bind
+
+    problems: list[str] = []
+    explicit = [robot.control_endpoint for robot in config.robots if robot.control_endpoint != AUTO]
+    explicit += [e for e in (config.endpoints.transitions, config.endpoints.policy) if e != AUTO]
+    for endpoint in explicit:
+        if not _ENDPOINT.match(endpoint):
+            problems.append(f"endpoint {endpoint!r}: expected tcp://HOST:PORT or ipc://PATH")
+    duplicates = {e for e in explicit if explicit.count(e) > 1}
+    problems += [f"endpoint {e} is bound by more than one process" for e in sorted(duplicates)]
+    for endpoint in explicit:
+        try:
+            check_bind(endpoint, config.security)
+        except Exception as exc:  # an InputError naming the endpoint and the fix
+            problems.append(str(exc))
+    for index, robot in enumerate(config.robots):
+        if host is not None and robot.host != host:
+            continue
+        where = f"robots[{index}] ({robot.name})"
+        try:
+            driver = make_driver(robot.driver)
+        except Exception as exc:
+            problems.append(f"{where}.driver: cannot be created: {exc}")
+            continue
+        spec = driver.spec
+        driver.close()
+        period_s = spec.control_period_s
+        controller = robot.controller
+        if controller.rate_hz is not None and abs(controller.rate_hz * period_s - 1.0) > 0.01:
+            problems.append(
+                f"{where}.controller.rate_hz: {controller.rate_hz} Hz, but the driver's control period is "
+                f"{period_s * 1000:g} ms ({1 / period_s:g} Hz)"
+            )
+        if robot.driver.watchdog_ms < 2 * period_s * 1000:
+            problems.append(
+                f"{where}.driver.watchdog_ms: {robot.driver.watchdog_ms} ms is under two control periods "
+                f"({2 * period_s * 1000:g} ms): the watchdog would fire between healthy ticks"
+            )
+        if controller.driver_timeout_ms > robot.driver.watchdog_ms:
+            problems.append(
+                f"{where}.controller.driver_timeout_ms ({controller.driver_timeout_ms} ms) exceeds the "
+                f"driver's watchdog_ms ({robot.driver.watchdog_ms} ms)"
+            )
+        try:
+            PolicyRunner.from_dir(
+                controller.policy,
+                obs_dim=spec.observation.shape[0],
+                action_dim=spec.action.shape[0],
+                action_low=spec.action.low,
+                action_high=spec.action.high,
+            )
+        except (PolicyError, ValueError, OSError) as exc:
+            problems.append(f"{where}.controller.policy: {exc}")
+        if config.learner is not None and not controller.explore:
+            problems.append(
+                f"{where}.controller.explore is false, but a learner fine-tunes from its transitions "
+                "(ACA acts with the stochastic policy online)"
+            )
+    learner_here = config.learner is not None and (host is None or config.learner_host == host)
+    if learner_here and not Path(config.learner.checkpoint).is_file():
+        problems.append(
+            f"learner.checkpoint: {config.learner.checkpoint} does not exist (make one with `acalign align`)"
+        )
+    return problems
+
+
+def with_endpoints(robot: Robot, control: str, transitions: str | None, policy: str | None, output_dir: Path) -> Robot:
+    """The robot's process configs with the endpoints and output directory the supervisor chose."""
+    return dataclasses.replace(
+        robot,
+        control_endpoint=control,
+        driver=dataclasses.replace(robot.driver, endpoint=control, name=f"{robot.name}-driver"),
+        controller=dataclasses.replace(
+            robot.controller,
+            driver_endpoint=control,
+            learner_endpoint=transitions,
+            policy_endpoint=policy,
+            output_dir=str(output_dir),
+            controller_id=robot.name,
+        ),
+    )

@@ -1,0 +1,324 @@
+"""The session supervisor behind `acalign launch`: start, watch and stop the processes of a launch file.
+
+Start order: learner (it binds the transitions and policy endpoints), drivers (they bind the control endpoints),
+controllers. Each process runs `acalign <role> --config <resolved yaml> --ready-file <file>` in its own process
+group, with its output in `<session dir>/<name>.log`; the supervisor waits for its ready file (the readiness
+handshake: sockets bound, for a controller the driver's handshake done) and on a timeout or an early exit prints the
+process's last log lines and stops the session.
+
+While running: exits are handled by each role's restart policy (never / on-failure with at most N restarts in a
+window; a restarted learner resumes from its checkpoint); status files (`status.json`, written every second by
+controllers and the learner) feed a live status line, and a status file older than `heartbeat_timeout_s` is
+reported stale. The session ends at `duration_s`, when every controller has finished its budget, on Ctrl-C/SIGTERM,
+or when a process fails beyond its restart policy.
+
+Stop order (the safe order): controllers first (each sends the safe action and exits), then the drivers (they apply
+their safe action and close), then the learner (it writes its checkpoint). Anything still alive after its grace
+period is killed with its whole process group. If the supervisor itself is killed (even with SIGKILL), each child
+notices that its parent is gone (session/lifeline.py) and stops itself the same safe way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from acalign_robot import config as config_io
+from acalign_robot.session.lifeline import SUPERVISOR_ENV
+from acalign_robot.session.schema import AUTO, LaunchConfig, RestartPolicy, with_endpoints
+
+__all__ = ["ManagedProcess", "SessionFailed", "Supervisor"]
+
+GRACE_S = {"controller": 5.0, "driver": 5.0, "learner": 60.0}
+
+
+class SessionFailed(RuntimeError):
+    """A process could not start, or failed beyond its restart policy."""
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    role: str  # driver | controller | learner
+    config_path: Path
+    directory: Path
+    restart: RestartPolicy
+    extra_args: tuple[str, ...] = ()
+    popen: subprocess.Popen | None = None
+    restarts: deque = field(default_factory=deque)  # monotonic times of recent restarts
+    finished: bool = False  # exited 0 on its own (a controller that completed its budget)
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / f"{self.name}.log"
+
+    @property
+    def ready_path(self) -> Path:
+        return self.directory / f"{self.name}.ready"
+
+    def start(self, resume: bool = False) -> None:
+        self.ready_path.unlink(missing_ok=True)
+        args = [
+            sys.executable,
+            "-m",
+            "acalign_robot.cli",
+            self.role,
+            "--config",
+            str(self.config_path),
+            "--ready-file",
+            str(self.ready_path),
+            *self.extra_args,
+            *(["--resume"] if resume else []),
+        ]
+        env = {**os.environ, SUPERVISOR_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        with open(self.log_path, "a") as log:
+            self.popen = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, grace_s: float) -> int | None:
+        """SIGTERM the process group, wait up to grace_s, then SIGKILL it. Returns the exit code."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                self.popen.wait(timeout=10)
+        self._signal(signal.SIGKILL)  # any grandchild left in the group
+        return self.popen.returncode
+
+    def _signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is already gone
+            os.killpg(self.popen.pid, signum)
+
+
+class Supervisor:
+    def __init__(self, config: LaunchConfig, session_dir: Path, host: str | None = None, live: bool | None = None):
+        self.config = config
+        self.session_dir = session_dir
+        self.host = host
+        self.live = sys.stdout.isatty() if live is None else live
+        self.processes: list[ManagedProcess] = []
+        self.events: list[dict] = []
+        self._stop_requested = False
+        self._started = time.monotonic()
+        self.driver_stats: dict[str, dict] = {}
+
+    def request_stop(self, *_args) -> None:
+        self._stop_requested = True
+
+    def _event(self, kind: str, process: str, detail: str = "") -> None:
+        self.events.append(
+            {"t_s": round(time.monotonic() - self._started, 3), "event": kind, "process": process, "detail": detail}
+        )
+
+    def prepare(self) -> None:
+        """Resolve endpoints and write each process's config into the session directory."""
+        from acalign_robot.runtime.transport import free_tcp_endpoint
+
+        cfg = self.config
+        self.session_dir.mkdir(parents=True, exist_ok=True)
+        bind_host = cfg.endpoints.bind_host
+
+        def resolve(endpoint: str) -> str:
+            return free_tcp_endpoint(bind_host) if endpoint == AUTO else endpoint
+
+        transitions = policy = None
+        if cfg.learner is not None:
+            transitions, policy = resolve(cfg.endpoints.transitions), resolve(cfg.endpoints.policy)
+        robots = [
+            with_endpoints(robot, resolve(robot.control_endpoint), transitions, policy, self.session_dir / robot.name)
+            for robot in cfg.robots
+        ]
+        self.resolved = dataclasses.replace(cfg, robots=tuple(robots))
+        if cfg.learner is not None:
+            learner = dataclasses.replace(
+                cfg.learner,
+                transitions_endpoint=transitions,
+                policy_endpoint=policy,
+                checkpoint_dir=str(self.session_dir / "learner"),
+            )
+            self.resolved = dataclasses.replace(self.resolved, learner=learner)
+        config_io.save(self.resolved, self.session_dir / "session.yaml")
+        if self.resolved.learner is not None and self._runs_here(cfg.learner_host):
+            self._add("learner", "learner", self.resolved.learner, cfg.restart.learner)
+        for robot in robots:
+            if self._runs_here(robot.host):
+                self._add(f"{robot.name}-driver", "driver", robot.driver, cfg.restart.driver)
+        for robot in robots:
+            if self._runs_here(robot.host):
+                self._add(robot.name, "controller", robot.controller, cfg.restart.controller)
+
+    def _runs_here(self, host: str) -> bool:
+        return self.host is None or host == self.host
+
+    def _add(self, name: str, role: str, process_config, restart: RestartPolicy) -> None:
+        path = self.session_dir / f"{name}.yaml"
+        config_io.save(process_config, path)
+        self.processes.append(ManagedProcess(name, role, path, self.session_dir, restart))
+
+    def _start_and_wait(self, process: ManagedProcess, resume: bool = False) -> None:
+        process.start(resume)
+        self._event("start", process.name, "resume" if resume else "")
+        deadline = time.monotonic() + self.config.ready_timeout_s
+        while not process.ready_path.exists():
+            if not process.alive():
+                raise SessionFailed(
+                    f"{process.name} exited with code {process.popen.returncode} before it was "
+                    f"ready; last log lines:\n{process.tail()}"
+                )
+            if time.monotonic() > deadline or self._stop_requested:
+                raise SessionFailed(
+                    f"{process.name} was not ready within {self.config.ready_timeout_s} s; last log "
+                    f"lines:\n{process.tail()}"
+                )
+            time.sleep(0.05)
+        self._event("ready", process.name)
+
+    def run(self) -> dict:
+        """Start everything, watch until the session ends, stop in the safe order; returns the report."""
+        from acalign_robot.session.report import write_report
+
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGTERM, self.request_stop)
+        self.prepare()
+        failure = None
+        try:
+            for process in self.processes:
+                self._start_and_wait(process)
+            print(
+                f"session {self.config.session}: {len(self.processes)} processes running, logs in {self.session_dir}",
+                flush=True,
+            )
+            self._watch()
+        except SessionFailed as exc:
+            failure = str(exc)
+            self._event("failure", "supervisor", failure.splitlines()[0])
+        finally:
+            self._shutdown()
+        report = write_report(self, failure)
+        if failure:
+            raise SessionFailed(failure)
+        return report
+
+    def _watch(self) -> None:
+        last_line = 0.0
+        while not self._stop_requested:
+            if self.config.duration_s is not None and time.monotonic() - self._started >= self.config.duration_s:
+                self._event("stop", "supervisor", "duration reached")
+                return
+            for process in self.processes:
+                if process.finished or process.alive():
+                    continue
+                code = process.popen.returncode
+                if code == 0 and process.role == "controller":
+                    process.finished = True
+                    self._event("finished", process.name)
+                    continue
+                self._event("exit", process.name, f"code {code}")
+                self._restart_or_fail(process, code)
+            controllers = [p for p in self.processes if p.role == "controller"]
+            if controllers and all(p.finished for p in controllers):
+                self._event("stop", "supervisor", "every controller finished")
+                return
+            if time.monotonic() - last_line >= (1.0 if self.live else 10.0):
+                last_line = time.monotonic()
+                self._print_status()
+            time.sleep(0.2)
+        self._event("stop", "supervisor", "stop requested (signal)")
+
+    def _restart_or_fail(self, process: ManagedProcess, code: int) -> None:
+        policy = process.restart
+        now = time.monotonic()
+        while process.restarts and now - process.restarts[0] > policy.window_s:
+            process.restarts.popleft()
+        if policy.mode == "on-failure" and len(process.restarts) < policy.max_restarts:
+            process.restarts.append(now)
+            print(
+                f"\n{process.name} exited with code {code}; restarting "
+                f"({len(process.restarts)}/{policy.max_restarts} in {policy.window_s:g} s)",
+                flush=True,
+            )
+            self._start_and_wait(process, resume=process.role == "learner")
+            self._event("restart", process.name, f"after code {code}")
+            return
+        raise SessionFailed(
+            f"{process.name} exited with code {code} (restart policy: {policy.mode}); last log lines:\n{process.tail()}"
+        )
+
+    def status(self) -> dict[str, dict]:
+        statuses = {}
+        for process in self.processes:
+            path = self.session_dir / (process.name if process.role != "learner" else "learner") / "status.json"
+            try:
+                statuses[process.name] = json.loads(path.read_text())
+                statuses[process.name]["_age_s"] = time.time() - path.stat().st_mtime
+            except (OSError, ValueError):
+                continue
+        return statuses
+
+    def _print_status(self) -> None:
+        statuses = self.status()
+        parts = [f"{time.monotonic() - self._started:6.1f}s"]
+        for process in self.processes:
+            status = statuses.get(process.name)
+            if process.role == "controller" and status:
+                stale = " STALE" if status["_age_s"] > self.config.heartbeat_timeout_s and not process.finished else ""
+                last = status.get("last_episode_return")
+                parts.append(
+                    f"{process.name}: {status.get('achieved_rate_hz', status.get('target_rate_hz', 0)):.0f} Hz "
+                    f"p99 {1000 * status.get('tick_p99_s', 0):.2f} ms ep {status.get('episodes', 0)} "
+                    f"last {'-' if last is None else f'{last:.0f}'} v{status.get('policy_version')}"
+                    f"{' SAFE' if status.get('safe') else ''}{stale}"
+                )
+            elif process.role == "learner" and status:
+                parts.append(
+                    f"learner: {status.get('updates_per_s', 0):.0f} upd/s v{status.get('published_version')} "
+                    f"buffer {status.get('buffer_size', 0)}"
+                )
+        line = " | ".join(parts)
+        print(("\r" + line[:200].ljust(200)) if self.live else line, end="" if self.live else "\n", flush=True)
+
+    def _query_driver_stats(self) -> None:
+        from acalign_robot.runtime import protocol as p
+        from acalign_robot.runtime.transport import TransportTimeout, ZmqControlClient
+
+        for robot in self.resolved.robots:
+            if not self._runs_here(robot.host):
+                continue
+            try:
+                with ZmqControlClient(robot.control_endpoint) as client:
+                    reply = client.request(p.Stats(source="supervisor", values={}), 1.0)
+                if isinstance(reply, p.Stats):
+                    self.driver_stats[robot.name] = dict(reply.values)
+            except (TransportTimeout, OSError):
+                continue
+
+    def _shutdown(self) -> None:
+        if self.live:
+            print(flush=True)
+        for role in ("controller", "driver", "learner"):
+            if role == "driver":
+                self._query_driver_stats()  # before the drivers go: watchdog and e-stop counts for the report
+            for process in (p for p in self.processes if p.role == role):
+                code = process.stop(GRACE_S[role])
+                self._event("stopped", process.name, f"code {code}")
