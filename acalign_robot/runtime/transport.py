@@ -21,10 +21,12 @@ Each channel adds its high-water marks. Counters (`Counters`) on every endpoint 
 received, protocol errors, timeouts, drops and stale replies.
 
 CURVE: every constructor takes `curve=` keys (`CurveServerKeys` on the binding side, `CurveClientKeys` on the
-connecting side), which encrypt the link and authenticate the server to its clients. Allow-listing client keys
-needs a ZAP handler (`zmq.auth.thread.ThreadAuthenticator`) on the binding side's context; none is installed here,
-so a CURVE server accepts any client that knows its public key. A deployment task adds the authenticator without
-changing these constructors.
+connecting side), which encrypt the link and authenticate the server to its clients. Clients are allow-listed by a
+ZAP authenticator on the binding side's context, which `runtime.security` provides: `secure_context(security)`
+gives a context with the authenticator running (only public keys in `authorized_clients_dir` get in) and, through
+`server_keys(endpoint)`, the server keys after the bind policy (no non-loopback bind without CURVE unless
+`allow_insecure`); `client_keys(security)` gives a client's keys. These constructors enforce neither by themselves:
+a CURVE server socket on a context without the authenticator accepts any client that knows its public key.
 
 An endpoint belongs to one thread (ZeroMQ sockets are not thread-safe). The in-memory fakes (`Memory*`) have the
 same methods and counters, go through the same codec and size limits, and may be used across threads; a fake
