@@ -39,6 +39,7 @@ from acalign_robot.runtime import protocol as p
 from acalign_robot.runtime.manifest import PolicyError
 from acalign_robot.runtime.policy import PolicyRunner
 from acalign_robot.runtime.safety import ActionFilter, FilterFlags, SafetyConfig
+from acalign_robot.runtime.security import SecurityConfig, client_keys
 from acalign_robot.runtime.transport import ControlClient, Receiver, Sender, TransportTimeout
 
 __all__ = ["Controller", "ControllerConfig", "PolicySwapper", "SectionTimer", "run_controller"]
@@ -67,6 +68,7 @@ class ControllerConfig:
     max_policy_deviation: float = 1.0  # hot-swap gate: max |a_new - a_cur| / (high - low) on the probe batch
     probe_observations: int = 256
     safety: SafetyConfig = field(default_factory=SafetyConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)  # CURVE client keys for remote endpoints
     provider: str = "cpu"
     output_dir: str | None = None  # stats.json (at exit) and status.json (every second)
     stats_every_s: float = 1.0
@@ -462,13 +464,14 @@ def run_controller(config: ControllerConfig, ready_file: str | None = None) -> d
     from acalign_robot.runtime.transport import ZmqControlClient, ZmqPolicySubscriber, ZmqTransitionSender
 
     runner = PolicyRunner.from_dir(config.policy, provider=config.provider, seed=config.seed)
-    client = ZmqControlClient(config.driver_endpoint)
+    keys = client_keys(config.security)
+    client = ZmqControlClient(config.driver_endpoint, curve=keys)
     transitions = (
-        ZmqTransitionSender(config.learner_endpoint, queue_messages=config.queue_batches)
+        ZmqTransitionSender(config.learner_endpoint, queue_messages=config.queue_batches, curve=keys)
         if config.learner_endpoint
         else None
     )
-    policies = ZmqPolicySubscriber(config.policy_endpoint) if config.policy_endpoint else None
+    policies = ZmqPolicySubscriber(config.policy_endpoint, curve=keys) if config.policy_endpoint else None
     try:
         controller = Controller(config, client, runner, transitions, policies)
         if ready_file:  # the driver answered the handshake and the policy fits it

@@ -26,6 +26,7 @@ import numpy as np
 from acalign_robot.config import FieldError
 from acalign_robot.drivers.base import Driver
 from acalign_robot.runtime import protocol as p
+from acalign_robot.runtime.security import SecurityConfig, secure_context
 from acalign_robot.runtime.transport import ControlServer, ZmqControlServer
 
 __all__ = ["DriverConfig", "DriverServer", "make_driver", "serve"]
@@ -35,17 +36,21 @@ __all__ = ["DriverConfig", "DriverServer", "make_driver", "serve"]
 class DriverConfig:
     """One driver process. Saved form: the `driver:` section of a launch file, or a file for `acalign driver`."""
 
-    kind: Literal["mujoco", "loopback", "template"] = "mujoco"
+    kind: Literal["mujoco", "loopback", "template", "replay"] = "mujoco"
     sim: str | None = None  # sim/ task YAML (kind mujoco)
-    env_id: str | None = None  # kind mujoco without a sim file: the env with default realism
+    env_id: str | None = None  # kind mujoco without a sim file: the env with default realism (kind replay: below)
+    log: str | None = None  # kind replay: the log directory to serve; env_id only if the log lacks spaces/period
     endpoint: str = "tcp://127.0.0.1:5555"
     watchdog_ms: float = 100.0
     seed: int = 0
     name: str = "driver"
+    security: SecurityConfig = field(default_factory=SecurityConfig)  # CURVE for a non-loopback endpoint
 
     def validate(self) -> None:
         if self.kind == "mujoco" and (self.sim is None) == (self.env_id is None):
             raise FieldError("kind", "a mujoco driver needs exactly one of `sim` (a sim/ YAML file) or `env_id`")
+        if (self.kind == "replay") != (self.log is not None):
+            raise FieldError("log", "a replay driver needs `log` (a transition log directory); other kinds take none")
         if self.watchdog_ms <= 0:
             raise FieldError("watchdog_ms", f"must be positive, got {self.watchdog_ms}")
 
@@ -59,6 +64,10 @@ def make_driver(config: DriverConfig) -> Driver:
         from acalign_robot.drivers.template import TemplateDriver
 
         return TemplateDriver()
+    if config.kind == "replay":
+        from acalign_robot.drivers.replay import ReplayDriver
+
+        return ReplayDriver(config.log, env_id=config.env_id)
     from acalign_robot import config as config_io
     from acalign_robot.drivers.mujoco import MujocoDriver, SimConfig
 
@@ -248,8 +257,13 @@ class DriverServer:
 
 def serve(config: DriverConfig, ready_file: str | None = None) -> DriverServer:
     """Run a driver server until SIGTERM/SIGINT; `ready_file` is written once the socket is bound."""
+    secure = secure_context(config.security)  # refuses a non-loopback bind without CURVE
+    try:
+        server = ZmqControlServer(config.endpoint, context=secure.context, curve=secure.server_keys(config.endpoint))
+    except BaseException:
+        secure.close()
+        raise
     driver = make_driver(config)
-    server = ZmqControlServer(config.endpoint)
     instance = DriverServer(driver, server, config.watchdog_ms / 1000.0, config.name)
 
     def request_stop(signum, frame):
@@ -265,4 +279,5 @@ def serve(config: DriverConfig, ready_file: str | None = None) -> DriverServer:
         instance.run()
     finally:
         server.close()
+        secure.close()
     return instance

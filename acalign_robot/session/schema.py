@@ -169,10 +169,13 @@ def check_session(config: LaunchConfig, host: str | None = None) -> list[str]:
             problems.append(f"{where}.driver: cannot be created: {exc}")
             continue
         spec = driver.spec
+        # Hardware, and a sim paced in real time, run at their own period; an unpaced sim runs at the controller's.
+        realism = getattr(getattr(driver, "config", None), "realism", None)
+        paced = realism is None or realism.realtime
         driver.close()
         period_s = spec.control_period_s
         controller = robot.controller
-        if controller.rate_hz is not None and abs(controller.rate_hz * period_s - 1.0) > 0.01:
+        if paced and controller.rate_hz is not None and abs(controller.rate_hz * period_s - 1.0) > 0.01:
             problems.append(
                 f"{where}.controller.rate_hz: {controller.rate_hz} Hz, but the driver's control period is "
                 f"{period_s * 1000:g} ms ({1 / period_s:g} Hz)"
