@@ -93,3 +93,14 @@ def hopper_policy(tmp_path, make_checkpoint):
     from acalign_robot.export.onnx_export import write_artifact
 
     return write_artifact(make_checkpoint("Hopper-v5"), "hopper-test", tmp_path / "policies")
+
+
+@pytest.fixture
+def aligned_hopper_checkpoint(tmp_path, make_checkpoint):
+    """An 'online' (aligned) checkpoint of a small untrained Hopper agent, as `acalign align` writes it."""
+    from acalign_robot.algo.aca import load_preset
+    from acalign_robot.algo.pipeline import align_checkpoint
+
+    offline = make_checkpoint("Hopper-v5")
+    config = load_preset("medium", ("sac.hidden_sizes=[32, 32]", "sac.batch_size=64"))
+    return align_checkpoint(offline, tmp_path / "aligned-aca.pt", config, buffer_capacity=50_000)

@@ -1,0 +1,164 @@
+"""Control-loop benchmark: a MuJoCo driver process + a controller process at 100 / 500 / 1000 Hz (no learner).
+
+Reports, per target rate: achieved rate, tick latency p50/p99/max (the work of one tick: infer, filter, driver
+round trip, transition handling), deadline misses; and, in the same run, the floor: a bare DEALER/ROUTER round trip
+to an echo process plus one onnxruntime call of the same policy, measured back to back. The driver runs Hopper-v5
+with one 2 ms physics step per tick (sim/hopper_500hz.yaml), as fast as asked (no real-time pacing), so the
+controller's rate is what is measured. Prints a table and writes bench/out/control_loop.json.
+
+    python bench/control_loop.py [--seconds 5] [--rates 100 500 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def export_policy(directory: Path) -> Path:
+    """An untrained 2x256 Hopper actor as an artifact: latency does not depend on the weights."""
+    import torch
+
+    from acalign_robot.algo.networks import TanhGaussianActor
+    from acalign_robot.export.onnx_export import build_artifact
+    from acalign_robot.runtime.artifacts import MANIFEST_FILE, POLICY_FILE
+
+    torch.manual_seed(0)
+    actor = TanhGaussianActor(11, 3, (256, 256)).requires_grad_(False)
+    meta = {"env_id": "Hopper-v5", "obs_dim": 11, "action_dim": 3, "action_low": [-1.0] * 3, "action_high": [1.0] * 3}
+    onnx_bytes, manifest = build_artifact(actor, meta, 0, "bench", name="bench", version=1)
+    target = directory / "bench" / "1"
+    target.mkdir(parents=True)
+    (target / POLICY_FILE).write_bytes(onnx_bytes)
+    (target / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return target
+
+
+ECHO_SERVER = """
+import sys, zmq
+socket = zmq.Context().socket(zmq.ROUTER)
+socket.setsockopt(zmq.LINGER, 0)
+socket.bind(sys.argv[1])
+print("ready", flush=True)
+while True:
+    socket.send_multipart(socket.recv_multipart())
+"""
+
+
+def measure_floor(policy_dir: Path, endpoint: str, calls: int = 5000) -> dict[str, float]:
+    """Bare DEALER/ROUTER round trip (echo process) + one onnxruntime call, per iteration, p50/p99."""
+    import zmq
+
+    from acalign_robot.runtime.policy import PolicyRunner
+
+    server = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, endpoint], stdout=subprocess.PIPE, text=True)
+    try:
+        server.stdout.readline()
+        runner = PolicyRunner.from_dir(policy_dir)
+        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(endpoint)
+        obs = np.zeros(11, np.float32)
+        payload = np.zeros(16, np.float32).tobytes()
+        samples = np.zeros(calls)
+        for i in range(calls + 200):
+            started = time.perf_counter()
+            runner.act(obs)
+            socket.send_multipart([b"id", payload])
+            socket.recv_multipart()
+            if i >= 200:
+                samples[i - 200] = time.perf_counter() - started
+        socket.close()
+    finally:
+        server.kill()
+        server.wait()
+    return {"p50_s": float(np.percentile(samples, 50)), "p99_s": float(np.percentile(samples, 99)),
+            "max_s": float(samples.max())}
+
+
+def free_endpoint() -> str:
+    from acalign_robot.runtime.transport import free_tcp_endpoint
+
+    return free_tcp_endpoint()
+
+
+def run_rate(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path) -> dict:
+    endpoint = free_endpoint()
+    driver_config = workdir / f"driver-{rate_hz:g}.yaml"
+    driver_config.write_text(yaml.safe_dump({"kind": "mujoco", "sim": str(REPO / "sim" / "hopper_500hz.yaml"),
+                                             "endpoint": endpoint, "watchdog_ms": 500}))
+    ready = workdir / f"driver-{rate_hz:g}.ready"
+    cli = [sys.executable, "-m", "acalign_robot.cli"]
+    driver = subprocess.Popen([*cli, "driver", "--config", str(driver_config), "--ready-file", str(ready)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while not ready.exists():
+            if driver.poll() is not None:
+                raise RuntimeError("driver failed to start")
+            time.sleep(0.05)
+        out = workdir / f"controller-{rate_hz:g}"
+        controller_config = workdir / f"controller-{rate_hz:g}.yaml"
+        controller_config.write_text(yaml.safe_dump({
+            "driver_endpoint": endpoint, "policy": str(policy_dir), "rate_hz": rate_hz, "duration_s": seconds,
+            "output_dir": str(out),
+        }))
+        subprocess.run([*cli, "controller", "--config", str(controller_config)], check=True,
+                       stdout=subprocess.DEVNULL, timeout=seconds + 120)
+        return json.loads((out / "stats.json").read_text())
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rates", type=float, nargs="+", default=[100.0, 500.0, 1000.0])
+    parser.add_argument("--out", default="bench/out/control_loop.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        policy_dir = export_policy(workdir / "policies")
+        floor = measure_floor(policy_dir, free_endpoint())
+        rows = []
+        for rate in args.rates:
+            stats = run_rate(rate, args.seconds, policy_dir, workdir)
+            rows.append({
+                "target_hz": rate, "achieved_hz": stats["achieved_rate_hz"], "ticks": stats["ticks"],
+                "tick_p50_s": stats["tick_p50_s"], "tick_p99_s": stats["tick_p99_s"], "tick_max_s": stats["tick_max_s"],
+                "deadline_misses": stats["deadline_misses"],
+                "miss_fraction": stats["deadline_misses"] / max(stats["ticks"], 1),
+                "infer_p50_s": stats["infer_p50_s"], "filter_p50_s": stats["filter_p50_s"],
+                "obs_p50_s": stats["obs_p50_s"], "send_p50_s": stats["send_p50_s"],
+                "ratio_to_floor_p50": stats["tick_p50_s"] / floor["p50_s"],
+            })
+    us = 1e6
+    print(f"floor (DEALER/ROUTER echo + one onnxruntime call): p50 {floor['p50_s'] * us:.0f} us, "
+          f"p99 {floor['p99_s'] * us:.0f} us\n")
+    print(f"{'target Hz':>9} {'achieved':>9} {'ticks':>7} {'p50 us':>8} {'p99 us':>8} {'max us':>8} {'misses':>7} "
+          f"{'miss %':>7} {'p50/floor':>9}   sections p50 us (infer/filter/obs/send)")
+    for r in rows:
+        print(f"{r['target_hz']:>9.0f} {r['achieved_hz']:>9.1f} {r['ticks']:>7} {r['tick_p50_s'] * us:>8.0f} "
+              f"{r['tick_p99_s'] * us:>8.0f} {r['tick_max_s'] * us:>8.0f} {r['deadline_misses']:>7} "
+              f"{100 * r['miss_fraction']:>6.2f}% {r['ratio_to_floor_p50']:>9.2f}   "
+              f"{r['infer_p50_s'] * us:.0f}/{r['filter_p50_s'] * us:.0f}/{r['obs_p50_s'] * us:.0f}/{r['send_p50_s'] * us:.0f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"floor": floor, "rows": rows, "seconds": args.seconds}, indent=1))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
