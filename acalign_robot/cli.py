@@ -280,10 +280,11 @@ def _cmd_controller(args) -> int:
 
 def _cmd_learner(args) -> int:
     from acalign_robot import config as config_io
-    from acalign_robot.learner.process import LearnerConfig, serve
+    from acalign_robot.learner.config import LearnerConfig
+    from acalign_robot.learner.process import serve
 
     config = config_io.load(LearnerConfig, args.config, tuple(args.set or ()))
-    checkpoint = serve(config, resume=args.resume)
+    checkpoint = serve(config, resume=args.resume, ready_file=args.ready_file)
     print(f"learner stopped; checkpoint: {checkpoint}")
     return EXIT_OK
 
@@ -554,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from CHECKPOINT_DIR/learner.pt instead of `checkpoint`"
     )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.add_argument("--ready-file", help="write this file once the channels are bound (for supervisors)")
     p.set_defaults(handler=_cmd_learner)
 
     for name, summary in (

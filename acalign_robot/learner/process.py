@@ -1,0 +1,565 @@
+"""The learner process: ACA phase 3 (online fine-tuning) on transitions streamed by controllers.
+
+`acalign learner --config FILE` runs `serve`: it loads an 'online' checkpoint (from `acalign align`, whose replay
+buffer is already seeded per ALGORITHM.md phase 2 step 5, or a previous learner checkpoint), binds two ZeroMQ
+channels, and repeats `Learner.step` until a stop condition or SIGTERM/SIGINT:
+
+1. receive: take what the transitions channel holds without blocking (at most MAX_DRAIN_MESSAGES per step, so a
+   flood cannot starve the updates), or wait up to IDLE_WAIT_S for a message when no update is owed;
+2. train: run the owed gradient updates, `agent.update(buffer.sample(batch))`, for at most UPDATE_SLICE_S, then go
+   back to the socket, so a burst of transitions never leaves the receive queue unattended for long (a long
+   backlog of updates is worked off in slices, interleaved with receiving);
+3. housekeeping: publish every `publish_every` updates, re-publish the latest policy every `republish_every_s`,
+   `status.json` every STATUS_EVERY_S, a metrics record every `metrics_every_s`, a checkpoint every
+   `checkpoint_every_updates` updates.
+
+Channels (semantics of the sockets: acalign_robot.runtime.transport):
+- transitions, PULL (bind) <- PUSH (connect) from every controller: TransitionBatch and the controllers' Stats.
+  Bounded at both ends; a controller counts what it could not queue. Each controller numbers its batches 0, 1, 2, ...
+  (`seq`, per controller_id). A batch above the next expected number means batches were lost in between: how many
+  is added to that controller's `gaps`. A batch at or below the highest number seen is a duplicate or a late repeat
+  (PUSH/PULL keeps each connection's order, so it can only be a replay): counted in `duplicates` and never inserted.
+  So a controller that restarts must continue its numbering or use a new controller_id; otherwise its batches count
+  as duplicates until its numbers pass the old ones. A batch whose shapes do not fit the checkpoint or that holds a
+  non-finite value is counted in `rejected` (with the reason) and not inserted: one NaN would poison the critic.
+  Stats messages are recorded into the metrics; a controller's `episode_return` (or `last_episode_return`, as
+  runtime.controller sends it) is taken as a new episode's return when its `episodes` counter grew since its
+  previous Stats (on every Stats that carries no `episodes`); episodes that ended between two Stats but the last
+  are not seen here (the controller's own stats have them all).
+- policy, PUB (bind) -> SUB (connect, conflated) on each controller: latest-only. A Policy carries the ONNX bytes
+  and manifest of `export.onnx_export.build_artifact`, built in memory, and `version` (also in the manifest).
+  Versions strictly increase: 1 + the checkpoint's last published version, then +1 per publication; a resumed
+  learner also skips versions it published after its checkpoint (status.json records each one). PUB/SUB drops
+  what is sent before a subscriber joins, so the latest policy is re-sent every `republish_every_s`; a controller
+  sees the same version again and ignores it.
+
+Choices:
+- Initial publication: the checkpoint's actor is published at start (for an aligned checkpoint: version 1, the
+  offline actor). A controller started from the first `acalign export` of that checkpoint (also version 1, the same
+  actor) keeps what it runs, as runtime.controller ignores versions it already has, and swaps at version 2; a
+  controller waiting for a first policy gets one; a resumed learner re-announces where it stands. The policy
+  store's numbers and the learner's are separate counters: a controller started from a store version above 1 ignores
+  the learner's versions up to its own.
+- UTD: every env step received while the buffer holds more than a batch (as in ALGORITHM.md phase 3, counted
+  transition by transition within a batch) adds `utd` update credits; an update spends one. So after the buffer
+  first exceeds a batch, updates == floor(utd * env steps received) whenever the learner has caught up. When
+  controllers produce faster than the learner can update, the owed updates (`owed_updates` in the status) grow and
+  are worked off later: the ratio is kept, not the wall-clock pace. A stop on `max_env_steps` stops receiving and
+  finishes the owed updates first.
+- Actions: the controller sends the executed action (after its safety filter) in the env's units; the agent works
+  in [-1, 1]^|A| (the exported graph scales by the checkpoint's action bounds), so the learner maps it back with
+  those bounds (clipped to [-1, 1]). Truncations are not terminals: targets bootstrap through them.
+- Counters: `env_steps` is phase 3's env-step count (it continues the checkpoint's; it is the manifests'
+  `training_step`); `updates` counts this learner's gradient updates (restored by `resume`, 0 when starting from a
+  checkpoint); `max_env_steps` counts transitions received since that start.
+
+Files in `checkpoint_dir`: `learner.pt` (an 'online' checkpoint that `acalign finetune`, `acalign export` and
+`load_online_agent` read too, plus learner state: counters, update credit, per-controller sequence state, the random
+generators, so that a resumed run continues exactly where the checkpoint was taken), `status.json` (the current
+numbers, replaced atomically every second for a supervisor's status line) and `metrics.jsonl` (unless `metrics`
+names another path). Checkpoints are written atomically when a fresh run starts, on the schedule and when the
+learner stops; a failure (an exception) writes no checkpoint, so the last good one stays.
+
+The configuration, `LearnerConfig`, lives in `learner.config` (torch-free, for launch files) and is re-exported here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from acalign_robot.algo.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from acalign_robot.algo.pipeline import buffer_state, load_online_agent
+from acalign_robot.algo.train import set_torch_threads
+from acalign_robot.errors import InputError
+from acalign_robot.export.onnx_export import build_artifact
+from acalign_robot.learner.config import LearnerConfig
+from acalign_robot.runtime.protocol import Policy, Stats, TransitionBatch
+from acalign_robot.runtime.security import secure_context
+from acalign_robot.runtime.transport import Receiver, Sender, ZmqPolicyPublisher, ZmqTransitionReceiver
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "METRICS_FILE",
+    "STATUS_FILE",
+    "ControllerStream",
+    "Learner",
+    "LearnerConfig",
+    "serve",
+]
+
+CHECKPOINT_FILE = "learner.pt"
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.jsonl"
+
+UPDATE_SLICE_S = 0.05  # longest run of updates between two visits to the transitions socket
+MAX_DRAIN_MESSAGES = 256  # most messages taken per visit (the receiver's queue bound): updates always get a turn
+IDLE_WAIT_S = 0.05  # wait for a message when no update is owed; also bounds how late housekeeping runs
+STATUS_EVERY_S = 1.0
+_FLOOR_TOLERANCE = 1e-9  # credits are sums of utd * n: 10 * 0.1 must make one whole update, not 0.999...
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class ControllerStream:
+    """What the learner knows of one controller's stream of batches (saved in checkpoints)."""
+
+    last_seq: int = -1  # highest seq taken; the next expected is last_seq + 1
+    batches: int = 0  # batches taken (inserted or rejected)
+    transitions: int = 0  # transitions inserted
+    gaps: int = 0  # batches missing: skipped sequence numbers
+    duplicates: int = 0  # batches at or below last_seq, never inserted
+    rejected: int = 0  # batches with wrong shapes or non-finite values, not inserted
+    last_rejection: str = ""
+
+
+class _RateMeter:
+    """Updates/s and transitions/s since the previous reading."""
+
+    def __init__(self, now: float, updates: int, env_steps: int):
+        self._last = (now, updates, env_steps)
+
+    def read(self, now: float, updates: int, env_steps: int) -> tuple[float, float]:
+        then, last_updates, last_steps = self._last
+        self._last = (now, updates, env_steps)
+        elapsed = max(now - then, 1e-9)
+        return (updates - last_updates) / elapsed, (env_steps - last_steps) / elapsed
+
+
+def _write_json_atomic(path: Path, record: dict[str, Any]) -> None:
+    """Temp file + rename: a reader sees the previous or the new file, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record) + "\n")
+    tmp.replace(path)
+
+
+class Learner:
+    """ACA phase 3 fed by a transitions `Receiver`, publishing on a policy `Sender` (ZeroMQ, or the Memory* fakes).
+
+    `run()` publishes the current actor, then steps until a stop condition or `request_stop()`, and checkpoints.
+    Tests and benchmarks may call `receive`, `train`, `publish`, `save` and `step` themselves.
+    `resume=True` restores everything from `<checkpoint_dir>/learner.pt` instead of reading `config.checkpoint`;
+    a fresh start writes that file at once, so that a restart with `resume` (what a supervisor does) always finds one,
+    and refuses a checkpoint_dir that already holds another run's.
+    """
+
+    def __init__(self, config: LearnerConfig, receiver: Receiver, publisher: Sender, *, resume: bool = False):
+        config.validate()
+        self.config = config
+        self.receiver = receiver
+        self.publisher = publisher
+        checkpoint_dir = Path(config.checkpoint_dir)
+        self.checkpoint_path = checkpoint_dir / CHECKPOINT_FILE
+        self.status_path = checkpoint_dir / STATUS_FILE
+        self.metrics_path = Path(config.metrics) if config.metrics else checkpoint_dir / METRICS_FILE
+
+        source = self.checkpoint_path if resume else Path(config.checkpoint)
+        if resume and not source.is_file():
+            raise CheckpointError(f"resume: no learner checkpoint at {source} (start once without resume)")
+        if not resume and self.checkpoint_path.exists() and self.checkpoint_path.resolve() != source.resolve():
+            raise InputError(
+                f"{self.checkpoint_path} exists: resume to continue that run, or choose another checkpoint_dir"
+            )
+        payload = load_checkpoint(source, "online")
+        self.agent, self.buffer, aca_config = load_online_agent(payload)
+        self.batch_size = aca_config.sac.batch_size
+        self.meta: dict[str, Any] = payload["meta"]
+        self._aca_config_dict: dict = payload["config"]
+        low = np.asarray(self.meta["action_low"], dtype=np.float32)
+        high = np.asarray(self.meta["action_high"], dtype=np.float32)
+        self._action_scale, self._action_offset = (high - low) / 2, (high + low) / 2
+        self.policy_name = config.policy_name or re.sub(r"[^A-Za-z0-9_.-]", "-", self.meta["env_id"])[:64]
+        self._algorithm = (
+            "SAC naive fine-tuning (baseline)" if self.meta.get("finetune") == "naive" else "ACA phase 3 (online)"
+        )
+
+        self.env_steps = int(payload["agent"]["env_steps"])
+        saved = payload["agent"].get("learner")
+        self.rng = np.random.default_rng(config.seed)
+        self.streams: dict[str, ControllerStream]
+        if resume:
+            if saved is None:
+                raise CheckpointError(f"{source}: an 'online' checkpoint without learner state: cannot resume from it")
+            self.updates = int(saved["updates"])
+            self.update_credit = float(saved["update_credit"])
+            self.start_env_steps = int(saved["start_env_steps"])
+            # Versions published after the checkpoint was taken must not be reused: status.json saw them.
+            self.published_version = max(int(saved["published_version"]), self._version_in_status())
+            self.streams = {cid: ControllerStream(**state) for cid, state in saved["streams"].items()}
+            self.rng.bit_generator.state = saved["numpy_rng"]
+            torch.set_rng_state(saved["torch_rng"])
+        else:
+            torch.manual_seed(config.seed)
+            self.updates = 0
+            self.update_credit = 0.0
+            self.start_env_steps = self.env_steps
+            self.published_version = int(saved["published_version"]) if saved else 0
+            self.streams = {}
+
+        self.controller_stats: dict[str, dict[str, Any]] = {}  # latest Stats values per source
+        self._episodes_seen: dict[str, int] = {}
+        self._last_return: dict[str, float] = {}
+        self._new_returns: list[float] = []  # since the last metrics record
+        self._info_sums: dict[str, float] = {}
+        self._info_count = 0
+        self._latest_policy: Policy | None = None
+        self._last_publish_s = -math.inf
+        self.publish_seconds = 0.0  # how long the latest export + send took
+        self._stop_requested = False
+        self._state = "starting"
+
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        self._metrics_file = open(self.metrics_path, "a")  # open for the learner's lifetime
+        now = time.monotonic()
+        self._started_s = now
+        self._last_status_s = self._last_metrics_s = now
+        self._status_rates = _RateMeter(now, self.updates, self.env_steps)
+        self._run_rates = _RateMeter(now, self.updates, self.env_steps)  # read once, by the 'stopped' status
+        self._metrics_rates = _RateMeter(now, self.updates, self.env_steps)
+        if not resume:
+            self.save()  # before the first status.json: a restart with `resume` always finds a checkpoint
+        self.write_status()
+
+    def _version_in_status(self) -> int:
+        """The last version published from this checkpoint_dir as status.json recorded it (0 when unreadable)."""
+        try:
+            return int(json.loads(self.status_path.read_text())["published_version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    # --- stop conditions --------------------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop after the current update (safe to call from a signal handler or another thread)."""
+        self._stop_requested = True
+
+    @property
+    def owed_updates(self) -> int:
+        return math.floor(self.update_credit + _FLOOR_TOLERANCE)
+
+    @property
+    def transitions_received(self) -> int:
+        return self.env_steps - self.start_env_steps
+
+    def _updates_exhausted(self) -> bool:
+        return self.config.max_updates is not None and self.updates >= self.config.max_updates
+
+    def _receiving_done(self) -> bool:
+        return self.config.max_env_steps is not None and self.transitions_received >= self.config.max_env_steps
+
+    @property
+    def done(self) -> bool:
+        """A stop condition holds: max_updates reached, or max_env_steps received and no update owed."""
+        return self._updates_exhausted() or (self._receiving_done() and self.owed_updates == 0)
+
+    # --- the loop -------------------------------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        """Publish the current actor, step until done or asked to stop, then checkpoint; returns the checkpoint."""
+        try:
+            self.publish()
+            self._state = "running"
+            self.write_status()
+            while not (self._stop_requested or self.done):
+                self.step()
+        except BaseException:
+            self._state = "failed"
+            self.write_status()
+            self._metrics_file.close()
+            raise
+        return self.shutdown()
+
+    def step(self) -> None:
+        """One turn: receive (waiting briefly only when idle), train a slice, housekeeping."""
+        self.receive(0.0 if self.owed_updates else IDLE_WAIT_S)
+        self.train()
+        self._housekeeping(time.monotonic())
+
+    def shutdown(self) -> Path:
+        """Checkpoint, write the last metrics record and a 'stopped' status."""
+        path = self.save()
+        self.write_metrics()
+        self._state = "stopped"
+        self.write_status()
+        self._metrics_file.close()
+        return path
+
+    # --- receiving --------------------------------------------------------------------------------------------------
+
+    def receive(self, timeout_s: float = 0.0) -> int:
+        """Take what the channel holds (at most MAX_DRAIN_MESSAGES), waiting up to timeout_s for the first message.
+
+        Returns the number of messages taken. Takes none once `max_env_steps` transitions were received.
+        """
+        taken = 0
+        wait_s = timeout_s
+        while taken < MAX_DRAIN_MESSAGES and not self._receiving_done():
+            message = self.receiver.recv(wait_s)
+            if message is None:
+                break
+            wait_s = 0.0
+            taken += 1
+            if isinstance(message, TransitionBatch):
+                self._take_batch(message)
+            elif isinstance(message, Stats):
+                self._take_stats(message)
+            elif self.receiver.counters.protocol_errors == 1:  # a ProtocolError: the receiver counts every one
+                _log.warning("transitions channel: bad frame (%s); further ones are only counted", message)
+        return taken
+
+    def _take_batch(self, batch: TransitionBatch) -> None:
+        stream = self.streams.setdefault(batch.controller_id, ControllerStream())
+        expected = stream.last_seq + 1
+        if batch.seq < expected:
+            stream.duplicates += 1
+            return
+        stream.gaps += batch.seq - expected
+        stream.last_seq = batch.seq
+        stream.batches += 1
+        problem = self._content_problem(batch)
+        if problem:
+            if not stream.rejected:
+                _log.warning("controller %s: batch %d rejected: %s", batch.controller_id, batch.seq, problem)
+            stream.rejected += 1
+            stream.last_rejection = problem
+            return
+        count = len(batch)
+        # Env steps after whose insertion the buffer holds more than a batch are the ones that earn updates.
+        earning = min(count, max(0, len(self.buffer) + count - self.batch_size))
+        action = np.clip((batch.action - self._action_offset) / self._action_scale, -1.0, 1.0)
+        self.buffer.add_batch(batch.obs, action, batch.reward, batch.next_obs, batch.terminated)
+        self.env_steps += count
+        self.update_credit += self.config.utd * earning
+        stream.transitions += count
+
+    def _content_problem(self, batch: TransitionBatch) -> str:
+        """Why `batch` cannot go into this learner's buffer ('' if it can)."""
+        count, obs_dim, action_dim = len(batch), self.meta["obs_dim"], self.meta["action_dim"]
+        if batch.obs.shape != (count, obs_dim):
+            return f"obs of shape {batch.obs.shape}, expected ({count}, {obs_dim})"
+        if batch.action.shape != (count, action_dim):
+            return f"action of shape {batch.action.shape}, expected ({count}, {action_dim})"
+        for name in ("obs", "action", "reward", "next_obs"):
+            if not np.isfinite(getattr(batch, name)).all():
+                return f"non-finite values in {name}"
+        return ""
+
+    def _take_stats(self, stats: Stats) -> None:
+        values = stats.values
+        self.controller_stats[stats.source] = dict(values)
+        episode_return = values.get("episode_return", values.get("last_episode_return"))
+        episodes = values.get("episodes")
+        if type(episode_return) not in (int, float):
+            return
+        if type(episodes) is int:
+            if episodes <= self._episodes_seen.get(stats.source, 0):
+                return  # the same episode reported again by a periodic Stats
+            self._episodes_seen[stats.source] = episodes
+        self._last_return[stats.source] = float(episode_return)
+        self._new_returns.append(float(episode_return))
+
+    # --- training and publishing ------------------------------------------------------------------------------------
+
+    def train(self, budget_s: float = UPDATE_SLICE_S) -> int:
+        """Run owed updates for about budget_s (at least one when any is owed); returns how many ran.
+
+        Publishes and checkpoints on their update schedules.
+        """
+        ran = 0
+        deadline = time.monotonic() + budget_s
+        while self.owed_updates > 0 and not (self._stop_requested or self._updates_exhausted()):
+            info = self.agent.update(self.buffer.sample(self.batch_size, self.rng))
+            self.update_credit -= 1.0
+            self.updates += 1
+            ran += 1
+            for key, value in info.items():
+                self._info_sums[key] = self._info_sums.get(key, 0.0) + value
+            self._info_count += 1
+            if self.updates % self.config.publish_every == 0:
+                self.publish()
+            if self.updates % self.config.checkpoint_every_updates == 0:
+                self.save()
+            if time.monotonic() >= deadline:
+                break
+        return ran
+
+    def publish(self) -> Policy:
+        """Export the current actor in memory and publish it as the next version."""
+        started = time.monotonic()
+        version = self.published_version + 1
+        onnx_bytes, manifest = build_artifact(
+            self.agent.actor,
+            self.meta,
+            self.env_steps,
+            str(self.checkpoint_path.resolve()),
+            name=self.policy_name,
+            version=version,
+            algorithm=self._algorithm,
+        )
+        policy = Policy(version=version, onnx=onnx_bytes, manifest=manifest)
+        self.publisher.send(policy)
+        self.published_version = version
+        self._latest_policy = policy
+        self._last_publish_s = time.monotonic()
+        self.publish_seconds = self._last_publish_s - started
+        self.write_status()  # at once: a resumed learner reads the last version from it, never to reuse it
+        return policy
+
+    def save(self) -> Path:
+        """Write learner.pt atomically: agent, buffer, counters, sequence state and the random generators."""
+        state = {
+            "agent": self.agent.state_dict(),
+            "buffer": buffer_state(self.buffer),
+            "env_steps": self.env_steps,
+            "learner": {
+                "updates": self.updates,
+                "update_credit": self.update_credit,
+                "start_env_steps": self.start_env_steps,
+                "published_version": self.published_version,
+                "streams": {cid: dataclasses.asdict(stream) for cid, stream in self.streams.items()},
+                "numpy_rng": self.rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+            },
+        }
+        return save_checkpoint(self.checkpoint_path, "online", state, self._aca_config_dict, self.meta)
+
+    # --- reporting --------------------------------------------------------------------------------------------------
+
+    def _housekeeping(self, now: float) -> None:
+        if self._latest_policy is not None and now - self._last_publish_s >= self.config.republish_every_s:
+            self.publisher.send(self._latest_policy)
+            self._last_publish_s = now
+        if now - self._last_status_s >= STATUS_EVERY_S:
+            self.write_status()
+        if now - self._last_metrics_s >= self.config.metrics_every_s:
+            self.write_metrics()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The current numbers (JSON-ready)."""
+        streams = self.streams.values()
+        return {
+            "updates": self.updates,
+            "env_steps": self.env_steps,
+            "transitions_received": self.transitions_received,
+            "owed_updates": self.owed_updates,
+            "buffer_size": len(self.buffer),
+            "published_version": self.published_version,
+            "gaps": sum(stream.gaps for stream in streams),
+            "duplicates": sum(stream.duplicates for stream in streams),
+            "rejected": sum(stream.rejected for stream in streams),
+            "protocol_errors": self.receiver.counters.protocol_errors,
+            "alpha": self.agent.alpha,
+            "w": self.agent.prior.w if self.agent.prior is not None else None,
+            "controllers": {cid: dataclasses.asdict(stream) for cid, stream in self.streams.items()},
+            "last_episode_return": self._last_return,
+        }
+
+    def write_status(self) -> None:
+        now = time.monotonic()
+        # While running: rates over the last second (a live status line); once stopped: over the whole run (a report).
+        meter = self._run_rates if self._state == "stopped" else self._status_rates
+        updates_per_s, transitions_per_s = meter.read(now, self.updates, self.env_steps)
+        record = {
+            "state": self._state,
+            "pid": os.getpid(),
+            "time": time.time(),
+            "uptime_s": now - self._started_s,
+            **self.snapshot(),
+            "updates_per_s": updates_per_s,
+            "transitions_per_s": transitions_per_s,
+            "transitions_endpoint": self.config.transitions_endpoint,
+            "policy_endpoint": self.config.policy_endpoint,
+            "checkpoint": str(self.checkpoint_path),
+        }
+        _write_json_atomic(self.status_path, record)
+        self._last_status_s = now
+
+    def write_metrics(self) -> None:
+        """One JSON line: rates since the previous record, mean losses over its updates, new episode returns."""
+        now = time.monotonic()
+        updates_per_s, transitions_per_s = self._metrics_rates.read(now, self.updates, self.env_steps)
+        losses = {key: total / self._info_count for key, total in self._info_sums.items()} if self._info_count else {}
+        record = {
+            "time": time.time(),
+            "elapsed_s": now - self._started_s,
+            **losses,  # first: the snapshot's current alpha and w replace their means over the interval
+            **self.snapshot(),
+            "updates_per_s": updates_per_s,
+            "transitions_per_s": transitions_per_s,
+            "publish_s": self.publish_seconds,
+            "episode_returns": self._new_returns,
+            "episode_return_mean": float(np.mean(self._new_returns)) if self._new_returns else None,
+            "controller_stats": self.controller_stats,
+        }
+        self._metrics_file.write(json.dumps(record) + "\n")
+        self._metrics_file.flush()
+        self._info_sums, self._info_count, self._new_returns = {}, 0, []
+        self._last_metrics_s = now
+
+
+def _apply_cpu_settings(config: LearnerConfig) -> None:
+    set_torch_threads(config.torch_threads)
+    if config.cpu_affinity is None:
+        return
+    if not hasattr(os, "sched_setaffinity"):
+        raise InputError("cpu_affinity: this platform cannot pin a process to cores (os.sched_setaffinity)")
+    try:
+        os.sched_setaffinity(0, config.cpu_affinity)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cpu_affinity {list(config.cpu_affinity)}: {exc}") from None
+
+
+def serve(config: LearnerConfig, *, resume: bool = False, ready_file: str | None = None) -> Path:
+    """The learner process: threads and affinity, ZeroMQ channels bound, run until done or SIGTERM/SIGINT.
+
+    Channels are bound on their own context with `config.security` (CURVE server keys and client allow-list; a
+    non-loopback bind without CURVE is refused). Once the learner is loaded (and, on a fresh start, its first
+    learner.pt written), the ready line is printed and `ready_file` written. A signal stops the learner after its
+    current update; it checkpoints and this returns the checkpoint's path.
+    """
+    _apply_cpu_settings(config)
+    with contextlib.ExitStack() as stack:  # endpoints close before their context (LIFO)
+        secure = stack.enter_context(secure_context(config.security))
+        receiver = stack.enter_context(
+            ZmqTransitionReceiver(
+                config.transitions_endpoint,
+                context=secure.context,
+                curve=secure.server_keys(config.transitions_endpoint),
+            )
+        )
+        publisher = stack.enter_context(
+            ZmqPolicyPublisher(
+                config.policy_endpoint, context=secure.context, curve=secure.server_keys(config.policy_endpoint)
+            )
+        )
+        learner = Learner(config, receiver, publisher, resume=resume)
+        previous = {
+            sig: signal.signal(sig, lambda *_: learner.request_stop()) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            print(
+                f"learner ready: transitions PULL {config.transitions_endpoint}, "
+                f"policies PUB {config.policy_endpoint}, {len(learner.buffer)} transitions in the buffer, "
+                f"{learner.updates} updates, status {learner.status_path}",
+                flush=True,
+            )
+            if ready_file:
+                Path(ready_file).write_text(config.transitions_endpoint)
+            return learner.run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
