@@ -137,7 +137,7 @@ def test_learner_is_restarted_on_failure_and_policies_advance(tmp_path, hopper_p
         wait_for(lambda: learner_status() and learner_status().exists(), 120, "the learner to run")
         time.sleep(3)
         (learner,) = [pid for pid in children_of(supervisor.pid)
-                      if "learner" in Path(f"/proc/{pid}/cmdline").read_text()]
+                      if "learner" in Path(f"/proc/{pid}/cmdline").read_text().split("\0")]
         os.kill(learner, signal.SIGKILL)
         output, _ = supervisor.communicate(timeout=180)
     finally:
