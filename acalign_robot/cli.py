@@ -340,6 +340,53 @@ def _cmd_keys_show(args) -> int:
     return EXIT_OK
 
 
+def _cmd_logs_convert(args) -> int:
+    from acalign_robot.data.logs import convert_logs
+
+    dataset, summary = convert_logs(args.source, args.name, args.env, force=args.force)
+    print(
+        f"wrote {summary['dataset_id']}: {summary['episodes']} episodes ({summary['partial_episodes']} partial), "
+        f"{summary['transitions']} steps from {len(summary['logs'])} log(s) -> {Path(dataset.storage.data_path).parent}"
+    )
+    return EXIT_OK
+
+
+def _cmd_replay_open_loop(args) -> int:
+    import json
+
+    from acalign_robot.data.log_replay import open_loop, read_single_log
+
+    log = read_single_log(args.log)
+    result = open_loop(log, args.env, Path(args.out) if args.out else log.directory.parent / "open-loop")
+    print(json.dumps({k: v for k, v in result.items() if not k.startswith("per_step")}, indent=1))
+    return EXIT_OK
+
+
+def _cmd_replay_render(args) -> int:
+    os.environ.setdefault("MUJOCO_GL", "egl")  # headless; must be set before mujoco is imported
+    from acalign_robot.data.log_replay import read_single_log, render_log
+
+    log = read_single_log(args.log)
+    result = render_log(log, args.out, args.env, episodes=args.episodes, width=args.width, height=args.height)
+    print(f"wrote {result['video']}: {result['frames']} frames, {result['episodes']} episode(s) of {result['env_id']}")
+    return EXIT_OK
+
+
+def _cmd_replay_eval(args) -> int:
+    import json
+
+    from acalign_robot.data.log_replay import evaluate_on_log, read_single_log
+
+    if args.checkpoint:
+        _set_threads(1)
+    result = evaluate_on_log(read_single_log(args.log), args.policy, args.checkpoint)
+    text = json.dumps(result, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return EXIT_OK
+
+
 def _set_threads(threads: int) -> None:
     from acalign_robot.algo.train import set_torch_threads
 
@@ -598,6 +645,72 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name", help="key pair name")
     q.add_argument("--dir", default="keys", help="keys directory (default keys/)")
     q.set_defaults(handler=_cmd_keys_show)
+
+    p = commands.add_parser(
+        "logs",
+        help="controller transition logs: convert to a Minari dataset",
+        description="Work with the durable transition logs controllers write (OUTPUT_DIR/log/).",
+    )
+    actions = p.add_subparsers(dest="logs_command", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    q = actions.add_parser(
+        "convert",
+        help="a log, or every controller log of a session, as one Minari dataset",
+        description="Convert a transition log (a log directory, a controller directory holding log/, or a session "
+        "directory: every */log/) into a Minari dataset in the local store: one episode per logged episode, the "
+        "executed action as the action, and policy_action, policy_version, safety_flags, timestamp_s and seq as "
+        "step infos. Feed it to `acalign pretrain` with other datasets.",
+    )
+    q.add_argument("source", metavar="SESSION_OR_LOG_DIR", help="log, controller or session directory")
+    q.add_argument("--name", required=True, help="dataset name; '-v0' is appended when it has no version")
+    q.add_argument("--env", help="gymnasium env id of the logged system (default: the one log_meta.json records)")
+    q.add_argument("--force", action="store_true", help="replace an existing dataset of that name")
+    _add_data_dir(q)
+    q.set_defaults(handler=_cmd_logs_convert)
+
+    p = commands.add_parser(
+        "replay",
+        help="replay a controller log: open-loop divergence, video, policy evaluation",
+        description="Offline tools on one transition log (a log directory or a controller directory holding log/).",
+    )
+    actions = p.add_subparsers(dest="replay_command", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    q = actions.add_parser(
+        "open-loop",
+        help="replay the logged actions in the MuJoCo sim and measure observation divergence",
+        description="Start each logged episode in the sim at the logged start state (rebuilt from the observation) "
+        "and apply the logged executed actions open loop. Prints the divergence summary; writes open_loop.json "
+        "(mean/max ||obs_replay - obs_logged|| per step index) and divergence.png.",
+    )
+    q.add_argument("log", metavar="LOG", help="log directory (or a controller directory holding log/)")
+    q.add_argument("--env", help="gymnasium MuJoCo env id (default: the one the log records)")
+    q.add_argument("--out", metavar="DIR", help="output directory (default: open-loop/ beside the log)")
+    q.set_defaults(handler=_cmd_replay_open_loop)
+    q = actions.add_parser(
+        "render",
+        help="headless mp4 video of logged episodes",
+        description="Render the logged observations as sim states (MUJOCO_GL=egl unless set) into an H.264 mp4 "
+        "at about 30 frames per second.",
+    )
+    q.add_argument("log", metavar="LOG", help="log directory (or a controller directory holding log/)")
+    q.add_argument("--env", help="gymnasium MuJoCo env id (default: the one the log records)")
+    q.add_argument("--out", required=True, metavar="FILE.mp4", help="video file to write")
+    q.add_argument("--episodes", type=_positive_int, default=1, help="first N logged episodes (default 1)")
+    q.add_argument("--width", type=_positive_int, default=320, help="frame width, a multiple of 16 (default 320)")
+    q.add_argument("--height", type=_positive_int, default=240, help="frame height, a multiple of 16 (default 240)")
+    q.set_defaults(handler=_cmd_replay_render)
+    q = actions.add_parser(
+        "eval",
+        help="a policy's actions (and a checkpoint's critic values) on logged observations",
+        description="Deterministic actions of a policy artifact on the logged observations against the logged "
+        "executed and policy actions (mean/max absolute deviation per dimension and overall); with --checkpoint, "
+        "the critic's min-over-ensemble values on the logged (observation, action) pairs. Prints JSON.",
+    )
+    q.add_argument("log", metavar="LOG", help="log directory (or a controller directory holding log/)")
+    q.add_argument("--policy", required=True, metavar="ARTIFACT", help="policy directory: NAME or NAME/VERSION")
+    q.add_argument("--checkpoint", metavar="CKPT", help="checkpoint (.pt) whose critic to evaluate")
+    q.add_argument("--out", metavar="FILE.json", help="also write the result here")
+    q.set_defaults(handler=_cmd_replay_eval)
 
     return parser
 
