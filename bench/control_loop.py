@@ -84,8 +84,11 @@ def measure_floor(policy_dir: Path, endpoint: str, calls: int = 5000) -> dict[st
     finally:
         server.kill()
         server.wait()
-    return {"p50_s": float(np.percentile(samples, 50)), "p99_s": float(np.percentile(samples, 99)),
-            "max_s": float(samples.max())}
+    return {
+        "p50_s": float(np.percentile(samples, 50)),
+        "p99_s": float(np.percentile(samples, 99)),
+        "max_s": float(samples.max()),
+    }
 
 
 def free_endpoint() -> str:
@@ -97,12 +100,19 @@ def free_endpoint() -> str:
 def run_rate(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path) -> dict:
     endpoint = free_endpoint()
     driver_config = workdir / f"driver-{rate_hz:g}.yaml"
-    driver_config.write_text(yaml.safe_dump({"kind": "mujoco", "sim": str(REPO / "sim" / "hopper_500hz.yaml"),
-                                             "endpoint": endpoint, "watchdog_ms": 500}))
+    driver_config.write_text(
+        yaml.safe_dump(
+            {"kind": "mujoco", "sim": str(REPO / "sim" / "hopper_500hz.yaml"), "endpoint": endpoint, "watchdog_ms": 500}
+        )
+    )
     ready = workdir / f"driver-{rate_hz:g}.ready"
     cli = [sys.executable, "-m", "acalign_robot.cli"]
-    driver = subprocess.Popen([*cli, "driver", "--config", str(driver_config), "--ready-file", str(ready)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    driver = subprocess.Popen(
+        [*cli, "driver", "--config", str(driver_config), "--ready-file", str(ready)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         while not ready.exists():
             if driver.poll() is not None:
@@ -110,12 +120,23 @@ def run_rate(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path) ->
             time.sleep(0.05)
         out = workdir / f"controller-{rate_hz:g}"
         controller_config = workdir / f"controller-{rate_hz:g}.yaml"
-        controller_config.write_text(yaml.safe_dump({
-            "driver_endpoint": endpoint, "policy": str(policy_dir), "rate_hz": rate_hz, "duration_s": seconds,
-            "output_dir": str(out),
-        }))
-        subprocess.run([*cli, "controller", "--config", str(controller_config)], check=True,
-                       stdout=subprocess.DEVNULL, timeout=seconds + 120)
+        controller_config.write_text(
+            yaml.safe_dump(
+                {
+                    "driver_endpoint": endpoint,
+                    "policy": str(policy_dir),
+                    "rate_hz": rate_hz,
+                    "duration_s": seconds,
+                    "output_dir": str(out),
+                }
+            )
+        )
+        subprocess.run(
+            [*cli, "controller", "--config", str(controller_config)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=seconds + 120,
+        )
         return json.loads((out / "stats.json").read_text())
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
@@ -135,25 +156,39 @@ def main() -> None:
         rows = []
         for rate in args.rates:
             stats = run_rate(rate, args.seconds, policy_dir, workdir)
-            rows.append({
-                "target_hz": rate, "achieved_hz": stats["achieved_rate_hz"], "ticks": stats["ticks"],
-                "tick_p50_s": stats["tick_p50_s"], "tick_p99_s": stats["tick_p99_s"], "tick_max_s": stats["tick_max_s"],
-                "deadline_misses": stats["deadline_misses"],
-                "miss_fraction": stats["deadline_misses"] / max(stats["ticks"], 1),
-                "infer_p50_s": stats["infer_p50_s"], "filter_p50_s": stats["filter_p50_s"],
-                "obs_p50_s": stats["obs_p50_s"], "send_p50_s": stats["send_p50_s"],
-                "ratio_to_floor_p50": stats["tick_p50_s"] / floor["p50_s"],
-            })
+            rows.append(
+                {
+                    "target_hz": rate,
+                    "achieved_hz": stats["achieved_rate_hz"],
+                    "ticks": stats["ticks"],
+                    "tick_p50_s": stats["tick_p50_s"],
+                    "tick_p99_s": stats["tick_p99_s"],
+                    "tick_max_s": stats["tick_max_s"],
+                    "deadline_misses": stats["deadline_misses"],
+                    "miss_fraction": stats["deadline_misses"] / max(stats["ticks"], 1),
+                    "infer_p50_s": stats["infer_p50_s"],
+                    "filter_p50_s": stats["filter_p50_s"],
+                    "obs_p50_s": stats["obs_p50_s"],
+                    "send_p50_s": stats["send_p50_s"],
+                    "ratio_to_floor_p50": stats["tick_p50_s"] / floor["p50_s"],
+                }
+            )
     us = 1e6
-    print(f"floor (DEALER/ROUTER echo + one onnxruntime call): p50 {floor['p50_s'] * us:.0f} us, "
-          f"p99 {floor['p99_s'] * us:.0f} us\n")
-    print(f"{'target Hz':>9} {'achieved':>9} {'ticks':>7} {'p50 us':>8} {'p99 us':>8} {'max us':>8} {'misses':>7} "
-          f"{'miss %':>7} {'p50/floor':>9}   sections p50 us (infer/filter/obs/send)")
+    print(
+        f"floor (DEALER/ROUTER echo + one onnxruntime call): p50 {floor['p50_s'] * us:.0f} us, "
+        f"p99 {floor['p99_s'] * us:.0f} us\n"
+    )
+    print(
+        f"{'target Hz':>9} {'achieved':>9} {'ticks':>7} {'p50 us':>8} {'p99 us':>8} {'max us':>8} {'misses':>7} "
+        f"{'miss %':>7} {'p50/floor':>9}   sections p50 us (infer/filter/obs/send)"
+    )
     for r in rows:
-        print(f"{r['target_hz']:>9.0f} {r['achieved_hz']:>9.1f} {r['ticks']:>7} {r['tick_p50_s'] * us:>8.0f} "
-              f"{r['tick_p99_s'] * us:>8.0f} {r['tick_max_s'] * us:>8.0f} {r['deadline_misses']:>7} "
-              f"{100 * r['miss_fraction']:>6.2f}% {r['ratio_to_floor_p50']:>9.2f}   "
-              f"{r['infer_p50_s'] * us:.0f}/{r['filter_p50_s'] * us:.0f}/{r['obs_p50_s'] * us:.0f}/{r['send_p50_s'] * us:.0f}")
+        print(
+            f"{r['target_hz']:>9.0f} {r['achieved_hz']:>9.1f} {r['ticks']:>7} {r['tick_p50_s'] * us:>8.0f} "
+            f"{r['tick_p99_s'] * us:>8.0f} {r['tick_max_s'] * us:>8.0f} {r['deadline_misses']:>7} "
+            f"{100 * r['miss_fraction']:>6.2f}% {r['ratio_to_floor_p50']:>9.2f}   "
+            + "/".join(f"{r[f'{name}_p50_s'] * us:.0f}" for name in ("infer", "filter", "obs", "send"))
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"floor": floor, "rows": rows, "seconds": args.seconds}, indent=1))

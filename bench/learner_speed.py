@@ -43,7 +43,9 @@ def random_batch(rng: np.random.Generator) -> Batch:
 
 
 def mlp(inputs: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(inputs, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
+    return nn.Sequential(
+        nn.Linear(inputs, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1)
+    )
 
 
 class ReferenceSAC:
@@ -61,8 +63,9 @@ class ReferenceSAC:
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=3e-4)
 
     def update(self, batch: Batch) -> None:
-        obs, action, reward, next_obs, done = (torch.as_tensor(x) for x in
-                                               (batch.obs, batch.action, batch.reward, batch.next_obs, batch.terminated))
+        obs, action, reward, next_obs, done = (
+            torch.as_tensor(x) for x in (batch.obs, batch.action, batch.reward, batch.next_obs, batch.terminated)
+        )
         new_action, log_prob, _ = self.actor.sample(obs)
         alpha_loss = -(self.log_alpha * (log_prob.detach() - ACT)).mean()
         self.alpha_opt.zero_grad()
@@ -71,7 +74,9 @@ class ReferenceSAC:
         alpha = self.log_alpha.exp().detach()
         with torch.no_grad():
             next_action, next_log_prob, _ = self.actor.sample(next_obs)
-            next_q = torch.min(torch.stack([t(torch.cat([next_obs, next_action], 1)).squeeze(-1) for t in self.targets]), 0)
+            next_q = torch.min(
+                torch.stack([t(torch.cat([next_obs, next_action], 1)).squeeze(-1) for t in self.targets]), 0
+            )
             target = reward + 0.99 * (1 - done) * (next_q.values - alpha * next_log_prob)
         for critic, opt in zip(self.critics, self.critic_opts):
             loss = F.mse_loss(critic(torch.cat([obs, action], 1)).squeeze(-1), target)
@@ -150,8 +155,12 @@ def main() -> None:
     for name, (ours, reference) in candidates.items():
         ours_rate = updates_per_second(ours, args.updates, rng)
         ours_flops = flops_per_update(ours, rng)
-        row = {"update": name, "ours_per_s": ours_rate, "gflop_per_update": ours_flops / 1e9,
-               "fraction_of_peak": ours_rate * ours_flops / 1e9 / peak}
+        row = {
+            "update": name,
+            "ours_per_s": ours_rate,
+            "gflop_per_update": ours_flops / 1e9,
+            "fraction_of_peak": ours_rate * ours_flops / 1e9 / peak,
+        }
         if reference is not None:
             row["reference_per_s"] = updates_per_second(reference, args.updates, rng)
             row["speedup"] = ours_rate / row["reference_per_s"]
@@ -162,8 +171,10 @@ def main() -> None:
     for row in rows:
         reference = f"{row['reference_per_s']:.1f}" if "reference_per_s" in row else "-"
         speedup = f"{row['speedup']:.2f}x" if "speedup" in row else "-"
-        print(f"{row['update']:<24}{row['ours_per_s']:>9.1f}{reference:>13}{speedup:>9}"
-              f"{row['gflop_per_update']:>11.3f}{100 * row['fraction_of_peak']:>10.1f}%")
+        print(
+            f"{row['update']:<24}{row['ours_per_s']:>9.1f}{reference:>13}{speedup:>9}"
+            f"{row['gflop_per_update']:>11.3f}{100 * row['fraction_of_peak']:>10.1f}%"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"matmul_gflops": peak, "batch": BATCH, "threads": 1, "rows": rows}, indent=1))

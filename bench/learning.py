@@ -51,7 +51,9 @@ def acalign(*args: str, log: Path) -> None:
     with open(log, "a") as handle:
         handle.write(f"$ {' '.join(command)}\n")
         handle.flush()
-        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        result = subprocess.run(
+            command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(args[:2])} failed (exit {result.returncode}); see {log}")
 
@@ -68,9 +70,21 @@ def pretrain(dataset: str, preset: str, scale: Scale, out: Path) -> Path:
     if checkpoint.exists():
         return checkpoint
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    acalign("pretrain", dataset, "--out", str(checkpoint.parent), "--steps", str(scale.offline_steps),
-            "--preset", preset, "--eval-every", str(scale.eval_every * 5), "--eval-episodes", str(scale.eval_episodes),
-            log=checkpoint.parent / "log.txt")
+    acalign(
+        "pretrain",
+        dataset,
+        "--out",
+        str(checkpoint.parent),
+        "--steps",
+        str(scale.offline_steps),
+        "--preset",
+        preset,
+        "--eval-every",
+        str(scale.eval_every * 5),
+        "--eval-episodes",
+        str(scale.eval_episodes),
+        log=checkpoint.parent / "log.txt",
+    )
     return checkpoint
 
 
@@ -81,9 +95,22 @@ def online_run(offline: Path, method: str, seed: int, scale: Scale) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     aligned = run_dir / f"aligned-{method}.pt"
     acalign("align", str(offline), "--finetune", method, "--out", str(aligned), log=run_dir / "log.txt")
-    acalign("finetune", str(aligned), "--out", str(run_dir), "--steps", str(scale.online_steps), "--seed", str(seed),
-            "--eval-every", str(scale.eval_every), "--eval-episodes", str(scale.eval_episodes), "--force",
-            log=run_dir / "log.txt")
+    acalign(
+        "finetune",
+        str(aligned),
+        "--out",
+        str(run_dir),
+        "--steps",
+        str(scale.online_steps),
+        "--seed",
+        str(seed),
+        "--eval-every",
+        str(scale.eval_every),
+        "--eval-episodes",
+        str(scale.eval_episodes),
+        "--force",
+        log=run_dir / "log.txt",
+    )
     return run_dir
 
 
@@ -148,18 +175,29 @@ def main() -> None:
     args = parser.parse_args()
 
     scale = SCALES[args.scale]
-    scale = Scale(args.offline_steps or scale.offline_steps, args.online_steps or scale.online_steps,
-                  scale.eval_every, scale.eval_episodes)
+    scale = Scale(
+        args.offline_steps or scale.offline_steps,
+        args.online_steps or scale.online_steps,
+        scale.eval_every,
+        scale.eval_episodes,
+    )
     out = Path(args.out) / f"{args.scale}-{scale.offline_steps}-{scale.online_steps}"
     out.mkdir(parents=True, exist_ok=True)
-    presets = args.presets or [next((k for k in ("medium-replay", "medium-expert", "medium", "expert", "random")
-                                      if k in name), "medium") for name in args.datasets]
+    presets = args.presets or [
+        next((k for k in ("medium-replay", "medium-expert", "medium", "expert", "random") if k in name), "medium")
+        for name in args.datasets
+    ]
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        offline = dict(zip(args.datasets, pool.map(lambda d: pretrain(d[0], d[1], scale, out),
-                                                   zip(args.datasets, presets))))
-        jobs = {(d, m, s): pool.submit(online_run, offline[d], m, s, scale)
-                for d in args.datasets for m in METHODS for s in range(args.seeds)}
+        offline = dict(
+            zip(args.datasets, pool.map(lambda d: pretrain(d[0], d[1], scale, out), zip(args.datasets, presets)))
+        )
+        jobs = {
+            (d, m, s): pool.submit(online_run, offline[d], m, s, scale)
+            for d in args.datasets
+            for m in METHODS
+            for s in range(args.seeds)
+        }
         run_dirs = {key: job.result() for key, job in jobs.items()}
 
     results: dict = {}
@@ -167,16 +205,24 @@ def main() -> None:
     for dataset in args.datasets:
         results[dataset] = {}
         curves[dataset] = {}
-        switch = [summarize(read_scores(run_dirs[(dataset, "aca", s)]), scale.online_steps)["switch"]
-                  for s in range(args.seeds)]
+        switch = [
+            summarize(read_scores(run_dirs[(dataset, "aca", s)]), scale.online_steps)["switch"]
+            for s in range(args.seeds)
+        ]
         results[dataset]["offline-only"] = [{"switch": v, "dip": v, "worst": v, "final": v} for v in switch]
         for method in METHODS:
             scores = [read_scores(run_dirs[(dataset, method, s)]) for s in range(args.seeds)]
             curves[dataset][method] = scores
             results[dataset][method] = [summarize(s, scale.online_steps) for s in scores]
     table = markdown(results, args.scale, scale, args.seeds)
-    payload = {"scale": args.scale, **asdict(scale), "seeds": args.seeds, "results": results, "curves": curves,
-               "wall_s": time.monotonic() - start}
+    payload = {
+        "scale": args.scale,
+        **asdict(scale),
+        "seeds": args.seeds,
+        "results": results,
+        "curves": curves,
+        "wall_s": time.monotonic() - start,
+    }
     (out / "results.json").write_text(json.dumps(payload, indent=1))
     plot(curves, out / "learning.png")
     print(table)

@@ -40,6 +40,7 @@ from acalign_robot.runtime.manifest import PolicyError
 from acalign_robot.runtime.policy import PolicyRunner
 from acalign_robot.runtime.safety import ActionFilter, FilterFlags, SafetyConfig
 from acalign_robot.runtime.security import SecurityConfig, client_keys
+from acalign_robot.runtime.transition_log import TransitionLog
 from acalign_robot.runtime.transport import ControlClient, Receiver, Sender, TransportTimeout
 
 __all__ = ["Controller", "ControllerConfig", "PolicySwapper", "SectionTimer", "run_controller"]
@@ -70,7 +71,8 @@ class ControllerConfig:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)  # CURVE client keys for remote endpoints
     provider: str = "cpu"
-    output_dir: str | None = None  # stats.json (at exit) and status.json (every second)
+    output_dir: str | None = None  # stats.json (at exit), status.json (every second), log/ (the transition log)
+    log: bool = True  # durable log of every executed transition in <output_dir>/log (needs output_dir)
     stats_every_s: float = 1.0
 
     def validate(self) -> None:
@@ -120,10 +122,19 @@ class SectionTimer:
 
 
 class _TransitionBatcher:
-    """Fills preallocated arrays; `flush` sends them as one TransitionBatch with the next sequence number."""
+    """Fills preallocated arrays; `flush` turns them into one TransitionBatch with the next sequence number, which
+    goes to the durable log (when on) and to the learner (when connected)."""
 
-    def __init__(self, controller_id: str, size: int, obs_dim: int, action_dim: int, sender: Sender | None):
-        self.controller_id, self.size, self.sender = controller_id, size, sender
+    def __init__(
+        self,
+        stream_id: str,
+        size: int,
+        obs_dim: int,
+        action_dim: int,
+        sender: Sender | None,
+        log: TransitionLog | None,
+    ):
+        self.stream_id, self.size, self.sender, self.log = stream_id, size, sender, log
         self.obs = np.zeros((size, obs_dim), np.float32)
         self.next_obs = np.zeros((size, obs_dim), np.float32)
         self.action = np.zeros((size, action_dim), np.float32)
@@ -133,6 +144,7 @@ class _TransitionBatcher:
         self.truncated = np.zeros(size, bool)
         self.version = np.zeros(size, np.int64)
         self.flags = np.zeros(size, np.int32)
+        self.timestamp_s = np.zeros(size, np.float64)  # wall clock (time.time()) when the step reply arrived
         self.filled = 0
         self.seq = 0
         self.sent_batches = 0
@@ -142,7 +154,7 @@ class _TransitionBatcher:
         i = self.filled
         self.obs[i], self.policy_action[i], self.action[i], self.next_obs[i] = obs, policy_action, action, next_obs
         self.reward[i], self.terminated[i], self.truncated[i] = reward, terminated, truncated
-        self.version[i], self.flags[i] = version, flags
+        self.version[i], self.flags[i], self.timestamp_s[i] = version, flags, time.time()
         self.filled += 1
         if self.filled == self.size:
             self.flush()
@@ -151,10 +163,10 @@ class _TransitionBatcher:
         if self.filled == 0:
             return
         n, self.filled = self.filled, 0
-        if self.sender is None:
+        if self.sender is None and self.log is None:
             return
         batch = p.TransitionBatch(
-            controller_id=self.controller_id,
+            controller_id=self.stream_id,
             seq=self.seq,
             policy_version=self.version[:n].copy(),
             obs=self.obs[:n].copy(),
@@ -166,6 +178,10 @@ class _TransitionBatcher:
             extras={"policy_action": self.policy_action[:n].copy(), "safety_flags": self.flags[:n].copy()},
         )
         self.seq += 1
+        if self.log is not None:
+            self.log.write(batch, self.timestamp_s[:n].copy())
+        if self.sender is None:
+            return
         if self.sender.send(batch):
             self.sent_batches += 1
         else:
@@ -272,12 +288,25 @@ class Controller:
         self.period_s = 1.0 / config.rate_hz if config.rate_hz else reply.control_period_s
         self.filter = ActionFilter(config.safety, action_space.low, action_space.high, reply.safe_action)
         self.timer = SectionTimer()
+        self.log = None
+        if config.log and config.output_dir:
+            self.log = TransitionLog(
+                Path(config.output_dir) / "log",
+                config.controller_id,
+                env_id=runner.manifest.env_id,
+                observation_space=reply.observation_space,
+                action_space=action_space,
+                control_period_s=self.period_s,
+            )
+        # A stream per process start: a restarted controller's batches (seq from 0 again) are new data to the
+        # learner, not duplicates of the previous run's.
         self.batcher = _TransitionBatcher(
-            config.controller_id,
+            f"{config.controller_id}@{os.getpid()}",
             config.transition_batch,
             reply.observation_space.shape[0],
             action_space.shape[0],
             transitions,
+            self.log,
         )
         self.transitions = transitions
         self.swapper = PolicySwapper(policies, self) if policies is not None else None
@@ -407,6 +436,8 @@ class Controller:
         if self.swapper is not None:
             self.swapper.stop()
         stats = self.stats(time.monotonic() - started)
+        if self.log is not None:
+            stats["log"] = self.log.close()
         self._publish_stats(stats)
         if self.config.output_dir:
             _write_json(Path(self.config.output_dir) / "stats.json", stats)
@@ -482,4 +513,4 @@ def run_controller(config: ControllerConfig, ready_file: str | None = None) -> d
     finally:
         client.close()
         if transitions is not None:
-            transitions.close()
+            transitions.close(linger_s=1.0)  # let the last batch and the final stats reach the learner

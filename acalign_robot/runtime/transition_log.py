@@ -5,11 +5,11 @@ feeds offline pre-training (`acalign logs convert` -> Minari), evaluation and `a
 
 Writing never blocks the control loop. `TransitionLog.write(batch)` only checks the batch's shapes and appends a
 reference to it to a bounded queue: a deque, so the control thread takes no lock, makes no system call and wakes no
-thread (~10 us, bench/logging.py). A background writer thread polls the queue every 20 ms, gathers transitions and
-writes each closed chunk durably: a temp file in the log directory, flush + fsync, rename over the final name, fsync
-of the directory. A process killed at any moment (kill -9, power loss after the rename reached the disk) loses at
-most the open chunk (and the batches still queued) and leaves every closed chunk whole; a half-written temp file is
-never read. A full queue (the disk stalled for minutes: 1024 batches of 64 are over 2 minutes at 500 Hz) drops the
+thread (~10 us, bench/transition_logging.py). A background writer thread polls the queue every 20 ms, gathers
+transitions and writes each closed chunk durably: a temp file in the log directory, flush + fsync, rename over the
+final name, fsync of the directory. A process killed at any moment (kill -9, power loss after the rename reached the
+disk) loses at most the open chunk (and the batches still queued) and leaves every closed chunk whole; a
+half-written temp file is never read. A full queue (the disk stalled for minutes: 1024 batches of 64 are over 2 minutes at 500 Hz) drops the
 batch and counts it, never waits; a writer that hit an I/O error stops writing and counts every later batch as
 dropped (`stats()["log_error"]`). The writer shares the GIL with the control thread: closing a 4096-transition chunk
 costs it about 1 ms of CPU in pieces (concatenation, npz encoding; the file writes and fsync release the GIL), once

@@ -268,8 +268,9 @@ class _ZmqEndpoint:
             self._socket.close(linger=0)
             raise InputError(f"cannot {'bind' if bind else 'connect'} {endpoint!r}: {exc}") from exc
 
-    def close(self) -> None:
-        self._socket.close(linger=0)
+    def close(self, linger_s: float = 0.0) -> None:
+        """Close the socket; `linger_s` > 0 lets queued messages go out for that long (a sender's last batch)."""
+        self._socket.close(linger=int(linger_s * 1000))
 
     def __enter__(self):
         return self

@@ -20,7 +20,7 @@ Targets: write() p99 <= 50 us in the burst and p50 <= 50 us in the loop (a write
 work p99 with the log within 100 us of without; >= 50k durable transitions/s.
 Prints a table and writes bench/out/logging.json.
 
-    python bench/logging.py [--batches 2000] [--seconds 10] [--rounds 5]
+    python bench/transition_logging.py [--batches 2000] [--seconds 10] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -30,24 +30,19 @@ import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Run as `python bench/logging.py`, this file's directory heads sys.path and its name would shadow the standard
-# library's `logging` for every import below (numpy, torch and onnxruntime use it): take the directory out first.
-sys.path = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from acalign_robot.algo.networks import TanhGaussianActor  # noqa: E402
-from acalign_robot.export.onnx_export import build_artifact  # noqa: E402
-from acalign_robot.runtime.policy import PolicyRunner  # noqa: E402
-from acalign_robot.runtime.protocol import TransitionBatch  # noqa: E402
-from acalign_robot.runtime.transition_log import TransitionLog, read_log  # noqa: E402
+from acalign_robot.algo.networks import TanhGaussianActor
+from acalign_robot.export.onnx_export import build_artifact
+from acalign_robot.runtime.policy import PolicyRunner
+from acalign_robot.runtime.protocol import TransitionBatch
+from acalign_robot.runtime.transition_log import TransitionLog, read_log
 
 OBS_DIM, ACTION_DIM, BATCH = 11, 3, 64
 RATE_HZ = 500.0
@@ -198,7 +193,7 @@ def make_runner() -> PolicyRunner:
     actor = TanhGaussianActor(OBS_DIM, ACTION_DIM, (256, 256)).eval().requires_grad_(False)
     meta = {"env_id": "Hopper-v5", "obs_dim": OBS_DIM, "action_dim": ACTION_DIM}
     meta |= {"action_low": [-1.0] * ACTION_DIM, "action_high": [1.0] * ACTION_DIM}
-    onnx_bytes, manifest = build_artifact(actor, meta, 0, "bench/logging.py", name="bench", version=1)
+    onnx_bytes, manifest = build_artifact(actor, meta, 0, "bench/transition_logging.py", name="bench", version=1)
     return PolicyRunner(onnx_bytes, manifest, seed=0)
 
 
