@@ -1,7 +1,7 @@
 """The controller's durable transition log: every executed transition on disk, in chunks a crash cannot corrupt.
 
-Why: robot time is expensive and a log is the only record of what a policy really did on the hardware. The log
-feeds offline pre-training (`acalign logs convert` -> Minari), evaluation and `acalign replay`.
+Why: robot time is expensive and a log is the only record of what a policy really did on the hardware. The log feeds
+offline pre-training (`acalign logs convert` -> Minari), evaluation and `acalign replay`.
 
 Writing never blocks the control loop. `TransitionLog.write(batch)` only checks the batch's shapes and appends a
 reference to it to a bounded queue: a deque, so the control thread takes no lock, makes no system call and wakes no
@@ -9,11 +9,11 @@ thread (~10 us, bench/transition_logging.py). A background writer thread polls t
 transitions and writes each closed chunk durably: a temp file in the log directory, flush + fsync, rename over the
 final name, fsync of the directory. A process killed at any moment (kill -9, power loss after the rename reached the
 disk) loses at most the open chunk (and the batches still queued) and leaves every closed chunk whole; a
-half-written temp file is never read. A full queue (the disk stalled for minutes: 1024 batches of 64 are over 2 minutes at 500 Hz) drops the
-batch and counts it, never waits; a writer that hit an I/O error stops writing and counts every later batch as
-dropped (`stats()["log_error"]`). The writer shares the GIL with the control thread: closing a 4096-transition chunk
-costs it about 1 ms of CPU in pieces (concatenation, npz encoding; the file writes and fsync release the GIL), once
-every 8 s at 500 Hz, which is the most a tick can wait for it.
+half-written temp file is never read. A full queue (the disk stalled for minutes: 1024 batches of 64 are over 2 minutes
+at 500 Hz) drops the batch and counts it, never waits; a writer that hit an I/O error stops writing and counts every
+later batch as dropped (`stats()["log_error"]`). The writer shares the GIL with the control thread: closing a
+4096-transition chunk costs it about 1 ms of CPU in pieces (concatenation, npz encoding; the file writes and fsync
+release the GIL), once every 8 s at 500 Hz, which is the most a tick can wait for it.
 
 The writer keeps a reference to each batch: its arrays must not change after `write` (TransitionBatch is frozen and
 the controller's batcher sends copies).
@@ -26,8 +26,8 @@ Directory layout:
                                   in writing order)
     .chunk-SSSS-NNNNNN.npz.tmp    the chunk being written (ignored by readers; left behind by a kill)
 
-A segment is one writer's lifetime: a restarted controller that reopens its log directory appends a new segment,
-and episodes never span two segments.
+A segment is one writer's lifetime: a restarted controller that reopens its log directory appends a new segment, and
+episodes never span two segments.
 
 Chunk format: an uncompressed `.npz` (numpy's zip of `.npy` files, written with `np.savez`, read with
 `np.load(allow_pickle=False)`: no pickle, no object arrays) with these named arrays, n = transitions in the chunk:
@@ -49,10 +49,9 @@ Chunk format: an uncompressed `.npz` (numpy's zip of `.npy` files, written with 
 A chunk closes at a batch boundary once it holds `chunk_transitions` transitions, or `chunk_seconds` after its
 first transition arrived (a slow robot still reaches the disk regularly), or at `close()`.
 
-Reading: `read_log(directory)` concatenates the closed chunks in order and derives the episodes: an episode ends
-at terminated or truncated, and is cut (marked incomplete) at a gap in `seq`, at a segment boundary and at the end
-of the data (the trailing partial episode is kept). A damaged chunk raises `LogError` naming the file.
-"""
+Reading: `read_log(directory)` concatenates the closed chunks in order and derives the episodes: an episode ends at
+terminated or truncated, and is cut (marked incomplete) at a gap in `seq`, at a segment boundary and at the end of
+the data (the trailing partial episode is kept). A damaged chunk raises `LogError` naming the file."""
 
 from __future__ import annotations
 
