@@ -387,6 +387,12 @@ def _cmd_replay_eval(args) -> int:
     return EXIT_OK
 
 
+def _cmd_estop(args) -> int:
+    from acalign_robot.session.operator import send_to_drivers
+
+    return send_to_drivers(args.session, "estop" if args.command == "estop" else "clear", args.reason)
+
+
 def _set_threads(threads: int) -> None:
     from acalign_robot.algo.train import set_torch_threads
 
@@ -711,6 +717,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoint", metavar="CKPT", help="checkpoint (.pt) whose critic to evaluate")
     q.add_argument("--out", metavar="FILE.json", help="also write the result here")
     q.set_defaults(handler=_cmd_replay_eval)
+
+    for name, summary in (
+        ("estop", "latch every driver of a session into its safe action (e-stop)"),
+        ("clear", "release an e-stop and the controllers' SAFE latches of a session"),
+    ):
+        p = commands.add_parser(
+            name,
+            help=summary,
+            description=summary + ". SESSION is a session directory "
+            "(sessions/NAME/STAMP) or a session name (its latest run under sessions/).",
+        )
+        p.add_argument("session", help="session directory or name")
+        p.add_argument("--reason", default="operator", help="recorded with the e-stop (default: operator)")
+        p.set_defaults(handler=_cmd_estop)
 
     return parser
 

@@ -3,13 +3,14 @@
 Steps (each reuses its output when it already exists, so a re-run continues instead of overwriting):
 1. collect a uniform-random dataset of InvertedPendulum-v5 into the demo's own Minari store;
 2. pre-train ACA offline (phase 1), 3. align (phase 2), 4. export the actor to ONNX (policies registry),
-5. fine-tune online (phase 3) with the runtime when it is available, else in-process,
-6. print the evaluation table and where the learning-curve PNG is.
+5. launch a sim fine-tuning session: a MuJoCo driver process, a controller process running the exported policy
+   (exploring, streaming transitions, hot-swapping new versions) and a learner process (phase 3 from the aligned
+   checkpoint, publishing a new policy every few hundred updates), supervised like any `acalign launch` session;
+6. print the session's table and where the report and its PNG are.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,12 @@ class DemoConfig:
     dataset: str = "demo-invertedpendulum-random-v0"
     random_episodes: int = 300
     offline_steps: int = 2_000
-    online_steps: int = 5_000
     eval_every: int = 1_000
     eval_episodes: int = 5
     batch_size: int = 128
+    session_s: float = 150.0
+    rate_hz: float = 40.0  # the sim runs unpaced: 40 ticks/s keeps the 1-thread learner near UTD 1
+    publish_every: int = 250
     seed: int = 0
 
 
@@ -37,8 +40,7 @@ def _step(title: str, done: bool) -> bool:
 
 def run_demo(out_dir: Path, config: DemoConfig = DemoConfig()) -> dict:
     from acalign_robot.algo.aca import load_preset
-    from acalign_robot.algo.pipeline import EvalSchedule, align_checkpoint, finetune, pretrain
-    from acalign_robot.algo.plots import plot_runs
+    from acalign_robot.algo.pipeline import EvalSchedule, align_checkpoint, pretrain
     from acalign_robot.algo.train import set_torch_threads
     from acalign_robot.data.collect import collect_random_episodes
     from acalign_robot.data.datasets import dataset_exists, write_dataset
@@ -73,19 +75,38 @@ def run_demo(out_dir: Path, config: DemoConfig = DemoConfig()) -> dict:
 
     artifact = _export(aligned, out_dir / "policies")
 
-    online_dir = out_dir / "online"
-    finetuned = online_dir / "finetuned.pt"
-    if not _step(f"5/5 fine-tune online ({config.online_steps} env steps)", finetuned.exists()):
-        finetune(aligned, config.env_id, config.online_steps, finetuned, seed=config.seed, schedule=schedule)
+    _step(f"5/5 launch a fine-tuning session: driver + controller + learner, {config.session_s:g} s", False)
+    report = _launch(config, aligned, artifact, out_dir)
+    return {"report": report, "artifact": artifact}
 
-    png = plot_runs([online_dir], out_dir / "learning_curve.png", title=f"ACA fine-tuning, {config.env_id}")
-    with open(online_dir / "eval.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    print(f"\n{'online step':>12} {'return':>10}")
-    for row in rows:
-        print(f"{int(row['step']):>12} {float(row['return_mean']):>10.1f}")
-    print(f"\npolicy artifact: {artifact}\nlearning curve:  {png}")
-    return {"rows": rows, "png": png, "artifact": artifact}
+
+def _launch(config: DemoConfig, aligned: Path, artifact: Path, out_dir: Path) -> dict:
+    import time
+
+    from acalign_robot.learner.config import LearnerConfig
+    from acalign_robot.runtime.controller import ControllerConfig
+    from acalign_robot.runtime.driver_server import DriverConfig
+    from acalign_robot.session.schema import LaunchConfig, Robot, check_session
+    from acalign_robot.session.supervisor import Supervisor
+
+    session = LaunchConfig(
+        session="demo",
+        output_dir=str(out_dir / "sessions"),
+        duration_s=config.session_s,
+        robots=(
+            Robot(
+                name="pendulum-0",
+                driver=DriverConfig(kind="mujoco", env_id=config.env_id, watchdog_ms=500, seed=config.seed),
+                controller=ControllerConfig(policy=str(artifact), explore=True, rate_hz=config.rate_hz),
+            ),
+        ),
+        learner=LearnerConfig(checkpoint=str(aligned), publish_every=config.publish_every, seed=config.seed),
+    )
+    problems = check_session(session)
+    if problems:
+        raise RuntimeError("the demo session does not validate: " + "; ".join(problems))
+    session_dir = out_dir / "sessions" / "demo" / time.strftime("%Y%m%d-%H%M%S")
+    return Supervisor(session, session_dir).run()
 
 
 def _export(checkpoint: Path, policies_dir: Path) -> Path:

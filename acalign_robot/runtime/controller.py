@@ -322,7 +322,7 @@ class Controller:
         self.episode_log: list[tuple[int, float, float, int]] = []  # (tick, seconds, return, policy version)
         self.swaps = 0
         self.swap_ticks: list[int] = []
-        self.safe_reason = ""
+        self._clears_seen: int | None = None  # the driver's Clear count at the last reply
 
     def stop(self) -> None:
         self._stop = True
@@ -384,6 +384,9 @@ class Controller:
                 reply = None
             t3 = time.perf_counter()
             if isinstance(reply, p.StepReply):
+                if self._clears_seen is not None and reply.clears > self._clears_seen:
+                    self.filter.clear()  # `acalign clear`: the operator released every latch
+                self._clears_seen = reply.clears
                 if reply.estopped:
                     self.filter.latch("driver e-stop")
                 next_obs = np.asarray(reply.obs, dtype=np.float32)

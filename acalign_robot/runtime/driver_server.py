@@ -83,6 +83,7 @@ class DriverStats:
     watchdog_safe_steps: int = 0  # safe actions applied by the watchdog
     last_watchdog_latency_s: float = 0.0  # last command -> safe action applied
     estops: int = 0
+    clears: int = 0
     safe_action_steps: int = 0  # Steps answered with the safe action (e-stop, non-finite action)
     clipped_actions: int = 0
     stale_steps: int = 0
@@ -176,6 +177,7 @@ class DriverServer:
                 return self._heartbeat()
             if isinstance(request, p.Clear):
                 self.estopped = False
+                self.stats.clears += 1
                 return self._heartbeat()
             if isinstance(request, p.Stats):
                 return p.Stats(source=self.name, values=self._stats_values())
@@ -243,6 +245,7 @@ class DriverServer:
             watchdog_fired=fired,
             safe_action_applied=safe,
             estopped=self.estopped,
+            clears=self.stats.clears,
         )
 
     def _stats_values(self) -> dict[str, p.Scalar]:

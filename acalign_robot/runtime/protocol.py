@@ -215,6 +215,7 @@ class StepReply:
     watchdog_fired: bool = False  # the driver's watchdog applied the safe action since the last reply
     safe_action_applied: bool = False  # the driver applied its safe action instead of Step.action
     estopped: bool = False  # the driver is latched in e-stop until a Clear
+    clears: int = 0  # Clear messages the driver has received: an increase is the operator releasing SAFE
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -164,7 +164,7 @@ class ControlClient(Protocol):
     def request(self, message: Message, timeout_s: float) -> Message:
         """The reply to `message`, or TransportTimeout; a reply that does not decode raises ProtocolError."""
 
-    def close(self) -> None: ...
+    def close(self, linger_s: float = 0.0) -> None: ...
 
 
 class ControlServer(Protocol):
@@ -176,7 +176,7 @@ class ControlServer(Protocol):
     def send(self, peer: Peer, message: Message) -> bool:
         """Reply to `peer`; False (a counted drop) when that client is gone or not reading."""
 
-    def close(self) -> None: ...
+    def close(self, linger_s: float = 0.0) -> None: ...
 
 
 class Sender(Protocol):
@@ -185,7 +185,7 @@ class Sender(Protocol):
     def send(self, message: Message) -> bool:
         """Queue `message` without blocking; False (a counted drop) when it could not be queued."""
 
-    def close(self) -> None: ...
+    def close(self, linger_s: float = 0.0) -> None: ...
 
 
 class Receiver(Protocol):
@@ -194,7 +194,7 @@ class Receiver(Protocol):
     def recv(self, timeout_s: float) -> Message | ProtocolError | None:
         """The next message (ProtocolError for a bad frame), or None when none came within timeout_s."""
 
-    def close(self) -> None: ...
+    def close(self, linger_s: float = 0.0) -> None: ...
 
 
 def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
@@ -637,7 +637,7 @@ class MemoryControlServer:
         _count_sent(self.counters, frame)
         return True
 
-    def close(self) -> None:
+    def close(self, linger_s: float = 0.0) -> None:
         self._clients.clear()  # like a closed ROUTER: later replies go nowhere and clients time out
 
 
@@ -673,7 +673,7 @@ class MemoryControlClient:
         self.counters.timeouts += 1
         raise TransportTimeout(f"no reply within {timeout_s} s")
 
-    def close(self) -> None:
+    def close(self, linger_s: float = 0.0) -> None:
         self._server._clients.pop(self._identity, None)
 
 
@@ -693,8 +693,8 @@ class MemoryTransitionReceiver:
             self._queue, TRANSITION_MESSAGES, "transitions", self.max_message_bytes, self.counters, timeout_s
         )
 
-    def close(self) -> None:
-        """Nothing to release; present for the interface."""
+    def close(self, linger_s: float = 0.0) -> None:
+        """Nothing to release or deliver late; present for the interface."""
 
 
 class MemoryTransitionSender:
@@ -713,8 +713,8 @@ class MemoryTransitionSender:
         _count_sent(self.counters, frame)
         return True
 
-    def close(self) -> None:
-        """Nothing to release; present for the interface."""
+    def close(self, linger_s: float = 0.0) -> None:
+        """Nothing to release or deliver late; present for the interface."""
 
 
 class MemoryPolicyPublisher:
@@ -732,7 +732,7 @@ class MemoryPolicyPublisher:
         _count_sent(self.counters, frame)
         return True
 
-    def close(self) -> None:
+    def close(self, linger_s: float = 0.0) -> None:
         self._subscribers.clear()
 
 
@@ -749,6 +749,6 @@ class MemoryPolicySubscriber:
     def recv(self, timeout_s: float) -> Message | ProtocolError | None:
         return _recv_mailbox(self._latest, POLICY_MESSAGES, "policy", self.max_message_bytes, self.counters, timeout_s)
 
-    def close(self) -> None:
+    def close(self, linger_s: float = 0.0) -> None:
         if self._latest in self._publisher._subscribers:
             self._publisher._subscribers.remove(self._latest)

@@ -38,8 +38,11 @@ def alive(pid: int) -> bool:
 
 
 def session_file(tmp_path: Path, policy: Path, **extra) -> Path:
-    robot = {"name": "hopper-0", "driver": {"kind": "mujoco", "env_id": "Hopper-v5"},
-             "controller": {"policy": str(policy), "explore": False}}
+    robot = {
+        "name": "hopper-0",
+        "driver": {"kind": "mujoco", "env_id": "Hopper-v5"},
+        "controller": {"policy": str(policy), "explore": False},
+    }
     robot_extra = extra.pop("robot", {})
     for key, value in robot_extra.items():
         robot[key] = {**robot.get(key, {}), **value} if isinstance(value, dict) else value
@@ -54,14 +57,22 @@ def session_dirs(tmp_path: Path) -> list[Path]:
 
 
 def test_validate_lists_every_problem(tmp_path, hopper_policy):
-    path = session_file(tmp_path, hopper_policy, endpoints={"transitions": "tcp://127.0.0.1:7001",
-                                                            "policy": "tcp://127.0.0.1:7001"},
-                        robot={"driver": {"watchdog_ms": 5}, "controller": {"policy": str(tmp_path / "missing")}},
-                        learner={"checkpoint": str(tmp_path / "nope.pt")})
+    path = session_file(
+        tmp_path,
+        hopper_policy,
+        endpoints={"transitions": "tcp://127.0.0.1:7001", "policy": "tcp://127.0.0.1:7001"},
+        robot={"driver": {"watchdog_ms": 5}, "controller": {"policy": str(tmp_path / "missing")}},
+        learner={"checkpoint": str(tmp_path / "nope.pt")},
+    )
     result = subprocess.run(acalign_command("validate", str(path)), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    for expected in ("bound by more than one process", "watchdog_ms: 5.0 ms is under two control periods",
-                     "controller.policy", "learner.checkpoint", "explore is false"):
+    for expected in (
+        "bound by more than one process",
+        "watchdog_ms: 5.0 ms is under two control periods",
+        "controller.policy",
+        "learner.checkpoint",
+        "explore is false",
+    ):
         assert expected in result.stderr, (expected, result.stderr)
 
 
@@ -88,12 +99,19 @@ def test_sim_eval_session_ends_cleanly_with_a_report(tmp_path, hopper_policy):
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 def test_no_process_survives_the_supervisor(tmp_path, hopper_policy, how):
     path = session_file(tmp_path, hopper_policy, duration_s=120)
-    supervisor = subprocess.Popen(acalign_command("launch", str(path)), stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True)
+    supervisor = subprocess.Popen(
+        acalign_command("launch", str(path)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     children: list[int] = []
     try:
-        wait_for(lambda: session_dirs(tmp_path) and (session_dirs(tmp_path)[0] / "hopper-0" / "status.json").exists(),
-                 120, "the session to run")
+        wait_for(
+            lambda: session_dirs(tmp_path) and (session_dirs(tmp_path)[0] / "hopper-0" / "status.json").exists(),
+            120,
+            "the session to run",
+        )
         children = children_of(supervisor.pid)
         assert len(children) == 2
         os.kill(supervisor.pid, how)
@@ -125,19 +143,30 @@ def test_a_driver_that_crashes_on_start_is_reported_with_its_log(tmp_path, hoppe
 
 
 def test_learner_is_restarted_on_failure_and_policies_advance(tmp_path, hopper_policy, aligned_hopper_checkpoint):
-    path = session_file(tmp_path, hopper_policy, duration_s=40,
-                        robot={"controller": {"explore": True}},
-                        learner={"checkpoint": str(aligned_hopper_checkpoint), "publish_every": 50,
-                                 "checkpoint_every_updates": 100},
-                        restart={"learner": {"mode": "on-failure", "max_restarts": 2, "window_s": 60}})
-    supervisor = subprocess.Popen(acalign_command("launch", str(path)), stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    path = session_file(
+        tmp_path,
+        hopper_policy,
+        duration_s=40,
+        robot={"controller": {"explore": True}},
+        learner={"checkpoint": str(aligned_hopper_checkpoint), "publish_every": 50, "checkpoint_every_updates": 100},
+        restart={"learner": {"mode": "on-failure", "max_restarts": 2, "window_s": 60}},
+    )
+    supervisor = subprocess.Popen(
+        acalign_command("launch", str(path)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         learner_status = lambda: session_dirs(tmp_path) and session_dirs(tmp_path)[0] / "learner" / "status.json"  # noqa: E731
         wait_for(lambda: learner_status() and learner_status().exists(), 120, "the learner to run")
         time.sleep(3)
-        (learner,) = [pid for pid in children_of(supervisor.pid)
-                      if "learner" in Path(f"/proc/{pid}/cmdline").read_text().split("\0")]
+        (learner,) = [
+            pid
+            for pid in children_of(supervisor.pid)
+            if "learner" in Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+        ]
         os.kill(learner, signal.SIGKILL)
         output, _ = supervisor.communicate(timeout=180)
     finally:
@@ -149,3 +178,34 @@ def test_learner_is_restarted_on_failure_and_policies_advance(tmp_path, hopper_p
     controller = report["controllers"][0]
     assert controller["policy_version"] > 1 and controller["swaps"] >= 1
     assert report["learner"]["updates"] > 0
+
+
+def test_estop_latches_every_layer_and_clear_releases_it(tmp_path, hopper_policy):
+    path = session_file(tmp_path, hopper_policy, duration_s=90)
+    supervisor = subprocess.Popen(
+        acalign_command("launch", str(path)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        status_path = lambda: session_dirs(tmp_path) and session_dirs(tmp_path)[0] / "hopper-0" / "status.json"  # noqa: E731
+        wait_for(lambda: status_path() and status_path().exists(), 120, "the session to run")
+        session_dir = session_dirs(tmp_path)[0]
+        stop = subprocess.run(
+            acalign_command("estop", str(session_dir), "--reason", "test"), capture_output=True, text=True, timeout=30
+        )
+        assert stop.returncode == 0 and "estopped" in stop.stdout, stop.stdout + stop.stderr
+        wait_for(lambda: json.loads(status_path().read_text())["safe"], 10, "the controller to latch SAFE")
+        assert json.loads(status_path().read_text())["safe_reason"] == "driver e-stop"
+        clear = subprocess.run(acalign_command("clear", str(session_dir)), capture_output=True, text=True, timeout=30)
+        assert clear.returncode == 0 and "running" in clear.stdout
+        wait_for(lambda: not json.loads(status_path().read_text())["safe"], 10, "the controller to leave SAFE")
+        os.kill(supervisor.pid, signal.SIGTERM)
+        supervisor.wait(timeout=60)
+    finally:
+        if supervisor.poll() is None:
+            os.killpg(supervisor.pid, signal.SIGKILL)
+    report = json.loads((session_dirs(tmp_path)[0] / "report.json").read_text())
+    assert report["drivers"]["hopper-0"]["estops"] == 1 and report["drivers"]["hopper-0"]["clears"] == 1
+    assert report["safety"]["hopper-0"]["filter_safe_ticks"] > 0
