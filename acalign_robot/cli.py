@@ -273,7 +273,7 @@ def _cmd_controller(args) -> int:
 
     config = config_io.load(ControllerConfig, args.config, tuple(args.set or ()))
     stats = run_controller(config, ready_file=args.ready_file)
-    summary = {k: v for k, v in stats.items() if k not in ("episode_returns", "episode_log")}
+    summary = {k: v for k, v in stats.items() if k not in ("episode_returns", "episode_log", "swap_log")}
     print(json.dumps(summary, indent=1))
     return EXIT_OK
 

@@ -39,7 +39,7 @@ from acalign_robot.runtime import protocol as p
 from acalign_robot.runtime.manifest import PolicyError
 from acalign_robot.runtime.policy import PolicyRunner
 from acalign_robot.runtime.safety import ActionFilter, FilterFlags, SafetyConfig
-from acalign_robot.runtime.security import SecurityConfig, client_keys
+from acalign_robot.runtime.security import SecurityConfig, client_keys, is_local_endpoint
 from acalign_robot.runtime.transition_log import TransitionLog
 from acalign_robot.runtime.transport import ControlClient, Receiver, Sender, TransportTimeout
 
@@ -321,7 +321,7 @@ class Controller:
         self.episode_returns: list[float] = []
         self.episode_log: list[tuple[int, float, float, int]] = []  # (tick, seconds, return, policy version)
         self.swaps = 0
-        self.swap_ticks: list[int] = []
+        self.swap_log: list[tuple[int, int, float, float]] = []  # (version, tick, wall time, tick latency s)
         self._clears_seen: int | None = None  # the driver's Clear count at the last reply
 
     def stop(self) -> None:
@@ -367,10 +367,10 @@ class Controller:
         deadline = time.perf_counter() + self.period_s
         while not self._done(started):
             t0 = time.perf_counter()
-            if self.swapper is not None and self.swapper.ready is not None:
+            swapped = self.swapper is not None and self.swapper.ready is not None
+            if swapped:
                 self.runner, self.swapper.ready = self.swapper.ready, None  # the swap: one reference assignment
                 self.swaps += 1
-                self.swap_ticks.append(self.ticks)
             runner = self.runner
             policy_action = runner.act(obs, cfg.explore)
             t1 = time.perf_counter()
@@ -418,6 +418,8 @@ class Controller:
             t4 = time.perf_counter()
             self.ticks += 1
             self.timer.record((t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0))
+            if swapped:  # the swap tick's own latency: the first inference of a new session
+                self.swap_log.append((self.runner.manifest.version, self.ticks, time.time(), t4 - t0))
             if time.monotonic() - last_stats >= cfg.stats_every_s:
                 last_stats = time.monotonic()
                 self._publish_stats()
@@ -471,6 +473,7 @@ class Controller:
             values["episode_returns"] = self.episode_returns[-1000:]
             values["episode_log"] = self.episode_log[-1000:]
         if self.swapper is not None:
+            values["swap_log"] = self.swap_log[-1000:]
             values["swap_rejections"] = dict(self.swapper.rejections)
             values["last_rejection"] = self.swapper.last_rejection
             values["last_publish_to_ready_s"] = self.swapper.last_publish_to_ready_s
@@ -499,7 +502,8 @@ def run_controller(config: ControllerConfig, ready_file: str | None = None) -> d
 
     runner = PolicyRunner.from_dir(config.policy, provider=config.provider, seed=config.seed)
     keys = client_keys(config.security)
-    client = ZmqControlClient(config.driver_endpoint, curve=keys)
+    # As the driver serves it: CURVE only when the control link leaves this machine (runtime.driver_server.DriverConfig).
+    client = ZmqControlClient(config.driver_endpoint, curve=None if is_local_endpoint(config.driver_endpoint) else keys)
     transitions = (
         ZmqTransitionSender(config.learner_endpoint, queue_messages=config.queue_batches, curve=keys)
         if config.learner_endpoint

@@ -14,6 +14,7 @@ import yaml
 import zmq
 
 from acalign_robot.runtime import protocol as p
+from acalign_robot.runtime.transition_log import read_log
 from acalign_robot.runtime.transport import ZmqControlClient, free_tcp_endpoint
 from tests.helpers import acalign_command, wait_for
 
@@ -171,3 +172,66 @@ def test_controller_survives_garbage_on_its_policy_channel(processes, tmp_path, 
     stats = json.loads((tmp_path / "ctl" / "stats.json").read_text())
     assert stats["swap_rejections"].get("protocol", 0) >= 1
     assert stats["policy_version"] == 1 and stats["ticks"] > 100
+
+
+def _variant(policy_dir, version: int, fill: float | None):
+    """A new version of an artifact: its ONNX weights perturbed slightly, or all set to `fill` (e.g. NaN)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from acalign_robot.runtime.manifest import sha256_hex
+
+    model = onnx.load_from_string((policy_dir / "policy.onnx").read_bytes())
+    manifest = json.loads((policy_dir / "manifest.json").read_text())
+    for tensor in model.graph.initializer:
+        values = numpy_helper.to_array(tensor)
+        if values.dtype == np.float32 and values.ndim == 2:
+            changed = np.full_like(values, fill) if fill is not None else values * np.float32(1.001)
+            tensor.CopyFrom(numpy_helper.from_array(changed, tensor.name))
+    data = model.SerializeToString()
+    manifest = {**manifest, "version": version, "onnx": {**manifest["onnx"], "sha256": sha256_hex(data)}}
+    return p.Policy(version=version, onnx=data, manifest=manifest)
+
+
+def test_a_nan_policy_is_rejected_and_a_good_one_swapped_in(processes, tmp_path, hopper_policy):
+    from acalign_robot.runtime.transport import ZmqPolicyPublisher
+
+    endpoint, policy_endpoint = free_tcp_endpoint(), free_tcp_endpoint()
+    start_driver(processes, tmp_path, endpoint)
+    config = _write(
+        tmp_path / "controller.yaml",
+        {
+            "driver_endpoint": endpoint,
+            "policy": str(hopper_policy),
+            "policy_endpoint": policy_endpoint,
+            "duration_s": 8,
+            "output_dir": str(tmp_path / "ctl"),
+        },
+    )
+    with ZmqPolicyPublisher(policy_endpoint) as publisher:
+        controller = processes.start(
+            acalign_command("controller", "--config", str(config)), tmp_path / "controller.log"
+        )
+        status = tmp_path / "ctl" / "status.json"
+        wait_for(lambda: status.exists(), 60, "the controller to run")
+        bad = _variant(hopper_policy, 2, float("nan"))
+        wait_for(
+            lambda: publisher.send(bad) and json.loads(status.read_text()).get("swap_rejections"),
+            10,
+            "the NaN policy to be rejected",
+            interval_s=0.3,
+        )
+        assert json.loads(status.read_text())["policy_version"] == 1
+        good = _variant(hopper_policy, 3, None)
+        wait_for(
+            lambda: publisher.send(good) and json.loads(status.read_text())["policy_version"] == 3,
+            10,
+            "the good policy to be swapped in",
+            interval_s=0.3,
+        )
+        assert controller.wait(timeout=60) == 0, (tmp_path / "controller.log").read_text()
+    stats = json.loads((tmp_path / "ctl" / "stats.json").read_text())
+    assert stats["swap_rejections"].get("artifact", 0) + stats["swap_rejections"].get("nonfinite", 0) >= 1
+    assert stats["swaps"] == 1 and stats["policy_version"] == 3 and not stats["safe"]
+    log = read_log(tmp_path / "ctl" / "log")
+    assert set(np.unique(log.policy_version)) <= {1, 3} and 3 in log.policy_version

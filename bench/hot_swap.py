@@ -1,0 +1,203 @@
+"""Hot-swap benchmark: controller tick latency with a new policy every 100 ms vs. with none, in one run.
+
+A MuJoCo driver process (Hopper-v5, one 2 ms physics step per tick, unpaced) and a controller process at
+`--rate` Hz, twice: once subscribed to a publisher that sends nothing, once to a publisher that sends a new policy
+version (2x256 actor, ~300 KB of ONNX) every 100 ms. Reports tick p50/p99/max and deadline misses for both, the
+latency of the swap ticks themselves, and publish-to-first-use latency (the publisher's send time to the wall time
+of the first tick that ran the version, matched by version; both on this machine's clock). Prints a table and
+writes bench/out/hot_swap.json.
+
+    python bench/hot_swap.py [--seconds 10] [--rate 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "acalign_robot.cli"]
+
+
+def make_policies(count: int, directory: Path) -> list[tuple[bytes, dict]]:
+    """`count` distinct versions of a 2x256 Hopper actor: one export, then small perturbations of the ONNX weights
+    (so the deviation gate passes), each with its own sha256 in its manifest."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from acalign_robot.algo.networks import TanhGaussianActor
+    from acalign_robot.export.onnx_export import build_artifact
+    from acalign_robot.runtime.artifacts import MANIFEST_FILE, POLICY_FILE
+    from acalign_robot.runtime.manifest import sha256_hex
+
+    torch.manual_seed(0)
+    actor = TanhGaussianActor(11, 3, (256, 256)).requires_grad_(False)
+    meta = {"env_id": "Hopper-v5", "obs_dim": 11, "action_dim": 3, "action_low": [-1.0] * 3, "action_high": [1.0] * 3}
+    onnx_bytes, manifest = build_artifact(actor, meta, 1, "bench", name="bench", version=1)
+    versions = [(onnx_bytes, manifest)]
+    rng = np.random.default_rng(0)
+    model = onnx.load_from_string(onnx_bytes)
+    weights = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))  # the 256x256 hidden layer
+    for version in range(2, count + 1):
+        perturbed = numpy_helper.to_array(weights) + rng.normal(0, 1e-4, size=tuple(weights.dims)).astype(np.float32)
+        weights.CopyFrom(numpy_helper.from_array(perturbed, weights.name))
+        data = model.SerializeToString()
+        versions.append(
+            (data, {**manifest, "version": version, "onnx": {**manifest["onnx"], "sha256": sha256_hex(data)}})
+        )
+    first = directory / "bench" / "1"
+    first.mkdir(parents=True)
+    (first / POLICY_FILE).write_bytes(onnx_bytes)
+    (first / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return versions
+
+
+def publish(endpoint: str, versions: list[tuple[bytes, dict]], period_s: float, stop: threading.Event) -> list:
+    """Publish versions 2, 3, ... every period_s from this thread; returns [(version, wall time sent)]."""
+    from acalign_robot.runtime import protocol as p
+    from acalign_robot.runtime.transport import ZmqPolicyPublisher
+
+    sent = []
+    with ZmqPolicyPublisher(endpoint) as publisher:
+        time.sleep(1.0)  # let the controller subscribe
+        for onnx_bytes, manifest in versions[1:]:
+            if stop.wait(period_s):
+                break
+            sent.append((manifest["version"], time.time()))
+            publisher.send(p.Policy(version=manifest["version"], onnx=onnx_bytes, manifest=manifest))
+        stop.wait()
+    return sent
+
+
+def run(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path, versions, swap_every_s: float | None):
+    from acalign_robot.runtime.transport import free_tcp_endpoint
+
+    label = "swaps" if swap_every_s else "none"
+    control, policy_endpoint = free_tcp_endpoint(), free_tcp_endpoint()
+    driver_config = workdir / f"driver-{label}.yaml"
+    driver_config.write_text(
+        yaml.safe_dump(
+            {"kind": "mujoco", "sim": str(REPO / "sim" / "hopper_500hz.yaml"), "endpoint": control, "watchdog_ms": 500}
+        )
+    )
+    ready = workdir / f"driver-{label}.ready"
+    driver = subprocess.Popen(
+        [*CLI, "driver", "--config", str(driver_config), "--ready-file", str(ready)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    stop = threading.Event()
+    sent: list = []
+    publisher = threading.Thread(
+        target=lambda: sent.extend(
+            publish(policy_endpoint, versions if swap_every_s else versions[:1], swap_every_s or 1.0, stop)
+        )
+    )
+    publisher.start()
+    try:
+        while not ready.exists():
+            time.sleep(0.05)
+        out = workdir / f"controller-{label}"
+        controller_config = workdir / f"controller-{label}.yaml"
+        controller_config.write_text(
+            yaml.safe_dump(
+                {
+                    "driver_endpoint": control,
+                    "policy": str(policy_dir),
+                    "rate_hz": rate_hz,
+                    "duration_s": seconds,
+                    "policy_endpoint": policy_endpoint,
+                    "output_dir": str(out),
+                    "log": False,
+                }
+            )
+        )
+        subprocess.run(
+            [*CLI, "controller", "--config", str(controller_config)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=seconds + 120,
+        )
+    finally:
+        stop.set()
+        publisher.join()
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    stats = json.loads((out / "stats.json").read_text())
+    swap_times = {entry[0]: entry[2] for entry in stats.get("swap_log", [])}
+    first_use = [swap_times[v] - t for v, t in sent if v in swap_times]
+    return {
+        "label": label,
+        "ticks": stats["ticks"],
+        "achieved_hz": stats["achieved_rate_hz"],
+        "tick_p50_s": stats["tick_p50_s"],
+        "tick_p99_s": stats["tick_p99_s"],
+        "tick_max_s": stats["tick_max_s"],
+        "deadline_misses": stats["deadline_misses"],
+        "published": len(sent),
+        "swaps": stats["swaps"],
+        "rejections": stats.get("swap_rejections", {}),
+        "swap_tick_p50_s": float(np.median([e[3] for e in stats.get("swap_log", [])]))
+        if stats.get("swap_log")
+        else None,
+        "first_use_p50_s": float(np.median(first_use)) if first_use else None,
+        "first_use_p99_s": float(np.percentile(first_use, 99)) if first_use else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--out", default="bench/out/hot_swap.json")
+    args = parser.parse_args()
+    swaps_needed = int(args.seconds / 0.1) + 20
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        versions = make_policies(swaps_needed, workdir / "policies")
+        policy_dir = workdir / "policies" / "bench" / "1"
+        rows = [
+            run(args.rate, args.seconds, policy_dir, workdir, versions, None),
+            run(args.rate, args.seconds, policy_dir, workdir, versions, 0.1),
+        ]
+    us = 1e6
+    print(f"controller at {args.rate:g} Hz for {args.seconds:g} s, MuJoCo Hopper driver; policy every 100 ms vs none\n")
+    print(
+        f"{'policies':>9} {'ticks':>7} {'p50 us':>8} {'p99 us':>8} {'max us':>8} {'misses':>7} {'published':>9} "
+        f"{'swaps':>6} {'swap tick p50 us':>16} {'publish->use p50 ms':>20} {'p99 ms':>7}"
+    )
+    for r in rows:
+        swap_tick = f"{r['swap_tick_p50_s'] * us:.0f}" if r["swap_tick_p50_s"] else "-"
+        first = f"{r['first_use_p50_s'] * 1000:.1f}" if r["first_use_p50_s"] is not None else "-"
+        first99 = f"{r['first_use_p99_s'] * 1000:.1f}" if r["first_use_p99_s"] is not None else "-"
+        print(
+            f"{r['label']:>9} {r['ticks']:>7} {r['tick_p50_s'] * us:>8.0f} {r['tick_p99_s'] * us:>8.0f} "
+            f"{r['tick_max_s'] * us:>8.0f} {r['deadline_misses']:>7} {r['published']:>9} {r['swaps']:>6} "
+            f"{swap_tick:>16} {first:>20} {first99:>7}"
+        )
+    base, swapping = rows
+    print(
+        f"\np99 change with swaps: {100 * (swapping['tick_p99_s'] / base['tick_p99_s'] - 1):+.1f}%; "
+        f"extra deadline misses: {swapping['deadline_misses'] - base['deadline_misses']}"
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rate_hz": args.rate, "seconds": args.seconds, "rows": rows}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
