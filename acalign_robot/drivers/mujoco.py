@@ -7,6 +7,8 @@ Realism settings (SimConfig):
   like a robot whose command path has latency.
 - `observation_noise_std`: Gaussian noise on every returned observation (seeded).
 - `realtime`: pace steps to the control period in wall-clock time (as hardware would), or run as fast as possible.
+- `nan_observation_probability`: fault injection: each observation is all NaN with this probability (a sensor
+  dropout), to test what the layers above do with it.
 Actions arrive in the env's own bounds (the exported policy scales to them).
 """
 
@@ -30,6 +32,7 @@ class RealismConfig:
     action_delay_ticks: int = 0
     observation_noise_std: float = 0.0
     realtime: bool = False
+    nan_observation_probability: float = 0.0
 
     def validate(self) -> None:
         if self.control_period_s is not None and self.control_period_s <= 0:
@@ -38,6 +41,10 @@ class RealismConfig:
             raise FieldError("action_delay_ticks", f"must be >= 0, got {self.action_delay_ticks}")
         if self.observation_noise_std < 0:
             raise FieldError("observation_noise_std", f"must be >= 0, got {self.observation_noise_std}")
+        if not 0.0 <= self.nan_observation_probability <= 1.0:
+            raise FieldError(
+                "nan_observation_probability", f"must be in [0, 1], got {self.nan_observation_probability}"
+            )
 
 
 @dataclass(frozen=True)
@@ -126,9 +133,11 @@ class MujocoDriver(Driver):
 
     def _observe(self, obs: np.ndarray) -> np.ndarray:
         obs = np.asarray(obs, dtype=np.float32)
-        noise = self.config.realism.observation_noise_std
-        if noise > 0:
-            obs = obs + self._rng.normal(0.0, noise, size=obs.shape).astype(np.float32)
+        realism = self.config.realism
+        if realism.observation_noise_std > 0:
+            obs = obs + self._rng.normal(0.0, realism.observation_noise_std, size=obs.shape).astype(np.float32)
+        if realism.nan_observation_probability > 0 and self._rng.random() < realism.nan_observation_probability:
+            obs = np.full_like(obs, np.nan)
         return obs
 
     def close(self) -> None:

@@ -49,6 +49,30 @@ SECTIONS = ("infer", "filter", "obs", "send", "tick")
 
 
 @dataclass(frozen=True)
+class RollbackConfig:
+    """Revert to the last good policy when online returns collapse (off by default in sim, on for hardware).
+
+    The baseline is the mean return of the first `baseline_episodes` episodes (the policy the session started with,
+    before any fine-tuned version). After each episode, the mean of the last `window` returns is compared with
+    `fraction` * baseline (for negative baselines: the baseline minus (1 - fraction) * |baseline|); `patience`
+    episodes in a row below it roll back to the last version whose window was above it, and newer versions up to
+    the bad one are refused from then on. The learner is told with a Stats message.
+    """
+
+    enabled: bool = False
+    baseline_episodes: int = 5
+    window: int = 5
+    fraction: float = 0.5
+    patience: int = 3
+
+    def validate(self) -> None:
+        if min(self.baseline_episodes, self.window, self.patience) < 1:
+            raise FieldError("window", "baseline_episodes, window and patience must be >= 1")
+        if not 0.0 < self.fraction < 1.0:
+            raise FieldError("fraction", f"must be in (0, 1), got {self.fraction}")
+
+
+@dataclass(frozen=True)
 class ControllerConfig:
     """One controller process. Saved form: a launch file's `controllers:` entry, or a file for `acalign controller`."""
 
@@ -69,6 +93,7 @@ class ControllerConfig:
     max_policy_deviation: float = 1.0  # hot-swap gate: max |a_new - a_cur| / (high - low) on the probe batch
     probe_observations: int = 256
     safety: SafetyConfig = field(default_factory=SafetyConfig)
+    rollback: RollbackConfig = field(default_factory=RollbackConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)  # CURVE client keys for remote endpoints
     provider: str = "cpu"
     output_dir: str | None = None  # stats.json (at exit), status.json (every second), log/ (the transition log)
@@ -224,8 +249,8 @@ class PolicySwapper:
                 self._reject("protocol", str(message))
                 continue
             current = self.controller.runner
-            if message.version <= current.manifest.version:
-                continue  # a re-publication of what we already run (or older): nothing to do
+            if message.version <= max(current.manifest.version, self.controller.refused_through_version):
+                continue  # what we already run, older, or refused after a rollback: nothing to do
             runner = self._validate(message, current)
             if runner is not None:
                 self.ready = runner
@@ -323,6 +348,12 @@ class Controller:
         self.swaps = 0
         self.swap_log: list[tuple[int, int, float, float]] = []  # (version, tick, wall time, tick latency s)
         self._clears_seen: int | None = None  # the driver's Clear count at the last reply
+        self._last_reply_s = time.monotonic()  # the last StepReply: the start of any fault's reaction time
+        self.safe_reaction_s: float | None = None  # last reply before the fault -> SAFE latched
+        self.refused_through_version = 0  # after a rollback: versions up to the bad one are never swapped in again
+        self.rollbacks: list[tuple[int, int]] = []  # (from version, to version)
+        self._good_runner = runner  # the newest version whose returns held up
+        self._below = 0  # consecutive episodes with the moving average under the threshold
 
     def stop(self) -> None:
         self._stop = True
@@ -336,6 +367,35 @@ class Controller:
         with self._recent_lock:
             self._recent[self._recent_count % len(self._recent)] = obs
             self._recent_count += 1
+
+    def _note_latch(self) -> None:
+        """Measure the first SAFE latch's reaction time: from the last good reply (before the fault) to the latch."""
+        if self.filter.safe and self.safe_reaction_s is None:
+            self.safe_reaction_s = self.filter.latched_at_s - self._last_reply_s
+
+    def _check_rollback(self) -> None:
+        settings = self.config.rollback
+        returns = self.episode_returns
+        if len(returns) < settings.baseline_episodes:
+            return
+        baseline = float(np.mean(returns[: settings.baseline_episodes]))
+        threshold = baseline - (1.0 - settings.fraction) * abs(baseline)
+        if float(np.mean(returns[-settings.window :])) >= threshold:
+            self._below = 0
+            self._good_runner = self.runner
+            return
+        self._below += 1
+        if self._below < settings.patience or self.runner is self._good_runner:
+            return
+        bad, good = self.runner.manifest.version, self._good_runner.manifest.version
+        self.runner = self._good_runner  # between ticks, like a swap
+        self.refused_through_version = max(self.refused_through_version, bad)
+        self.rollbacks.append((bad, good))
+        self._below = 0
+        if self.transitions is not None:
+            self.transitions.send(
+                p.Stats(source=self.config.controller_id, values={"rollback_from": bad, "rollback_to": good})
+            )
 
     def _reset(self) -> np.ndarray:
         reply = self.client.request(
@@ -375,20 +435,24 @@ class Controller:
             policy_action = runner.act(obs, cfg.explore)
             t1 = time.perf_counter()
             action, flags = self.filter(policy_action)
+            self._note_latch()
             t2 = time.perf_counter()
             try:
                 reply = self.client.request(p.Step(tick=self.ticks, action=action), timeout_s)
             except TransportTimeout:
                 self.driver_timeouts += 1
                 self.filter.latch(f"no reply from the driver within {cfg.driver_timeout_ms} ms")
+                self._note_latch()
                 reply = None
             t3 = time.perf_counter()
             if isinstance(reply, p.StepReply):
+                self._last_reply_s = time.monotonic()
                 if self._clears_seen is not None and reply.clears > self._clears_seen:
                     self.filter.clear()  # `acalign clear`: the operator released every latch
                 self._clears_seen = reply.clears
                 if reply.estopped:
                     self.filter.latch("driver e-stop")
+                    self._note_latch()
                 next_obs = np.asarray(reply.obs, dtype=np.float32)
                 if reply.safe_action_applied:
                     flags |= FilterFlags.SAFE
@@ -412,6 +476,8 @@ class Controller:
                     self.episode_log.append(
                         (self.ticks, time.monotonic() - started, episode_return, runner.manifest.version)
                     )
+                    if cfg.rollback.enabled:
+                        self._check_rollback()
                     episode_return = 0.0
                     self.batcher.flush()
                     obs = self._reset()
@@ -459,9 +525,11 @@ class Controller:
             "target_rate_hz": 1.0 / self.period_s,
             "policy_version": self.runner.manifest.version,
             "swaps": self.swaps,
+            "rollbacks": [list(entry) for entry in self.rollbacks],
             "transition_batches_sent": self.batcher.sent_batches,
             "transition_batches_dropped": self.batcher.dropped_batches,
             "safe": self.filter.safe,
+            "safe_reaction_s": self.safe_reaction_s,
             "safe_reason": self.filter.safe_reason,
             **{f"filter_{k}": v for k, v in self.filter.counts.items()},
             **self.timer.summary(),
@@ -502,7 +570,7 @@ def run_controller(config: ControllerConfig, ready_file: str | None = None) -> d
 
     runner = PolicyRunner.from_dir(config.policy, provider=config.provider, seed=config.seed)
     keys = client_keys(config.security)
-    # As the driver serves it: CURVE only when the control link leaves this machine (runtime.driver_server.DriverConfig).
+    # As the driver serves it: CURVE only when the control link leaves this machine (driver_server.DriverConfig).
     client = ZmqControlClient(config.driver_endpoint, curve=None if is_local_endpoint(config.driver_endpoint) else keys)
     transitions = (
         ZmqTransitionSender(config.learner_endpoint, queue_messages=config.queue_batches, curve=keys)

@@ -8,6 +8,7 @@ and reported in the returned flags, which travel with the transition.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,7 @@ class ActionFilter:
         self.max_delta = (self.high - self.low) * np.float32(config.max_delta_per_tick)
         self.safe = False
         self.safe_reason = ""
+        self.latched_at_s: float | None = None  # time.monotonic() of the last latch
         self.counts = {"nonfinite": 0, "clipped": 0, "rate_limited": 0, "safe_ticks": 0}
         self._previous = self.safe_action.copy()
 
@@ -51,6 +53,7 @@ class ActionFilter:
         """Enter SAFE (idempotent): the safe action is sent until `clear()`."""
         if not self.safe:
             self.safe, self.safe_reason = True, reason
+            self.latched_at_s = time.monotonic()
 
     def clear(self) -> None:
         self.safe, self.safe_reason = False, ""

@@ -235,3 +235,55 @@ def test_a_nan_policy_is_rejected_and_a_good_one_swapped_in(processes, tmp_path,
     assert stats["swaps"] == 1 and stats["policy_version"] == 3 and not stats["safe"]
     log = read_log(tmp_path / "ctl" / "log")
     assert set(np.unique(log.policy_version)) <= {1, 3} and 3 in log.policy_version
+
+
+def test_a_frozen_driver_latches_the_controller_safe_within_its_timeout(processes, tmp_path, hopper_policy):
+    endpoint = free_tcp_endpoint()
+    driver = start_driver(processes, tmp_path, endpoint)
+    config = _write(
+        tmp_path / "controller.yaml",
+        {
+            "driver_endpoint": endpoint,
+            "policy": str(hopper_policy),
+            "duration_s": 6,
+            "driver_timeout_ms": 50,
+            "output_dir": str(tmp_path / "ctl"),
+        },
+    )
+    controller = processes.start(acalign_command("controller", "--config", str(config)), tmp_path / "controller.log")
+    wait_for(lambda: (tmp_path / "ctl" / "status.json").exists(), 60, "the controller to run")
+    os.kill(driver.pid, signal.SIGSTOP)
+    try:
+        assert controller.wait(timeout=60) == 0, (tmp_path / "controller.log").read_text()
+    finally:
+        os.kill(driver.pid, signal.SIGCONT)
+    stats = json.loads((tmp_path / "ctl" / "stats.json").read_text())
+    assert stats["safe"] and stats["safe_reason"].startswith("no reply from the driver")
+    assert stats["driver_timeouts"] >= 1
+    assert 0.05 <= stats["safe_reaction_s"] < 0.05 + 0.1  # the timeout, plus one tick's slack on a loaded machine
+
+
+def test_nan_observations_latch_safe_and_every_transition_is_logged(processes, tmp_path, hopper_policy):
+    sim = _write(tmp_path / "sim.yaml", {"env_id": "Hopper-v5", "realism": {"nan_observation_probability": 0.02}})
+    endpoint = free_tcp_endpoint()
+    config = _write(tmp_path / "driver.yaml", {"kind": "mujoco", "sim": str(sim), "endpoint": endpoint})
+    ready = tmp_path / "driver.ready"
+    processes.start(acalign_command("driver", "--config", str(config), "--ready-file", str(ready)), tmp_path / "d.log")
+    wait_for(lambda: ready.exists(), 60, "the driver")
+    config = _write(
+        tmp_path / "controller.yaml",
+        {
+            "driver_endpoint": endpoint,
+            "policy": str(hopper_policy),
+            "ticks": 500,
+            "output_dir": str(tmp_path / "ctl"),
+        },
+    )
+    controller = processes.start(acalign_command("controller", "--config", str(config)), tmp_path / "controller.log")
+    assert controller.wait(timeout=120) == 0, (tmp_path / "controller.log").read_text()
+    stats = json.loads((tmp_path / "ctl" / "stats.json").read_text())
+    assert stats["safe"] and stats["safe_reason"] == "policy produced a non-finite action"
+    assert stats["filter_nonfinite"] >= 1 and stats["filter_safe_ticks"] > 0
+    log = read_log(tmp_path / "ctl" / "log")
+    assert len(log.reward) == stats["ticks"]  # no executed transition missing from the durable log
+    assert np.all(np.isfinite(log.action))  # what was executed was always finite (the safe action after the fault)

@@ -1,0 +1,108 @@
+"""Controller logic on in-memory channels (no sockets): a loopback driver served by a DriverServer on a thread."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from acalign_robot.algo.networks import TanhGaussianActor
+from acalign_robot.drivers.loopback import LoopbackDriver
+from acalign_robot.export.onnx_export import build_artifact
+from acalign_robot.runtime import protocol as p
+from acalign_robot.runtime.controller import Controller, ControllerConfig, RollbackConfig
+from acalign_robot.runtime.driver_server import DriverServer
+from acalign_robot.runtime.policy import PolicyRunner
+from acalign_robot.runtime.transport import (
+    MemoryControlClient,
+    MemoryControlServer,
+    MemoryPolicyPublisher,
+    MemoryPolicySubscriber,
+    MemoryTransitionReceiver,
+    MemoryTransitionSender,
+)
+
+META = {"env_id": "loopback", "obs_dim": 4, "action_dim": 2, "action_low": [-1.0, -1.0], "action_high": [1.0, 1.0]}
+
+
+def policy(version: int, push: float) -> tuple[bytes, dict]:
+    """A constant-action policy: tanh(push) on every dimension (zero weights, the mean's bias set)."""
+    actor = TanhGaussianActor(4, 2, (8,)).requires_grad_(False)
+    with torch.no_grad():
+        for parameter in actor.parameters():
+            parameter.zero_()
+        actor.trunk[-1].bias[:2] = push
+    return build_artifact(actor, META, version, "test", name="const", version=version)
+
+
+@pytest.fixture
+def driver_thread():
+    server = MemoryControlServer()
+    driver_server = DriverServer(LoopbackDriver(max_steps=50, seed=0), server, watchdog_s=5.0)
+    thread = threading.Thread(target=driver_server.run, daemon=True)
+    thread.start()
+    yield server
+    driver_server.stop()
+    thread.join(timeout=5)
+
+
+def make_controller(server, version=1, push=0.0, **fields):
+    onnx_bytes, manifest = policy(version, push)
+    config = ControllerConfig(policy="unused", rate_hz=2000, **fields)
+    return config, onnx_bytes, manifest, PolicyRunner(onnx_bytes, manifest)
+
+
+def test_rollback_reverts_to_the_last_good_version_and_refuses_the_bad_one(driver_thread):
+    config, _, _, runner = make_controller(
+        driver_thread,
+        episodes=40,
+        rollback=RollbackConfig(enabled=True, baseline_episodes=3, window=2, fraction=0.5, patience=2),
+    )
+    publisher = MemoryPolicyPublisher()
+    learner = MemoryTransitionReceiver()
+    controller = Controller(
+        config,
+        MemoryControlClient(driver_thread),
+        runner,
+        MemoryTransitionSender(learner),
+        MemoryPolicySubscriber(publisher),
+    )
+    bad_bytes, bad_manifest = policy(2, 3.0)  # full push: the masses fly off, returns collapse
+    bad = p.Policy(version=2, onnx=bad_bytes, manifest=bad_manifest)
+
+    def publish_after_baseline():
+        while controller.episodes < 4 and not controller._stop:
+            threading.Event().wait(0.01)
+        for _ in range(50):  # re-published, as a learner does: it must stay refused after the rollback
+            publisher.send(bad)
+            threading.Event().wait(0.02)
+
+    threading.Thread(target=publish_after_baseline, daemon=True).start()
+    stats = controller.run()
+    assert stats["swaps"] >= 1
+    assert stats["rollbacks"] == [[2, 1]]
+    assert stats["policy_version"] == 1
+    told = []
+    while (message := learner.recv(0.0)) is not None:
+        if isinstance(message, p.Stats) and "rollback_from" in message.values:
+            told.append(message.values)
+    assert told == [{"rollback_from": 2, "rollback_to": 1}]
+
+
+def test_rollback_is_off_by_default(driver_thread):
+    config, *_, runner = make_controller(driver_thread, episodes=3)
+    assert config.rollback.enabled is False
+    stats = Controller(config, MemoryControlClient(driver_thread), runner).run()
+    assert stats["rollbacks"] == [] and stats["episodes"] == 3
+
+
+def test_a_latched_controller_sends_the_safe_action_every_tick(driver_thread):
+    config, *_, runner = make_controller(driver_thread, ticks=30)
+    controller = Controller(config, MemoryControlClient(driver_thread), runner)
+    controller.filter.latch("test")
+    stats = controller.run()
+    assert stats["safe"] and stats["filter_safe_ticks"] == 30
+    actions = np.zeros(2, np.float32)
+    assert np.array_equal(controller.filter(actions)[0], controller.filter.safe_action)
