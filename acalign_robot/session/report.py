@@ -3,7 +3,8 @@
 Sources: each controller's stats.json (episodes with their policy versions, tick timing, safety filter counts,
 transition batches sent and dropped) and tick_latency_s.npy, the drivers' Stats (watchdog and e-stop counts, taken
 before they stop), the learner's status.json (updates, transitions, gaps, duplicates, published version) and the
-supervisor's event list (starts, restarts, exits).
+supervisor's event list (starts, restarts, exits). A robot computer installed without matplotlib
+(deploy/requirements-controller.txt) gets report.json and report.md, and no plot.
 """
 
 from __future__ import annotations
@@ -14,6 +15,19 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["write_report"]
+
+# What the controller's safety layer did: interventions of the filter, driver timeouts, the SAFE state and rollbacks.
+SAFETY_KEYS = (
+    "filter_nonfinite",
+    "filter_clipped",
+    "filter_rate_limited",
+    "filter_safe_ticks",
+    "driver_timeouts",
+    "safe",
+    "safe_reason",
+    "safe_reaction_s",
+    "rollbacks",
+)
 
 
 def _read_json(path: Path) -> dict:
@@ -57,23 +71,20 @@ def write_report(supervisor, failure: str | None) -> dict:
         "directory": str(directory),
         "failure": failure,
         "controllers": [_controller_row(name, stats) for name, stats in controllers.items()],
-        "safety": {
-            name: {
-                k: v
-                for k, v in stats.items()
-                if k.startswith("filter_") or k in ("safe", "safe_reason", "driver_timeouts")
-            }
-            for name, stats in controllers.items()
-        },
+        "safety": {name: {key: stats.get(key) for key in SAFETY_KEYS} for name, stats in controllers.items()},
         "drivers": supervisor.driver_stats,
         "learner": learner,
         "events": supervisor.events,
     }
     (directory / "report.json").write_text(json.dumps(report, indent=1, default=str))
     (directory / "report.md").write_text(markdown(report))
-    plot(directory, controllers, report)
     print(markdown_table(report))
-    print(f"\nreport: {directory / 'report.md'}\nplot:   {directory / 'report.png'}", flush=True)
+    try:
+        plot(directory, controllers, report)
+        plotted = f"plot:   {directory / 'report.png'}"
+    except ImportError:
+        plotted = "plot:   none (matplotlib is not installed: a controller-only install)"
+    print(f"\nreport: {directory / 'report.md'}\n{plotted}", flush=True)
     return report
 
 
@@ -159,13 +170,15 @@ def plot(directory: Path, controllers: dict[str, dict], report: dict) -> None:
     counts: dict[str, int] = {}
     for safety in report["safety"].values():
         for key, value in safety.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                counts[key] = counts.get(key, 0) + int(value)
+            if key.startswith("filter_") or key == "driver_timeouts":
+                counts[key] = counts.get(key, 0) + int(value or 0)
+            elif key == "rollbacks":
+                counts[key] = counts.get(key, 0) + len(value or [])
     for stats in report["drivers"].values():
         for key in ("watchdog_events", "estops", "safe_action_steps"):
             counts[f"driver_{key}"] = counts.get(f"driver_{key}", 0) + int(stats.get(key, 0))
-    safety_axis.barh(list(counts) or ["none"], list(counts.values()) or [0])
-    safety_axis.set(title="safety events")
+    safety_axis.barh(list(counts), list(counts.values()))
+    safety_axis.set(title="safety events", xlim=(0, max([1, *counts.values()]) * 1.1))
     transport = {
         "batches sent": sum(r["batches_sent"] for r in report["controllers"]),
         "batches dropped": sum(r["batches_dropped"] for r in report["controllers"]),
@@ -173,7 +186,8 @@ def plot(directory: Path, controllers: dict[str, dict], report: dict) -> None:
         "learner duplicates": int(report["learner"].get("duplicates", 0) or 0),
     }
     transport_axis.bar(list(transport), list(transport.values()))
-    transport_axis.set(title="transitions")
+    transport_axis.set(title="transition batches")
+    transport_axis.tick_params(axis="x", labelrotation=15)
     for axis in (returns_axis, latency_axis):
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8)
