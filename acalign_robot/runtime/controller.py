@@ -315,9 +315,12 @@ class Controller:
         self.timer = SectionTimer()
         self.log = None
         if config.log and config.output_dir:
+            # Chunks close every 5 s (or 1024 transitions): what a kill -9 of the controller can lose.
             self.log = TransitionLog(
                 Path(config.output_dir) / "log",
                 config.controller_id,
+                chunk_transitions=1024,
+                chunk_seconds=5.0,
                 env_id=runner.manifest.env_id,
                 observation_space=reply.observation_space,
                 action_space=action_space,
