@@ -23,27 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from hopper_artifact import export_hopper_policy
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def export_policy(directory: Path) -> Path:
-    """An untrained 2x256 Hopper actor as an artifact: latency does not depend on the weights."""
-    import torch
-
-    from acalign_robot.algo.networks import TanhGaussianActor
-    from acalign_robot.export.onnx_export import build_artifact
-    from acalign_robot.runtime.artifacts import MANIFEST_FILE, POLICY_FILE
-
-    torch.manual_seed(0)
-    actor = TanhGaussianActor(11, 3, (256, 256)).requires_grad_(False)
-    meta = {"env_id": "Hopper-v5", "obs_dim": 11, "action_dim": 3, "action_low": [-1.0] * 3, "action_high": [1.0] * 3}
-    onnx_bytes, manifest = build_artifact(actor, meta, 0, "bench", name="bench", version=1)
-    target = directory / "bench" / "1"
-    target.mkdir(parents=True)
-    (target / POLICY_FILE).write_bytes(onnx_bytes)
-    (target / MANIFEST_FILE).write_text(json.dumps(manifest))
-    return target
 
 
 ECHO_SERVER = """
@@ -151,7 +133,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        policy_dir = export_policy(workdir / "policies")
+        policy_dir, _, _ = export_hopper_policy(workdir / "policies")
         floor = measure_floor(policy_dir, free_endpoint())
         rows = []
         for rate in args.rates:

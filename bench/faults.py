@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from hopper_artifact import export_hopper_policy
 
 CLI = [sys.executable, "-m", "acalign_robot.cli"]
 
@@ -95,24 +96,6 @@ class Rig:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-
-
-def export_policy(directory: Path, nan: bool = False) -> Path:
-    import torch
-
-    from acalign_robot.algo.networks import TanhGaussianActor
-    from acalign_robot.export.onnx_export import build_artifact
-    from acalign_robot.runtime.artifacts import MANIFEST_FILE, POLICY_FILE
-
-    torch.manual_seed(0)
-    actor = TanhGaussianActor(11, 3, (256, 256)).requires_grad_(False)
-    meta = {"env_id": "Hopper-v5", "obs_dim": 11, "action_dim": 3, "action_low": [-1.0] * 3, "action_high": [1.0] * 3}
-    onnx_bytes, manifest = build_artifact(actor, meta, 0, "bench", name="bench", version=1)
-    target = directory / "bench" / "1"
-    target.mkdir(parents=True)
-    (target / POLICY_FILE).write_bytes(onnx_bytes)
-    (target / MANIFEST_FILE).write_text(json.dumps(manifest))
-    return target
 
 
 def executed_minus_logged(rig: Rig, stats: dict) -> int:
@@ -252,7 +235,7 @@ def main() -> None:
     out = Path("bench/out/faults.json")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        policy = export_policy(workdir / "policies")
+        policy, _, _ = export_hopper_policy(workdir / "policies")
         rows = [
             scenario(workdir, policy)
             for scenario in (controller_killed, driver_frozen, nan_observations, bad_frames, corrupted_policy)

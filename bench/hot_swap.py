@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from hopper_artifact import export_hopper_policy
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "acalign_robot.cli"]
@@ -34,18 +35,11 @@ def make_policies(count: int, directory: Path) -> list[tuple[bytes, dict]]:
     """`count` distinct versions of a 2x256 Hopper actor: one export, then small perturbations of the ONNX weights
     (so the deviation gate passes), each with its own sha256 in its manifest."""
     import onnx
-    import torch
     from onnx import numpy_helper
 
-    from acalign_robot.algo.networks import TanhGaussianActor
-    from acalign_robot.export.onnx_export import build_artifact
-    from acalign_robot.runtime.artifacts import MANIFEST_FILE, POLICY_FILE
     from acalign_robot.runtime.manifest import sha256_hex
 
-    torch.manual_seed(0)
-    actor = TanhGaussianActor(11, 3, (256, 256)).requires_grad_(False)
-    meta = {"env_id": "Hopper-v5", "obs_dim": 11, "action_dim": 3, "action_low": [-1.0] * 3, "action_high": [1.0] * 3}
-    onnx_bytes, manifest = build_artifact(actor, meta, 1, "bench", name="bench", version=1)
+    _, onnx_bytes, manifest = export_hopper_policy(directory)
     versions = [(onnx_bytes, manifest)]
     rng = np.random.default_rng(0)
     model = onnx.load_from_string(onnx_bytes)
@@ -57,10 +51,6 @@ def make_policies(count: int, directory: Path) -> list[tuple[bytes, dict]]:
         versions.append(
             (data, {**manifest, "version": version, "onnx": {**manifest["onnx"], "sha256": sha256_hex(data)}})
         )
-    first = directory / "bench" / "1"
-    first.mkdir(parents=True)
-    (first / POLICY_FILE).write_bytes(onnx_bytes)
-    (first / MANIFEST_FILE).write_text(json.dumps(manifest))
     return versions
 
 
