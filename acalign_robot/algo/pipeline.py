@@ -22,7 +22,7 @@ from acalign_robot.algo.aca import ACAConfig, OfflineACA, align, naive_finetunin
 from acalign_robot.algo.checkpoint import load_checkpoint, save_checkpoint
 from acalign_robot.algo.networks import TanhGaussianActor
 from acalign_robot.algo.sac import SAC
-from acalign_robot.algo.train import MetricsWriter, OnlineLoop, evaluate, make_env
+from acalign_robot.algo.train import MetricsWriter, OnlineLoop, evaluate, make_env, resolve_device
 from acalign_robot.data.datasets import TransitionView, load_transitions
 from acalign_robot.data.replay_buffer import ReplayBuffer
 from acalign_robot.data.scores import ReferenceScores, dataset_reference
@@ -92,7 +92,10 @@ def pretrain(
     schedule: EvalSchedule = EvalSchedule(),
     device: str = "cpu",
 ) -> Path:
-    """Phase 1 on one or several datasets; writes an 'offline' checkpoint and `eval.csv` next to it."""
+    """Phase 1 on one or several datasets; writes an 'offline' checkpoint and `eval.csv` next to it.
+
+    `device`: 'cpu', 'cuda' or 'auto' (resolve_device: 'cuda' without a GPU falls back to the CPU with a warning).
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     view = load_transitions(datasets)
@@ -119,7 +122,7 @@ def pretrain(
         "ref_expert": reference.expert if reference else None,
         "ref_source": reference.source if reference else None,
     }
-    agent = OfflineACA(view.obs_dim, view.action_dim, config, view.observations, device)
+    agent = OfflineACA(view.obs_dim, view.action_dim, config, view.observations, resolve_device(device))
     buffer = ReplayBuffer.from_view(view)
     metrics = MetricsWriter(out_path.parent)
     config_dict = config_io.to_dict(config)
@@ -159,10 +162,11 @@ def align_checkpoint(offline_path: Path, out_path: Path, config: ACAConfig, buff
     return out_path
 
 
-def load_online_agent(payload: dict) -> tuple[SAC, ReplayBuffer, ACAConfig]:
+def load_online_agent(payload: dict, device: str | torch.device = "cpu") -> tuple[SAC, ReplayBuffer, ACAConfig]:
+    """The agent (on `device`; checkpoints always load onto the CPU first), its replay buffer and its config."""
     meta = payload["meta"]
     config = config_io.load_text(ACAConfig, config_io.dump(payload["config"]), "checkpoint config")
-    agent = SAC(meta["obs_dim"], meta["action_dim"], config.sac)
+    agent = SAC(meta["obs_dim"], meta["action_dim"], config.sac, device)
     agent.load_state_dict(payload["agent"]["agent"])
     buffer = buffer_from_state(payload["agent"]["buffer"], meta["obs_dim"], meta["action_dim"])
     return agent, buffer, config
@@ -176,13 +180,17 @@ def finetune(
     *,
     seed: int,
     schedule: EvalSchedule = EvalSchedule(),
+    device: str = "cpu",
 ) -> Path:
-    """Phase 3 in-process (gymnasium env, no runtime): UTD 1, stochastic actions, no random warm-up."""
+    """Phase 3 in-process (gymnasium env, no runtime): UTD 1, stochastic actions, no random warm-up.
+
+    `device` as for `pretrain`; the env steps on the CPU either way, one observation at a time.
+    """
     torch.manual_seed(seed)
     payload = load_checkpoint(online_path, "online")
     meta = payload["meta"]
     env_id = env_id or meta["env_id"]
-    agent, buffer, config = load_online_agent(payload)
+    agent, buffer, config = load_online_agent(payload, resolve_device(device))
     reference = reference_of(meta)
     metrics = MetricsWriter(out_path.parent)
     start_step = int(payload["agent"]["env_steps"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,12 +22,38 @@ import torch
 from acalign_robot.algo.networks import TanhGaussianActor
 from acalign_robot.data.replay_buffer import ReplayBuffer
 
-__all__ = ["MetricsWriter", "OnlineLoop", "evaluate", "make_env", "set_torch_threads"]
+__all__ = ["MetricsWriter", "OnlineLoop", "evaluate", "make_env", "resolve_device", "set_torch_threads"]
+
+_log = logging.getLogger(__name__)
 
 
 def set_torch_threads(threads: int) -> None:
     """Learner processes default to 1 thread: a 2-thread learner disturbs a controller on the same 2 cores."""
     torch.set_num_threads(threads)
+
+
+def resolve_device(requested: str) -> torch.device:
+    """The torch device for `requested` ('auto', 'cpu' or 'cuda'): 'auto' takes CUDA when torch sees a GPU.
+
+    'cuda' on a machine where torch sees none (a CPU build of torch, no driver, CUDA_VISIBLE_DEVICES empty) runs on
+    the CPU with a warning instead of failing: a learner keeps working, and its log says why it is slow.
+    """
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {requested!r}")
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+        _log.info("device %s: %s (%s)", requested, device, torch.cuda.get_device_name(device))
+        return device
+    if requested == "cuda":
+        reason = "a CPU-only build of torch" if torch.version.cuda is None else "no CUDA device visible"
+        _log.warning("device cuda requested but torch sees no GPU (%s): running on the CPU", reason)
+    return torch.device("cpu")
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 def make_env(env_id: str, seed: int | None = None) -> gym.Env:
@@ -47,12 +74,14 @@ def make_env(env_id: str, seed: int | None = None) -> gym.Env:
 def evaluate(actor: TanhGaussianActor, env_id: str, episodes: int, seed: int) -> list[float]:
     """Deterministic returns (tanh of the mean) over `episodes` episodes on a fresh env."""
     env = make_env(env_id)
+    device = _device_of(actor)
     returns = []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
         total, done = 0.0, False
         while not done:
-            action = actor.act_deterministic(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+            action = actor.act_deterministic(obs_t)[0].cpu().numpy()
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             done = terminated or truncated
@@ -126,12 +155,14 @@ class OnlineLoop:
         obs, _ = env.reset(seed=self.seed)
         episode_return, info = 0.0, {}
         batch_size = agent.config.batch_size
+        device = _device_of(agent.actor)
         for step in range(1, steps + 1):
             if step <= self.random_warmup_steps:
                 action = rng.uniform(-1.0, 1.0, size=env.action_space.shape).astype(np.float32)
             else:
                 with torch.no_grad():
-                    action = agent.actor.sample(torch.as_tensor(obs, dtype=torch.float32)[None])[0][0].numpy()
+                    obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+                    action = agent.actor.sample(obs_t)[0][0].cpu().numpy()
             next_obs, reward, terminated, truncated, _ = env.step(action)
             buffer.add(obs, action, reward, next_obs, float(terminated))
             if self.on_transition is not None:

@@ -49,6 +49,10 @@ Choices:
 - Actions: the controller sends the executed action (after its safety filter) in the env's units; the agent works
   in [-1, 1]^|A| (the exported graph scales by the checkpoint's action bounds), so the learner maps it back with
   those bounds (clipped to [-1, 1]). Truncations are not terminals: targets bootstrap through them.
+- Device: `device: auto|cpu|cuda` (algo.train.resolve_device). The agent, its updates and its noise run there; the
+  replay buffer stays in host memory (batches are copied per update) and exports copy the actor to the CPU. `cuda`
+  without a GPU logs a warning and runs on the CPU. On the CPU a fixed seed gives bit-identical updates; on a GPU,
+  cuBLAS and atomics may reorder sums, so runs are close, not bit-identical.
 - Counters: `env_steps` is phase 3's env-step count (it continues the checkpoint's; it is the manifests'
   `training_step`); `updates` counts this learner's gradient updates (restored by `resume`, 0 when starting from a
   checkpoint); `max_env_steps` counts transitions received since that start.
@@ -83,7 +87,7 @@ import torch
 
 from acalign_robot.algo.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from acalign_robot.algo.pipeline import buffer_state, load_online_agent
-from acalign_robot.algo.train import set_torch_threads
+from acalign_robot.algo.train import resolve_device, set_torch_threads
 from acalign_robot.errors import InputError
 from acalign_robot.export.onnx_export import build_artifact
 from acalign_robot.learner.config import LearnerConfig
@@ -174,7 +178,8 @@ class Learner:
                 f"{self.checkpoint_path} exists: resume to continue that run, or choose another checkpoint_dir"
             )
         payload = load_checkpoint(source, "online")
-        self.agent, self.buffer, aca_config = load_online_agent(payload)
+        self.device = resolve_device(config.device)
+        self.agent, self.buffer, aca_config = load_online_agent(payload, self.device)
         self.batch_size = aca_config.sac.batch_size
         self.meta: dict[str, Any] = payload["meta"]
         self._aca_config_dict: dict = payload["config"]
@@ -201,8 +206,10 @@ class Learner:
             self.streams = {cid: ControllerStream(**state) for cid, state in saved["streams"].items()}
             self.rng.bit_generator.state = saved["numpy_rng"]
             torch.set_rng_state(saved["torch_rng"])
+            if self.device.type == "cuda" and "cuda_rng" in saved:  # the policy's noise is drawn on the GPU there
+                torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
         else:
-            torch.manual_seed(config.seed)
+            torch.manual_seed(config.seed)  # seeds the CUDA generators too
             self.updates = 0
             self.update_credit = 0.0
             self.start_env_steps = self.env_steps
@@ -433,6 +440,7 @@ class Learner:
                 "streams": {cid: dataclasses.asdict(stream) for cid, stream in self.streams.items()},
                 "numpy_rng": self.rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
             },
         }
         return save_checkpoint(self.checkpoint_path, "online", state, self._aca_config_dict, self.meta)
@@ -457,6 +465,7 @@ class Learner:
             "transitions_received": self.transitions_received,
             "owed_updates": self.owed_updates,
             "buffer_size": len(self.buffer),
+            "device": str(self.device),
             "published_version": self.published_version,
             "gaps": sum(stream.gaps for stream in streams),
             "duplicates": sum(stream.duplicates for stream in streams),
@@ -552,7 +561,7 @@ def serve(config: LearnerConfig, *, resume: bool = False, ready_file: str | None
         }
         try:
             print(
-                f"learner ready: transitions PULL {config.transitions_endpoint}, "
+                f"learner ready on {learner.device}: transitions PULL {config.transitions_endpoint}, "
                 f"policies PUB {config.policy_endpoint}, {len(learner.buffer)} transitions in the buffer, "
                 f"{learner.updates} updates, status {learner.status_path}",
                 flush=True,
