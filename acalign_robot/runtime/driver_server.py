@@ -26,7 +26,7 @@ import numpy as np
 from acalign_robot.config import FieldError
 from acalign_robot.drivers.base import Driver
 from acalign_robot.runtime import protocol as p
-from acalign_robot.runtime.security import SecurityConfig, secure_context
+from acalign_robot.runtime.security import SecurityConfig, is_local_endpoint, secure_context
 from acalign_robot.runtime.transport import ControlServer, ZmqControlServer
 
 __all__ = ["DriverConfig", "DriverServer", "make_driver", "serve"]
@@ -44,7 +44,9 @@ class DriverConfig:
     watchdog_ms: float = 100.0
     seed: int = 0
     name: str = "driver"
-    security: SecurityConfig = field(default_factory=SecurityConfig)  # CURVE for a non-loopback endpoint
+    # CURVE for a non-loopback endpoint. A loopback or ipc:// control endpoint is served without it: the control link
+    # then never leaves the robot's machine, which holds no secret key of the session's server (the learner's).
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     def validate(self) -> None:
         if self.kind == "mujoco" and (self.sim is None) == (self.env_id is None):
@@ -260,7 +262,8 @@ class DriverServer:
 
 def serve(config: DriverConfig, ready_file: str | None = None) -> DriverServer:
     """Run a driver server until SIGTERM/SIGINT; `ready_file` is written once the socket is bound."""
-    secure = secure_context(config.security)  # refuses a non-loopback bind without CURVE
+    # Refuses a non-loopback bind without CURVE; a local endpoint needs no keys (DriverConfig.security).
+    secure = secure_context(SecurityConfig() if is_local_endpoint(config.endpoint) else config.security)
     try:
         server = ZmqControlServer(config.endpoint, context=secure.context, curve=secure.server_keys(config.endpoint))
     except BaseException:

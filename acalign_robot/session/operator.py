@@ -33,7 +33,7 @@ def resolve_session_dir(session: str, sessions_root: str = "sessions") -> Path:
 def send_to_drivers(session: str, action: str, reason: str = "operator") -> int:
     """Send EStop or Clear to every driver of the session; 0 when all acknowledged, 1 otherwise."""
     from acalign_robot.runtime import protocol as p
-    from acalign_robot.runtime.security import SecurityConfig, client_keys
+    from acalign_robot.runtime.security import SecurityConfig, client_keys, is_local_endpoint
     from acalign_robot.runtime.transport import TransportTimeout, ZmqControlClient
 
     directory = resolve_session_dir(session)
@@ -46,7 +46,8 @@ def send_to_drivers(session: str, action: str, reason: str = "operator") -> int:
     for robot in resolved["robots"]:
         name, endpoint = robot["name"], robot["control_endpoint"]
         try:
-            with ZmqControlClient(endpoint, curve=keys) as client:
+            # Drivers serve CURVE only on an endpoint that leaves their machine (runtime.driver_server.DriverConfig).
+            with ZmqControlClient(endpoint, curve=None if is_local_endpoint(endpoint) else keys) as client:
                 reply = client.request(message, 2.0)
         except TransportTimeout:
             print(f"{name}: no answer from {endpoint}")

@@ -11,9 +11,17 @@
     include: [fragments/hopper_limits.yaml]              # shared fragments, merged under this file
 
 The supervisor fills in every endpoint (each robot's control endpoint, the learner's transitions and policy
-endpoints) and each process's output directory; process sections must not set them. Loading is strict (unknown
-keys, wrong types: file and line); `check_session` adds the checks that need the world: files that exist, the
-policy's spaces against the driver's, rates and safety limits that make sense. `acalign validate` prints them all.
+endpoints), each process's output directory and the session's `security:` block; process sections must not set them.
+
+Across machines (`host:` per robot, `learner_host:`), each machine runs `acalign launch --host NAME FILE` on the same
+file and starts only its own processes. Such a session names every endpoint explicitly (`auto` would pick a
+different free port on each machine): the learner binds `endpoints.transitions` / `endpoints.policy` on its
+machine's interface address and the controllers on other machines connect to that same address; a robot's
+`control_endpoint` is bound by its driver and used by its controller on the robot's own machine (loopback).
+
+Loading is strict (unknown keys, wrong types: file and line); `check_session` adds the checks that need the world:
+files that exist, the policy's spaces against the driver's, rates and safety limits that make sense, endpoints that
+each host can bind and reach. `acalign validate` prints them all.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ __all__ = [
 
 AUTO = "auto"
 _ENDPOINT = re.compile(r"^(tcp://[^:/]+:\d{1,5}|ipc://.+)$")
+_WILDCARD = re.compile(r"^tcp://(\*|0\.0\.0\.0):")
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,11 @@ class LaunchConfig:
                 raise FieldError("robots", f"robots[{index}].controller: learner endpoints come from `endpoints:`")
             if robot.controller.output_dir:
                 raise FieldError("robots", f"robots[{index}].controller.output_dir: the session directory is used")
+            for role in ("driver", "controller"):
+                if getattr(robot, role).security != SecurityConfig():
+                    raise FieldError("robots", f"robots[{index}].{role}.security: set the session's `security:` block")
+        if self.learner is not None and self.learner.security != SecurityConfig():
+            raise FieldError("learner", "learner.security: set the session's `security:` block")
         if self.duration_s is not None and self.duration_s <= 0:
             raise FieldError("duration_s", f"must be positive, got {self.duration_s}")
 
@@ -147,18 +161,26 @@ def check_session(config: LaunchConfig, host: str | None = None) -> list[str]:
     from acalign_robot.runtime.security import check_bind
 
     problems: list[str] = []
-    explicit = [robot.control_endpoint for robot in config.robots if robot.control_endpoint != AUTO]
-    explicit += [e for e in (config.endpoints.transitions, config.endpoints.policy) if e != AUTO]
+    # (host that binds it, endpoint): the same loopback port on two machines is two endpoints.
+    bound = [(robot.host, robot.control_endpoint) for robot in config.robots if robot.control_endpoint != AUTO]
+    bound += [(config.learner_host, e) for e in (config.endpoints.transitions, config.endpoints.policy) if e != AUTO]
+    explicit = [endpoint for _, endpoint in bound]
     for endpoint in explicit:
         if not _ENDPOINT.match(endpoint):
             problems.append(f"endpoint {endpoint!r}: expected tcp://HOST:PORT or ipc://PATH")
-    duplicates = {e for e in explicit if explicit.count(e) > 1}
-    problems += [f"endpoint {e} is bound by more than one process" for e in sorted(duplicates)]
+        elif _WILDCARD.match(endpoint):
+            problems.append(
+                f"endpoint {endpoint!r}: '*' and 0.0.0.0 can be bound but not connected to, and the connecting side "
+                "uses the same endpoint: give the address of the interface to listen on"
+            )
+    duplicates = {pair for pair in bound if bound.count(pair) > 1}
+    problems += [f"endpoint {e} is bound by more than one process" for _, e in sorted(duplicates)]
     for endpoint in explicit:
         try:
             check_bind(endpoint, config.security)
         except Exception as exc:  # an InputError naming the endpoint and the fix
             problems.append(str(exc))
+    problems += _multi_host_problems(config, host)
     for index, robot in enumerate(config.robots):
         if host is not None and robot.host != host:
             continue
@@ -210,15 +232,95 @@ def check_session(config: LaunchConfig, host: str | None = None) -> list[str]:
         problems.append(
             f"learner.checkpoint: {config.learner.checkpoint} does not exist (make one with `acalign align`)"
         )
+    if config.security.curve:
+        problems += _key_problems(config, host)
     return problems
 
 
-def with_endpoints(robot: Robot, control: str, transitions: str | None, policy: str | None, output_dir: Path) -> Robot:
-    """The robot's process configs with the endpoints and output directory the supervisor chose."""
+def _key_problems(config: LaunchConfig, host: str | None) -> list[str]:
+    """With CURVE: the key files this host's processes will load exist, are well formed and private enough.
+
+    The same calls the processes make: every controller loads its client key pair and the server's public key; the
+    learner, and a driver whose control endpoint leaves the machine, load the server key pair and the allow-list.
+    """
+    from acalign_robot.errors import InputError
+    from acalign_robot.runtime.security import client_keys, is_local_endpoint, secure_context
+
+    def control_is_local(robot: Robot) -> bool:
+        endpoint = robot.control_endpoint
+        return is_local_endpoint(f"tcp://{config.endpoints.bind_host}:1" if endpoint == AUTO else endpoint)
+
+    robots_here = [robot for robot in config.robots if host is None or robot.host == host]
+    learner_here = config.learner is not None and (host is None or config.learner_host == host)
+    problems = []
+    if robots_here:
+        try:
+            client_keys(config.security)
+        except InputError as exc:
+            problems.append(f"security, connecting side (controllers): {exc}")
+    if learner_here or not all(control_is_local(robot) for robot in robots_here):
+        try:
+            secure_context(config.security).close()
+        except InputError as exc:
+            problems.append(f"security, binding side (learner, remote drivers): {exc}")
+    return problems
+
+
+def _multi_host_problems(config: LaunchConfig, host: str | None) -> list[str]:
+    """A session across machines: explicit endpoints, reachable from the hosts that connect to them."""
+    from acalign_robot.runtime.security import is_local_endpoint
+
+    hosts = sorted({robot.host for robot in config.robots} | ({config.learner_host} if config.learner else set()))
+    problems = []
+    if host is not None and host not in hosts:
+        problems.append(f"--host {host}: no process of this launch file runs there (hosts: {', '.join(hosts)})")
+    if len(hosts) < 2:
+        return problems
+    where = f"a session across hosts ({', '.join(hosts)})"
+    automatic = [f"robots[{i}].control_endpoint" for i, r in enumerate(config.robots) if r.control_endpoint == AUTO]
+    if config.learner is not None:
+        automatic += [
+            f"endpoints.{name}" for name in ("transitions", "policy") if getattr(config.endpoints, name) == AUTO
+        ]
+    if automatic:
+        problems.append(
+            f"{where} needs explicit endpoints, but {', '.join(automatic)} {'is' if len(automatic) == 1 else 'are'} "
+            "auto (each host would pick its own free port): write tcp://ADDRESS:PORT, the learner's on its interface "
+            "address, each control endpoint on 127.0.0.1"
+        )
+    remote_robots = [robot.name for robot in config.robots if robot.host != config.learner_host]
+    if config.learner is not None and remote_robots:
+        for name in ("transitions", "policy"):
+            endpoint = getattr(config.endpoints, name)
+            if endpoint != AUTO and is_local_endpoint(endpoint):
+                problems.append(
+                    f"endpoints.{name}: {endpoint} is local to {config.learner_host}, so robots on other hosts "
+                    f"({', '.join(remote_robots)}) cannot reach it: bind the learner host's interface address"
+                )
+    if config.security.curve:
+        for index, robot in enumerate(config.robots):
+            if robot.control_endpoint != AUTO and not is_local_endpoint(robot.control_endpoint):
+                problems.append(
+                    f"robots[{index}].control_endpoint: {robot.control_endpoint} would be served with CURVE key "
+                    f"{config.security.server_key!r}, whose secret belongs on the learner's host only: the driver and "
+                    "controller share a host, bind the control endpoint on 127.0.0.1"
+                )
+    return problems
+
+
+def with_endpoints(
+    robot: Robot,
+    control: str,
+    transitions: str | None,
+    policy: str | None,
+    output_dir: Path,
+    security: SecurityConfig,
+) -> Robot:
+    """The robot's process configs with the endpoints, output directory and security block the supervisor chose."""
     return dataclasses.replace(
         robot,
         control_endpoint=control,
-        driver=dataclasses.replace(robot.driver, endpoint=control, name=f"{robot.name}-driver"),
+        driver=dataclasses.replace(robot.driver, endpoint=control, name=f"{robot.name}-driver", security=security),
         controller=dataclasses.replace(
             robot.controller,
             driver_endpoint=control,
@@ -226,5 +328,6 @@ def with_endpoints(robot: Robot, control: str, transitions: str | None, policy: 
             policy_endpoint=policy,
             output_dir=str(output_dir),
             controller_id=robot.name,
+            security=security,
         ),
     )

@@ -146,7 +146,9 @@ class Supervisor:
         if cfg.learner is not None:
             transitions, policy = resolve(cfg.endpoints.transitions), resolve(cfg.endpoints.policy)
         robots = [
-            with_endpoints(robot, resolve(robot.control_endpoint), transitions, policy, self.session_dir / robot.name)
+            with_endpoints(
+                robot, resolve(robot.control_endpoint), transitions, policy, self.session_dir / robot.name, cfg.security
+            )
             for robot in cfg.robots
         ]
         self.resolved = dataclasses.replace(cfg, robots=tuple(robots))
@@ -156,9 +158,13 @@ class Supervisor:
                 transitions_endpoint=transitions,
                 policy_endpoint=policy,
                 checkpoint_dir=str(self.session_dir / "learner"),
+                security=cfg.security,
             )
             self.resolved = dataclasses.replace(self.resolved, learner=learner)
-        config_io.save(self.resolved, self.session_dir / "session.yaml")
+        # A host's part of a multi-host session records only the robots that run here: `acalign estop` reads this file,
+        # and another host's loopback control endpoint would name a port of this machine.
+        robots_here = tuple(robot for robot in self.resolved.robots if self._runs_here(robot.host))
+        config_io.save(dataclasses.replace(self.resolved, robots=robots_here), self.session_dir / "session.yaml")
         if self.resolved.learner is not None and self._runs_here(cfg.learner_host):
             self._add("learner", "learner", self.resolved.learner, cfg.restart.learner)
         for robot in robots:
