@@ -393,6 +393,15 @@ def _cmd_estop(args) -> int:
     return send_to_drivers(args.session, "estop" if args.command == "estop" else "clear", args.reason)
 
 
+def _cmd_doctor(args) -> int:
+    from acalign_robot.doctor import ROLES, format_report, run_checks
+
+    roles = args.role or list(ROLES)
+    text, complete = format_report(roles, run_checks(roles))
+    print(text)
+    return EXIT_OK if complete else EXIT_FAILURE
+
+
 def _set_threads(threads: int) -> None:
     from acalign_robot.algo.train import set_torch_threads
 
@@ -731,6 +740,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("session", help="session directory or name")
         p.add_argument("--reason", default="operator", help="recorded with the e-stop (default: operator)")
         p.set_defaults(handler=_cmd_estop)
+
+    p = commands.add_parser(
+        "doctor",
+        help="check this machine's install for a role: controller, learner, sim",
+        description="Check the Python modules (present, version) and the platform (CURVE in libzmq, onnxruntime "
+        "providers, torch CUDA, MUJOCO_GL) that a role needs: controller (a robot computer: driver and controller, "
+        "no torch), learner (adds torch, onnx, minari), sim (adds MuJoCo). Exit 0 when every role asked about is "
+        "complete, 1 when something is missing. docs/deploy.md says what to install.",
+    )
+    p.add_argument(
+        "--role",
+        action="append",
+        choices=("controller", "learner", "sim"),
+        help="role to check (repeatable; default: all three)",
+    )
+    p.set_defaults(handler=_cmd_doctor)
 
     return parser
 
