@@ -9,6 +9,7 @@ dataset ids and reference scores (for normalised scores), and the phase-1 step c
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,10 @@ def finetune(
     with tqdm(total=steps, desc=f"finetune ({meta.get('finetune', 'aca')})", unit="step") as bar:
         loop.run(agent, buffer, steps, on_step=on_step, progress=bar)
     metrics.close()
+    with open(out_path.parent / "episodes.csv", "w", newline="") as handle:  # the training episodes' returns
+        writer = csv.writer(handle)
+        writer.writerow(["step", "return"])
+        writer.writerows((start_step + step, episode_return) for step, episode_return in loop.episode_returns)
     state = {"agent": agent.state_dict(), "buffer": buffer_state(buffer), "env_steps": start_step + steps}
     save_checkpoint(out_path, "online", state, payload["config"], meta)
     return out_path
