@@ -131,7 +131,17 @@ class Network:
 
 @pytest.fixture
 def network() -> Iterator[Callable[[dict[str, str]], Network]]:
-    """Factory: `network({"robot": "10.200.0.1", ...})`; a platform that refuses namespaces or veths skips."""
+    """Factory: `network({"robot": "10.200.0.1", ...})`; a platform that refuses namespaces or veths skips.
+
+    A first namespace is made and deleted at once, before the test's other (slower) fixtures are set up.
+    """
+    probe = Network()
+    try:
+        probe.create({})
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"cannot create network namespaces here: `{' '.join(exc.cmd)}`: {exc.stderr.strip()}")
+    finally:
+        probe.close()
     made: list[Network] = []
 
     def make(addresses: dict[str, str]) -> Network:
@@ -282,15 +292,38 @@ def run_session(
         supervisors[host].send_signal(signal.SIGTERM)
     for host in robots:
         assert supervisors[host].wait(timeout=60) == 0, logs_of(supervisors, directories)
-    return {host: read_json(controller_file(host, "stats.json")) for host in robots}, supervisors
+    stats = {host: read_json(controller_file(host, "stats.json")) for host in robots}
+    assert all(stats.values()), f"a controller wrote no stats.json\n{logs_of(supervisors, directories)}"
+    return stats, supervisors
 
 
-def stop_workstation(supervisors: dict[str, subprocess.Popen], directories: dict[str, Path]) -> dict:
-    """SIGTERM the workstation's part: the learner checkpoints and writes its final status, which is returned."""
+def robot_stream(learner: dict, host: str) -> dict | None:
+    """The learner's record of a robot's controller (its stream id is `<controller_id>@<pid>`)."""
+    streams = [s for cid, s in learner["controllers"].items() if cid.split("@")[0] == f"hopper-{host}"]
+    assert len(streams) <= 1, learner["controllers"]
+    return streams[0] if streams else None
+
+
+def stop_workstation(
+    supervisors: dict[str, subprocess.Popen], directories: dict[str, Path], stats: dict[str, dict]
+) -> dict:
+    """Once the learner has taken every batch the robots sent, SIGTERM the workstation's part; returns the learner's
+    final status. (A stopping learner does not drain its socket: waiting first makes a lost batch a failure.)"""
+    status_file = part_dir(directories["workstation"], "workstation") / "learner" / "status.json"
+
+    def caught_up() -> bool:
+        learner = read_json(status_file)
+        streams = {host: learner and robot_stream(learner, host) for host in stats}
+        return all(s and s["batches"] >= stats[host]["transition_batches_sent"] for host, s in streams.items())
+
+    deadline = time.monotonic() + 30
+    while not caught_up():
+        assert time.monotonic() < deadline, f"the learner never took every batch: {read_json(status_file)}"
+        time.sleep(0.5)
     supervisor = supervisors["workstation"]
     supervisor.send_signal(signal.SIGTERM)
     assert supervisor.wait(timeout=90) == 0, logs_of(supervisors, directories)
-    status = read_json(part_dir(directories["workstation"], "workstation") / "learner" / "status.json")
+    status = read_json(status_file)
     assert status is not None and status["state"] == "stopped", status
     return status
 
@@ -299,10 +332,9 @@ def check_streams(learner: dict, stats: dict[str, dict]) -> None:
     """Every robot's transitions arrived, in order and complete: no gaps, no duplicates, nothing dropped."""
     assert learner["gaps"] == learner["duplicates"] == learner["rejected"] == learner["protocol_errors"] == 0, learner
     for host, robot_stats in stats.items():
-        assert robot_stats is not None, f"{host} wrote no stats.json"
         assert robot_stats["policy_version"] >= 2 and robot_stats["swaps"] >= 1, robot_stats
         assert robot_stats["transition_batches_dropped"] == 0, robot_stats
-        (stream,) = [s for cid, s in learner["controllers"].items() if cid.split("@")[0] == f"hopper-{host}"]
+        stream = robot_stream(learner, host)
         assert stream["batches"] == robot_stats["transition_batches_sent"] > 0, (stream, robot_stats)
         assert stream["transitions"] == robot_stats["ticks"], (stream, robot_stats)  # the last, partial batch too
 
@@ -395,7 +427,7 @@ def test_robot_and_workstation_fine_tune_over_curve_and_strangers_are_refused(
 
     stats, supervisors = run_session(net, launch, directories, ["robot"])
     intruder = probe_as_intruder(net, directories)
-    learner = stop_workstation(supervisors, directories)
+    learner = stop_workstation(supervisors, directories, stats)
 
     check_streams(learner, stats)
     assert learner["published_version"] >= stats["robot"]["policy_version"]
@@ -411,7 +443,7 @@ def test_a_fleet_of_two_robot_hosts_feeds_one_learner(tmp_path, network, hopper_
     launch = write_launch(tmp_path, ["robot1", "robot2"], hopper_policy, aligned_hopper_checkpoint)
 
     stats, supervisors = run_session(net, launch, directories, ["robot1", "robot2"])
-    learner = stop_workstation(supervisors, directories)
+    learner = stop_workstation(supervisors, directories, stats)
 
     check_streams(learner, stats)
     assert len(learner["controllers"]) == 2
