@@ -117,52 +117,37 @@ def test_policy_evaluation_on_its_own_log(hopper_policy, make_checkpoint, tmp_pa
     assert critic["q_min_over_ensemble"]["min"] <= critic["q_min_over_ensemble"]["max"]
 
 
-def test_replay_launch_pair_serves_a_log_to_a_controller(processes, hopper_policy, tmp_path):
-    """launch/replay/{driver,controller}.yaml as processes: the policy that made the log sees the logged
-    observations and commands the logged actions again."""
+def test_replay_launch_file_serves_a_log_to_a_controller(hopper_policy, tmp_path):
+    """launch/replay.yaml through `acalign launch`: the policy that made the log sees the logged observations and
+    commands the logged actions again."""
     import json
     import re
-    import signal
+    import subprocess
     from pathlib import Path
 
     from acalign_robot.runtime.policy import PolicyRunner
-    from acalign_robot.runtime.transport import free_tcp_endpoint
-    from tests.helpers import acalign_command, wait_for
+    from tests.helpers import acalign_command
 
-    launch = Path(__file__).resolve().parents[2] / "launch" / "replay"
+    launch_file = Path(__file__).resolve().parents[2] / "launch" / "replay.yaml"
     runner = PolicyRunner.from_dir(hopper_policy)
     log = read_log(record_sim_log(tmp_path / "log", episodes=2, max_steps=20, runner=runner))
-    endpoint = free_tcp_endpoint()
-    ready = tmp_path / "driver.ready"
-    driver = processes.start(
-        acalign_command(
-            "driver",
-            "--config",
-            str(launch / "driver.yaml"),
-            "--set",
-            f"log={tmp_path / 'log'}",
-            "--set",
-            f"endpoint={endpoint}",
-            "--ready-file",
-            str(ready),
-        ),
-        tmp_path / "driver.out",
+    overrides = [
+        f"driver.log={tmp_path / 'log'}",
+        f"controller.policy={hopper_policy}",
+        "controller.episodes=2",
+        f"output_dir={tmp_path / 'sessions'}",
+    ]
+    result = subprocess.run(
+        acalign_command("launch", str(launch_file), *sum((["--set", o] for o in overrides), [])),
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
-    wait_for(lambda: ready.exists() or driver.poll() is not None, 60, "the replay driver to bind")
-    overrides = [f"driver_endpoint={endpoint}", f"policy={hopper_policy}", "episodes=2", f"output_dir={tmp_path}/ctl"]
-    controller = processes.start(
-        acalign_command(
-            "controller", "--config", str(launch / "controller.yaml"), *sum((["--set", o] for o in overrides), [])
-        ),
-        tmp_path / "controller.out",
-    )
-    assert controller.wait(timeout=120) == 0, (tmp_path / "controller.out").read_text()
-    driver.send_signal(signal.SIGTERM)
-    assert driver.wait(timeout=30) == 0
-
-    stats = json.loads((tmp_path / "ctl" / "stats.json").read_text())
+    assert result.returncode == 0, result.stdout + result.stderr
+    (session_dir,) = (tmp_path / "sessions" / "replay").glob("*")
+    stats = json.loads((session_dir / "replay-0" / "stats.json").read_text())
     assert stats["episodes"] == 2 and stats["ticks"] == len(log)
     np.testing.assert_allclose(stats["episode_returns"], [log.reward[e.slice].sum() for e in log.episodes], rtol=1e-5)
-    line = re.search(r"action deviation (\{.*\})", (tmp_path / "driver.out").read_text())
+    line = re.search(r"action deviation (\{.*\})", (session_dir / "replay-0-driver.log").read_text())
     deviation = json.loads(line[1])
     assert deviation["steps"] == len(log) and deviation["episodes_completed"] == 2 and deviation["max_abs"] < 1e-5

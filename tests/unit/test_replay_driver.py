@@ -10,7 +10,6 @@ import pytest
 from acalign_robot import config as config_io
 from acalign_robot.config import ConfigError
 from acalign_robot.drivers.replay import ReplayDriver
-from acalign_robot.runtime.controller import ControllerConfig
 from acalign_robot.runtime.driver_server import DriverConfig, make_driver
 from acalign_robot.runtime.protocol import BoxSpace
 from acalign_robot.runtime.transition_log import LogError, TransitionLog, read_log
@@ -84,7 +83,8 @@ def test_replay_config_needs_a_log_and_launch_files_load():
         config_io.load_text(DriverConfig, "kind: replay\n", "driver.yaml")
     with pytest.raises(ConfigError, match="log"):
         config_io.load_text(DriverConfig, "kind: loopback\nlog: somewhere\n", "driver.yaml")
-    driver = config_io.load(DriverConfig, REPO / "launch" / "replay" / "driver.yaml")
-    assert driver.kind == "replay" and driver.log
-    controller = config_io.load(ControllerConfig, REPO / "launch" / "replay" / "controller.yaml")
-    assert controller.driver_endpoint == driver.endpoint and controller.learner_endpoint is None
+    from acalign_robot.session.schema import load_launch
+
+    session = load_launch(REPO / "launch" / "replay.yaml")
+    (robot,) = session.robots
+    assert robot.driver.kind == "replay" and robot.driver.log and session.learner is None
