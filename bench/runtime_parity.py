@@ -67,10 +67,15 @@ def through_runtime(demo, aligned: Path, artifact: Path, steps: int, seed: int, 
 
     session = LaunchConfig(
         session=f"parity-seed{seed}",
-        robots=(Robot(name="pendulum-0",
-                      driver=DriverConfig(kind="mujoco", env_id=demo.env_id, watchdog_ms=500, seed=seed),
-                      controller=ControllerConfig(policy=str(artifact), explore=True, rate_hz=demo.rate_hz,
-                                                  ticks=steps, seed=seed)),),
+        robots=(
+            Robot(
+                name="pendulum-0",
+                driver=DriverConfig(kind="mujoco", env_id=demo.env_id, watchdog_ms=500, seed=seed),
+                controller=ControllerConfig(
+                    policy=str(artifact), explore=True, rate_hz=demo.rate_hz, ticks=steps, seed=seed
+                ),
+            ),
+        ),
         learner=LearnerConfig(checkpoint=str(aligned), publish_every=demo.publish_every, seed=seed),
     )
     session_dir = out / f"runtime-seed{seed}" / time.strftime("%Y%m%d-%H%M%S")
@@ -117,11 +122,18 @@ def main() -> None:
     rows = []
     for label, runs in curves.items():
         for seed, episodes in runs.items():
-            row = {"path": label, "seed": seed, "episodes": len(episodes),
-                   "first": episodes[0][1] if episodes else None, "late_mean": late_mean(episodes, args.steps)}
+            row = {
+                "path": label,
+                "seed": seed,
+                "episodes": len(episodes),
+                "first": episodes[0][1] if episodes else None,
+                "late_mean": late_mean(episodes, args.steps),
+            }
             rows.append(row)
-            print(f"{label:<12} {seed:>4} {row['episodes']:>8} {row['first'] or float('nan'):>12.1f} "
-                  f"{row['late_mean']:>31.1f}")
+            print(
+                f"{label:<12} {seed:>4} {row['episodes']:>8} {row['first'] or float('nan'):>12.1f} "
+                f"{row['late_mean']:>31.1f}"
+            )
     (out / "parity.json").write_text(json.dumps({"steps": args.steps, "rows": rows, "curves": curves}, indent=1))
     print(f"\nwrote {out / 'parity.png'} and {out / 'parity.json'}")
 

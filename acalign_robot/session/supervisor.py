@@ -236,7 +236,7 @@ class Supervisor:
                 if process.finished or process.alive():
                     continue
                 code = process.popen.returncode
-                if code == 0 and process.role == "controller":
+                if code == 0 and process.role in ("controller", "learner"):  # a budget reached, not a failure
                     process.finished = True
                     self._event("finished", process.name)
                     continue
