@@ -79,15 +79,16 @@ def free_endpoint() -> str:
     return free_tcp_endpoint()
 
 
-def run_rate(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path) -> dict:
+def run_rate(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path, log: bool) -> dict:
     endpoint = free_endpoint()
-    driver_config = workdir / f"driver-{rate_hz:g}.yaml"
+    label = f"{rate_hz:g}-{'log' if log else 'nolog'}"
+    driver_config = workdir / f"driver-{label}.yaml"
     driver_config.write_text(
         yaml.safe_dump(
             {"kind": "mujoco", "sim": str(REPO / "sim" / "hopper_500hz.yaml"), "endpoint": endpoint, "watchdog_ms": 500}
         )
     )
-    ready = workdir / f"driver-{rate_hz:g}.ready"
+    ready = workdir / f"driver-{label}.ready"
     cli = [sys.executable, "-m", "acalign_robot.cli"]
     driver = subprocess.Popen(
         [*cli, "driver", "--config", str(driver_config), "--ready-file", str(ready)],
@@ -101,7 +102,7 @@ def run_rate(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path) ->
                 raise RuntimeError("driver failed to start")
             time.sleep(0.05)
         out = workdir / f"controller-{rate_hz:g}"
-        controller_config = workdir / f"controller-{rate_hz:g}.yaml"
+        controller_config = workdir / f"controller-{label}.yaml"
         controller_config.write_text(
             yaml.safe_dump(
                 {
@@ -110,6 +111,7 @@ def run_rate(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path) ->
                     "rate_hz": rate_hz,
                     "duration_s": seconds,
                     "output_dir": str(out),
+                    "log": log,
                 }
             )
         )
@@ -129,18 +131,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rates", type=float, nargs="+", default=[100.0, 500.0, 1000.0])
+    parser.add_argument(
+        "--logging",
+        choices=("on", "off", "both"),
+        default="on",
+        help="the controller's durable transition log (both: each rate with and without it)",
+    )
     parser.add_argument("--out", default="bench/out/control_loop.json")
     args = parser.parse_args()
+    log_settings = {"on": (True,), "off": (False,), "both": (False, True)}[args.logging]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         policy_dir, _, _ = export_hopper_policy(workdir / "policies")
         floor = measure_floor(policy_dir, free_endpoint())
         rows = []
-        for rate in args.rates:
-            stats = run_rate(rate, args.seconds, policy_dir, workdir)
+        for rate, log in [(rate, log) for rate in args.rates for log in log_settings]:
+            stats = run_rate(rate, args.seconds, policy_dir, workdir, log)
             rows.append(
                 {
                     "target_hz": rate,
+                    "log": log,
                     "achieved_hz": stats["achieved_rate_hz"],
                     "ticks": stats["ticks"],
                     "tick_p50_s": stats["tick_p50_s"],
@@ -161,13 +171,13 @@ def main() -> None:
         f"p99 {floor['p99_s'] * us:.0f} us\n"
     )
     print(
-        f"{'target Hz':>9} {'achieved':>9} {'ticks':>7} {'p50 us':>8} {'p99 us':>8} {'max us':>8} {'misses':>7} "
-        f"{'miss %':>7} {'p50/floor':>9}   sections p50 us (infer/filter/obs/send)"
+        f"{'target Hz':>9} {'log':>4} {'achieved':>9} {'ticks':>7} {'p50 us':>8} {'p99 us':>8} {'max us':>8} "
+        f"{'misses':>7} {'miss %':>7} {'p50/floor':>9}   sections p50 us (infer/filter/obs/send)"
     )
     for r in rows:
         print(
-            f"{r['target_hz']:>9.0f} {r['achieved_hz']:>9.1f} {r['ticks']:>7} {r['tick_p50_s'] * us:>8.0f} "
-            f"{r['tick_p99_s'] * us:>8.0f} {r['tick_max_s'] * us:>8.0f} {r['deadline_misses']:>7} "
+            f"{r['target_hz']:>9.0f} {'on' if r['log'] else 'off':>4} {r['achieved_hz']:>9.1f} {r['ticks']:>7} "
+            f"{r['tick_p50_s'] * us:>8.0f} {r['tick_p99_s'] * us:>8.0f} {r['tick_max_s'] * us:>8.0f} {r['deadline_misses']:>7} "
             f"{100 * r['miss_fraction']:>6.2f}% {r['ratio_to_floor_p50']:>9.2f}   "
             + "/".join(f"{r[f'{name}_p50_s'] * us:.0f}" for name in ("infer", "filter", "obs", "send"))
         )
