@@ -177,8 +177,8 @@ def main() -> None:
     for r in rows:
         print(
             f"{r['target_hz']:>9.0f} {'on' if r['log'] else 'off':>4} {r['achieved_hz']:>9.1f} {r['ticks']:>7} "
-            f"{r['tick_p50_s'] * us:>8.0f} {r['tick_p99_s'] * us:>8.0f} {r['tick_max_s'] * us:>8.0f} {r['deadline_misses']:>7} "
-            f"{100 * r['miss_fraction']:>6.2f}% {r['ratio_to_floor_p50']:>9.2f}   "
+            f"{r['tick_p50_s'] * us:>8.0f} {r['tick_p99_s'] * us:>8.0f} {r['tick_max_s'] * us:>8.0f} "
+            f"{r['deadline_misses']:>7} {100 * r['miss_fraction']:>6.2f}% {r['ratio_to_floor_p50']:>9.2f}   "
             + "/".join(f"{r[f'{name}_p50_s'] * us:.0f}" for name in ("infer", "filter", "obs", "send"))
         )
     out = Path(args.out)
