@@ -194,8 +194,8 @@ def bad_frames(workdir: Path, policy: Path) -> dict:
         code = controller.wait(timeout=60)
         stats, driver = rig.controller_stats(), rig.driver_stats()
         return {
-            "fault": f"{len(frames)} random / wrong-version frames + 1 oversized at the driver",
-            "expected": "each answered with an Error and counted; control goes on",
+            "fault": f"{len(frames)} bad frames + 1 oversized at the driver",
+            "expected": "each answered with an Error, counted; control goes on",
             "reaction_ms": 1000 * float(np.median(latencies)),
             "observed": f"{driver['bad_requests']} counted, {len(latencies)} answered",
             "lost": executed_minus_logged(rig, stats),
@@ -244,7 +244,7 @@ def main() -> None:
     for row in rows:
         lost = f"{row['lost']}" + (f" ({row['lost_note']})" if row.get("lost_note") else "")
         print(
-            f"{row['fault']:<58} {row['expected']:<52} {row['reaction_ms']:>8.1f}ms {lost:>5} "
+            f"{row['fault']:<42} {row['expected']:<52} {row['reaction_ms']:>8.1f}ms {lost:>5} "
             f"{'yes' if row['crash'] else 'no':>6}" + (f"   [{row['observed']}]" if row.get("observed") else "")
         )
     out.parent.mkdir(parents=True, exist_ok=True)
