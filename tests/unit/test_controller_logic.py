@@ -106,3 +106,15 @@ def test_a_latched_controller_sends_the_safe_action_every_tick(driver_thread):
     assert stats["safe"] and stats["filter_safe_ticks"] == 30
     actions = np.zeros(2, np.float32)
     assert np.array_equal(controller.filter(actions)[0], controller.filter.safe_action)
+
+
+def test_section_timer_summarises_the_newest_ticks_of_its_ring():
+    from acalign_robot.runtime.controller import SectionTimer
+
+    timer = SectionTimer(capacity=10)
+    for tick in range(25):
+        timer.record((float(tick),) * 5)
+    recent = timer.summary(last=3)
+    assert recent["tick_max_s"] == 24.0 and recent["tick_p50_s"] == 23.0
+    assert timer.summary()["tick_p50_s"] == 19.5  # the ring holds ticks 15..24
+    assert list(timer.tick_samples()) == [float(t) for t in range(15, 25)]
