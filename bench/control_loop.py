@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,11 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
-from hopper_artifact import export_hopper_policy
-
-REPO = Path(__file__).resolve().parent.parent
-
+from runtime_rig import export_hopper_policy, hopper_driver, run_controller
 
 ECHO_SERVER = """
 import sys, zmq
@@ -80,51 +74,16 @@ def free_endpoint() -> str:
 
 
 def run_rate(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path, log: bool) -> dict:
-    endpoint = free_endpoint()
     label = f"{rate_hz:g}-{'log' if log else 'nolog'}"
-    driver_config = workdir / f"driver-{label}.yaml"
-    driver_config.write_text(
-        yaml.safe_dump(
-            {"kind": "mujoco", "sim": str(REPO / "sim" / "hopper_500hz.yaml"), "endpoint": endpoint, "watchdog_ms": 500}
-        )
-    )
-    ready = workdir / f"driver-{label}.ready"
-    cli = [sys.executable, "-m", "acalign_robot.cli"]
-    driver = subprocess.Popen(
-        [*cli, "driver", "--config", str(driver_config), "--ready-file", str(ready)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        while not ready.exists():
-            if driver.poll() is not None:
-                raise RuntimeError("driver failed to start")
-            time.sleep(0.05)
-        out = workdir / f"controller-{rate_hz:g}"
-        controller_config = workdir / f"controller-{label}.yaml"
-        controller_config.write_text(
-            yaml.safe_dump(
-                {
-                    "driver_endpoint": endpoint,
-                    "policy": str(policy_dir),
-                    "rate_hz": rate_hz,
-                    "duration_s": seconds,
-                    "output_dir": str(out),
-                    "log": log,
-                }
-            )
-        )
-        subprocess.run(
-            [*cli, "controller", "--config", str(controller_config)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            timeout=seconds + 120,
-        )
-        return json.loads((out / "stats.json").read_text())
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+    with hopper_driver(workdir, label) as endpoint:
+        fields = {
+            "driver_endpoint": endpoint,
+            "policy": str(policy_dir),
+            "rate_hz": rate_hz,
+            "duration_s": seconds,
+            "log": log,
+        }
+        return run_controller(workdir, label, fields, seconds + 120)
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from hopper_artifact import export_hopper_policy
+from runtime_rig import export_hopper_policy
 
 CLI = [sys.executable, "-m", "acalign_robot.cli"]
 

@@ -14,21 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import yaml
-from hopper_artifact import export_hopper_policy
-
-REPO = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-m", "acalign_robot.cli"]
+from runtime_rig import export_hopper_policy, hopper_driver, run_controller
 
 
 def make_policies(count: int, directory: Path) -> list[tuple[bytes, dict]]:
@@ -75,20 +67,7 @@ def run(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path, version
     from acalign_robot.runtime.transport import free_tcp_endpoint
 
     label = "swaps" if swap_every_s else "none"
-    control, policy_endpoint = free_tcp_endpoint(), free_tcp_endpoint()
-    driver_config = workdir / f"driver-{label}.yaml"
-    driver_config.write_text(
-        yaml.safe_dump(
-            {"kind": "mujoco", "sim": str(REPO / "sim" / "hopper_500hz.yaml"), "endpoint": control, "watchdog_ms": 500}
-        )
-    )
-    ready = workdir / f"driver-{label}.ready"
-    driver = subprocess.Popen(
-        [*CLI, "driver", "--config", str(driver_config), "--ready-file", str(ready)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    policy_endpoint = free_tcp_endpoint()
     stop = threading.Event()
     sent: list = []
     publisher = threading.Thread(
@@ -98,35 +77,19 @@ def run(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path, version
     )
     publisher.start()
     try:
-        while not ready.exists():
-            time.sleep(0.05)
-        out = workdir / f"controller-{label}"
-        controller_config = workdir / f"controller-{label}.yaml"
-        controller_config.write_text(
-            yaml.safe_dump(
-                {
-                    "driver_endpoint": control,
-                    "policy": str(policy_dir),
-                    "rate_hz": rate_hz,
-                    "duration_s": seconds,
-                    "policy_endpoint": policy_endpoint,
-                    "output_dir": str(out),
-                    "log": False,
-                }
-            )
-        )
-        subprocess.run(
-            [*CLI, "controller", "--config", str(controller_config)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            timeout=seconds + 120,
-        )
+        with hopper_driver(workdir, label) as control:
+            fields = {
+                "driver_endpoint": control,
+                "policy": str(policy_dir),
+                "rate_hz": rate_hz,
+                "duration_s": seconds,
+                "policy_endpoint": policy_endpoint,
+                "log": False,
+            }
+            stats = run_controller(workdir, label, fields, seconds + 120)
     finally:
         stop.set()
         publisher.join()
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
-    stats = json.loads((out / "stats.json").read_text())
     swap_times = {entry[0]: entry[2] for entry in stats.get("swap_log", [])}
     first_use = [swap_times[v] - t for v, t in sent if v in swap_times]
     return {

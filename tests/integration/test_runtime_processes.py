@@ -266,10 +266,7 @@ def test_a_frozen_driver_latches_the_controller_safe_within_its_timeout(processe
 def test_nan_observations_latch_safe_and_every_transition_is_logged(processes, tmp_path, hopper_policy):
     sim = _write(tmp_path / "sim.yaml", {"env_id": "Hopper-v5", "realism": {"nan_observation_probability": 0.02}})
     endpoint = free_tcp_endpoint()
-    config = _write(tmp_path / "driver.yaml", {"kind": "mujoco", "sim": str(sim), "endpoint": endpoint})
-    ready = tmp_path / "driver.ready"
-    processes.start(acalign_command("driver", "--config", str(config), "--ready-file", str(ready)), tmp_path / "d.log")
-    wait_for(lambda: ready.exists(), 60, "the driver")
+    start_driver(processes, tmp_path, endpoint, env_id=None, sim=str(sim))
     config = _write(
         tmp_path / "controller.yaml",
         {

@@ -1,0 +1,83 @@
+"""What the runtime benchmarks share: an untrained 2x256 Hopper-v5 policy artifact (latency and fault handling do not
+depend on the weights), a MuJoCo Hopper driver process at one 2 ms physics step per tick (sim/hopper_500hz.yaml,
+unpaced), and a controller process run to completion."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "acalign_robot.cli"]
+HOPPER_META = {
+    "env_id": "Hopper-v5",
+    "obs_dim": 11,
+    "action_dim": 3,
+    "action_low": [-1.0] * 3,
+    "action_high": [1.0] * 3,
+}
+
+
+def export_hopper_policy(directory: Path) -> tuple[Path, bytes, dict]:
+    """Write `directory/bench/1/` (policy.onnx + manifest.json); returns its path, the ONNX bytes and the manifest."""
+    import torch
+
+    from acalign_robot.algo.networks import TanhGaussianActor
+    from acalign_robot.export.onnx_export import build_artifact
+    from acalign_robot.runtime.artifacts import MANIFEST_FILE, POLICY_FILE
+
+    torch.manual_seed(0)
+    actor = TanhGaussianActor(11, 3, (256, 256)).requires_grad_(False)
+    onnx_bytes, manifest = build_artifact(actor, HOPPER_META, 1, "bench", name="bench", version=1)
+    target = directory / "bench" / "1"
+    target.mkdir(parents=True)
+    (target / POLICY_FILE).write_bytes(onnx_bytes)
+    (target / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return target, onnx_bytes, manifest
+
+
+@contextlib.contextmanager
+def hopper_driver(workdir: Path, label: str) -> Iterator[str]:
+    """A MuJoCo Hopper driver process (2 ms per tick, unpaced) for the duration of the block; yields its endpoint."""
+    from acalign_robot.runtime.transport import free_tcp_endpoint
+
+    endpoint = free_tcp_endpoint()
+    config = workdir / f"driver-{label}.yaml"
+    sim = str(REPO / "sim" / "hopper_500hz.yaml")
+    config.write_text(yaml.safe_dump({"kind": "mujoco", "sim": sim, "endpoint": endpoint, "watchdog_ms": 500}))
+    ready = workdir / f"driver-{label}.ready"
+    driver = subprocess.Popen(
+        [*CLI, "driver", "--config", str(config), "--ready-file", str(ready)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        while not ready.exists():
+            if driver.poll() is not None:
+                raise RuntimeError("the driver failed to start")
+            time.sleep(0.05)
+        yield endpoint
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+
+
+def run_controller(workdir: Path, label: str, fields: dict, timeout_s: float) -> dict:
+    """Run a controller process with these ControllerConfig fields to its end; returns its stats.json."""
+    out = workdir / f"controller-{label}"
+    config = workdir / f"controller-{label}.yaml"
+    config.write_text(yaml.safe_dump({**fields, "output_dir": str(out)}))
+    subprocess.run(
+        [*CLI, "controller", "--config", str(config)], check=True, stdout=subprocess.DEVNULL, timeout=timeout_s
+    )
+    return json.loads((out / "stats.json").read_text())
