@@ -31,11 +31,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from runtime_rig import aligned_checkpoint
 
 from acalign_robot.runtime.protocol import TransitionBatch
 from acalign_robot.runtime.transport import ZmqTransitionSender, free_tcp_endpoint
 
-OBS, ACT, BATCH, HIDDEN, SEEDED = 11, 3, 256, 256, 10_000
+OBS, ACT, BATCH, HIDDEN = 11, 3, 256, 256
 TRANSITIONS_PER_MESSAGE = 10
 
 
@@ -68,41 +69,6 @@ def synthetic_controller(endpoint: str, index: int, rate_hz: float, stop, result
     time.sleep(0.5)  # let ZeroMQ hand over the last batches (LINGER 0 discards what is queued at close)
     sender.close()
     results.put({"controller_id": controller_id, "batches_sent": seq - dropped, "batches_dropped": dropped})
-
-
-def aligned_checkpoint(path: Path) -> Path:
-    """An 'online' checkpoint as `acalign align` writes it, on random data: 2x256 networks, 10k seeded transitions."""
-    import torch
-
-    from acalign_robot import config as config_io
-    from acalign_robot.algo.aca import OfflineACA, align, load_preset
-    from acalign_robot.algo.checkpoint import save_checkpoint
-    from acalign_robot.algo.pipeline import buffer_state
-    from acalign_robot.data.replay_buffer import ReplayBuffer
-
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    config = load_preset("medium")
-    buffer = ReplayBuffer(1_000_000, OBS, ACT)
-    buffer.add_batch(
-        rng.normal(size=(SEEDED, OBS)).astype(np.float32),
-        rng.uniform(-1, 1, size=(SEEDED, ACT)).astype(np.float32),
-        rng.normal(size=SEEDED).astype(np.float32),
-        rng.normal(size=(SEEDED, OBS)).astype(np.float32),
-        np.zeros(SEEDED, np.float32),
-    )
-    agent = align(OfflineACA(OBS, ACT, config, buffer.obs[:SEEDED]))
-    meta = {
-        "env_id": "Hopper-v5",
-        "obs_dim": OBS,
-        "action_dim": ACT,
-        "action_low": [-1.0] * ACT,
-        "action_high": [1.0] * ACT,
-        "datasets": [],
-        "finetune": "aca",
-    }
-    state = {"agent": agent.state_dict(), "buffer": buffer_state(buffer), "env_steps": 0}
-    return save_checkpoint(path, "online", state, config_io.to_dict(config), meta)
 
 
 def in_process_rate(checkpoint: Path, updates: int) -> float:

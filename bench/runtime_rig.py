@@ -45,6 +45,35 @@ def export_hopper_policy(directory: Path) -> tuple[Path, bytes, dict]:
     return target, onnx_bytes, manifest
 
 
+def aligned_checkpoint(path: Path, seeded: int = 10_000) -> Path:
+    """An 'online' Hopper checkpoint as `acalign align` writes it, on random data: 2x256 networks, `seeded` steps."""
+    import numpy as np
+    import torch
+
+    from acalign_robot import config as config_io
+    from acalign_robot.algo.aca import OfflineACA, align, load_preset
+    from acalign_robot.algo.checkpoint import save_checkpoint
+    from acalign_robot.algo.pipeline import buffer_state
+    from acalign_robot.data.replay_buffer import ReplayBuffer
+
+    torch.manual_seed(0)
+    obs_dim, action_dim = HOPPER_META["obs_dim"], HOPPER_META["action_dim"]
+    rng = np.random.default_rng(0)
+    config = load_preset("medium")
+    buffer = ReplayBuffer(1_000_000, obs_dim, action_dim)
+    buffer.add_batch(
+        rng.normal(size=(seeded, obs_dim)).astype(np.float32),
+        rng.uniform(-1, 1, size=(seeded, action_dim)).astype(np.float32),
+        rng.normal(size=seeded).astype(np.float32),
+        rng.normal(size=(seeded, obs_dim)).astype(np.float32),
+        np.zeros(seeded, np.float32),
+    )
+    agent = align(OfflineACA(obs_dim, action_dim, config, buffer.obs[:seeded]))
+    meta = {**HOPPER_META, "datasets": [], "finetune": "aca"}
+    state = {"agent": agent.state_dict(), "buffer": buffer_state(buffer), "env_steps": 0}
+    return save_checkpoint(path, "online", state, config_io.to_dict(config), meta)
+
+
 @contextlib.contextmanager
 def hopper_driver(workdir: Path, label: str) -> Iterator[str]:
     """A MuJoCo Hopper driver process (2 ms per tick, unpaced) for the duration of the block; yields its endpoint."""

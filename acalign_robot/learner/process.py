@@ -14,14 +14,16 @@ channels, and repeats `Learner.step` until a stop condition or SIGTERM/SIGINT:
    `checkpoint_every_updates` updates.
 
 Channels (semantics of the sockets: acalign_robot.runtime.transport):
-- transitions, PULL (bind) <- PUSH (connect) from every controller: TransitionBatch and the controllers' Stats.
-  Bounded at both ends; a controller counts what it could not queue. Each controller numbers its batches 0, 1, 2, ...
-  (`seq`, per controller_id). A batch above the next expected number means batches were lost in between: how many
-  is added to that controller's `gaps`. A batch at or below the highest number seen is a duplicate or a late repeat
-  (PUSH/PULL keeps each connection's order, so it can only be a replay): counted in `duplicates` and never inserted.
-  So a controller that restarts must continue its numbering or use a new controller_id; otherwise its batches count
-  as duplicates until its numbers pass the old ones. A batch whose shapes do not fit the checkpoint or that holds a
-  non-finite value is counted in `rejected` (with the reason) and not inserted: one NaN would poison the critic.
+- transitions, ROUTER (bind) <-> DEALER (connect) from every controller: TransitionBatch and the controllers' Stats
+  up, TransitionAck back. Bounded at both ends; a controller counts what it could not queue. Each controller stream
+  numbers its batches 0, 1, 2, ... (`seq`, per controller_id; runtime.controller starts a new stream per process
+  start). A `SequenceLedger` per stream (runtime.delivery) records which seqs were taken: a batch taken before is
+  counted in `duplicates` and never inserted twice; a seq skipped is a gap until its batch arrives (then it counts
+  as `recovered`). Every ACK_EVERY_S, and right after each checkpoint, each active stream gets a TransitionAck with
+  what was received and what the last checkpoint holds; the controller resends what is missing and forgets what is
+  durable, so a learner killed and resumed gets back what it lost since its checkpoint. A batch whose shapes do not
+  fit the checkpoint or that holds a non-finite value is counted in `rejected` (with the reason) and not inserted:
+  one NaN would poison the critic.
   Stats messages are recorded into the metrics; a controller's `episode_return` (or `last_episode_return`, as
   runtime.controller sends it) is taken as a new episode's return when its `episodes` counter grew since its
   previous Stats (on every Stats that carries no `episodes`); episodes that ended between two Stats but the last
@@ -78,7 +80,7 @@ import os
 import re
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +93,10 @@ from acalign_robot.algo.train import resolve_device, set_torch_threads
 from acalign_robot.errors import InputError
 from acalign_robot.export.onnx_export import build_artifact
 from acalign_robot.learner.config import LearnerConfig
+from acalign_robot.runtime.delivery import SequenceLedger
 from acalign_robot.runtime.protocol import Policy, Stats, TransitionBatch
 from acalign_robot.runtime.security import secure_context
-from acalign_robot.runtime.transport import Receiver, Sender, ZmqPolicyPublisher, ZmqTransitionReceiver
+from acalign_robot.runtime.transport import Sender, TransitionServer, ZmqPolicyPublisher, ZmqTransitionReceiver
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -113,6 +116,8 @@ UPDATE_SLICE_S = 0.05  # longest run of updates between two visits to the transi
 MAX_DRAIN_MESSAGES = 256  # most messages taken per visit (the receiver's queue bound): updates always get a turn
 IDLE_WAIT_S = 0.05  # wait for a message when no update is owed; also bounds how late housekeeping runs
 STATUS_EVERY_S = 1.0
+ACK_EVERY_S = 0.1  # how often each active controller stream is told what the learner holds
+ACTIVE_STREAM_S = 30.0  # a stream that sent no batch for this long is not acknowledged any more
 _FLOOR_TOLERANCE = 1e-9  # credits are sums of utd * n: 10 * 0.1 must make one whole update, not 0.999...
 _log = logging.getLogger(__name__)
 
@@ -121,13 +126,35 @@ _log = logging.getLogger(__name__)
 class ControllerStream:
     """What the learner knows of one controller's stream of batches (saved in checkpoints)."""
 
-    last_seq: int = -1  # highest seq taken; the next expected is last_seq + 1
+    ledger: SequenceLedger = field(default_factory=SequenceLedger)  # which seqs were taken; gaps and duplicates
     batches: int = 0  # batches taken (inserted or rejected)
     transitions: int = 0  # transitions inserted
-    gaps: int = 0  # batches missing: skipped sequence numbers
-    duplicates: int = 0  # batches at or below last_seq, never inserted
     rejected: int = 0  # batches with wrong shapes or non-finite values, not inserted
     last_rejection: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        ledger = self.ledger
+        return {
+            "received_through": ledger.received_through,
+            "durable_through": ledger.durable_through,
+            "highest_seq": ledger.highest,
+            "batches": self.batches,
+            "transitions": self.transitions,
+            "gaps": ledger.gaps,
+            "recovered": ledger.recovered,
+            "lost": ledger.lost,
+            "duplicates": ledger.duplicates,
+            "rejected": self.rejected,
+            "last_rejection": self.last_rejection,
+        }
+
+    def state(self, durable: bool) -> dict[str, Any]:
+        counters = {k: v for k, v in dataclasses.asdict(self).items() if k != "ledger"}
+        return {**counters, "ledger": self.ledger.state(durable)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ControllerStream:
+        return cls(**{**state, "ledger": SequenceLedger.from_state(state["ledger"])})
 
 
 class _RateMeter:
@@ -160,7 +187,7 @@ class Learner:
     and refuses a checkpoint_dir that already holds another run's.
     """
 
-    def __init__(self, config: LearnerConfig, receiver: Receiver, publisher: Sender, *, resume: bool = False):
+    def __init__(self, config: LearnerConfig, receiver: TransitionServer, publisher: Sender, *, resume: bool = False):
         config.validate()
         self.config = config
         self.receiver = receiver
@@ -203,7 +230,7 @@ class Learner:
             self.start_env_steps = int(saved["start_env_steps"])
             # Versions published after the checkpoint was taken must not be reused: status.json saw them.
             self.published_version = max(int(saved["published_version"]), self._version_in_status())
-            self.streams = {cid: ControllerStream(**state) for cid, state in saved["streams"].items()}
+            self.streams = {cid: ControllerStream.from_state(state) for cid, state in saved["streams"].items()}
             self.rng.bit_generator.state = saved["numpy_rng"]
             torch.set_rng_state(saved["torch_rng"])
             if self.device.type == "cuda" and "cuda_rng" in saved:  # the policy's noise is drawn on the GPU there
@@ -233,7 +260,8 @@ class Learner:
         self._metrics_file = open(self.metrics_path, "a")  # open for the learner's lifetime
         now = time.monotonic()
         self._started_s = now
-        self._last_status_s = self._last_metrics_s = now
+        self._last_status_s = self._last_metrics_s = self._last_ack_s = now
+        self._last_batch_s: dict[str, float] = {}  # controller_id -> when its latest batch arrived
         self._status_rates = _RateMeter(now, self.updates, self.env_steps)
         self._run_rates = _RateMeter(now, self.updates, self.env_steps)  # read once, by the 'stopped' status
         self._metrics_rates = _RateMeter(now, self.updates, self.env_steps)
@@ -330,12 +358,9 @@ class Learner:
 
     def _take_batch(self, batch: TransitionBatch) -> None:
         stream = self.streams.setdefault(batch.controller_id, ControllerStream())
-        expected = stream.last_seq + 1
-        if batch.seq < expected:
-            stream.duplicates += 1
-            return
-        stream.gaps += batch.seq - expected
-        stream.last_seq = batch.seq
+        self._last_batch_s[batch.controller_id] = time.monotonic()
+        if not stream.ledger.take(batch.seq):
+            return  # a duplicate (counted by the ledger)
         stream.batches += 1
         problem = self._content_problem(batch)
         if problem:
@@ -437,17 +462,31 @@ class Learner:
                 "update_credit": self.update_credit,
                 "start_env_steps": self.start_env_steps,
                 "published_version": self.published_version,
-                "streams": {cid: dataclasses.asdict(stream) for cid, stream in self.streams.items()},
+                "streams": {cid: stream.state(durable=True) for cid, stream in self.streams.items()},
                 "numpy_rng": self.rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
                 **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
             },
         }
-        return save_checkpoint(self.checkpoint_path, "online", state, self._aca_config_dict, self.meta)
+        path = save_checkpoint(self.checkpoint_path, "online", state, self._aca_config_dict, self.meta)
+        for stream in self.streams.values():
+            stream.ledger.mark_durable()
+        self.acknowledge()  # at once: controllers may forget what is now durable
+        return path
+
+    def acknowledge(self) -> None:
+        """Tell each active controller stream what this learner holds (runtime.delivery)."""
+        now = time.monotonic()
+        for cid, stream in self.streams.items():
+            if now - self._last_batch_s.get(cid, -math.inf) <= ACTIVE_STREAM_S:
+                self.receiver.acknowledge(stream.ledger.ack(cid))
+        self._last_ack_s = now
 
     # --- reporting --------------------------------------------------------------------------------------------------
 
     def _housekeeping(self, now: float) -> None:
+        if now - self._last_ack_s >= ACK_EVERY_S:
+            self.acknowledge()
         if self._latest_policy is not None and now - self._last_publish_s >= self.config.republish_every_s:
             self.publisher.send(self._latest_policy)
             self._last_publish_s = now
@@ -467,13 +506,15 @@ class Learner:
             "buffer_size": len(self.buffer),
             "device": str(self.device),
             "published_version": self.published_version,
-            "gaps": sum(stream.gaps for stream in streams),
-            "duplicates": sum(stream.duplicates for stream in streams),
+            "gaps": sum(stream.ledger.gaps for stream in streams),
+            "recovered": sum(stream.ledger.recovered for stream in streams),
+            "lost": sum(stream.ledger.lost for stream in streams),
+            "duplicates": sum(stream.ledger.duplicates for stream in streams),
             "rejected": sum(stream.rejected for stream in streams),
             "protocol_errors": self.receiver.counters.protocol_errors,
             "alpha": self.agent.alpha,
             "w": self.agent.prior.w if self.agent.prior is not None else None,
-            "controllers": {cid: dataclasses.asdict(stream) for cid, stream in self.streams.items()},
+            "controllers": {cid: stream.summary() for cid, stream in self.streams.items()},
             "last_episode_return": self._last_return,
         }
 
@@ -561,7 +602,7 @@ def serve(config: LearnerConfig, *, resume: bool = False, ready_file: str | None
         }
         try:
             print(
-                f"learner ready on {learner.device}: transitions PULL {config.transitions_endpoint}, "
+                f"learner ready on {learner.device}: transitions ROUTER {config.transitions_endpoint}, "
                 f"policies PUB {config.policy_endpoint}, {len(learner.buffer)} transitions in the buffer, "
                 f"{learner.updates} updates, status {learner.status_path}",
                 flush=True,

@@ -18,7 +18,10 @@ records the version of the policy that chose its action.
 
 Faults: no StepReply within `driver_timeout_ms` latches SAFE (the safe action is sent every tick; the driver's
 own watchdog covers the controller being gone). Losing the learner never stops control: batches that do not fit
-the bounded queue are counted as drops.
+the bounded queue are counted as drops, and every batch stays in a resend window (runtime.delivery) until the
+learner acknowledges it as checkpointed; what the learner reports missing (after a drop, or after it was killed and
+restarted) is resent, one batch per tick at most. At exit the controller waits up to `final_delivery_s` for the
+learner to acknowledge its last batch.
 """
 
 from __future__ import annotations
@@ -36,17 +39,19 @@ import numpy as np
 
 from acalign_robot.config import FieldError
 from acalign_robot.runtime import protocol as p
+from acalign_robot.runtime.delivery import ResendWindow
 from acalign_robot.runtime.manifest import PolicyError
 from acalign_robot.runtime.policy import PolicyRunner
 from acalign_robot.runtime.safety import ActionFilter, FilterFlags, SafetyConfig
 from acalign_robot.runtime.security import SecurityConfig, client_keys, is_local_endpoint
 from acalign_robot.runtime.transition_log import TransitionLog
-from acalign_robot.runtime.transport import ControlClient, Receiver, Sender, TransportTimeout
+from acalign_robot.runtime.transport import ControlClient, Receiver, TransitionClient, TransportTimeout
 
 __all__ = ["Controller", "ControllerConfig", "PolicySwapper", "SectionTimer", "run_controller"]
 
 SECTIONS = ("infer", "filter", "obs", "send", "tick")
 STATUS_WINDOW_TICKS = 1000  # the periodic status line's p50/p99 cover the most recent ticks
+ACK_POLL_S = 0.02  # how often the control loop looks for the learner's acknowledgements
 
 
 @dataclass(frozen=True)
@@ -87,10 +92,13 @@ class ControllerConfig:
     ticks: int | None = None  # ... or ticks ...
     duration_s: float | None = None  # ... or seconds (whichever first; none: until SIGTERM)
     driver_timeout_ms: float = 100.0
-    learner_endpoint: str | None = None  # transitions PUSH (connect); none: no learner
+    learner_endpoint: str | None = None  # transitions DEALER (connect); none: no learner
     policy_endpoint: str | None = None  # policy SUB (connect); none: no hot-swap
     transition_batch: int = 64
     queue_batches: int = 256
+    resend_window_batches: int = 4096  # batches kept until the learner has checkpointed them
+    resend_after_s: float = 2.0  # a batch the learner lacks is resent once it was sent at least this long ago
+    final_delivery_s: float = 2.0  # at exit, wait this long at most for the learner to acknowledge the last batch
     max_policy_deviation: float = 1.0  # hot-swap gate: max |a_new - a_cur| / (high - low) on the probe batch
     probe_observations: int = 256
     safety: SafetyConfig = field(default_factory=SafetyConfig)
@@ -108,6 +116,11 @@ class ControllerConfig:
             raise FieldError("driver_timeout_ms", f"must be positive, got {self.driver_timeout_ms}")
         if self.transition_batch < 1 or self.queue_batches < 1:
             raise FieldError("transition_batch", "transition_batch and queue_batches must be >= 1")
+        if self.resend_window_batches < 1:
+            raise FieldError("resend_window_batches", f"must be >= 1, got {self.resend_window_batches}")
+        for name in ("resend_after_s", "final_delivery_s"):
+            if not getattr(self, name) >= 0:
+                raise FieldError(name, f"must be >= 0, got {getattr(self, name)}")
         if self.provider not in ("cpu", "cuda"):
             raise FieldError("provider", f"must be 'cpu' or 'cuda', got {self.provider!r}")
         if not 0 < self.max_policy_deviation <= 1:
@@ -156,7 +169,8 @@ class SectionTimer:
 
 class _TransitionBatcher:
     """Fills preallocated arrays; `flush` turns them into one TransitionBatch with the next sequence number, which
-    goes to the durable log (when on) and to the learner (when connected)."""
+    goes to the durable log (when on) and to the learner (when connected), whose acknowledgements `service` reads
+    and answers with resends."""
 
     def __init__(
         self,
@@ -164,10 +178,11 @@ class _TransitionBatcher:
         size: int,
         obs_dim: int,
         action_dim: int,
-        sender: Sender | None,
+        sender: TransitionClient | None,
         log: TransitionLog | None,
+        window: ResendWindow,
     ):
-        self.stream_id, self.size, self.sender, self.log = stream_id, size, sender, log
+        self.stream_id, self.size, self.sender, self.log, self.window = stream_id, size, sender, log, window
         self.obs = np.zeros((size, obs_dim), np.float32)
         self.next_obs = np.zeros((size, obs_dim), np.float32)
         self.action = np.zeros((size, action_dim), np.float32)
@@ -182,6 +197,7 @@ class _TransitionBatcher:
         self.seq = 0
         self.sent_batches = 0
         self.dropped_batches = 0
+        self._next_ack_poll = 0.0
 
     def add(self, obs, policy_action, action, reward, next_obs, terminated, truncated, version, flags) -> None:
         i = self.filled
@@ -219,6 +235,36 @@ class _TransitionBatcher:
             self.sent_batches += 1
         else:
             self.dropped_batches += 1
+        self.window.record(batch, time.monotonic())
+
+    def service(self, now: float) -> None:
+        """Between ticks: read the learner's acks (every ACK_POLL_S) and resend at most one batch it lacks."""
+        if self.sender is None:
+            return
+        if now >= self._next_ack_poll:
+            self._next_ack_poll = now + ACK_POLL_S
+            while isinstance(ack := self.sender.recv(0.0), p.TransitionAck):
+                if ack.controller_id == self.stream_id:
+                    self.window.acknowledge(ack, now)
+        batch = self.window.next_due(now)
+        if batch is not None and not self.sender.send(batch):
+            self.window.retry_later(batch)
+
+    def deliver_rest(self, timeout_s: float) -> bool:
+        """At exit: keep answering acks until the learner holds every batch or `timeout_s` passed; True if it does."""
+        if self.sender is None or self.seq == 0:
+            return True
+        deadline = time.monotonic() + timeout_s
+        while self.window.received_through < self.seq - 1 and time.monotonic() < deadline:
+            ack = self.sender.recv(min(0.05, max(0.0, deadline - time.monotonic())))
+            now = time.monotonic()
+            if isinstance(ack, p.TransitionAck) and ack.controller_id == self.stream_id:
+                self.window.acknowledge(ack, now)
+            while (batch := self.window.next_due(now)) is not None:
+                if not self.sender.send(batch):
+                    self.window.retry_later(batch)
+                    break
+        return self.window.received_through >= self.seq - 1
 
 
 class PolicySwapper:
@@ -302,7 +348,7 @@ class Controller:
         config: ControllerConfig,
         client: ControlClient,
         runner: PolicyRunner,
-        transitions: Sender | None = None,
+        transitions: TransitionClient | None = None,
         policies: Receiver | None = None,
     ):
         self.config = config
@@ -343,6 +389,7 @@ class Controller:
             action_space.shape[0],
             transitions,
             self.log,
+            ResendWindow(config.resend_window_batches, config.resend_after_s),
         )
         self.transitions = transitions
         self.swapper = PolicySwapper(policies, self) if policies is not None else None
@@ -365,6 +412,7 @@ class Controller:
         self.rollbacks: list[tuple[int, int]] = []  # (from version, to version)
         self._good_runner = runner  # the newest version whose returns held up
         self._below = 0  # consecutive episodes with the moving average under the threshold
+        self.learner_has_every_batch: bool | None = None  # at exit, with a learner: did it acknowledge every batch
 
     def stop(self) -> None:
         self._stop = True
@@ -492,6 +540,7 @@ class Controller:
                     episode_return = 0.0
                     self.batcher.flush()
                     obs = self._reset()
+            self.batcher.service(time.monotonic())
             t4 = time.perf_counter()
             self.ticks += 1
             self.timer.record((t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0))
@@ -515,6 +564,8 @@ class Controller:
             self.client.request(
                 p.Step(tick=self.ticks, action=self.filter.safe_action), self.config.driver_timeout_ms / 1000
             )
+        if self.transitions is not None:
+            self.learner_has_every_batch = self.batcher.deliver_rest(self.config.final_delivery_s)
         if self.swapper is not None:
             self.swapper.stop()
         stats = self.stats(time.monotonic() - started, final=True)
@@ -539,8 +590,12 @@ class Controller:
             "policy_version": self.runner.manifest.version,
             "swaps": self.swaps,
             "rollbacks": [list(entry) for entry in self.rollbacks],
+            "transition_batches": self.batcher.seq,
             "transition_batches_sent": self.batcher.sent_batches,
             "transition_batches_dropped": self.batcher.dropped_batches,
+            "transition_batches_resent": self.batcher.window.resent,
+            "transition_batches_evicted": self.batcher.window.evicted,
+            "learner_received_through": self.batcher.window.received_through,
             "safe": self.filter.safe,
             "safe_reaction_s": self.safe_reaction_s,
             "safe_reason": self.filter.safe_reason,
@@ -552,6 +607,8 @@ class Controller:
         if self.episode_returns:
             values["last_episode_return"] = self.episode_returns[-1]
         if final:
+            if self.learner_has_every_batch is not None:
+                values["learner_has_every_batch"] = self.learner_has_every_batch
             values["episode_returns"] = self.episode_returns[-1000:]
             values["episode_log"] = self.episode_log[-1000:]
             values["swap_log"] = self.swap_log[-1000:]

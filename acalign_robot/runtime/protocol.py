@@ -20,7 +20,9 @@ Who sends what:
   Hello -> HelloReply, Reset -> ResetReply, Step -> StepReply, Heartbeat -> Heartbeat, Stats -> Stats,
   EStop -> Heartbeat and Clear -> Heartbeat (the driver's state after latching or clearing); a refused request -> Error.
   Any process (supervisor, CLI) may connect a control client to the driver to send EStop / Clear.
-- transitions channel, controller -> learner: TransitionBatch, and the controller's periodic Stats.
+- transitions channel, controller -> learner: TransitionBatch, and the controller's periodic Stats;
+  learner -> controller on the same connection: TransitionAck (which batches the learner holds, so that the
+  controller resends what was lost and forgets what the learner has checkpointed).
 - policy channel, learner -> controllers: Policy.
 """
 
@@ -46,6 +48,7 @@ __all__ = [
     "POLICY_MESSAGES",
     "PROTOCOL_VERSION",
     "TRANSITION_MESSAGES",
+    "TRANSITION_REPLIES",
     "WIRE_DTYPES",
     "BoxSpace",
     "Clear",
@@ -63,6 +66,7 @@ __all__ = [
     "Stats",
     "Step",
     "StepReply",
+    "TransitionAck",
     "TransitionBatch",
     "decode",
     "encode",
@@ -75,6 +79,7 @@ DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_NDIM = 8
 _MAX_ELEMENTS = 2**31  # an empty array's other dimensions (with data, the byte count bounds the shape)
 _MAX_NESTING = 32  # depth of a manifest; msgpack itself nests deeper than Python's recursion limit allows us to walk
+MAX_ACK_MISSING = 1024  # seqs listed in one TransitionAck
 _MAX_REPR = 40  # characters of a peer's value quoted back in an error message
 
 # Wire name -> dtype. Little-endian on the wire whatever the host; anything else (object, float16, strings) is refused.
@@ -259,6 +264,32 @@ class TransitionBatch:
                 raise ProtocolError("field", f"transitions.{name}: first axis must be the batch ({batch})")
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class TransitionAck:
+    """Learner -> one controller stream: which of its batches the learner holds.
+
+    `received_through` and `durable_through` are contiguous marks (every seq at or below was taken; -1: none).
+    A batch at or below `durable_through` is in the learner's last checkpoint, so the controller may forget it;
+    `missing` lists seqs below `highest` that never arrived (the first MAX_ACK_MISSING), which the controller resends,
+    as it does batches above `highest` that have waited too long.
+    """
+
+    TAG: ClassVar[str] = "transition_ack"
+    controller_id: str
+    received_through: int
+    durable_through: int
+    highest: int  # the highest seq taken (-1: none)
+    missing: np.ndarray  # (n,) int64, ascending
+
+    def _check(self) -> None:
+        if not -1 <= self.durable_through <= self.received_through <= self.highest:
+            raise ProtocolError(
+                "field", "transition_ack: expected -1 <= durable_through <= received_through <= highest"
+            )
+        if self.missing.ndim != 1 or self.missing.dtype.kind not in "iu" or self.missing.shape[0] > MAX_ACK_MISSING:
+            raise ProtocolError("field", f"transition_ack.missing: expected (<= {MAX_ACK_MISSING},) integers")
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """Learner -> controllers: a policy version, its ONNX bytes and its manifest (JSON-like dict)."""
@@ -326,6 +357,7 @@ Message = (
     | Step
     | StepReply
     | TransitionBatch
+    | TransitionAck
     | Policy
     | Heartbeat
     | EStop
@@ -338,6 +370,7 @@ Message = (
 CONTROL_REQUESTS: tuple[type, ...] = (Hello, Reset, Step, Heartbeat, EStop, Clear, Stats)
 CONTROL_REPLIES: tuple[type, ...] = (HelloReply, ResetReply, StepReply, Heartbeat, Stats, Error)
 TRANSITION_MESSAGES: tuple[type, ...] = (TransitionBatch, Stats)
+TRANSITION_REPLIES: tuple[type, ...] = (TransitionAck,)
 POLICY_MESSAGES: tuple[type, ...] = (Policy,)
 
 
@@ -543,6 +576,7 @@ _MESSAGE_TYPES = (
     Step,
     StepReply,
     TransitionBatch,
+    TransitionAck,
     Policy,
     Heartbeat,
     EStop,

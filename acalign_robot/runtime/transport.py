@@ -3,12 +3,13 @@
 Channels (the binding side owns the endpoint named in the launch file):
 
     control      driver ROUTER (bind)  <->  DEALER (connect): controller; supervisor or CLI for EStop / Clear
-    transitions  learner PULL (bind)   <--  PUSH (connect): every controller
+    transitions  learner ROUTER (bind) <->  DEALER (connect): every controller; batches up, acknowledgements back
     policy       learner PUB (bind)    -->  SUB (connect, conflated): every controller
 
 Each class below states its channel's semantics next to its code. In short: control is request/reply with a
 request id and a timeout on every request; transitions are bounded and never block the sender, which counts what it
-drops; policies are latest-only. Every receive has a timeout (poll-based; a zero timeout is a non-blocking check),
+drops, and the learner acknowledges what it holds on the same connection (the controller resends the rest);
+policies are latest-only. Every receive has a timeout (poll-based; a zero timeout is a non-blocking check),
 and every frame is decoded by `protocol.decode`, never unpickled.
 
 E-stop rides the control channel: any process connects a control client to the driver and sends EStop (or Clear);
@@ -53,8 +54,12 @@ from acalign_robot.runtime.protocol import (
     CONTROL_REQUESTS,
     POLICY_MESSAGES,
     TRANSITION_MESSAGES,
+    TRANSITION_REPLIES,
     Message,
     ProtocolError,
+    Stats,
+    TransitionAck,
+    TransitionBatch,
     decode,
     encode,
 )
@@ -78,6 +83,8 @@ __all__ = [
     "Receiver",
     "Sender",
     "TransportError",
+    "TransitionClient",
+    "TransitionServer",
     "TransportTimeout",
     "ZmqControlClient",
     "ZmqControlServer",
@@ -195,6 +202,18 @@ class Receiver(Protocol):
         """The next message (ProtocolError for a bad frame), or None when none came within timeout_s."""
 
     def close(self, linger_s: float = 0.0) -> None: ...
+
+
+class TransitionClient(Sender, Receiver, Protocol):
+    """The controller's end of the transitions channel: `send` batches and Stats, `recv` the learner's acks."""
+
+
+class TransitionServer(Receiver, Protocol):
+    """The learner's end of the transitions channel: `recv` batches and Stats from every controller."""
+
+    def acknowledge(self, ack: TransitionAck) -> bool:
+        """Send `ack` to the connection that last carried its controller_id; False (a counted drop) when none has,
+        or that controller is gone or not reading."""
 
 
 def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
@@ -432,13 +451,14 @@ class ZmqControlServer(_ZmqEndpoint):
 
 
 class ZmqTransitionSender(_ZmqEndpoint):
-    """Transitions channel, controller side: PUSH, connects to the learner.
+    """Transitions channel, controller side: DEALER, connects to the learner.
 
     Bounded and never blocking: up to `queue_messages` batches wait in ZeroMQ (plus the OS socket buffers); when the
     queue is full (learner slow, gone, or not started yet) `send` returns False and counts a drop instead of
-    stalling the control loop. The controller's durable log keeps every transition, so a drop costs the learner data,
-    never the robot a tick; TransitionBatch.seq shows the learner the gap. IMMEDIATE stays off, so batches queue
-    (bounded) while the learner starts. Several controllers may push to one learner.
+    stalling the control loop. IMMEDIATE stays off, so batches queue (bounded) while the learner starts, and the
+    socket reconnects by itself to a restarted learner. `recv` takes the learner's TransitionAcks, from which the
+    controller (runtime.delivery) resends what a drop or a learner restart lost; the durable log keeps every
+    transition in any case. Several controllers may connect to one learner.
     """
 
     def __init__(
@@ -451,10 +471,10 @@ class ZmqTransitionSender(_ZmqEndpoint):
         curve: CurveClientKeys | None = None,
     ):
         super().__init__(
-            zmq.PUSH,
+            zmq.DEALER,
             endpoint,
             bind=False,
-            options={zmq.SNDHWM: queue_messages},
+            options={zmq.SNDHWM: queue_messages, zmq.RCVHWM: 16},
             max_message_bytes=max_message_bytes,
             context=context,
             curve=curve,
@@ -470,11 +490,18 @@ class ZmqTransitionSender(_ZmqEndpoint):
         _count_sent(self.counters, frame)
         return True
 
+    def recv(self, timeout_s: float) -> Message | ProtocolError | None:
+        return self._recv_single(TRANSITION_REPLIES, "transitions", timeout_s)
+
 
 class ZmqTransitionReceiver(_ZmqEndpoint):
-    """Transitions channel, learner side: PULL, binds; batches from all controllers, fairly queued.
+    """Transitions channel, learner side: ROUTER, binds; batches from all controllers, fairly queued.
 
     `queue_messages` bounds what waits on this side; beyond it the senders' queues fill and they count drops.
+    Each TransitionBatch and Stats remembers its connection under its controller_id (Stats: its source), so that
+    `acknowledge` reaches the controller whose stream it describes; a controller that reconnected (a restart of
+    either side) is reached on its new connection as soon as it sends again. ROUTER_MANDATORY makes an ack to a
+    vanished connection a counted drop instead of a silent one.
     """
 
     def __init__(
@@ -487,17 +514,56 @@ class ZmqTransitionReceiver(_ZmqEndpoint):
         curve: CurveServerKeys | None = None,
     ):
         super().__init__(
-            zmq.PULL,
+            zmq.ROUTER,
             endpoint,
             bind=True,
-            options={zmq.RCVHWM: queue_messages},
+            options={zmq.RCVHWM: queue_messages, zmq.SNDHWM: 16, zmq.ROUTER_MANDATORY: 1},
             max_message_bytes=max_message_bytes,
             context=context,
             curve=curve,
         )
+        self._connections: dict[str, bytes] = {}  # controller_id -> routing identity of its latest connection
 
     def recv(self, timeout_s: float) -> Message | ProtocolError | None:
-        return self._recv_single(TRANSITION_MESSAGES, "transitions", timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while self._wait(zmq.POLLIN, deadline):
+            frames = self._socket.recv_multipart(zmq.NOBLOCK)
+            if len(frames) != 2:
+                self.counters.protocol_errors += 1
+                return ProtocolError("malformed", f"a transitions message is one frame, got {len(frames) - 1}")
+            message = _incoming(frames[1], TRANSITION_MESSAGES, "transitions", self.max_message_bytes, self.counters)
+            _remember_connection(self._connections, message, frames[0])
+            return message
+        if timeout_s > 0:
+            self.counters.timeouts += 1
+        return None
+
+    def acknowledge(self, ack: TransitionAck) -> bool:
+        frame = _outgoing(ack, TRANSITION_REPLIES, "transitions", self.max_message_bytes)
+        identity = self._connections.get(ack.controller_id)
+        if identity is None:
+            self.counters.drops += 1
+            return False
+        try:
+            self._socket.send_multipart((identity, frame), zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters.drops += 1
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.counters.drops += 1
+            return False
+        _count_sent(self.counters, frame)
+        return True
+
+
+def _remember_connection(connections: dict[str, Any], message: Message | ProtocolError, connection: Any) -> None:
+    """Note which connection carries the stream `message` belongs to (acks go back on it)."""
+    if isinstance(message, TransitionBatch):
+        connections[message.controller_id] = connection
+    elif isinstance(message, Stats):
+        connections[message.source] = connection
 
 
 class ZmqPolicyPublisher(_ZmqEndpoint):
@@ -687,14 +753,30 @@ class MemoryTransitionReceiver:
         self.max_message_bytes = max_message_bytes
         self.counters = Counters()
         self._queue = _Mailbox(queue_messages)
+        self._connections: dict[str, _Mailbox] = {}  # controller_id -> the ack mailbox of its latest sender
 
     def recv(self, timeout_s: float) -> Message | ProtocolError | None:
-        return _recv_mailbox(
-            self._queue, TRANSITION_MESSAGES, "transitions", self.max_message_bytes, self.counters, timeout_s
-        )
+        item = self._queue.get(timeout_s)
+        if item is None:
+            if timeout_s > 0:
+                self.counters.timeouts += 1
+            return None
+        acks, frame = item
+        message = _incoming(frame, TRANSITION_MESSAGES, "transitions", self.max_message_bytes, self.counters)
+        _remember_connection(self._connections, message, acks)
+        return message
+
+    def acknowledge(self, ack: TransitionAck) -> bool:
+        frame = _outgoing(ack, TRANSITION_REPLIES, "transitions", self.max_message_bytes)
+        acks = self._connections.get(ack.controller_id)
+        if acks is None or not acks.put(frame):
+            self.counters.drops += 1
+            return False
+        _count_sent(self.counters, frame)
+        return True
 
     def close(self, linger_s: float = 0.0) -> None:
-        """Nothing to release or deliver late; present for the interface."""
+        self._connections.clear()
 
 
 class MemoryTransitionSender:
@@ -704,14 +786,20 @@ class MemoryTransitionSender:
         self.max_message_bytes = max_message_bytes
         self.counters = Counters()
         self._receiver = receiver
+        self._acks = _Mailbox(16)
 
     def send(self, message: Message) -> bool:
         frame = _outgoing(message, TRANSITION_MESSAGES, "transitions", self.max_message_bytes)
-        if not self._receiver._queue.put(frame):
+        if not self._receiver._queue.put((self._acks, frame)):
             self.counters.drops += 1
             return False
         _count_sent(self.counters, frame)
         return True
+
+    def recv(self, timeout_s: float) -> Message | ProtocolError | None:
+        return _recv_mailbox(
+            self._acks, TRANSITION_REPLIES, "transitions", self.max_message_bytes, self.counters, timeout_s
+        )
 
     def close(self, linger_s: float = 0.0) -> None:
         """Nothing to release or deliver late; present for the interface."""

@@ -178,6 +178,14 @@ def test_learner_is_restarted_on_failure_and_policies_advance(tmp_path, hopper_p
     controller = report["controllers"][0]
     assert controller["policy_version"] > 1 and controller["swaps"] >= 1
     assert report["learner"]["updates"] > 0
+    # Exactly once: what the killed learner had not checkpointed was resent, and nothing went in twice.
+    (stats_file,) = session_dirs(tmp_path)[0].glob("*/stats.json")
+    stats = json.loads(stats_file.read_text())
+    learner = json.loads((session_dirs(tmp_path)[0] / "learner" / "status.json").read_text())
+    (stream,) = learner["controllers"].values()
+    assert stats["learner_has_every_batch"], stats
+    assert stream["gaps"] == stream["lost"] == 0 and stream["received_through"] == stats["transition_batches"] - 1
+    assert stream["transitions"] == stats["log"]["log_written_transitions"], (stream, stats["log"])
 
 
 def test_estop_latches_every_layer_and_clear_releases_it(tmp_path, hopper_policy):

@@ -69,11 +69,20 @@ def test_learner_process_trains_on_pushed_transitions_publishes_and_checkpoints_
                 "status.json to show the updates",
             )
             assert status["state"] == "running" and status["gaps"] == 0 and status["duplicates"] == 0
+            ack = wait_for(
+                lambda: (a := sender.recv(0.2)) is not None and a.received_through == 3 and a,
+                10,
+                "the learner to acknowledge batch 3 on the same connection",
+            )
+            assert ack.controller_id == "robot-1" and ack.highest == 3 and ack.missing.size == 0
             learner.send_signal(signal.SIGTERM)
             assert learner.wait(timeout=30) == 0, log.read_text()
 
     state = load_checkpoint(run_dir / "learner.pt", "online")["agent"]
     assert state["env_steps"] == 40 and state["learner"]["updates"] == 40
-    assert state["learner"]["published_version"] == 2 and state["learner"]["streams"]["robot-1"]["last_seq"] == 3
+    assert (
+        state["learner"]["published_version"] == 2
+        and state["learner"]["streams"]["robot-1"]["ledger"]["durable_through"] == 3
+    )
     assert json.loads((run_dir / "status.json").read_text())["state"] == "stopped"
     assert "learner stopped; checkpoint:" in log.read_text()

@@ -6,6 +6,7 @@ exports for real; the others replace `build_artifact` with a stub (`fake_export`
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import threading
@@ -101,17 +102,28 @@ def test_sequence_numbers_gaps_duplicates_and_two_interleaved_controllers(make_c
         transition_batch("a", 1, 5),  # duplicate
         transition_batch("b", 1, 7),
         transition_batch("a", 4, 5),  # 2 and 3 missing
-        transition_batch("a", 3, 5),  # late: below the highest seen, never inserted
+        transition_batch("a", 3, 5),  # resent: fills a hole
+        transition_batch("a", 3, 5),  # resent twice: never inserted twice
         transition_batch("b", 2, 7),
     )
-    assert learner.receive() == 8
+    assert learner.receive() == 9
     a, b = learner.streams["a"], learner.streams["b"]
-    assert (a.last_seq, a.batches, a.transitions, a.gaps, a.duplicates) == (4, 3, 15, 2, 2)
-    assert (b.last_seq, b.batches, b.transitions, b.gaps, b.duplicates) == (2, 3, 21, 0, 0)
-    assert len(learner.buffer) == seeded + 15 + 21
-    assert learner.env_steps == learner.transitions_received == 36
+    assert (a.ledger.received_through, a.ledger.highest, a.batches, a.transitions) == (1, 4, 4, 20)
+    assert (a.ledger.gaps, a.ledger.recovered, a.ledger.duplicates) == (1, 1, 2)
+    assert (b.ledger.received_through, b.batches, b.transitions, b.ledger.gaps, b.ledger.duplicates) == (2, 3, 21, 0, 0)
+    assert len(learner.buffer) == seeded + 20 + 21
+    assert learner.env_steps == learner.transitions_received == 41
     snapshot = learner.snapshot()
-    assert (snapshot["gaps"], snapshot["duplicates"], snapshot["rejected"]) == (2, 2, 0)
+    assert (snapshot["gaps"], snapshot["recovered"], snapshot["duplicates"], snapshot["rejected"]) == (1, 1, 2, 0)
+
+    learner.acknowledge()  # both streams share the rig's one sender
+    acks = {ack.controller_id: ack for ack in iter(lambda: rig.sender.recv(0.0), None)}
+    assert (acks["a"].received_through, acks["a"].highest, acks["a"].missing.tolist()) == (1, 4, [2])
+    assert (acks["b"].received_through, acks["b"].missing.tolist()) == (2, [])
+    assert acks["a"].durable_through == acks["b"].durable_through == -1  # nothing checkpointed since they began
+    learner.save()
+    acks = {ack.controller_id: ack for ack in iter(lambda: rig.sender.recv(0.0), None)}
+    assert (acks["a"].durable_through, acks["b"].durable_through) == (1, 2)
 
 
 def test_bad_batches_are_rejected_and_actions_are_mapped_to_the_unit_box(make_config, fake_export):
@@ -127,7 +139,7 @@ def test_bad_batches_are_rejected_and_actions_are_mapped_to_the_unit_box(make_co
     rig.push(good, nan_batch, wrong)
     learner.receive()
     stream = learner.streams["a"]
-    assert (stream.batches, stream.rejected, stream.transitions, stream.gaps) == (3, 2, 4, 0)
+    assert (stream.batches, stream.rejected, stream.transitions, stream.ledger.gaps) == (3, 2, 4, 0)
     assert "obs of shape (4, 5)" in stream.last_rejection
     assert len(learner.buffer) == seeded + 4
     stored = learner.buffer.action[seeded : seeded + 4]
@@ -196,7 +208,7 @@ def test_checkpoint_and_resume_continue_identically(make_config, fake_export):
         "buffer": len(first.learner.buffer),
         "w": first.learner.agent.prior.w,
         "alpha": first.learner.agent.alpha,
-        "streams": {cid: dataclasses.replace(stream) for cid, stream in first.learner.streams.items()},
+        "streams": copy.deepcopy(first.learner.streams),
         "version": first.learner.published_version,
     }
     later = [transition_batch("a", 1, 30, seed=3), transition_batch("a", 1, 30, seed=3)]  # the second: duplicate
@@ -219,7 +231,7 @@ def test_checkpoint_and_resume_continue_identically(make_config, fake_export):
 
     resumed.push(*later)
     resumed.catch_up()
-    assert learner.streams["a"].duplicates == 1 and learner.updates == first.learner.updates == 80
+    assert learner.streams["a"].ledger.duplicates == 1 and learner.updates == first.learner.updates == 80
     for name, value in first.learner.agent.state_dict().items():
         if isinstance(value, dict) and name != "prior":
             for key, tensor in value.items():
@@ -248,7 +260,7 @@ def test_stop_request_finishes_and_writes_checkpoint_status_and_metrics(make_con
     assert path.exists() and learner.updates == 20
     state = load_checkpoint(path, "online")["agent"]
     assert state["learner"]["updates"] == 20 and state["env_steps"] == 20
-    assert state["learner"]["streams"]["a"]["last_seq"] == 0
+    assert state["learner"]["streams"]["a"]["ledger"]["received_through"] == 0
     status = json.loads(learner.status_path.read_text())
     assert status["state"] == "stopped" and status["updates"] == 20 and status["published_version"] == 1
     assert status["updates_per_s"] == pytest.approx(20 / status["uptime_s"], rel=0.05)  # the run's average

@@ -88,8 +88,8 @@ def answer(request: Message | ProtocolError) -> Message:
     [
         (MemoryControlClient, transport.ZmqControlClient, ("request", "close")),
         (MemoryControlServer, transport.ZmqControlServer, ("recv", "send", "close")),
-        (MemoryTransitionSender, transport.ZmqTransitionSender, ("send", "close")),
-        (MemoryTransitionReceiver, transport.ZmqTransitionReceiver, ("recv", "close")),
+        (MemoryTransitionSender, transport.ZmqTransitionSender, ("send", "recv", "close")),
+        (MemoryTransitionReceiver, transport.ZmqTransitionReceiver, ("recv", "acknowledge", "close")),
         (MemoryPolicyPublisher, transport.ZmqPolicyPublisher, ("send", "close")),
         (MemoryPolicySubscriber, transport.ZmqPolicySubscriber, ("recv", "close")),
     ],
@@ -190,8 +190,8 @@ def test_transitions_are_bounded_and_drops_counted():
 
 def test_receiver_reports_a_bad_frame_as_protocol_error():
     receiver = MemoryTransitionReceiver(max_message_bytes=1000)
-    receiver._queue.put(b"\x00junk")
-    receiver._queue.put(b"\x00" * 2000)
+    receiver._queue.put((None, b"\x00junk"))
+    receiver._queue.put((None, b"\x00" * 2000))
     assert receiver.recv(0.0).code == "malformed"
     assert receiver.recv(0.0).code == "size"
     assert receiver.counters.protocol_errors == 2
