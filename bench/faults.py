@@ -1,19 +1,22 @@
 """Fault matrix: inject each fault into real processes and measure the reaction.
 
 Each row starts a MuJoCo Hopper driver process and a controller process (an untrained exported 2x256 policy,
-durable log on), injects one fault, lets the processes stop, and reads their statistics, logs and exit codes:
+durable log on; for the learner row also a learner process on an aligned checkpoint of random data), injects one
+fault, lets the processes stop, and reads their statistics, logs and exit codes:
 - reaction: the measured time from the fault to the safe reaction (driver watchdog latency, controller SAFE
   latch after its last good reply), or what was observed;
 - lost: executed transitions (steps the driver answered) missing from the controller's durable log; a controller
-  killed with SIGKILL loses its open chunk by design (at most `chunk_transitions`), every other row must be 0;
+  killed with SIGKILL loses its open chunk by design (at most `chunk_transitions`), every other row must be 0; for
+  the learner row: logged transitions missing from the restarted learner's buffer (negative: inserted twice);
 - crash: a process that died other than as the fault intended.
 Prints a table and writes bench/out/faults.json.
 
-    python bench/faults.py
+    python bench/faults.py [--only learner_killed ...]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from runtime_rig import export_hopper_policy
+from runtime_rig import aligned_checkpoint, export_hopper_policy
 
 CLI = [sys.executable, "-m", "acalign_robot.cli"]
 
@@ -58,11 +61,12 @@ class Rig:
         }
         (self.dir / "controller.yaml").write_text(yaml.safe_dump(controller))
 
-    def start(self, role: str) -> subprocess.Popen:
+    def start(self, role: str, *extra_args: str) -> subprocess.Popen:
         ready = self.dir / f"{role}.ready"
+        ready.unlink(missing_ok=True)
         process = subprocess.Popen(
-            [*CLI, role, "--config", str(self.dir / f"{role}.yaml"), "--ready-file", str(ready)],
-            stdout=open(self.dir / f"{role}.log", "w"),
+            [*CLI, role, "--config", str(self.dir / f"{role}.yaml"), "--ready-file", str(ready), *extra_args],
+            stdout=open(self.dir / f"{role}.log", "a"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -121,6 +125,70 @@ def controller_killed(workdir: Path, policy: Path) -> dict:
             "lost": executed - rig.logged(),
             "lost_note": "open chunk, by design",
             "crash": crash,
+        }
+    finally:
+        rig.close()
+
+
+def learner_killed(workdir: Path, policy: Path) -> dict:
+    from acalign_robot.runtime.transport import free_tcp_endpoint
+
+    transitions, policies = free_tcp_endpoint(), free_tcp_endpoint()
+    rig = Rig(
+        workdir,
+        policy,
+        "learner-kill",
+        controller_fields={
+            "duration_s": 16,
+            "explore": True,
+            "learner_endpoint": transitions,
+            "policy_endpoint": policies,
+        },
+    )
+    learner_dir = rig.dir / "learner"
+    learner = {
+        "checkpoint": str(aligned_checkpoint(rig.dir / "aligned.pt", seeded=2_000)),
+        "checkpoint_dir": str(learner_dir),
+        "transitions_endpoint": transitions,
+        "policy_endpoint": policies,
+        "checkpoint_every_updates": 200,
+    }
+    (rig.dir / "learner.yaml").write_text(yaml.safe_dump(learner))
+    read = lambda path: json.loads(path.read_text())  # noqa: E731
+    try:
+        first = rig.start("learner")
+        rig.start("driver")
+        controller = rig.start("controller")
+        time.sleep(5.0)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        batches_at_kill = read(rig.dir / "ctl" / "status.json")["transition_batches"]
+        time.sleep(2.0)  # control goes on without a learner
+        restarted = rig.start("learner", "--resume")
+        back = time.monotonic()
+        recovery_s = None
+        while recovery_s is None and controller.poll() is None:
+            (stream,) = read(learner_dir / "status.json")["controllers"].values() or [{"received_through": -1}]
+            if stream["received_through"] >= batches_at_kill - 1:
+                recovery_s = time.monotonic() - back
+            time.sleep(0.05)
+        code = controller.wait(timeout=60)
+        restarted.send_signal(signal.SIGTERM)
+        learner_code = restarted.wait(timeout=120)
+        stats = rig.controller_stats()
+        (stream,) = read(learner_dir / "status.json")["controllers"].values()
+        logged = rig.logged()
+        return {
+            "fault": "learner killed (SIGKILL), back 2 s later",
+            "expected": "control goes on; what the learner lost is resent",
+            "reaction_ms": 1000 * recovery_s if recovery_s is not None else float("nan"),
+            "observed": (
+                ("lost batches back within 1 s resolution; " if recovery_s is not None else "never caught up; ")
+                + f"{stats['transition_batches_resent']} batches resent, {stream['duplicates']} duplicates refused, "
+                f"learner holds {stream['transitions']} of {logged} logged"
+            ),
+            "lost": logged - stream["transitions"],
+            "crash": code != 0 or learner_code != 0 or rig.processes[1].poll() is not None,
         }
     finally:
         rig.close()
@@ -232,14 +300,15 @@ def corrupted_policy(workdir: Path, policy: Path) -> dict:
 
 
 def main() -> None:
+    scenarios = (controller_killed, learner_killed, driver_frozen, nan_observations, bad_frames, corrupted_policy)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=[s.__name__ for s in scenarios], help="run just these rows")
+    args = parser.parse_args()
     out = Path("bench/out/faults.json")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         policy, _, _ = export_hopper_policy(workdir / "policies")
-        rows = [
-            scenario(workdir, policy)
-            for scenario in (controller_killed, driver_frozen, nan_observations, bad_frames, corrupted_policy)
-        ]
+        rows = [scenario(workdir, policy) for scenario in scenarios if not args.only or scenario.__name__ in args.only]
     print(f"{'fault':<42} {'expected reaction':<52} {'measured':>10} {'lost':>5} {'crash':>6}")
     for row in rows:
         lost = f"{row['lost']}" + (f" ({row['lost_note']})" if row.get("lost_note") else "")

@@ -374,7 +374,7 @@ except zmq.Again:
     result["control_reply"] = False  # not even a connection to queue the request on
 
 subscribers = {name: connect(zmq.SUB, args["policy"], pair) for name, pair in keys.items()}
-pushers = {name: connect(zmq.PUSH, args["transitions"], pair) for name, pair in keys.items()}
+pushers = {name: connect(zmq.DEALER, args["transitions"], pair) for name, pair in keys.items()}
 rng = np.random.default_rng(0)
 for name, pusher in pushers.items():
     batch = p.TransitionBatch(
