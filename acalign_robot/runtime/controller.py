@@ -274,6 +274,9 @@ class PolicySwapper:
         self.subscriber = subscriber
         self.controller = controller
         self.ready: PolicyRunner | None = None  # the one-slot mailbox, taken by the control loop
+        # Runners the control loop swapped out: released here, because destroying an onnxruntime session costs
+        # ~0.1-0.3 ms that the control thread would otherwise pay on the swap tick.
+        self.retired: list[PolicyRunner] = []
         self.accepted = 0
         self.rejections: dict[str, int] = {}
         self.last_rejection = ""
@@ -296,6 +299,7 @@ class PolicySwapper:
     def _run(self) -> None:
         while not self._stop.is_set():
             message = self.subscriber.recv(0.1)
+            self.retired.clear()
             if message is None:
                 continue
             received = time.perf_counter()
@@ -307,6 +311,7 @@ class PolicySwapper:
                 continue  # what we already run, older, or refused after a rollback: nothing to do
             runner = self._validate(message, current)
             if runner is not None:
+                runner.warm_up()
                 self.ready = runner
                 self.accepted += 1
                 self.last_publish_to_ready_s = time.perf_counter() - received
@@ -488,6 +493,8 @@ class Controller:
             t0 = time.perf_counter()
             swapped = self.swapper is not None and self.swapper.ready is not None
             if swapped:
+                if self.runner is not self._good_runner:  # the rollback target stays alive; others are released
+                    self.swapper.retired.append(self.runner)
                 self.runner, self.swapper.ready = self.swapper.ready, None  # the swap: one reference assignment
                 self.swaps += 1
             runner = self.runner

@@ -141,6 +141,7 @@ def test_exploration_is_seeded_and_deterministic_mode_is_not_random(plain):
     _actor_, onnx_bytes, manifest = plain
     obs = _observations(1, seed=8)[0]
     first, second, other = (PolicyRunner(onnx_bytes, manifest, seed=s) for s in (7, 7, 8))
+    second.warm_up()  # what the hot-swap thread does: it must not draw from the noise stream
     draws = [np.array([r.act(obs, explore=True) for _ in range(5)]) for r in (first, second, other)]
     np.testing.assert_array_equal(draws[0], draws[1])
     assert not np.array_equal(draws[0], draws[2])
