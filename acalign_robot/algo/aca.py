@@ -111,10 +111,10 @@ class OfflineACA:
     def update(self, batch: Batch) -> dict[str, float]:
         sac, cfg = self.sac, self.config
         obs, action, reward, next_obs, terminated = to_tensors(batch, sac.device)
-        draw = losses.Draw(sac.actor, obs)
+        draw = losses.Draw(sac.actor, obs, dataset_action=action)  # a~ and log pi(a|s) from one actor pass
+        dataset_log_prob = draw.dataset_log_prob
         with torch.no_grad():
             next_draw = losses.Draw(sac.actor, next_obs)
-        dataset_log_prob = sac.actor.log_prob(obs, action)
 
         loss, info = losses.temperature_loss(sac.log_alpha, draw.log_prob, sac.target_entropy)
         sac._step(sac.alpha_optimizer, loss)

@@ -12,14 +12,22 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from acalign_robot.algo.networks import EnsembleMLP, TanhGaussianActor, atanh_clipped, tanh_gaussian_log_prob
+from acalign_robot.algo.networks import (
+    EnsembleMLP,
+    TanhGaussianActor,
+    atanh_clipped,
+    tanh_gaussian_log_prob,
+    tanh_gaussian_sample,
+)
 
 __all__ = [
     "Draw",
+    "PriorAt",
     "aligned_actor_loss",
     "aligned_critic_loss",
     "offline_actor_loss",
     "prior_clip_level",
+    "prior_term",
     "sac_actor_loss",
     "sac_critic_loss",
     "soft_clipped_prior",
@@ -31,14 +39,23 @@ Info = dict[str, float]
 
 
 class Draw:
-    """One reparameterised sample of the actor at a batch of observations: action, log-prob and pre-tanh u."""
+    """One reparameterised sample of the actor at a batch of observations: action, log-prob and pre-tanh u.
 
-    def __init__(self, actor: TanhGaussianActor, obs: torch.Tensor):
-        self.action, self.log_prob, self.u = actor.sample(obs)
+    With `dataset_action` (phase 1) the same actor forward pass also scores the stored action:
+    `dataset_log_prob` = log pi(a|s), (B,), with gradient. One trunk pass and one backward through it instead of two.
+    """
+
+    def __init__(self, actor: TanhGaussianActor, obs: torch.Tensor, dataset_action: torch.Tensor | None = None):
+        mean, log_std = actor(obs)
+        self.action, self.log_prob, self.u = tanh_gaussian_sample(mean, log_std)
+        self.dataset_log_prob = (
+            None if dataset_action is None else tanh_gaussian_log_prob(atanh_clipped(dataset_action), mean, log_std)
+        )
 
     def detached(self) -> Draw:
         copy = object.__new__(Draw)
         copy.action, copy.log_prob, copy.u = self.action.detach(), self.log_prob.detach(), self.u.detach()
+        copy.dataset_log_prob = None if self.dataset_log_prob is None else self.dataset_log_prob.detach()
         return copy
 
 
@@ -133,7 +150,10 @@ def prior_clip_level(prior: TanhGaussianActor, obs: torch.Tensor, beta: float) -
 
     The two points shift every dimension together (whole vectors), as in the reference.
     """
-    mean, log_std = prior(obs)
+    return _clip_level(*prior(obs), beta)
+
+
+def _clip_level(mean: torch.Tensor, log_std: torch.Tensor, beta: float) -> torch.Tensor:
     offset = beta * torch.exp(log_std)
     low = tanh_gaussian_log_prob(mean - offset, mean, log_std)
     high = tanh_gaussian_log_prob(mean + offset, mean, log_std)
@@ -145,16 +165,32 @@ def soft_clipped_prior(prior_log_prob: torch.Tensor, clip_level: torch.Tensor) -
     return F.softplus(prior_log_prob - clip_level) + clip_level
 
 
+class PriorAt:
+    """The frozen prior pi_0 at a batch of observations: its mean, log-std and clip level c_beta(s), computed once
+    without gradient. pi_0 never changes within an update, so one `PriorAt(s)` and one `PriorAt(s')` serve the
+    critic target, the critic prediction and the actor loss (one pi_0 pass per batch instead of two per term).
+    """
+
+    def __init__(self, prior: TanhGaussianActor, obs: torch.Tensor, beta: float):
+        with torch.no_grad():
+            self.mean, self.log_std = prior(obs)
+            self.clip_level = _clip_level(self.mean, self.log_std, beta)
+
+    def soft_clipped(self, u: torch.Tensor) -> torch.Tensor:
+        """L(s, tanh(u)) for a pre-tanh u (B, A) -> (B,); gradient flows into u only."""
+        return soft_clipped_prior(tanh_gaussian_log_prob(u, self.mean, self.log_std), self.clip_level)
+
+
 def prior_term(prior: TanhGaussianActor, obs: torch.Tensor, u: torch.Tensor, beta: float) -> torch.Tensor:
     """L(s, tanh(u)) for a pre-tanh u; gradient flows into u (pi_0's own parameters are frozen by the caller)."""
-    mean, log_std = prior(obs)
-    return soft_clipped_prior(tanh_gaussian_log_prob(u, mean, log_std), prior_clip_level(prior, obs, beta))
+    return PriorAt(prior, obs, beta).soft_clipped(u)
 
 
 def aligned_critic_loss(
     residual: EnsembleMLP,
     target_residual: EnsembleMLP,
-    prior: TanhGaussianActor,
+    prior_at_obs: PriorAt,
+    prior_at_next_obs: PriorAt,
     obs: torch.Tensor,
     action: torch.Tensor,
     reward: torch.Tensor,
@@ -163,18 +199,17 @@ def aligned_critic_loss(
     next_draw: Draw,
     alpha: torch.Tensor,
     w: float,
-    beta: float,
     gamma: float,
 ) -> tuple[torch.Tensor, Info]:
     """Phase 3 critic on Q_i = R_i + w L: y = r + gamma (1-d) [min_j Rbar_j(s',a') + w L(s',a') - alpha log pi(a'|s')];
     loss = sum_i MSE(R_i(s,a) + w L(s,a), y). L is a constant here: only R is trained.
     """
     with torch.no_grad():
-        next_q = target_residual(next_obs, next_draw.action).min(0).values + w * prior_term(
-            prior, next_obs, next_draw.u, beta
+        next_q = target_residual(next_obs, next_draw.action).min(0).values + w * prior_at_next_obs.soft_clipped(
+            next_draw.u
         )
         target = reward + gamma * (1.0 - terminated) * (next_q - alpha * next_draw.log_prob)
-        prior_now = prior_term(prior, obs, atanh_clipped(action), beta)
+        prior_now = prior_at_obs.soft_clipped(atanh_clipped(action))
     q = residual(obs, action) + w * prior_now  # (E, B)
     loss = F.mse_loss(q, target.expand_as(q), reduction="none").mean(1).sum()
     return loss, {"loss/critic": loss.item(), "q_mean": q.mean().item(), "prior_mean": prior_now.mean().item()}
@@ -182,15 +217,14 @@ def aligned_critic_loss(
 
 def aligned_actor_loss(
     residual: EnsembleMLP,
-    prior: TanhGaussianActor,
+    prior_at_obs: PriorAt,
     obs: torch.Tensor,
     draw: Draw,
     alpha: torch.Tensor,
     w: float,
-    beta: float,
 ) -> tuple[torch.Tensor, Info]:
     """Phase 3 actor: mean[alpha log pi(a~|s) - (min_i R_i(s,a~) + w L(s,a~))], gradient through a~ into L."""
-    prior_value = prior_term(prior, obs, draw.u, beta)
+    prior_value = prior_at_obs.soft_clipped(draw.u)
     q = residual(obs, draw.action).min(0).values + w * prior_value
     loss = (alpha.detach() * draw.log_prob - q).mean()
     return loss, {"loss/actor": loss.item(), "actor/prior": prior_value.mean().item()}

@@ -86,8 +86,7 @@ def adam(params, lr: float) -> torch.optim.Adam:
 
 def polyak_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
     with torch.no_grad():
-        for target_param, param in zip(target.parameters(), source.parameters()):
-            target_param.lerp_(param, tau)
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
 @contextlib.contextmanager
@@ -157,10 +156,14 @@ class SAC:
                 self.critic, self.target_critic, obs, action, reward, next_obs, terminated, next_draw, alpha, cfg.gamma
             )
         else:
+            # pi_0 is frozen: its outputs at s and s' are computed once and serve the critic and the actor loss.
+            prior_at_obs = losses.PriorAt(self.prior.actor, obs, self.prior.beta)
+            prior_at_next_obs = losses.PriorAt(self.prior.actor, next_obs, self.prior.beta)
             loss, critic_info = losses.aligned_critic_loss(
                 self.critic,
                 self.target_critic,
-                self.prior.actor,
+                prior_at_obs,
+                prior_at_next_obs,
                 obs,
                 action,
                 reward,
@@ -169,7 +172,6 @@ class SAC:
                 next_draw,
                 alpha,
                 self.prior.w,
-                self.prior.beta,
                 cfg.gamma,
             )
         self._step(self.critic_optimizer, loss)
@@ -178,9 +180,7 @@ class SAC:
             if self.prior is None:
                 loss, actor_info = losses.sac_actor_loss(self.critic, obs, draw, alpha)
             else:
-                loss, actor_info = losses.aligned_actor_loss(
-                    self.critic, self.prior.actor, obs, draw, alpha, self.prior.w, self.prior.beta
-                )
+                loss, actor_info = losses.aligned_actor_loss(self.critic, prior_at_obs, obs, draw, alpha, self.prior.w)
         self._step(self.actor_optimizer, loss, self.actor.parameters() if self.actor_grad_clip else None)
 
         polyak_update(self.target_critic, self.critic, cfg.tau)

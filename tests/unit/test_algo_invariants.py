@@ -100,10 +100,13 @@ def test_phase3_losses_leave_prior_and_targets_untouched():
         next_draw = losses.Draw(online.actor, next_obs)
     alpha = online.log_alpha.detach().exp()
     prior = online.prior
+    prior_at_obs = losses.PriorAt(prior.actor, obs, prior.beta)
+    prior_at_next_obs = losses.PriorAt(prior.actor, next_obs, prior.beta)
     critic_loss, _ = losses.aligned_critic_loss(
         online.critic,
         online.target_critic,
-        prior.actor,
+        prior_at_obs,
+        prior_at_next_obs,
         obs,
         action,
         reward,
@@ -112,14 +115,13 @@ def test_phase3_losses_leave_prior_and_targets_untouched():
         next_draw,
         alpha,
         prior.w,
-        prior.beta,
         0.99,
     )
     critic_loss.backward()
     assert any(_grads(online.critic)) and not any(_grads(online.actor))
     assert not any(_grads(online.target_critic)) and not any(_grads(prior.actor))
     online.critic.zero_grad(set_to_none=True)
-    actor_loss, _ = losses.aligned_actor_loss(online.critic, prior.actor, obs, draw, alpha, prior.w, prior.beta)
+    actor_loss, _ = losses.aligned_actor_loss(online.critic, prior_at_obs, obs, draw, alpha, prior.w)
     actor_loss.backward()
     assert any(_grads(online.actor)) and not any(_grads(prior.actor))
 
@@ -239,3 +241,35 @@ def test_utd_one_update_per_env_step_once_buffer_exceeds_batch():
     OnlineLoop("InvertedPendulum-v5", seed=0).run(agent, buffer, steps=40)
     assert len(buffer) == 40
     assert agent.updates == 40 - 16
+
+
+def test_scalar_head_matches_baddbmm_with_gradients():
+    """The ensembles' scalar output layer avoids the batched-gemv kernel; its maths must be baddbmm's."""
+    from acalign_robot.algo.networks import _ScalarHead
+
+    x = torch.randn(2, 7, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 5, 1, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(2, 1, 1, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(_ScalarHead.apply(x, weight, bias), torch.baddbmm(bias, x, weight))
+    assert torch.autograd.gradcheck(_ScalarHead.apply, (x, weight, bias))
+
+
+def test_shared_actor_pass_scores_the_dataset_action_as_log_prob():
+    actor = TanhGaussianActor(OBS, ACT, (32,))
+    obs, action = _tensors(_batch())[:2]
+    draw = losses.Draw(actor, obs, dataset_action=action)
+    torch.testing.assert_close(draw.dataset_log_prob, actor.log_prob(obs, action), atol=0, rtol=0)
+
+
+def test_prior_at_matches_prior_term():
+    actor = TanhGaussianActor(OBS, ACT, (32,)).requires_grad_(False)
+    obs = torch.randn(B, OBS)
+    u = torch.randn(B, ACT, requires_grad=True)
+    value = losses.PriorAt(actor, obs, 7.0).soft_clipped(u)
+    mean, log_std = actor(obs)
+    expected = losses.soft_clipped_prior(
+        tanh_gaussian_log_prob(u, mean, log_std), losses.prior_clip_level(actor, obs, 7.0)
+    )
+    torch.testing.assert_close(value, expected, atol=0, rtol=0)
+    value.sum().backward()
+    assert u.grad is not None and bool(u.grad.abs().sum() > 0)
