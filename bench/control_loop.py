@@ -6,7 +6,7 @@ to an echo process plus one onnxruntime call of the same policy, measured back t
 with one 2 ms physics step per tick (sim/hopper_500hz.yaml), as fast as asked (no real-time pacing), so the
 controller's rate is what is measured. Prints a table and writes bench/out/control_loop.json.
 
-    python bench/control_loop.py [--seconds 5] [--rates 100 500 1000]
+    python bench/control_loop.py [--seconds 5] [--rates 100 500 1000] [--logging on|off|both] [--wait sleep|spin|both]
 """
 
 from __future__ import annotations
@@ -73,15 +73,16 @@ def free_endpoint() -> str:
     return free_tcp_endpoint()
 
 
-def run_rate(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path, log: bool) -> dict:
-    label = f"{rate_hz:g}-{'log' if log else 'nolog'}"
-    with hopper_driver(workdir, label) as endpoint:
+def run_rate(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path, log: bool, spin: bool) -> dict:
+    label = f"{rate_hz:g}-{'log' if log else 'nolog'}-{'spin' if spin else 'sleep'}"
+    with hopper_driver(workdir, label, spin_wait=spin) as endpoint:
         fields = {
             "driver_endpoint": endpoint,
             "policy": str(policy_dir),
             "rate_hz": rate_hz,
             "duration_s": seconds,
             "log": log,
+            "spin_wait": spin,
         }
         return run_controller(workdir, label, fields, seconds + 120)
 
@@ -96,20 +97,29 @@ def main() -> None:
         default="on",
         help="the controller's durable transition log (both: each rate with and without it)",
     )
+    parser.add_argument(
+        "--wait",
+        choices=("sleep", "spin", "both"),
+        default="sleep",
+        help="how controller and driver wait: block/sleep (default) or busy-poll (spin_wait: a core each)",
+    )
     parser.add_argument("--out", default="bench/out/control_loop.json")
     args = parser.parse_args()
     log_settings = {"on": (True,), "off": (False,), "both": (False, True)}[args.logging]
+    spin_settings = {"sleep": (False,), "spin": (True,), "both": (False, True)}[args.wait]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         policy_dir, _, _ = export_hopper_policy(workdir / "policies")
         floor = measure_floor(policy_dir, free_endpoint())
         rows = []
-        for rate, log in [(rate, log) for rate in args.rates for log in log_settings]:
-            stats = run_rate(rate, args.seconds, policy_dir, workdir, log)
+        settings = [(rate, log, spin) for rate in args.rates for spin in spin_settings for log in log_settings]
+        for rate, log, spin in settings:
+            stats = run_rate(rate, args.seconds, policy_dir, workdir, log, spin)
             rows.append(
                 {
                     "target_hz": rate,
                     "log": log,
+                    "wait": "spin" if spin else "sleep",
                     "achieved_hz": stats["achieved_rate_hz"],
                     "ticks": stats["ticks"],
                     "tick_p50_s": stats["tick_p50_s"],
@@ -130,12 +140,14 @@ def main() -> None:
         f"p99 {floor['p99_s'] * us:.0f} us\n"
     )
     print(
-        f"{'target Hz':>9} {'log':>4} {'achieved':>9} {'ticks':>7} {'p50 us':>8} {'p99 us':>8} {'max us':>8} "
+        f"{'target Hz':>9} {'wait':>5} {'log':>4} {'achieved':>9} {'ticks':>7} "
+        f"{'p50 us':>8} {'p99 us':>8} {'max us':>8} "
         f"{'misses':>7} {'miss %':>7} {'p50/floor':>9}   sections p50 us (infer/filter/obs/send)"
     )
     for r in rows:
         print(
-            f"{r['target_hz']:>9.0f} {'on' if r['log'] else 'off':>4} {r['achieved_hz']:>9.1f} {r['ticks']:>7} "
+            f"{r['target_hz']:>9.0f} {r['wait']:>5} {'on' if r['log'] else 'off':>4} "
+            f"{r['achieved_hz']:>9.1f} {r['ticks']:>7} "
             f"{r['tick_p50_s'] * us:>8.0f} {r['tick_p99_s'] * us:>8.0f} {r['tick_max_s'] * us:>8.0f} "
             f"{r['deadline_misses']:>7} {100 * r['miss_fraction']:>6.2f}% {r['ratio_to_floor_p50']:>9.2f}   "
             + "/".join(f"{r[f'{name}_p50_s'] * us:.0f}" for name in ("infer", "filter", "obs", "send"))

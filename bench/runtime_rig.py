@@ -75,14 +75,15 @@ def aligned_checkpoint(path: Path, seeded: int = 10_000) -> Path:
 
 
 @contextlib.contextmanager
-def hopper_driver(workdir: Path, label: str) -> Iterator[str]:
+def hopper_driver(workdir: Path, label: str, spin_wait: bool = False) -> Iterator[str]:
     """A MuJoCo Hopper driver process (2 ms per tick, unpaced) for the duration of the block; yields its endpoint."""
     from acalign_robot.runtime.transport import free_tcp_endpoint
 
     endpoint = free_tcp_endpoint()
     config = workdir / f"driver-{label}.yaml"
     sim = str(REPO / "sim" / "hopper_500hz.yaml")
-    config.write_text(yaml.safe_dump({"kind": "mujoco", "sim": sim, "endpoint": endpoint, "watchdog_ms": 500}))
+    fields = {"kind": "mujoco", "sim": sim, "endpoint": endpoint, "watchdog_ms": 500, "spin_wait": spin_wait}
+    config.write_text(yaml.safe_dump(fields))
     ready = workdir / f"driver-{label}.ready"
     driver = subprocess.Popen(
         [*CLI, "driver", "--config", str(config), "--ready-file", str(ready)],

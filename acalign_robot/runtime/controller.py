@@ -108,6 +108,9 @@ class ControllerConfig:
     output_dir: str | None = None  # stats.json (at exit), status.json (every second), log/ (the transition log)
     log: bool = True  # durable log of every executed transition in <output_dir>/log (needs output_dir)
     stats_every_s: float = 1.0
+    # Busy-wait for the deadline and for the driver's reply instead of sleeping: the control thread never sleeps, so
+    # its core stays hot (tick latency near the floor), at the cost of that whole core (for an isolated core).
+    spin_wait: bool = False
 
     def validate(self) -> None:
         if self.rate_hz is not None and not 0 < self.rate_hz <= 10_000:
@@ -560,6 +563,9 @@ class Controller:
             if now > deadline:
                 self.deadline_misses += 1
                 deadline = now  # re-anchor: no burst of catch-up ticks
+            elif cfg.spin_wait:
+                while time.perf_counter() < deadline:
+                    pass
             else:
                 time.sleep(deadline - now)
             deadline += self.period_s
@@ -648,7 +654,11 @@ def run_controller(config: ControllerConfig, ready_file: str | None = None) -> d
     runner = PolicyRunner.from_dir(config.policy, provider=config.provider, seed=config.seed)
     keys = client_keys(config.security)
     # As the driver serves it: CURVE only when the control link leaves this machine (driver_server.DriverConfig).
-    client = ZmqControlClient(config.driver_endpoint, curve=None if is_local_endpoint(config.driver_endpoint) else keys)
+    client = ZmqControlClient(
+        config.driver_endpoint,
+        curve=None if is_local_endpoint(config.driver_endpoint) else keys,
+        spin=config.spin_wait,
+    )
     transitions = (
         ZmqTransitionSender(config.learner_endpoint, queue_messages=config.queue_batches, curve=keys)
         if config.learner_endpoint

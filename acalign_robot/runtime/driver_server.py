@@ -44,6 +44,9 @@ class DriverConfig:
     watchdog_ms: float = 100.0
     seed: int = 0
     name: str = "driver"
+    # Busy-poll for the next request instead of blocking: no wake-up on the control path, at the cost of a whole
+    # core, always (for a core reserved to the driver; see docs/architecture.md, timing model).
+    spin_wait: bool = False
     # CURVE for a non-loopback endpoint. A loopback or ipc:// control endpoint is served without it: the control link
     # then never leaves the robot's machine, which holds no secret key of the session's server (the learner's).
     security: SecurityConfig = field(default_factory=SecurityConfig)
@@ -265,7 +268,12 @@ def serve(config: DriverConfig, ready_file: str | None = None) -> DriverServer:
     # Refuses a non-loopback bind without CURVE; a local endpoint needs no keys (DriverConfig.security).
     secure = secure_context(SecurityConfig() if is_local_endpoint(config.endpoint) else config.security)
     try:
-        server = ZmqControlServer(config.endpoint, context=secure.context, curve=secure.server_keys(config.endpoint))
+        server = ZmqControlServer(
+            config.endpoint,
+            context=secure.context,
+            curve=secure.server_keys(config.endpoint),
+            spin=config.spin_wait,
+        )
     except BaseException:
         secure.close()
         raise

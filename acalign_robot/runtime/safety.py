@@ -63,9 +63,13 @@ class ActionFilter:
         self._previous = self.safe_action.copy()
 
     def __call__(self, action: np.ndarray) -> tuple[np.ndarray, int]:
-        """(executed action, flags) for the policy's `action`."""
+        """(executed action, flags) for the policy's `action`.
+
+        Written with plain ufuncs (maximum/minimum, `!=`): np.clip and np.array_equal cost ~1.8 us each in Python-level
+        dispatch, which is most of this filter on a 3-dimensional action.
+        """
         flags = 0
-        if not np.all(np.isfinite(action)):
+        if not np.isfinite(action).all():
             self.counts["nonfinite"] += 1
             flags |= FilterFlags.NONFINITE
             if self.config.latch_on_nonfinite:
@@ -76,13 +80,14 @@ class ActionFilter:
             self.counts["safe_ticks"] += 1
             self._previous = self.safe_action
             return self.safe_action, flags | FilterFlags.SAFE
-        clipped = np.clip(action, self.low, self.high)
-        if not np.array_equal(clipped, action):
+        clipped = np.minimum(np.maximum(action, self.low), self.high)
+        if (clipped != action).any():
             self.counts["clipped"] += 1
             flags |= FilterFlags.CLIPPED
-        limited = np.clip(clipped, self._previous - self.max_delta, self._previous + self.max_delta)
-        if not np.array_equal(limited, clipped):
+        previous = self._previous
+        limited = np.minimum(np.maximum(clipped, previous - self.max_delta), previous + self.max_delta)
+        if (limited != clipped).any():
             self.counts["rate_limited"] += 1
             flags |= FilterFlags.RATE_LIMITED
-        self._previous = limited.astype(np.float32)
+        self._previous = limited.astype(np.float32, copy=False)
         return self._previous, flags

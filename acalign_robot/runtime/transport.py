@@ -270,8 +270,10 @@ class _ZmqEndpoint:
         max_message_bytes: int,
         context: zmq.Context | None,
         curve: CurveServerKeys | CurveClientKeys | None,
+        spin: bool = False,
     ):
         self.endpoint = endpoint
+        self.spin = spin
         self.max_message_bytes = max_message_bytes
         self.counters = Counters()
         self._socket = (context if context is not None else zmq.Context.instance()).socket(socket_type)
@@ -298,7 +300,16 @@ class _ZmqEndpoint:
         self.close()
 
     def _wait(self, events: int, deadline: float) -> bool:
-        """Poll until `events` are possible or the monotonic deadline passes (a passed deadline polls once)."""
+        """Poll until `events` are possible or the monotonic deadline passes (a passed deadline polls once).
+
+        `spin`: poll without blocking in a loop, so the thread never sleeps and its core stays hot (no wake-up on the
+        reply's path); it costs the whole core while waiting.
+        """
+        if self.spin:
+            while not self._socket.poll(0, events):
+                if time.monotonic() >= deadline:
+                    return False
+            return True
         timeout_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000.0))
         return bool(self._socket.poll(timeout_ms, events))
 
@@ -348,6 +359,7 @@ class ZmqControlClient(_ZmqEndpoint):
         context: zmq.Context | None = None,
         max_message_bytes: int = CONTROL_MAX_BYTES,
         curve: CurveClientKeys | None = None,
+        spin: bool = False,
     ):
         options = {zmq.IMMEDIATE: 1, zmq.SNDHWM: 4, zmq.RCVHWM: 16}
         super().__init__(
@@ -358,6 +370,7 @@ class ZmqControlClient(_ZmqEndpoint):
             max_message_bytes=max_message_bytes,
             context=context,
             curve=curve,
+            spin=spin,
         )
         self._last_request_id = 0
 
@@ -409,6 +422,7 @@ class ZmqControlServer(_ZmqEndpoint):
         context: zmq.Context | None = None,
         max_message_bytes: int = CONTROL_MAX_BYTES,
         curve: CurveServerKeys | None = None,
+        spin: bool = False,
     ):
         options = {zmq.ROUTER_MANDATORY: 1, zmq.SNDHWM: 64, zmq.RCVHWM: 64}
         super().__init__(
@@ -419,6 +433,7 @@ class ZmqControlServer(_ZmqEndpoint):
             max_message_bytes=max_message_bytes,
             context=context,
             curve=curve,
+            spin=spin,
         )
 
     def recv(self, timeout_s: float) -> tuple[Peer, Message | ProtocolError] | None:
