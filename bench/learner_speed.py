@@ -4,8 +4,9 @@ All in one run, CPU, 1 torch thread, batch 256, Hopper sizes (obs 11, action 3),
 - ours: batched ensemble critics (one baddbmm per layer), the critic frozen during the actor step;
 - reference: what a first implementation looks like: one nn.Sequential per critic and per Z, one Adam per network,
   Python loops over the ensemble.
-Also the machine's measured matmul GFLOP/s (1 thread) and the fraction of it each update reaches (FLOPs counted
-with torch.utils.flop_counter). Prints a table and writes bench/out/learner_speed.json.
+Ours and the reference are timed in interleaved chunks of 10 updates (median chunk), so that other load on a shared
+machine hits both alike. Also the machine's measured matmul GFLOP/s (1 thread) and the fraction of it each update
+reaches (FLOPs counted with torch.utils.flop_counter). Prints a table and writes bench/out/learner_speed.json.
 
     python bench/learner_speed.py [--updates 300]
 """
@@ -106,14 +107,22 @@ class ReferenceSAC:
                     tp.mul_(0.995).add_(0.005 * p)
 
 
-def updates_per_second(update, updates: int, rng: np.random.Generator) -> float:
+def updates_per_second(updates: list, count: int, rng: np.random.Generator, chunk: int = 10) -> list[float]:
+    """Updates per second of each function in `updates`, timed in interleaved chunks of `chunk` updates (ours,
+    reference, ours, ...) so that a load change on a shared machine hits all of them alike; each rate is from the
+    median chunk time. `count` updates per function after 20 warm-up updates."""
     batches = [random_batch(rng) for _ in range(16)]
-    for i in range(20):
-        update(batches[i % 16])
-    start = time.perf_counter()
-    for i in range(updates):
-        update(batches[i % 16])
-    return updates / (time.perf_counter() - start)
+    for update in updates:
+        for i in range(20):
+            update(batches[i % 16])
+    chunk_s: list[list[float]] = [[] for _ in updates]
+    for start in range(0, count, chunk):
+        for update, times in zip(updates, chunk_s):
+            began = time.perf_counter()
+            for i in range(start, start + chunk):
+                update(batches[i % 16])
+            times.append(time.perf_counter() - began)
+    return [chunk / float(np.median(times)) for times in chunk_s]
 
 
 def flops_per_update(update, rng: np.random.Generator) -> int:
@@ -153,7 +162,8 @@ def main() -> None:
     peak = matmul_gflops()
     rows = []
     for name, (ours, reference) in candidates.items():
-        ours_rate = updates_per_second(ours, args.updates, rng)
+        rates = updates_per_second([ours] if reference is None else [ours, reference], args.updates, rng)
+        ours_rate = rates[0]
         ours_flops = flops_per_update(ours, rng)
         row = {
             "update": name,
@@ -162,7 +172,7 @@ def main() -> None:
             "fraction_of_peak": ours_rate * ours_flops / 1e9 / peak,
         }
         if reference is not None:
-            row["reference_per_s"] = updates_per_second(reference, args.updates, rng)
+            row["reference_per_s"] = rates[1]
             row["speedup"] = ours_rate / row["reference_per_s"]
         rows.append(row)
 

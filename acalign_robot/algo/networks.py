@@ -178,9 +178,10 @@ class EnsembleMLP(nn.Module):
         if action is not None:
             x = torch.cat([x, action], dim=-1)
         x = x.unsqueeze(0).expand(self.ensemble, *x.shape)  # (E, B, in)
-        for layer in self.layers[:-1]:
+        *hidden, last = self.layers  # unpacking, not slicing: a slice builds a new ModuleList on every call
+        for layer in hidden:
             x = layer(x).relu_()  # in place: the matmul's backward needs its inputs, not its output
-        return self.layers[-1](x).squeeze(-1)  # (E, B)
+        return last(x).squeeze(-1)  # (E, B)
 
 
 def residual_critic_from_z(z: EnsembleMLP, action_dim: int) -> EnsembleMLP:
