@@ -14,7 +14,9 @@ Hot-swap: a background thread owns the policy subscription (latest-only). It val
 control thread (sha256 and spaces via PolicyRunner, finite outputs on a probe batch of recent observations,
 bounded deviation from the current policy on that batch), builds its onnxruntime session, and leaves it in a
 one-slot mailbox; the control loop picks it up between two ticks with one reference assignment. Every transition
-records the version of the policy that chose its action.
+records the version of the policy that chose its action. The two threads share the GIL, so the swapper works only
+while the control thread sleeps (IdleWindows), one step (< 1 ms) per window, and the process's GIL switch interval
+is 0.2 ms: the control thread wakes to a free interpreter.
 
 Faults: no StepReply within `driver_timeout_ms` latches SAFE (the safe action is sent every tick; the driver's
 own watchdog covers the controller being gone). Losing the learner never stops control: batches that do not fit
@@ -26,14 +28,19 @@ learner to acknowledge its last batch.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import json
 import os
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,11 +54,14 @@ from acalign_robot.runtime.security import SecurityConfig, client_keys, is_local
 from acalign_robot.runtime.transition_log import TransitionLog
 from acalign_robot.runtime.transport import ControlClient, Receiver, TransitionClient, TransportTimeout
 
-__all__ = ["Controller", "ControllerConfig", "PolicySwapper", "SectionTimer", "run_controller"]
+__all__ = ["Controller", "ControllerConfig", "IdleWindows", "PolicySwapper", "SectionTimer", "run_controller"]
 
 SECTIONS = ("infer", "filter", "obs", "send", "tick")
 STATUS_WINDOW_TICKS = 1000  # the periodic status line's p50/p99 cover the most recent ticks
 ACK_POLL_S = 0.02  # how often the control loop looks for the learner's acknowledgements
+# How long another thread may keep running Python while the control thread waits for the GIL (CPython's default is
+# 5 ms, two whole ticks at 500 Hz). A hot-swap step that overruns its idle window then costs the tick <= 0.2 ms.
+GIL_SWITCH_INTERVAL_S = 0.0002
 
 
 @dataclass(frozen=True)
@@ -270,8 +280,55 @@ class _TransitionBatcher:
         return self.window.received_through >= self.seq - 1
 
 
+class IdleWindows:
+    """When the control thread sleeps before its next deadline: the only time the hot-swap thread may do its work.
+
+    Both threads share one GIL. Building an onnxruntime session holds it (~1 ms) and so does Python code (up to the
+    5 ms switch interval), so a validation running while the control thread wakes up delays that tick by as much:
+    measured, ticks just before a swap took 2 ms instead of 0.7 (bench/hot_swap.py). The control loop `open`s a
+    window each time it goes to sleep, until its deadline, and `close`s it on waking; the swapper runs each step of
+    its work only in a window with room for that step (its last duration), so the GIL is free when the control
+    thread needs it.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._until = 0.0  # perf_counter() at which the current window ends; 0: no window
+        self._recent = collections.deque(maxlen=64)  # lengths of the latest windows, seconds
+
+    def open(self, until: float) -> None:
+        with self._changed:
+            self._until = until
+            self._recent.append(until - time.perf_counter())
+            self._changed.notify_all()
+
+    def typical_long(self) -> float:
+        """The 75th percentile of the latest 64 window lengths (0 before the first): a window a step can expect."""
+        lengths = sorted(self._recent)
+        return lengths[int(0.75 * len(lengths))] if lengths else 0.0
+
+    def close(self) -> None:
+        self._until = 0.0
+
+    def wait(self, need_s: float, timeout_s: float) -> bool:
+        """Block until a window has at least `need_s` left; False if none came within `timeout_s`."""
+        give_up = time.monotonic() + timeout_s
+        with self._changed:
+            while self._until - time.perf_counter() < need_s:
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+        return True
+
+
 class PolicySwapper:
-    """Receives policies on its own thread, validates them, and offers the next runner to the control loop."""
+    """Receives policies on its own thread, validates them in the control loop's idle time (IdleWindows), and
+    offers the next runner to the control loop."""
+
+    # A step waits at most this long for a window it fits in; then it takes the next window of any size (a loop
+    # whose idle time never fits a step still gets new versions, at the cost of that tick's latency).
+    MAX_WAIT_S = 1.0
 
     def __init__(self, subscriber: Receiver, controller: Controller):
         self.subscriber = subscriber
@@ -284,6 +341,9 @@ class PolicySwapper:
         self.rejections: dict[str, int] = {}
         self.last_rejection = ""
         self.last_publish_to_ready_s = 0.0
+        # The latest durations of each step of the work; their minimum (a run not stretched by preemption) is the
+        # room the step asks of a window.
+        self.step_seconds: dict[str, collections.deque[float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="policy-swapper", daemon=True)
 
@@ -314,34 +374,60 @@ class PolicySwapper:
                 continue  # what we already run, older, or refused after a rollback: nothing to do
             runner = self._validate(message, current)
             if runner is not None:
-                runner.warm_up()
+                self._when_idle("warm_up", runner.warm_up)
                 self.ready = runner
                 self.accepted += 1
                 self.last_publish_to_ready_s = time.perf_counter() - received
 
+    def _when_idle(self, step: str, work: Callable[[], Any]) -> Any:
+        """Run `work` in an idle window of the control loop that has room for its last measured duration."""
+        windows = self.controller.idle
+        durations = self.step_seconds.setdefault(step, collections.deque(maxlen=8))
+        # A step longer than the usual window (e.g. a session build at 1 kHz) takes a long one of the usual ones.
+        need = min(min(durations, default=0.0), 0.9 * windows.typical_long())
+        if not windows.wait(need, self.MAX_WAIT_S):
+            windows.wait(0.0, self.MAX_WAIT_S)
+        started = time.perf_counter()
+        try:
+            return work()
+        finally:
+            durations.append(time.perf_counter() - started)
+
+    def _load_when_idle(self, stages: Generator[str, None, PolicyRunner]) -> PolicyRunner:
+        """Run PolicyRunner.in_stages one stage per idle window; the runner it returns."""
+        for index in itertools.count():
+            try:
+                self._when_idle(f"load-{index}", lambda: next(stages))
+            except StopIteration as loaded:
+                return loaded.value
+        raise AssertionError("unreachable: itertools.count() never ends")
+
     def _validate(self, message: p.Policy, current: PolicyRunner) -> PolicyRunner | None:
         spec = self.controller.spec
+        stages = PolicyRunner.in_stages(
+            message.onnx,
+            message.manifest,
+            obs_dim=spec.observation_space.shape[0],
+            action_dim=spec.action_space.shape[0],
+            action_low=spec.action_space.low,
+            action_high=spec.action_space.high,
+            provider=self.controller.config.provider,
+            seed=self.controller.rng,
+        )
         try:
-            runner = PolicyRunner(
-                message.onnx,
-                message.manifest,
-                obs_dim=spec.observation_space.shape[0],
-                action_dim=spec.action_space.shape[0],
-                action_low=spec.action_space.low,
-                action_high=spec.action_space.high,
-                provider=self.controller.config.provider,
-                seed=self.controller.rng,
-            )
+            runner = self._load_when_idle(stages)
         except (PolicyError, ValueError) as exc:
             self._reject("artifact", str(exc))
             return None
         probe = self.controller.recent_observations()
-        new_action = runner.act_batch(probe)[0]
+        new_action, current_action = self._when_idle(
+            "probe", lambda: (runner.act_batch(probe)[0], current.act_batch(probe)[0])
+        )
         if not np.all(np.isfinite(new_action)):
             self._reject("nonfinite", f"version {message.version} gives non-finite actions on the probe batch")
             return None
         span = spec.action_space.high - spec.action_space.low
-        deviation = float(np.max(np.abs(new_action - current.act_batch(probe)[0]) / span))
+        deviation = float(np.max(np.abs(new_action - current_action) / span))
         if deviation > self.controller.config.max_policy_deviation:
             self._reject("deviation", f"version {message.version} moves actions by {deviation:.2f} of the range")
             return None
@@ -400,6 +486,7 @@ class Controller:
             ResendWindow(config.resend_window_batches, config.resend_after_s),
         )
         self.transitions = transitions
+        self.idle = IdleWindows()
         self.swapper = PolicySwapper(policies, self) if policies is not None else None
         self._recent = np.zeros((config.probe_observations, reply.observation_space.shape[0]), np.float32)
         self._recent_count = 0
@@ -563,11 +650,14 @@ class Controller:
             if now > deadline:
                 self.deadline_misses += 1
                 deadline = now  # re-anchor: no burst of catch-up ticks
-            elif cfg.spin_wait:
-                while time.perf_counter() < deadline:
-                    pass
             else:
-                time.sleep(deadline - now)
+                self.idle.open(deadline)
+                if cfg.spin_wait:
+                    while time.perf_counter() < deadline:
+                        pass
+                else:
+                    time.sleep(deadline - now)
+                self.idle.close()
             deadline += self.period_s
         return self._shutdown(started)
 
@@ -651,6 +741,7 @@ def run_controller(config: ControllerConfig, ready_file: str | None = None) -> d
     """Build ZeroMQ endpoints and the policy runner from `config`, run until done or SIGTERM/SIGINT."""
     from acalign_robot.runtime.transport import ZmqControlClient, ZmqPolicySubscriber, ZmqTransitionSender
 
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     runner = PolicyRunner.from_dir(config.policy, provider=config.provider, seed=config.seed)
     keys = client_keys(config.security)
     # As the driver serves it: CURVE only when the control link leaves this machine (driver_server.DriverConfig).

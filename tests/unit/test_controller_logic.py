@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -12,8 +13,9 @@ from acalign_robot.algo.networks import TanhGaussianActor
 from acalign_robot.drivers.loopback import LoopbackDriver
 from acalign_robot.export.onnx_export import build_artifact
 from acalign_robot.runtime import protocol as p
-from acalign_robot.runtime.controller import Controller, ControllerConfig, RollbackConfig
+from acalign_robot.runtime.controller import Controller, ControllerConfig, IdleWindows, RollbackConfig
 from acalign_robot.runtime.driver_server import DriverServer
+from acalign_robot.runtime.manifest import PolicyError
 from acalign_robot.runtime.policy import PolicyRunner
 from acalign_robot.runtime.transport import (
     MemoryControlClient,
@@ -118,3 +120,33 @@ def test_section_timer_summarises_the_newest_ticks_of_its_ring():
     assert recent["tick_max_s"] == 24.0 and recent["tick_p50_s"] == 23.0
     assert timer.summary()["tick_p50_s"] == 19.5  # the ring holds ticks 15..24
     assert list(timer.tick_samples()) == [float(t) for t in range(15, 25)]
+
+
+def test_idle_windows_let_a_step_run_only_while_the_control_loop_sleeps_long_enough():
+    windows = IdleWindows()
+    assert not windows.wait(0.0, 0.01)  # no window yet
+    windows.open(time.perf_counter() + 0.001)
+    assert windows.wait(0.0, 0.01) and not windows.wait(0.05, 0.01)  # too short for a 50 ms step
+    windows.close()
+    assert not windows.wait(0.0, 0.01)
+    waiter = threading.Thread(target=lambda: results.append(windows.wait(0.02, 2.0)))
+    results: list[bool] = []
+    waiter.start()
+    time.sleep(0.05)
+    windows.open(time.perf_counter() + 0.1)  # the control loop goes to sleep for 100 ms: the waiter may run
+    waiter.join(timeout=2)
+    assert results == [True]
+    assert 0.09 < windows.typical_long() <= 0.1
+
+
+def test_a_runner_loaded_in_stages_is_the_runner_the_constructor_builds():
+    onnx_bytes, manifest = policy(1, 0.5)
+    stages = PolicyRunner.in_stages(onnx_bytes, manifest, obs_dim=4, action_dim=2)
+    assert [next(stages), next(stages)] == ["verify", "session"]
+    with pytest.raises(StopIteration) as loaded:
+        next(stages)
+    obs = np.zeros(4, np.float32)
+    np.testing.assert_array_equal(loaded.value.value.act(obs), PolicyRunner(onnx_bytes, manifest).act(obs))
+    damaged = PolicyRunner.in_stages(onnx_bytes[:-1], manifest)
+    with pytest.raises(PolicyError, match="sha256"):
+        next(damaged)  # refused in the first stage, before any session is built
