@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import itertools
 import json
 import os
@@ -762,6 +763,9 @@ def run_controller(config: ControllerConfig, ready_file: str | None = None) -> d
             Path(ready_file).write_text(config.controller_id)
         signal.signal(signal.SIGTERM, lambda signum, frame: controller.stop())
         signal.signal(signal.SIGINT, lambda signum, frame: controller.stop())
+        # Everything loaded so far (numpy, onnxruntime, zmq, the runner) moves to a permanent generation: a full
+        # collection triggered by a tick's or a hot-swap's allocations no longer walks it while holding the GIL.
+        gc.freeze()
         return controller.run()
     finally:
         client.close()
