@@ -313,6 +313,22 @@ class _ZmqEndpoint:
         timeout_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000.0))
         return bool(self._socket.poll(timeout_ms, events))
 
+    def _route(self, frames: tuple[bytes, ...]) -> bool:
+        """ROUTER send without blocking: [identity, ..., frame]; a peer that is gone (ROUTER_MANDATORY) or not reading
+        is a counted drop. The frame is the last part."""
+        try:
+            self._socket.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters.drops += 1
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.counters.drops += 1
+            return False
+        _count_sent(self.counters, frames[-1])
+        return True
+
     def _recv_single(self, allowed: tuple[type, ...], channel: str, timeout_s: float) -> Message | ProtocolError | None:
         if not self._wait(zmq.POLLIN, time.monotonic() + timeout_s):
             if timeout_s > 0:
@@ -451,18 +467,7 @@ class ZmqControlServer(_ZmqEndpoint):
 
     def send(self, peer: Peer, message: Message) -> bool:
         frame = _outgoing(message, CONTROL_REPLIES, "control", self.max_message_bytes)
-        try:
-            self._socket.send_multipart((peer.identity, peer.request_id, frame), zmq.NOBLOCK)
-        except zmq.Again:
-            self.counters.drops += 1
-            return False
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            self.counters.drops += 1
-            return False
-        _count_sent(self.counters, frame)
-        return True
+        return self._route((peer.identity, peer.request_id, frame))
 
 
 class ZmqTransitionSender(_ZmqEndpoint):
@@ -559,18 +564,7 @@ class ZmqTransitionReceiver(_ZmqEndpoint):
         if identity is None:
             self.counters.drops += 1
             return False
-        try:
-            self._socket.send_multipart((identity, frame), zmq.NOBLOCK)
-        except zmq.Again:
-            self.counters.drops += 1
-            return False
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            self.counters.drops += 1
-            return False
-        _count_sent(self.counters, frame)
-        return True
+        return self._route((identity, frame))
 
 
 def _remember_connection(connections: dict[str, Any], message: Message | ProtocolError, connection: Any) -> None:
