@@ -5,7 +5,7 @@ Setup: Hopper sizes (obs 11, action 3), 2x256 networks, batch 256, 1 torch threa
 publication exports ONNX in memory, ~1 s), an aligned checkpoint built from random data with 10k transitions in its
 buffer. Stages:
 - in-process: `agent.update(buffer.sample(256))` alone, the ceiling;
-- the `Learner` (its real loop: `Learner.step`, real PULL and PUB sockets on 127.0.0.1) fed by 1, then 2,
+- the `Learner` (its real loop: `Learner.step`, real ROUTER and PUB sockets on 127.0.0.1) fed by 1, then 2,
   synthetic controller processes.
 
 Controllers push at a fixed rate, not as fast as the learner consumes: a controller is paced by its robot, never by

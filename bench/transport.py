@@ -227,7 +227,7 @@ def main() -> None:
         f"{control['timeouts']:9d}"
     )
     print()
-    print(f"transitions, PUSH/PULL over tcp 127.0.0.1, {BATCH} per message, receiver process decodes every batch")
+    print(f"transitions, DEALER/ROUTER over tcp 127.0.0.1, {BATCH} per message, receiver process decodes every batch")
     print(f"{'messages':>9s} {'transitions/s':>14s} {'messages/s':>11s} {'bytes/msg':>10s} {'drops retried':>14s}")
     print(
         f"{stream['messages']:9d} {stream['transitions_per_s']:14,d} {stream['messages_per_s']:11,d} "
