@@ -24,7 +24,7 @@ _ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
 class LearnerConfig:
     checkpoint: str  # 'online' checkpoint: `acalign align` output or a learner.pt (paths relative to the cwd)
     checkpoint_dir: str = "runs/learner"  # learner.pt, status.json, metrics.jsonl; `resume` reads learner.pt here
-    transitions_endpoint: str = "tcp://127.0.0.1:5556"  # PULL, bind
+    transitions_endpoint: str = "tcp://127.0.0.1:5556"  # ROUTER, bind (batches in, acks out)
     policy_endpoint: str = "tcp://127.0.0.1:5557"  # PUB, bind
     utd: float = 1.0  # gradient updates per env step received
     publish_every: int = 500  # updates between two published policies

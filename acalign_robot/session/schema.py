@@ -85,7 +85,7 @@ class Robot:
 @dataclass(frozen=True)
 class Endpoints:
     bind_host: str = "127.0.0.1"  # where automatic ports are opened (loopback by default)
-    transitions: str = AUTO  # learner PULL
+    transitions: str = AUTO  # learner ROUTER
     policy: str = AUTO  # learner PUB
 
 
