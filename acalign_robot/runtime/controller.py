@@ -107,7 +107,7 @@ class ControllerConfig:
     policy_endpoint: str | None = None  # policy SUB (connect); none: no hot-swap
     transition_batch: int = 64
     queue_batches: int = 256
-    resend_window_batches: int = 4096  # batches kept until the learner has checkpointed them
+    resend_window_mb: float = 64.0  # batches kept (array bytes) until the learner has checkpointed them
     resend_after_s: float = 2.0  # a batch the learner lacks is resent once it was sent at least this long ago
     final_delivery_s: float = 2.0  # at exit, wait this long at most for the learner to acknowledge the last batch
     max_policy_deviation: float = 1.0  # hot-swap gate: max |a_new - a_cur| / (high - low) on the probe batch
@@ -130,8 +130,8 @@ class ControllerConfig:
             raise FieldError("driver_timeout_ms", f"must be positive, got {self.driver_timeout_ms}")
         if self.transition_batch < 1 or self.queue_batches < 1:
             raise FieldError("transition_batch", "transition_batch and queue_batches must be >= 1")
-        if self.resend_window_batches < 1:
-            raise FieldError("resend_window_batches", f"must be >= 1, got {self.resend_window_batches}")
+        if not self.resend_window_mb > 0:
+            raise FieldError("resend_window_mb", f"must be positive, got {self.resend_window_mb}")
         for name in ("resend_after_s", "final_delivery_s"):
             if not getattr(self, name) >= 0:
                 raise FieldError(name, f"must be >= 0, got {getattr(self, name)}")
@@ -484,7 +484,7 @@ class Controller:
             action_space.shape[0],
             transitions,
             self.log,
-            ResendWindow(config.resend_window_batches, config.resend_after_s),
+            ResendWindow(int(config.resend_window_mb * 2**20), config.resend_after_s),
         )
         self.transitions = transitions
         self.idle = IdleWindows()

@@ -14,8 +14,9 @@ Learner, one `SequenceLedger` per stream (saved in the learner's checkpoint):
 A ledger keeps at most MAX_AHEAD seqs taken above a hole; past that the oldest holes are written off as `lost`
 (their batches were forgotten by the controller too, or it would have resent them by then).
 
-Controller, `ResendWindow`: a copy of every batch the learner has not yet checkpointed (at most `capacity` batches;
-older ones are evicted and counted, they stay in the controller's durable log). On each ack it forgets what is
+Controller, `ResendWindow`: a copy of every batch the learner has not yet checkpointed (at most `capacity_bytes` of
+arrays: a camera robot's batches are megabytes; older ones are evicted and counted, they stay in the controller's
+durable log). On each ack it forgets what is
 durable and queues for resending (in place of what earlier acks queued) every batch listed as missing and every batch
 above `highest`, unless that batch was (re)sent less than `resend_after_s` ago: in flight, not lost. The control loop
 resends at most one queued batch per tick, so a recovery never costs a tick more than one non-blocking send.
@@ -23,7 +24,7 @@ resends at most one queued batch per tick, so a recovery never costs a tick more
 A learner restarted from its checkpoint acknowledges that checkpoint's marks; everything after them is still in the
 controllers' windows (they forget only durable batches) and is resent, and the ledger turns any batch that arrives
 twice on the way into a counted duplicate. Exactly-once insertion thus holds across learner kills for as long as a
-window holds what the learner lost (by default 4096 batches: 262k transitions of 64).
+window holds what the learner lost (by default 64 MB: ~500k Hopper transitions).
 """
 
 from __future__ import annotations
@@ -126,8 +127,9 @@ class ResendWindow:
 
     MAX_DUE = 256
 
-    def __init__(self, capacity: int, resend_after_s: float):
-        self.capacity = capacity
+    def __init__(self, capacity_bytes: int, resend_after_s: float):
+        self.capacity_bytes = capacity_bytes
+        self.held_bytes = 0
         self.resend_after_s = resend_after_s
         self._batches: deque[TransitionBatch] = deque()
         self._last_sent: deque[float] = deque()
@@ -143,7 +145,7 @@ class ResendWindow:
         return len(self._batches)
 
     def _forget_oldest(self) -> None:
-        self._batches.popleft()
+        self.held_bytes -= _nbytes(self._batches.popleft())
         self._last_sent.popleft()
         self._first_seq += 1
 
@@ -155,7 +157,8 @@ class ResendWindow:
             raise ValueError(f"batch {batch.seq} out of order: the window expects {self._first_seq + len(self)}")
         self._batches.append(batch)
         self._last_sent.append(now)
-        if len(self._batches) > self.capacity:
+        self.held_bytes += _nbytes(batch)
+        while self.held_bytes > self.capacity_bytes and len(self._batches) > 1:
             self._forget_oldest()
             self.evicted += 1
 
@@ -198,3 +201,8 @@ class ResendWindow:
         self._due.appendleft(batch.seq)
         self._queued.add(batch.seq)
         self.resent -= 1
+
+
+def _nbytes(batch: TransitionBatch) -> int:
+    arrays = (batch.obs, batch.next_obs, batch.action, batch.reward, batch.terminated, batch.truncated)
+    return sum(array.nbytes for array in (*arrays, batch.policy_version, *batch.extras.values()))

@@ -59,7 +59,7 @@ def test_an_ack_that_breaks_its_invariants_is_refused_on_decode():
 
 
 def test_window_resends_what_the_learner_lacks_once_it_has_waited():
-    window = ResendWindow(capacity=100, resend_after_s=1.0)
+    window = ResendWindow(capacity_bytes=10**6, resend_after_s=1.0)
     for seq in range(6):
         window.record(transition_batch("c", seq, 2), now=0.0)
     window.acknowledge(ack(received_through=1, highest=3, missing=[2], durable_through=0), now=0.5)
@@ -74,7 +74,7 @@ def test_window_resends_what_the_learner_lacks_once_it_has_waited():
 
 
 def test_window_after_a_learner_restart_resends_everything_past_its_checkpoint():
-    window = ResendWindow(capacity=100, resend_after_s=1.0)
+    window = ResendWindow(capacity_bytes=10**6, resend_after_s=1.0)
     for seq in range(10):
         window.record(transition_batch("c", seq, 2), now=float(seq) / 10)
     window.acknowledge(ack(received_through=6, highest=6, durable_through=3), now=2.0)
@@ -84,10 +84,11 @@ def test_window_after_a_learner_restart_resends_everything_past_its_checkpoint()
 
 
 def test_window_evicts_the_oldest_beyond_capacity_and_retries_a_full_channel_first():
-    window = ResendWindow(capacity=3, resend_after_s=0.0)
+    batch_bytes = delivery._nbytes(transition_batch("c", 0, 2))
+    window = ResendWindow(capacity_bytes=3 * batch_bytes, resend_after_s=0.0)
     for seq in range(5):
         window.record(transition_batch("c", seq, 2), now=0.0)
-    assert len(window) == 3 and window.evicted == 2
+    assert len(window) == 3 and window.evicted == 2 and window.held_bytes == 3 * batch_bytes
     window.acknowledge(ack(received_through=-1, highest=-1), now=1.0)  # a learner holding nothing
     first = window.next_due(1.0)
     assert first.seq == 2  # 0 and 1 are gone (they remain in the durable log)
