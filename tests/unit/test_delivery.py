@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from acalign_robot.runtime import delivery
+from acalign_robot.runtime.controller import _TransitionBatcher
 from acalign_robot.runtime.delivery import ResendWindow, SequenceLedger
 from acalign_robot.runtime.protocol import TransitionAck, decode, encode
+from acalign_robot.runtime.transport import MemoryTransitionReceiver, MemoryTransitionSender
 from tests.learner_helpers import transition_batch
 
 
@@ -96,3 +100,29 @@ def test_window_evicts_the_oldest_beyond_capacity_and_retries_a_full_channel_fir
     assert [window.next_due(1.0).seq for _ in range(3)] == [2, 3, 4] and window.resent == 3
     with pytest.raises(ValueError, match="out of order"):
         window.record(transition_batch("c", 9, 2), now=1.0)
+
+
+def test_a_batch_dropped_by_a_full_queue_reaches_the_learner_once_it_asks():
+    learner = MemoryTransitionReceiver(queue_messages=1)
+    batcher = _TransitionBatcher(
+        "c",
+        size=2,
+        obs_dim=11,
+        action_dim=3,
+        sender=MemoryTransitionSender(learner),
+        log=None,
+        window=ResendWindow(capacity_bytes=10**6, resend_after_s=1.0),
+    )
+    step = (np.zeros(11), np.zeros(3), np.zeros(3), 1.0, np.zeros(11), False, False, 1, 0)
+    for _ in range(4):  # two batches: the second finds the learner's queue full
+        batcher.add(*step)
+    assert (batcher.sent_batches, batcher.dropped_batches) == (1, 1)
+
+    ledger = SequenceLedger()
+    assert ledger.take(learner.recv(0.0).seq)
+    assert learner.acknowledge(ledger.ack("c"))  # holds 0; 1 never arrived
+    batcher.service(now=time.monotonic() + 2.0)  # the ack is read and batch 1, sent 2 s ago, goes again
+    resent = learner.recv(0.0)
+    assert resent.seq == 1 and ledger.take(resent.seq) and batcher.window.resent == 1
+    assert learner.acknowledge(ledger.ack("c"))
+    assert batcher.deliver_rest(timeout_s=1.0)  # the learner now holds both
