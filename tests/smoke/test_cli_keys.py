@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +47,20 @@ def test_bad_names_and_missing_keys_are_exit_2(tmp_path):
     escaping = acalign("keys", "generate", "../outside", cwd=tmp_path)
     assert escaping.returncode == 2 and "not a key name" in escaping.stderr
     assert not (tmp_path / "outside.key").exists()
+
+
+def test_the_robot_template_validates_with_generated_keys(tmp_path):
+    """What launch/robot_template.yaml's header tells an operator to do, on one machine, for the robot's side."""
+    repo = Path(__file__).resolve().parents[2]
+    shutil.copytree(repo / "launch", tmp_path / "launch")
+    shutil.copytree(repo / "policies" / "template-arm", tmp_path / "policies" / "template-arm")
+    before = acalign("validate", "--host", "robot", "launch/robot_template.yaml", cwd=tmp_path)
+    missing = "keys/robot.key_secret: secret key file not found"
+    assert before.returncode != 0 and missing in before.stdout + before.stderr
+    for name in ("learner", "robot"):
+        assert acalign("keys", "generate", name, cwd=tmp_path).returncode == 0
+    (tmp_path / "keys" / "clients").mkdir()
+    shutil.copy(tmp_path / "keys" / "robot.key", tmp_path / "keys" / "clients" / "robot.key")
+    after = acalign("validate", "--host", "robot", "launch/robot_template.yaml", cwd=tmp_path)
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert "ok (1 robot(s), learner: yes)" in after.stdout
