@@ -31,7 +31,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
-import itertools
 import json
 import os
 import signal
@@ -288,7 +287,7 @@ class IdleWindows:
     5 ms switch interval), so a validation running while the control thread wakes up delays that tick by as much:
     measured, ticks just before a swap took 2 ms instead of 0.7 (bench/hot_swap.py). The control loop `open`s a
     window each time it goes to sleep, until its deadline, and `close`s it on waking; the swapper runs each step of
-    its work only in a window with room for that step (its last duration), so the GIL is free when the control
+    its work only in a window with room for that step (PolicySwapper._when_idle), so the GIL is free when the control
     thread needs it.
     """
 
@@ -381,7 +380,8 @@ class PolicySwapper:
                 self.last_publish_to_ready_s = time.perf_counter() - received
 
     def _when_idle(self, step: str, work: Callable[[], Any]) -> Any:
-        """Run `work` in an idle window of the control loop that has room for its last measured duration."""
+        """Run `work` in an idle window of the control loop with room for it: its shortest recent duration, at most
+        0.9x the 75th percentile of recent windows."""
         windows = self.controller.idle
         durations = self.step_seconds.setdefault(step, collections.deque(maxlen=8))
         # A step longer than the usual window (e.g. a session build at 1 kHz) takes a long one of the usual ones.
@@ -396,12 +396,13 @@ class PolicySwapper:
 
     def _load_when_idle(self, stages: Generator[str, None, PolicyRunner]) -> PolicyRunner:
         """Run PolicyRunner.in_stages one stage per idle window; the runner it returns."""
-        for index in itertools.count():
+        stage = 0
+        while True:
             try:
-                self._when_idle(f"load-{index}", lambda: next(stages))
+                self._when_idle(f"load-{stage}", lambda: next(stages))
             except StopIteration as loaded:
                 return loaded.value
-        raise AssertionError("unreachable: itertools.count() never ends")
+            stage += 1
 
     def _validate(self, message: p.Policy, current: PolicyRunner) -> PolicyRunner | None:
         spec = self.controller.spec
