@@ -248,36 +248,45 @@ class _TransitionBatcher:
             self.sent_batches += 1
         else:
             self.dropped_batches += 1
-        self.window.record(batch, time.monotonic())
+        self.window.record(batch, time.perf_counter())
 
     def service(self, now: float) -> None:
-        """Between ticks: read the learner's acks (every ACK_POLL_S) and resend at most one batch it lacks."""
+        """Between ticks (`now`: perf_counter): read the learner's acks every ACK_POLL_S, resend at most one batch."""
         if self.sender is None:
             return
         if now >= self._next_ack_poll:
             self._next_ack_poll = now + ACK_POLL_S
-            while isinstance(ack := self.sender.recv(0.0), p.TransitionAck):
-                if ack.controller_id == self.stream_id:
-                    self.window.acknowledge(ack, now)
-        batch = self.window.next_due(now)
-        if batch is not None and not self.sender.send(batch):
-            self.window.retry_later(batch)
+            self._take_acks(now)
+        self._resend_one(now)
 
     def deliver_rest(self, timeout_s: float) -> bool:
         """At exit: keep answering acks until the learner holds every batch or `timeout_s` passed; True if it does."""
         if self.sender is None or self.seq == 0:
             return True
-        deadline = time.monotonic() + timeout_s
-        while self.window.received_through < self.seq - 1 and time.monotonic() < deadline:
-            ack = self.sender.recv(min(0.05, max(0.0, deadline - time.monotonic())))
-            now = time.monotonic()
-            if isinstance(ack, p.TransitionAck) and ack.controller_id == self.stream_id:
-                self.window.acknowledge(ack, now)
-            while (batch := self.window.next_due(now)) is not None:
-                if not self.sender.send(batch):
-                    self.window.retry_later(batch)
-                    break
+        deadline = time.perf_counter() + timeout_s
+        while self.window.received_through < self.seq - 1 and (now := time.perf_counter()) < deadline:
+            self._take_acks(now, wait_s=min(0.05, deadline - now))
+            while self._resend_one(time.perf_counter()):
+                pass
         return self.window.received_through >= self.seq - 1
+
+    def _take_acks(self, now: float, wait_s: float = 0.0) -> None:
+        """Hand every queued TransitionAck of this stream to the window (waiting up to wait_s for the first)."""
+        message = self.sender.recv(wait_s)
+        while isinstance(message, p.TransitionAck):
+            if message.controller_id == self.stream_id:
+                self.window.acknowledge(message, now)
+            message = self.sender.recv(0.0)
+
+    def _resend_one(self, now: float) -> bool:
+        """Resend the next batch the learner lacks; False when none is due or the channel is full."""
+        batch = self.window.next_due(now)
+        if batch is None:
+            return False
+        if self.sender.send(batch):
+            return True
+        self.window.retry_later(batch)
+        return False
 
 
 class IdleWindows:
@@ -488,7 +497,8 @@ class Controller:
             ResendWindow(int(config.resend_window_mb * 2**20), config.resend_after_s),
         )
         self.transitions = transitions
-        self.idle = IdleWindows()
+        # Only a controller that hot-swaps marks its idle time (it costs the tick a lock and a notify).
+        self.idle: IdleWindows | None = IdleWindows() if policies is not None else None
         self.swapper = PolicySwapper(policies, self) if policies is not None else None
         self._recent = np.zeros((config.probe_observations, reply.observation_space.shape[0]), np.float32)
         self._recent_count = 0
@@ -639,7 +649,7 @@ class Controller:
                     episode_return = 0.0
                     self.batcher.flush()
                     obs = self._reset()
-            self.batcher.service(time.monotonic())
+            self.batcher.service(t3)
             t4 = time.perf_counter()
             self.ticks += 1
             self.timer.record((t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0))
@@ -653,13 +663,15 @@ class Controller:
                 self.deadline_misses += 1
                 deadline = now  # re-anchor: no burst of catch-up ticks
             else:
-                self.idle.open(deadline)
+                if self.idle is not None:
+                    self.idle.open(deadline)
                 if cfg.spin_wait:
                     while time.perf_counter() < deadline:
                         pass
                 else:
                     time.sleep(deadline - now)
-                self.idle.close()
+                if self.idle is not None:
+                    self.idle.close()
             deadline += self.period_s
         return self._shutdown(started)
 

@@ -668,15 +668,19 @@ class _Mailbox:
             return self._items.popleft()
 
 
+def _get_counted(mailbox: _Mailbox, counters: Counters, timeout_s: float) -> Any | None:
+    """The next item, or None after timeout_s (a receive that waited and got nothing counts as a timeout)."""
+    item = mailbox.get(timeout_s)
+    if item is None and timeout_s > 0:
+        counters.timeouts += 1
+    return item
+
+
 def _recv_mailbox(
     mailbox: _Mailbox, allowed: tuple[type, ...], channel: str, max_bytes: int, counters: Counters, timeout_s: float
 ) -> Message | ProtocolError | None:
-    frame = mailbox.get(timeout_s)
-    if frame is None:
-        if timeout_s > 0:
-            counters.timeouts += 1
-        return None
-    return _incoming(frame, allowed, channel, max_bytes, counters)
+    frame = _get_counted(mailbox, counters, timeout_s)
+    return None if frame is None else _incoming(frame, allowed, channel, max_bytes, counters)
 
 
 class MemoryControlServer:
@@ -695,10 +699,8 @@ class MemoryControlServer:
         return identity
 
     def recv(self, timeout_s: float) -> tuple[Peer, Message | ProtocolError] | None:
-        item = self._inbox.get(timeout_s)
+        item = _get_counted(self._inbox, self.counters, timeout_s)
         if item is None:
-            if timeout_s > 0:
-                self.counters.timeouts += 1
             return None
         peer, frame = item
         return peer, _incoming(frame, CONTROL_REQUESTS, "control", self.max_message_bytes, self.counters)
@@ -765,10 +767,8 @@ class MemoryTransitionReceiver:
         self._connections: dict[str, _Mailbox] = {}  # controller_id -> the ack mailbox of its latest sender
 
     def recv(self, timeout_s: float) -> Message | ProtocolError | None:
-        item = self._queue.get(timeout_s)
+        item = _get_counted(self._queue, self.counters, timeout_s)
         if item is None:
-            if timeout_s > 0:
-                self.counters.timeouts += 1
             return None
         acks, frame = item
         message = _incoming(frame, TRANSITION_MESSAGES, "transitions", self.max_message_bytes, self.counters)
