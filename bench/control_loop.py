@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from runtime_rig import export_hopper_policy, hopper_driver, run_controller
+from runtime_rig import bench_endpoint, export_hopper_policy, hopper_driver, run_controller
 
 ECHO_SERVER = """
 import sys, zmq
@@ -34,8 +34,9 @@ while True:
 """
 
 
-def measure_floor(policy_dir: Path, endpoint: str, calls: int = 5000) -> dict[str, float]:
-    """Bare DEALER/ROUTER round trip (echo process) + one onnxruntime call, per iteration, p50/p99."""
+def measure_floor(policy_dir: Path, endpoint: str, rate_hz: float | None = None, calls: int = 5000) -> dict[str, float]:
+    """Bare DEALER/ROUTER round trip (echo process) + one onnxruntime call, per iteration, p50/p99: back to back, or
+    paced at `rate_hz` (sleeping to each deadline as the controller does, so both processes wake up every time)."""
     import zmq
 
     from acalign_robot.runtime.policy import PolicyRunner
@@ -50,7 +51,11 @@ def measure_floor(policy_dir: Path, endpoint: str, calls: int = 5000) -> dict[st
         obs = np.zeros(11, np.float32)
         payload = np.zeros(16, np.float32).tobytes()
         samples = np.zeros(calls)
+        deadline = time.perf_counter()
         for i in range(calls + 200):
+            if rate_hz:
+                deadline += 1.0 / rate_hz
+                time.sleep(max(0.0, deadline - time.perf_counter()))
             started = time.perf_counter()
             runner.act(obs)
             socket.send_multipart([b"id", payload])
@@ -90,15 +95,11 @@ def bare_loop_misses(rate_hz: float, seconds: float, work_s: float) -> dict[str,
     }
 
 
-def free_endpoint() -> str:
-    from acalign_robot.runtime.transport import free_tcp_endpoint
-
-    return free_tcp_endpoint()
-
-
-def run_rate(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path, log: bool, spin: bool) -> dict:
-    label = f"{rate_hz:g}-{'log' if log else 'nolog'}-{'spin' if spin else 'sleep'}"
-    with hopper_driver(workdir, label, spin_wait=spin) as endpoint:
+def run_rate(
+    rate_hz: float, seconds: float, policy_dir: Path, workdir: Path, log: bool, spin: bool, transport: str
+) -> dict:
+    label = f"{rate_hz:g}-{'log' if log else 'nolog'}-{'spin' if spin else 'sleep'}-{transport}"
+    with hopper_driver(workdir, label, spin_wait=spin, transport=transport) as endpoint:
         fields = {
             "driver_endpoint": endpoint,
             "policy": str(policy_dir),
@@ -126,23 +127,38 @@ def main() -> None:
         default="sleep",
         help="how controller and driver wait: block/sleep (default) or busy-poll (spin_wait: a core each)",
     )
+    parser.add_argument(
+        "--transport",
+        choices=("tcp", "ipc", "both"),
+        default="tcp",
+        help="the control link: loopback TCP (default) or a Unix socket (ipc://), the floor measured the same way",
+    )
     parser.add_argument("--out", default="bench/out/control_loop.json")
     args = parser.parse_args()
     log_settings = {"on": (True,), "off": (False,), "both": (False, True)}[args.logging]
     spin_settings = {"sleep": (False,), "spin": (True,), "both": (False, True)}[args.wait]
+    transports = ("tcp", "ipc") if args.transport == "both" else (args.transport,)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         policy_dir, _, _ = export_hopper_policy(workdir / "policies")
-        floor = measure_floor(policy_dir, free_endpoint())
+        floors = {transport: measure_floor(policy_dir, bench_endpoint(workdir, transport)) for transport in transports}
         rows = []
-        settings = [(rate, log, spin) for rate in args.rates for spin in spin_settings for log in log_settings]
-        for rate, log, spin in settings:
-            stats = run_rate(rate, args.seconds, policy_dir, workdir, log, spin)
+        settings = [
+            (rate, log, spin, transport)
+            for rate in args.rates
+            for spin in spin_settings
+            for log in log_settings
+            for transport in transports
+        ]
+        for rate, log, spin, transport in settings:
+            stats = run_rate(rate, args.seconds, policy_dir, workdir, log, spin, transport)
+            paced_floor = measure_floor(policy_dir, bench_endpoint(workdir, transport), rate_hz=rate, calls=2000)
             rows.append(
                 {
                     "target_hz": rate,
                     "log": log,
                     "wait": "spin" if spin else "sleep",
+                    "transport": transport,
                     "achieved_hz": stats["achieved_rate_hz"],
                     "ticks": stats["ticks"],
                     "tick_p50_s": stats["tick_p50_s"],
@@ -154,36 +170,41 @@ def main() -> None:
                     "filter_p50_s": stats["filter_p50_s"],
                     "obs_p50_s": stats["obs_p50_s"],
                     "send_p50_s": stats["send_p50_s"],
-                    "ratio_to_floor_p50": stats["tick_p50_s"] / floor["p50_s"],
+                    "ratio_to_floor_p50": stats["tick_p50_s"] / floors[transport]["p50_s"],
+                    "paced_floor": paced_floor,
+                    "ratio_to_paced_floor_p50": stats["tick_p50_s"] / paced_floor["p50_s"],
                     "bare_loop": bare_loop_misses(rate, args.seconds, stats["tick_p50_s"]),
                 }
             )
     us = 1e6
+    for transport, floor in floors.items():
+        print(
+            f"floor over {transport} (DEALER/ROUTER echo + one onnxruntime call, back to back): "
+            f"p50 {floor['p50_s'] * us:.0f} us, p99 {floor['p99_s'] * us:.0f} us"
+        )
     print(
-        f"floor (DEALER/ROUTER echo + one onnxruntime call): p50 {floor['p50_s'] * us:.0f} us, "
-        f"p99 {floor['p99_s'] * us:.0f} us\n"
-    )
-    print(
-        f"{'target Hz':>9} {'wait':>5} {'log':>4} {'achieved':>9} {'ticks':>7} "
-        f"{'p50 us':>8} {'p99 us':>8} {'max us':>8} "
-        f"{'misses':>7} {'miss %':>7} {'bare %':>7} {'p50/floor':>9}   sections p50 us (infer/filter/obs/send)"
+        f"\n{'target Hz':>9} {'link':>4} {'wait':>5} {'log':>4} {'achieved':>9} {'ticks':>7} "
+        f"{'p50 us':>8} {'p99 us':>8} {'max us':>8} {'misses':>7} {'miss %':>7} {'bare %':>7} "
+        f"{'p50/floor':>9} {'paced floor us':>14} {'p50/paced':>9}   sections p50 us (infer/filter/obs/send)"
     )
     for r in rows:
         print(
-            f"{r['target_hz']:>9.0f} {r['wait']:>5} {'on' if r['log'] else 'off':>4} "
+            f"{r['target_hz']:>9.0f} {r['transport']:>4} {r['wait']:>5} {'on' if r['log'] else 'off':>4} "
             f"{r['achieved_hz']:>9.1f} {r['ticks']:>7} "
             f"{r['tick_p50_s'] * us:>8.0f} {r['tick_p99_s'] * us:>8.0f} {r['tick_max_s'] * us:>8.0f} "
             f"{r['deadline_misses']:>7} {100 * r['miss_fraction']:>6.2f}% "
             f"{100 * r['bare_loop']['miss_fraction']:>6.2f}% "
-            f"{r['ratio_to_floor_p50']:>9.2f}   "
+            f"{r['ratio_to_floor_p50']:>9.2f} {r['paced_floor']['p50_s'] * us:>14.0f} "
+            f"{r['ratio_to_paced_floor_p50']:>9.2f}   "
             + "/".join(f"{r[f'{name}_p50_s'] * us:.0f}" for name in ("infer", "filter", "obs", "send"))
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"floor": floor, "rows": rows, "seconds": args.seconds}, indent=1))
+    out.write_text(json.dumps({"floors": floors, "rows": rows, "seconds": args.seconds}, indent=1))
     print(
         "\nbare %: a loop that only sleeps to each deadline at the same rate, right after the run: wake-ups late by"
-        " more than the period minus the run's median tick (this machine's own share of the misses)"
+        " more than the period minus the run's median tick (this machine's own share of the misses); paced floor:"
+        " the floor's round trip + inference at the row's rate, sleeping between iterations like the controller"
     )
     print(f"wrote {out}")
 

@@ -170,6 +170,7 @@ def main() -> None:
     parser.add_argument("--offline-steps", type=int, help="override the scale's offline updates")
     parser.add_argument("--online-steps", type=int, help="override the scale's online env steps")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="online methods to run")
     parser.add_argument("--jobs", type=int, default=1, help="online runs in parallel (one core each)")
     parser.add_argument("--out", default="bench/out/learning")
     args = parser.parse_args()
@@ -195,7 +196,7 @@ def main() -> None:
         jobs = {
             (d, m, s): pool.submit(online_run, offline[d], m, s, scale)
             for d in args.datasets
-            for m in METHODS
+            for m in args.methods
             for s in range(args.seeds)
         }
         run_dirs = {key: job.result() for key, job in jobs.items()}
@@ -206,11 +207,11 @@ def main() -> None:
         results[dataset] = {}
         curves[dataset] = {}
         switch = [
-            summarize(read_scores(run_dirs[(dataset, "aca", s)]), scale.online_steps)["switch"]
+            summarize(read_scores(run_dirs[(dataset, args.methods[0], s)]), scale.online_steps)["switch"]
             for s in range(args.seeds)
         ]
         results[dataset]["offline-only"] = [{"switch": v, "dip": v, "worst": v, "final": v} for v in switch]
-        for method in METHODS:
+        for method in args.methods:
             scores = [read_scores(run_dirs[(dataset, method, s)]) for s in range(args.seeds)]
             curves[dataset][method] = scores
             results[dataset][method] = [summarize(s, scale.online_steps) for s in scores]

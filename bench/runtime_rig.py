@@ -5,6 +5,7 @@ unpaced), and a controller process run to completion."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "acalign_robot.cli"]
+_ipc_names = itertools.count()
 HOPPER_META = {
     "env_id": "Hopper-v5",
     "obs_dim": 11,
@@ -74,12 +76,19 @@ def aligned_checkpoint(path: Path, seeded: int = 10_000) -> Path:
     return save_checkpoint(path, "online", state, config_io.to_dict(config), meta)
 
 
-@contextlib.contextmanager
-def hopper_driver(workdir: Path, label: str, spin_wait: bool = False) -> Iterator[str]:
-    """A MuJoCo Hopper driver process (2 ms per tick, unpaced) for the duration of the block; yields its endpoint."""
+def bench_endpoint(workdir: Path, transport: str = "tcp") -> str:
+    """A free loopback TCP endpoint, or a fresh Unix socket path under `workdir` (`transport` "ipc")."""
     from acalign_robot.runtime.transport import free_tcp_endpoint
 
-    endpoint = free_tcp_endpoint()
+    if transport == "tcp":
+        return free_tcp_endpoint()
+    return f"ipc://{workdir / f'link-{next(_ipc_names)}.sock'}"
+
+
+@contextlib.contextmanager
+def hopper_driver(workdir: Path, label: str, spin_wait: bool = False, transport: str = "tcp") -> Iterator[str]:
+    """A MuJoCo Hopper driver process (2 ms per tick, unpaced) for the duration of the block; yields its endpoint."""
+    endpoint = bench_endpoint(workdir, transport)
     config = workdir / f"driver-{label}.yaml"
     sim = str(REPO / "sim" / "hopper_500hz.yaml")
     fields = {"kind": "mujoco", "sim": sim, "endpoint": endpoint, "watchdog_ms": 500, "spin_wait": spin_wait}
