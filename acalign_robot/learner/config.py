@@ -13,6 +13,7 @@ from typing import Literal
 
 from acalign_robot.config import FieldError
 from acalign_robot.runtime.manifest import PolicyError, validate_name
+from acalign_robot.runtime.realtime import check_cores
 from acalign_robot.runtime.security import SecurityConfig
 
 __all__ = ["LearnerConfig"]
@@ -61,10 +62,7 @@ class LearnerConfig:
         for name in ("max_updates", "max_env_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise FieldError(name, f"must be >= 1 or null, got {getattr(self, name)}")
-        if self.cpu_affinity is not None and (
-            not self.cpu_affinity or min(self.cpu_affinity) < 0 or len(set(self.cpu_affinity)) != len(self.cpu_affinity)
-        ):
-            raise FieldError("cpu_affinity", f"must be distinct core numbers >= 0, got {list(self.cpu_affinity)}")
+        check_cores(self.cpu_affinity)
         if self.policy_name is not None:
             try:
                 validate_name(self.policy_name)

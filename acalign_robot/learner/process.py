@@ -95,6 +95,7 @@ from acalign_robot.export.onnx_export import build_artifact
 from acalign_robot.learner.config import LearnerConfig
 from acalign_robot.runtime.delivery import SequenceLedger
 from acalign_robot.runtime.protocol import Policy, Stats, TransitionBatch
+from acalign_robot.runtime.realtime import pin_to_cores
 from acalign_robot.runtime.security import secure_context
 from acalign_robot.runtime.transport import Sender, TransitionServer, ZmqPolicyPublisher, ZmqTransitionReceiver
 
@@ -563,14 +564,8 @@ class Learner:
 
 def _apply_cpu_settings(config: LearnerConfig) -> None:
     set_torch_threads(config.torch_threads)
-    if config.cpu_affinity is None:
-        return
-    if not hasattr(os, "sched_setaffinity"):
-        raise InputError("cpu_affinity: this platform cannot pin a process to cores (os.sched_setaffinity)")
-    try:
-        os.sched_setaffinity(0, config.cpu_affinity)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cpu_affinity {list(config.cpu_affinity)}: {exc}") from None
+    if config.cpu_affinity is not None:
+        pin_to_cores(config.cpu_affinity, "cpu_affinity")
 
 
 def serve(config: LearnerConfig, *, resume: bool = False, ready_file: str | None = None) -> Path:

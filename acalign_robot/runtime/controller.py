@@ -46,9 +46,11 @@ import numpy as np
 
 from acalign_robot.config import FieldError
 from acalign_robot.runtime import protocol as p
+from acalign_robot.runtime import realtime
 from acalign_robot.runtime.delivery import ResendWindow
 from acalign_robot.runtime.manifest import PolicyError
 from acalign_robot.runtime.policy import PolicyRunner
+from acalign_robot.runtime.realtime import RealtimeConfig
 from acalign_robot.runtime.safety import ActionFilter, FilterFlags, SafetyConfig
 from acalign_robot.runtime.security import SecurityConfig, client_keys, is_local_endpoint
 from acalign_robot.runtime.transition_log import TransitionLog
@@ -121,6 +123,7 @@ class ControllerConfig:
     # Busy-wait for the deadline and for the driver's reply instead of sleeping: the control thread never sleeps, so
     # its core stays hot (tick latency near the floor), at the cost of that whole core (for an isolated core).
     spin_wait: bool = False
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)  # SCHED_FIFO and cores (runtime/realtime.py)
 
     def validate(self) -> None:
         if self.rate_hz is not None and not 0 < self.rate_hz <= 10_000:
@@ -369,6 +372,7 @@ class PolicySwapper:
         self.last_rejection = f"{reason}: {detail}"[:300]
 
     def _run(self) -> None:
+        realtime.leave_realtime()  # off the control path: never ahead of the control thread
         while not self._stop.is_set():
             message = self.subscriber.recv(0.1)
             self.retired.clear()
@@ -755,6 +759,7 @@ def run_controller(config: ControllerConfig, ready_file: str | None = None) -> d
     """Build ZeroMQ endpoints and the policy runner from `config`, run until done or SIGTERM/SIGINT."""
     from acalign_robot.runtime.transport import ZmqControlClient, ZmqPolicySubscriber, ZmqTransitionSender
 
+    realtime.apply(config.realtime, "controller.realtime")  # first: the threads started below inherit it
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     runner = PolicyRunner.from_dir(config.policy, provider=config.provider, seed=config.seed)
     keys = client_keys(config.security)

@@ -26,6 +26,8 @@ import numpy as np
 from acalign_robot.config import FieldError
 from acalign_robot.drivers.base import Driver
 from acalign_robot.runtime import protocol as p
+from acalign_robot.runtime import realtime
+from acalign_robot.runtime.realtime import RealtimeConfig
 from acalign_robot.runtime.security import SecurityConfig, is_local_endpoint, secure_context
 from acalign_robot.runtime.transport import ControlServer, ZmqControlServer
 
@@ -50,6 +52,7 @@ class DriverConfig:
     # CURVE for a non-loopback endpoint. A loopback or ipc:// control endpoint is served without it: the control link
     # then never leaves the robot's machine, which holds no secret key of the session's server (the learner's).
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)  # SCHED_FIFO and cores (runtime/realtime.py)
 
     def validate(self) -> None:
         if self.kind == "mujoco" and (self.sim is None) == (self.env_id is None):
@@ -265,6 +268,7 @@ class DriverServer:
 
 def serve(config: DriverConfig, ready_file: str | None = None) -> DriverServer:
     """Run a driver server until SIGTERM/SIGINT; `ready_file` is written once the socket is bound."""
+    realtime.apply(config.realtime, "driver.realtime")  # first: ZeroMQ's I/O thread inherits it
     # Refuses a non-loopback bind without CURVE; a local endpoint needs no keys (DriverConfig.security).
     secure = secure_context(SecurityConfig() if is_local_endpoint(config.endpoint) else config.security)
     try:

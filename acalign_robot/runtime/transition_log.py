@@ -72,6 +72,7 @@ import numpy as np
 
 from acalign_robot.errors import InputError
 from acalign_robot.runtime.protocol import BoxSpace, TransitionBatch
+from acalign_robot.runtime.realtime import leave_realtime
 
 __all__ = [
     "CHUNK_FORMAT",
@@ -280,6 +281,7 @@ class TransitionLog:
         _write_durably(self._meta_path, lambda handle: handle.write(json.dumps(meta, indent=1).encode()))
 
     def _run(self) -> None:
+        leave_realtime()  # a real-time controller's writer: disk I/O off the control path, never ahead of it
         pending: list[tuple[TransitionBatch, np.ndarray | None, float]] = []
         pending_count, opened_at = 0, 0.0
         while True:
