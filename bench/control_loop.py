@@ -3,22 +3,31 @@
 Reports, per target rate: achieved rate, tick latency p50/p99/max (the work of one tick: infer, filter, driver round
 trip, transition handling), deadline misses and, next to them, the misses a bare sleeping loop at the same rate
 would have with the run's median work (the machine's own share); and, in the same run, the floor: a bare
-DEALER/ROUTER round trip to an echo process plus one onnxruntime call of the same policy, measured back to back. The
-driver runs Hopper-v5 with one 2 ms physics step per tick (sim/hopper_500hz.yaml), as fast as asked (no real-time
-pacing), so the controller's rate is what is measured. Prints a table and writes bench/out/control_loop.json.
+DEALER/ROUTER round trip to an echo process plus one onnxruntime call of the same policy, measured back to back and
+paced at each rate (sleeping between iterations as the controller does). The driver runs Hopper-v5 with one 2 ms
+physics step per tick (sim/hopper_500hz.yaml), as fast as asked (no real-time pacing), so the controller's rate is
+what is measured. Options compare the link (loopback TCP or ipc://), the scheduler (`--priority`: SCHED_FIFO for
+controller and driver, runtime/realtime.py) and a machine shared with CPU-bound work (`--load`: stand-ins for
+learners). Prints a table and writes bench/out/control_loop.json.
 
     python bench/control_loop.py [--seconds 5] [--rates 100 500 1000] [--logging on|off|both] [--wait sleep|spin|both]
+        [--transport tcp|ipc|both] [--priority 0 50] [--load N]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from runtime_rig import bench_endpoint, export_hopper_policy, hopper_driver, run_controller
@@ -95,20 +104,52 @@ def bare_loop_misses(rate_hz: float, seconds: float, work_s: float) -> dict[str,
     }
 
 
-def run_rate(
-    rate_hz: float, seconds: float, policy_dir: Path, workdir: Path, log: bool, spin: bool, transport: str
-) -> dict:
-    label = f"{rate_hz:g}-{'log' if log else 'nolog'}-{'spin' if spin else 'sleep'}-{transport}"
-    with hopper_driver(workdir, label, spin_wait=spin, transport=transport) as endpoint:
+class Setting(NamedTuple):
+    rate_hz: float
+    log: bool
+    spin: bool
+    transport: str
+    priority: int  # SCHED_FIFO priority of controller and driver (realtime.priority); 0: the normal scheduler
+
+    @property
+    def label(self) -> str:
+        wait = "spin" if self.spin else "sleep"
+        return f"{self.rate_hz:g}-{'log' if self.log else 'nolog'}-{wait}-{self.transport}-prio{self.priority}"
+
+
+def run_setting(setting: Setting, seconds: float, policy_dir: Path, workdir: Path) -> dict:
+    realtime = {"priority": setting.priority} if setting.priority else {}
+    with hopper_driver(
+        workdir, setting.label, spin_wait=setting.spin, transport=setting.transport, realtime=realtime
+    ) as endpoint:
         fields = {
             "driver_endpoint": endpoint,
             "policy": str(policy_dir),
-            "rate_hz": rate_hz,
+            "rate_hz": setting.rate_hz,
             "duration_s": seconds,
-            "log": log,
-            "spin_wait": spin,
+            "log": setting.log,
+            "spin_wait": setting.spin,
+            "realtime": realtime,
         }
-        return run_controller(workdir, label, fields, seconds + 120)
+        return run_controller(workdir, setting.label, fields, seconds + 120)
+
+
+@contextlib.contextmanager
+def background_load(processes: int) -> Iterator[None]:
+    """`processes` CPU-bound processes, each a one-thread matmul loop standing in for a learner on the same cores."""
+    burn = "import numpy as np\nx = np.ones((256, 256), np.float32)\nwhile True:\n    x = np.tanh(x @ x)\n"
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", burn], env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        )
+        for _ in range(processes)
+    ]
+    try:
+        yield
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
 
 
 def main() -> None:
@@ -133,64 +174,78 @@ def main() -> None:
         default="tcp",
         help="the control link: loopback TCP (default) or a Unix socket (ipc://), the floor measured the same way",
     )
+    parser.add_argument(
+        "--priority",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="SCHED_FIFO priority of controller and driver (realtime.priority), 0 for the normal scheduler; several "
+        "to compare (needs root or CAP_SYS_NICE)",
+    )
+    parser.add_argument(
+        "--load", type=int, default=0, help="CPU-bound background processes during the runs (stand-ins for learners)"
+    )
     parser.add_argument("--out", default="bench/out/control_loop.json")
     args = parser.parse_args()
-    log_settings = {"on": (True,), "off": (False,), "both": (False, True)}[args.logging]
-    spin_settings = {"sleep": (False,), "spin": (True,), "both": (False, True)}[args.wait]
-    transports = ("tcp", "ipc") if args.transport == "both" else (args.transport,)
+    settings = [
+        Setting(rate, log, spin, transport, priority)
+        for rate, spin, log, transport, priority in itertools.product(
+            args.rates,
+            {"sleep": (False,), "spin": (True,), "both": (False, True)}[args.wait],
+            {"on": (True,), "off": (False,), "both": (False, True)}[args.logging],
+            ("tcp", "ipc") if args.transport == "both" else (args.transport,),
+            args.priority,
+        )
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         policy_dir, _, _ = export_hopper_policy(workdir / "policies")
+        transports = sorted({setting.transport for setting in settings})
         floors = {transport: measure_floor(policy_dir, bench_endpoint(workdir, transport)) for transport in transports}
         rows = []
-        settings = [
-            (rate, log, spin, transport)
-            for rate in args.rates
-            for spin in spin_settings
-            for log in log_settings
-            for transport in transports
-        ]
-        for rate, log, spin, transport in settings:
-            stats = run_rate(rate, args.seconds, policy_dir, workdir, log, spin, transport)
-            paced_floor = measure_floor(policy_dir, bench_endpoint(workdir, transport), rate_hz=rate, calls=2000)
-            rows.append(
-                {
-                    "target_hz": rate,
-                    "log": log,
-                    "wait": "spin" if spin else "sleep",
-                    "transport": transport,
-                    "achieved_hz": stats["achieved_rate_hz"],
-                    "ticks": stats["ticks"],
-                    "tick_p50_s": stats["tick_p50_s"],
-                    "tick_p99_s": stats["tick_p99_s"],
-                    "tick_max_s": stats["tick_max_s"],
-                    "deadline_misses": stats["deadline_misses"],
-                    "miss_fraction": stats["deadline_misses"] / max(stats["ticks"], 1),
-                    "infer_p50_s": stats["infer_p50_s"],
-                    "filter_p50_s": stats["filter_p50_s"],
-                    "obs_p50_s": stats["obs_p50_s"],
-                    "send_p50_s": stats["send_p50_s"],
-                    "ratio_to_floor_p50": stats["tick_p50_s"] / floors[transport]["p50_s"],
-                    "paced_floor": paced_floor,
-                    "ratio_to_paced_floor_p50": stats["tick_p50_s"] / paced_floor["p50_s"],
-                    "bare_loop": bare_loop_misses(rate, args.seconds, stats["tick_p50_s"]),
-                }
-            )
+        with background_load(args.load):
+            for setting in settings:
+                stats = run_setting(setting, args.seconds, policy_dir, workdir)
+                paced_floor = measure_floor(
+                    policy_dir, bench_endpoint(workdir, setting.transport), rate_hz=setting.rate_hz, calls=2000
+                )
+                rows.append(
+                    {
+                        **setting._asdict(),
+                        "load": args.load,
+                        "achieved_hz": stats["achieved_rate_hz"],
+                        "ticks": stats["ticks"],
+                        "tick_p50_s": stats["tick_p50_s"],
+                        "tick_p99_s": stats["tick_p99_s"],
+                        "tick_max_s": stats["tick_max_s"],
+                        "deadline_misses": stats["deadline_misses"],
+                        "miss_fraction": stats["deadline_misses"] / max(stats["ticks"], 1),
+                        "infer_p50_s": stats["infer_p50_s"],
+                        "filter_p50_s": stats["filter_p50_s"],
+                        "obs_p50_s": stats["obs_p50_s"],
+                        "send_p50_s": stats["send_p50_s"],
+                        "ratio_to_floor_p50": stats["tick_p50_s"] / floors[setting.transport]["p50_s"],
+                        "paced_floor": paced_floor,
+                        "ratio_to_paced_floor_p50": stats["tick_p50_s"] / paced_floor["p50_s"],
+                        "bare_loop": bare_loop_misses(setting.rate_hz, args.seconds, stats["tick_p50_s"]),
+                    }
+                )
     us = 1e6
     for transport, floor in floors.items():
         print(
             f"floor over {transport} (DEALER/ROUTER echo + one onnxruntime call, back to back): "
             f"p50 {floor['p50_s'] * us:.0f} us, p99 {floor['p99_s'] * us:.0f} us"
         )
+    print(f"background load: {args.load} CPU-bound processes")
     print(
-        f"\n{'target Hz':>9} {'link':>4} {'wait':>5} {'log':>4} {'achieved':>9} {'ticks':>7} "
+        f"\n{'target Hz':>9} {'link':>4} {'wait':>5} {'prio':>4} {'log':>4} {'achieved':>9} {'ticks':>7} "
         f"{'p50 us':>8} {'p99 us':>8} {'max us':>8} {'misses':>7} {'miss %':>7} {'bare %':>7} "
         f"{'p50/floor':>9} {'paced floor us':>14} {'p50/paced':>9}   sections p50 us (infer/filter/obs/send)"
     )
     for r in rows:
         print(
-            f"{r['target_hz']:>9.0f} {r['transport']:>4} {r['wait']:>5} {'on' if r['log'] else 'off':>4} "
-            f"{r['achieved_hz']:>9.1f} {r['ticks']:>7} "
+            f"{r['rate_hz']:>9.0f} {r['transport']:>4} {'spin' if r['spin'] else 'sleep':>5} {r['priority']:>4} "
+            f"{'on' if r['log'] else 'off':>4} {r['achieved_hz']:>9.1f} {r['ticks']:>7} "
             f"{r['tick_p50_s'] * us:>8.0f} {r['tick_p99_s'] * us:>8.0f} {r['tick_max_s'] * us:>8.0f} "
             f"{r['deadline_misses']:>7} {100 * r['miss_fraction']:>6.2f}% "
             f"{100 * r['bare_loop']['miss_fraction']:>6.2f}% "
@@ -200,11 +255,12 @@ def main() -> None:
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"floors": floors, "rows": rows, "seconds": args.seconds}, indent=1))
+    out.write_text(json.dumps({"floors": floors, "rows": rows, "seconds": args.seconds, "load": args.load}, indent=1))
     print(
         "\nbare %: a loop that only sleeps to each deadline at the same rate, right after the run: wake-ups late by"
         " more than the period minus the run's median tick (this machine's own share of the misses); paced floor:"
-        " the floor's round trip + inference at the row's rate, sleeping between iterations like the controller"
+        " the floor's round trip + inference at the row's rate, sleeping between iterations like the controller;"
+        " prio: SCHED_FIFO priority of controller and driver (0: normal scheduler)"
     )
     print(f"wrote {out}")
 

@@ -86,12 +86,22 @@ def bench_endpoint(workdir: Path, transport: str = "tcp") -> str:
 
 
 @contextlib.contextmanager
-def hopper_driver(workdir: Path, label: str, spin_wait: bool = False, transport: str = "tcp") -> Iterator[str]:
-    """A MuJoCo Hopper driver process (2 ms per tick, unpaced) for the duration of the block; yields its endpoint."""
+def hopper_driver(
+    workdir: Path, label: str, spin_wait: bool = False, transport: str = "tcp", realtime: dict | None = None
+) -> Iterator[str]:
+    """A MuJoCo Hopper driver process (2 ms per tick, unpaced) for the duration of the block; yields its endpoint.
+    `realtime`: the driver's `realtime:` section (SCHED_FIFO priority, cores)."""
     endpoint = bench_endpoint(workdir, transport)
     config = workdir / f"driver-{label}.yaml"
     sim = str(REPO / "sim" / "hopper_500hz.yaml")
-    fields = {"kind": "mujoco", "sim": sim, "endpoint": endpoint, "watchdog_ms": 500, "spin_wait": spin_wait}
+    fields = {
+        "kind": "mujoco",
+        "sim": sim,
+        "endpoint": endpoint,
+        "watchdog_ms": 500,
+        "spin_wait": spin_wait,
+        "realtime": realtime or {},
+    }
     config.write_text(yaml.safe_dump(fields))
     ready = workdir / f"driver-{label}.ready"
     driver = subprocess.Popen(
