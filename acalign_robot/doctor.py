@@ -4,8 +4,8 @@ A robot computer installs only the controller's dependencies (deploy/requirement
 MuJoCo), a learner workstation adds the torch stack, a simulation machine adds MuJoCo. Each role is checked for:
 its Python modules (importable, at least the version pyproject.toml asks for), the role's own entry module (which
 catches a dependency missing further down the import chain), and what the role needs from the platform: CURVE in
-libzmq for links across machines, the onnxruntime execution providers, torch's view of CUDA, MUJOCO_GL for headless
-rendering.
+libzmq for links across machines, the onnxruntime execution providers, whether real-time scheduling is permitted,
+torch's view of CUDA, MUJOCO_GL for headless rendering.
 
 Nothing heavy is imported at module level: a module is imported only to probe it (importing torch takes seconds),
 and only for the roles asked about. Every check yields a row: `ok`, `warn` (works, with a caveat worth reading) or
@@ -209,6 +209,19 @@ def _mujoco_gl_checks() -> list[Check]:
     return [Check("sim", "MUJOCO_GL", OK, f"{value} (set before mujoco is imported)")]
 
 
+def _realtime_checks() -> list[Check]:
+    from acalign_robot.runtime.realtime import max_fifo_priority
+
+    highest = max_fifo_priority()
+    if highest:
+        return [Check("controller", "SCHED_FIFO", OK, f"permitted up to priority {highest} (`realtime.priority`)")]
+    detail = (
+        "not permitted for this user: a controller or driver with `realtime.priority` will refuse to start (root, "
+        "CAP_SYS_NICE or an rtprio limit allows it; the systemd units set LimitRTPRIO)"
+    )
+    return [Check("controller", "SCHED_FIFO", WARN, detail)]
+
+
 # Platform checks, run once a role's module imported: (role, module name, check).
 _PLATFORM_CHECKS: tuple[tuple[str, str, Callable[[object], list[Check]]], ...] = (
     ("controller", "zmq", _zmq_checks),
@@ -245,6 +258,8 @@ def run_checks(roles: Iterable[str]) -> list[Check]:
         for check_role, name, platform_check in _PLATFORM_CHECKS:
             if check_role == role and name in imported:
                 checks += platform_check(imported[name])
+        if role == "controller":
+            checks += _realtime_checks()
         if role == "sim":
             checks += _mujoco_gl_checks()
         checks += [_check_entry_module(role, name) for name in _ENTRY_MODULES[role]]

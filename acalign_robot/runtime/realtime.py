@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from acalign_robot.config import FieldError
 from acalign_robot.errors import InputError
 
-__all__ = ["RealtimeConfig", "apply", "check_cores", "leave_realtime", "pin_to_cores"]
+__all__ = ["RealtimeConfig", "apply", "check_cores", "leave_realtime", "max_fifo_priority", "pin_to_cores"]
+
+_CAP_SYS_NICE = 23  # bit of the capability in /proc/<pid>/status's CapEff mask (linux/capability.h)
 
 
 @dataclass(frozen=True)
@@ -85,3 +87,26 @@ def leave_realtime() -> None:
     """Move the calling thread back to the normal scheduler, if it inherited a real-time policy."""
     if hasattr(os, "SCHED_FIFO") and os.sched_getscheduler(0) != os.SCHED_OTHER:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
+def max_fifo_priority() -> int:
+    """The highest SCHED_FIFO priority this process may take: 99 with CAP_SYS_NICE, else its rtprio limit (0: none)."""
+    if not hasattr(os, "SCHED_FIFO"):
+        return 0
+    if _has_cap_sys_nice():
+        return 99
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_RTPRIO)
+    return 99 if soft == resource.RLIM_INFINITY else min(int(soft), 99)
+
+
+def _has_cap_sys_nice() -> bool:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_SYS_NICE & 1)
+    except OSError:
+        pass
+    return False

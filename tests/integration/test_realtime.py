@@ -56,6 +56,18 @@ def driver_config(tmp_path, endpoint: str) -> str:
     return write_config(tmp_path / "driver.yaml", fields)
 
 
+def test_the_permitted_priority_agrees_with_what_the_kernel_allows():
+    """What `acalign doctor` reports (max_fifo_priority) against an actual attempt, with the right and without it."""
+    probe = "from acalign_robot.runtime.realtime import max_fifo_priority; print(max_fifo_priority())"
+    reported = int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
+    assert (reported >= 1) == fifo_allowed()
+    if reported:
+        dropped = subprocess.run(
+            [*without_sched_fifo_permission(), sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        )
+        assert int(dropped.stdout) == 0
+
+
 @pytest.mark.skipif(not hasattr(os, "SCHED_FIFO"), reason="SCHED_FIFO is Linux only")
 def test_without_the_right_to_sched_fifo_the_driver_refuses_to_start(processes, tmp_path):
     command = [
