@@ -32,6 +32,9 @@ from typing import NamedTuple
 import numpy as np
 from runtime_rig import bench_endpoint, export_hopper_policy, hopper_driver, run_controller
 
+from acalign_robot.runtime import realtime
+from acalign_robot.runtime.realtime import RealtimeConfig
+
 ECHO_SERVER = """
 import sys, zmq
 socket = zmq.Context().socket(zmq.ROUTER)
@@ -82,20 +85,25 @@ def measure_floor(policy_dir: Path, endpoint: str, rate_hz: float | None = None,
     }
 
 
-def bare_loop_misses(rate_hz: float, seconds: float, work_s: float) -> dict[str, float]:
-    """The machine's own share of deadline misses: a loop that only sleeps to each deadline, at the same rate, and
-    counts the wake-ups late by more than the period minus `work_s` (the controller's median tick): the ticks that
-    would miss if every tick did the median work."""
+def bare_loop_misses(rate_hz: float, seconds: float, work_s: float, priority: int = 0) -> dict[str, float]:
+    """The machine's own share of deadline misses: a loop that only sleeps to each deadline, at the same rate and
+    under the same scheduling as the run (`priority`: SCHED_FIFO, 0: normal), and counts the wake-ups late by more
+    than the period minus `work_s` (the controller's median tick): the ticks that would miss if every tick did the
+    median work."""
     period_s = 1.0 / rate_hz
     ticks = int(seconds * rate_hz)
     late = np.zeros(ticks)
-    deadline = time.perf_counter() + period_s
-    for i in range(ticks):
-        now = time.perf_counter()
-        if now < deadline:
-            time.sleep(deadline - now)
-        late[i] = time.perf_counter() - deadline
-        deadline += period_s
+    realtime.apply(RealtimeConfig(priority=priority or None), "bare loop")
+    try:
+        deadline = time.perf_counter() + period_s
+        for i in range(ticks):
+            now = time.perf_counter()
+            if now < deadline:
+                time.sleep(deadline - now)
+            late[i] = time.perf_counter() - deadline
+            deadline += period_s
+    finally:
+        realtime.leave_realtime()
     would_miss = int((late > period_s - work_s).sum())
     return {
         "wake_late_p99_s": float(np.percentile(late, 99)),
@@ -227,7 +235,9 @@ def main() -> None:
                         "ratio_to_floor_p50": stats["tick_p50_s"] / floors[setting.transport]["p50_s"],
                         "paced_floor": paced_floor,
                         "ratio_to_paced_floor_p50": stats["tick_p50_s"] / paced_floor["p50_s"],
-                        "bare_loop": bare_loop_misses(setting.rate_hz, args.seconds, stats["tick_p50_s"]),
+                        "bare_loop": bare_loop_misses(
+                            setting.rate_hz, args.seconds, stats["tick_p50_s"], setting.priority
+                        ),
                     }
                 )
     us = 1e6
@@ -257,8 +267,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"floors": floors, "rows": rows, "seconds": args.seconds, "load": args.load}, indent=1))
     print(
-        "\nbare %: a loop that only sleeps to each deadline at the same rate, right after the run: wake-ups late by"
-        " more than the period minus the run's median tick (this machine's own share of the misses); paced floor:"
+        "\nbare %: a loop that only sleeps to each deadline at the same rate and priority, right after the run:"
+        " wake-ups late by more than the period minus the run's median tick (this machine's own share of the misses);"
+        " paced floor:"
         " the floor's round trip + inference at the row's rate, sleeping between iterations like the controller;"
         " prio: SCHED_FIFO priority of controller and driver (0: normal scheduler)"
     )
