@@ -36,7 +36,9 @@ from acalign_robot.runtime import realtime
 from acalign_robot.runtime.realtime import RealtimeConfig
 
 ECHO_SERVER = """
-import sys, zmq
+import os, sys, zmq
+if int(sys.argv[2]):  # before the context: its I/O thread inherits the policy
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(sys.argv[2])))
 socket = zmq.Context().socket(zmq.ROUTER)
 socket.setsockopt(zmq.LINGER, 0)
 socket.bind(sys.argv[1])
@@ -46,18 +48,24 @@ while True:
 """
 
 
-def measure_floor(policy_dir: Path, endpoint: str, rate_hz: float | None = None, calls: int = 5000) -> dict[str, float]:
+def measure_floor(
+    policy_dir: Path, endpoint: str, rate_hz: float | None = None, priority: int = 0, calls: int = 5000
+) -> dict[str, float]:
     """Bare DEALER/ROUTER round trip (echo process) + one onnxruntime call, per iteration, p50/p99: back to back, or
-    paced at `rate_hz` (sleeping to each deadline as the controller does, so both processes wake up every time)."""
+    paced at `rate_hz` (sleeping to each deadline as the controller does, so both processes wake up every time);
+    both ends under SCHED_FIFO at `priority` (0: the normal scheduler)."""
     import zmq
 
     from acalign_robot.runtime.policy import PolicyRunner
 
-    server = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, endpoint], stdout=subprocess.PIPE, text=True)
+    command = [sys.executable, "-c", ECHO_SERVER, endpoint, str(priority)]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    realtime.apply(RealtimeConfig(priority=priority or None), "floor")
+    context = zmq.Context()  # created after `apply`: its I/O thread runs under the same policy
     try:
         server.stdout.readline()
         runner = PolicyRunner.from_dir(policy_dir)
-        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket = context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.connect(endpoint)
         obs = np.zeros(11, np.float32)
@@ -76,6 +84,8 @@ def measure_floor(policy_dir: Path, endpoint: str, rate_hz: float | None = None,
                 samples[i - 200] = time.perf_counter() - started
         socket.close()
     finally:
+        context.term()
+        realtime.leave_realtime()
         server.kill()
         server.wait()
     return {
@@ -215,7 +225,11 @@ def main() -> None:
             for setting in settings:
                 stats = run_setting(setting, args.seconds, policy_dir, workdir)
                 paced_floor = measure_floor(
-                    policy_dir, bench_endpoint(workdir, setting.transport), rate_hz=setting.rate_hz, calls=2000
+                    policy_dir,
+                    bench_endpoint(workdir, setting.transport),
+                    rate_hz=setting.rate_hz,
+                    priority=setting.priority,
+                    calls=2000,
                 )
                 rows.append(
                     {
@@ -270,7 +284,8 @@ def main() -> None:
         "\nbare %: a loop that only sleeps to each deadline at the same rate and priority, right after the run:"
         " wake-ups late by more than the period minus the run's median tick (this machine's own share of the misses);"
         " paced floor:"
-        " the floor's round trip + inference at the row's rate, sleeping between iterations like the controller;"
+        " the floor's round trip + inference at the row's rate and priority, sleeping between iterations like the"
+        " controller;"
         " prio: SCHED_FIFO priority of controller and driver (0: normal scheduler)"
     )
     print(f"wrote {out}")
