@@ -4,7 +4,7 @@ Under Linux's normal scheduler a control loop that sleeps between ticks waits, a
 is running: on a machine shared with a learner, a tick and the driver's reply queue for CPU time slices. What robot
 stacks do (ros2_control's real-time threads, for one), this does on request: SCHED_FIFO at a fixed priority, which
 runs a waking control thread ahead of every normal thread, and optionally pinned cores. Measured on the project's
-2-core machine with two learners busy: 500 Hz deadline misses 11% under the normal scheduler, 0.2-0.4% with
+2-core machine with two fine-tuning jobs running: 500 Hz deadline misses 6.6% under the normal scheduler, 0.3% with
 SCHED_FIFO (docs/results.md, control loop).
 
 Scheduling policy and affinity belong to each thread, and a new thread inherits its creator's. `apply` therefore
