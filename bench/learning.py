@@ -65,7 +65,12 @@ def read_scores(run_dir: Path) -> list[tuple[int, float]]:
     return [(int(r["step"]), float(r[key])) for r in rows]
 
 
-def pretrain(dataset: str, preset: str, scale: Scale, out: Path) -> Path:
+def config_overrides(overrides: list[str]) -> list[str]:
+    """`--set KEY=VALUE` arguments for the CLI, one pair per override."""
+    return [argument for override in overrides for argument in ("--set", override)]
+
+
+def pretrain(dataset: str, preset: str, scale: Scale, out: Path, overrides: list[str]) -> Path:
     checkpoint = out / dataset / "offline" / "offline.pt"
     if checkpoint.exists():
         return checkpoint
@@ -83,18 +88,28 @@ def pretrain(dataset: str, preset: str, scale: Scale, out: Path) -> Path:
         str(scale.eval_every * 5),
         "--eval-episodes",
         str(scale.eval_episodes),
+        *config_overrides(overrides),
         log=checkpoint.parent / "log.txt",
     )
     return checkpoint
 
 
-def online_run(offline: Path, method: str, seed: int, scale: Scale) -> Path:
+def online_run(offline: Path, method: str, seed: int, scale: Scale, overrides: list[str]) -> Path:
     run_dir = offline.parent.parent / f"{method}-seed{seed}"
     if (run_dir / "finetuned.pt").exists():
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     aligned = run_dir / f"aligned-{method}.pt"
-    acalign("align", str(offline), "--finetune", method, "--out", str(aligned), log=run_dir / "log.txt")
+    acalign(
+        "align",
+        str(offline),
+        "--finetune",
+        method,
+        "--out",
+        str(aligned),
+        *config_overrides(overrides),
+        log=run_dir / "log.txt",
+    )
     acalign(
         "finetune",
         str(aligned),
@@ -171,6 +186,14 @@ def main() -> None:
     parser.add_argument("--online-steps", type=int, help="override the scale's online env steps")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="online methods to run")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="ACA config override for pre-training and alignment (repeatable); an existing offline checkpoint in OUT "
+        "is reused as it is",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="online runs in parallel (one core each)")
     parser.add_argument("--out", default="bench/out/learning")
     args = parser.parse_args()
@@ -191,10 +214,13 @@ def main() -> None:
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         offline = dict(
-            zip(args.datasets, pool.map(lambda d: pretrain(d[0], d[1], scale, out), zip(args.datasets, presets)))
+            zip(
+                args.datasets,
+                pool.map(lambda d: pretrain(d[0], d[1], scale, out, args.set), zip(args.datasets, presets)),
+            )
         )
         jobs = {
-            (d, m, s): pool.submit(online_run, offline[d], m, s, scale)
+            (d, m, s): pool.submit(online_run, offline[d], m, s, scale, args.set)
             for d in args.datasets
             for m in args.methods
             for s in range(args.seeds)

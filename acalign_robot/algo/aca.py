@@ -15,6 +15,10 @@ Deliberate deviations and switches (all in `ACAConfig`):
   checkpoint, so R inherits the offline critic's Adam moments; set false to reproduce that.
 - `w_decay_k`: the w schedule is stated per gradient step: w <- max(w - w0 / (K * 1000), w_min).
 - `z_target_alpha`: `learned` (reference) uses the learned alpha inside the Z target; `one` uses alpha = 1.
+- `online_temperature` (default `auto`, ALGORITHM.md: auto-tuned from alpha = 1): `w` is a diagnostic that is not
+  in ALGORITHM.md: alpha is not tuned but follows w, so that inside the clip the actor's objective stays
+  E[R] - w KL(pi || pi_0) (with auto-tuning it also carries (alpha - w) H(pi)). Added to test why ACA dips on
+  HalfCheetah (docs/results.md).
 - `finetune: naive` selects the baseline: the offline actor, Q_i, Qbar_i, log_alpha and optimiser states carried
   into plain SAC (no likelihood term, no kappa normalisation, no gradient clip).
 """
@@ -53,6 +57,7 @@ class ACAConfig:
     online_actor_grad_clip: float = 0.25
     z_target_alpha: Literal["learned", "one"] = "learned"
     reset_residual_optimizer: bool = True
+    online_temperature: Literal["auto", "w"] = "auto"  # phase 3: ALGORITHM.md's auto-tuning, or alpha = w (diagnostic)
     finetune: Literal["aca", "naive"] = "aca"
 
     def validate(self) -> None:
@@ -173,7 +178,9 @@ def align(offline: OfflineACA) -> SAC:
     online.critic_optimizer = adam(online.critic.parameters(), cfg.sac.lr)
     if not cfg.reset_residual_optimizer:
         online.critic_optimizer.load_state_dict(source.critic_optimizer.state_dict())
-    online.prior = AlignmentPrior(prior_actor, cfg.beta, cfg.w0, cfg.w_step, cfg.w_min)
+    online.prior = AlignmentPrior(
+        prior_actor, cfg.beta, cfg.w0, cfg.w_step, cfg.w_min, temperature_follows_w=cfg.online_temperature == "w"
+    )
     online.actor_grad_clip = cfg.online_actor_grad_clip
     return online
 

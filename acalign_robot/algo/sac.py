@@ -67,6 +67,7 @@ class AlignmentPrior:
     w: float
     w_step: float  # w0 / (K * 1000): the decay per gradient step
     w_min: float
+    temperature_follows_w: bool = False  # ACAConfig.online_temperature "w": alpha = w instead of auto-tuning
 
     def decay(self) -> None:
         self.w = max(self.w - self.w_step, self.w_min)
@@ -147,9 +148,13 @@ class SAC:
         with torch.no_grad():
             next_draw = losses.Draw(self.actor, next_obs)
 
-        loss, info = losses.temperature_loss(self.log_alpha, draw.log_prob, self.target_entropy)
-        self._step(self.alpha_optimizer, loss)
-        alpha = self.log_alpha.detach().exp()
+        if self.prior is not None and self.prior.temperature_follows_w:
+            alpha = torch.tensor(self.prior.w, device=self.device)  # a diagnostic switch: not tuned, see aca.py
+            info = {"alpha": self.prior.w, "entropy": -draw.log_prob.mean().item()}
+        else:
+            loss, info = losses.temperature_loss(self.log_alpha, draw.log_prob, self.target_entropy)
+            self._step(self.alpha_optimizer, loss)
+            alpha = self.log_alpha.detach().exp()
 
         if self.prior is None:
             loss, critic_info = losses.sac_critic_loss(
@@ -220,6 +225,7 @@ class SAC:
                 "w": self.prior.w,
                 "w_step": self.prior.w_step,
                 "w_min": self.prior.w_min,
+                "temperature_follows_w": self.prior.temperature_follows_w,
             }
         return state
 
@@ -245,4 +251,5 @@ class SAC:
                 float(prior_state["w"]),
                 float(prior_state["w_step"]),
                 float(prior_state["w_min"]),
+                bool(prior_state.get("temperature_follows_w", False)),  # absent from checkpoints made before it
             )

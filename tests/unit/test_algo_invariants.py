@@ -189,6 +189,19 @@ def test_w_schedule_decays_linearly_to_floor():
     np.testing.assert_allclose(seen, [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.5, 0.5], atol=1e-9)
 
 
+def test_the_temperature_can_follow_w_instead_of_being_tuned():
+    """ACAConfig.online_temperature "w" (a diagnostic): alpha = w each update, log_alpha untouched, kept on reload."""
+    config = ACAConfig(sac=SMALL, w0=1.0, w_decay_k=0.01, w_min=0.5, online_temperature="w")
+    online = align(_offline(config))
+    alphas = [online.update(_batch(i))["alpha"] for i in range(3)]
+    np.testing.assert_allclose(alphas, [1.0, 0.9, 0.8], atol=1e-9)
+    assert online.alpha == 1.0  # log_alpha was not stepped
+    restored = SAC(OBS, ACT, SMALL)
+    restored.load_state_dict(copy.deepcopy(online.state_dict()))
+    assert restored.prior.temperature_follows_w
+    assert not align(_offline()).prior.temperature_follows_w  # the default: ALGORITHM.md's auto-tuning
+
+
 def test_alignment_resets_alpha_and_keeps_actor():
     agent = _offline()
     with torch.no_grad():
