@@ -2,7 +2,7 @@
 
 At the switch ACA's critic is Q_i = R_i + w L with R_i = Z_i (ALGORITHM.md, phase 2), and online fine-tuning fits Q
 to the alpha = 1 soft Bellman target. For every transition of the dataset this computes that target's residual at
-the switch, with the same code as the first online update (losses.aligned_critic_loss's terms):
+the switch, with the code of the online critic loss (losses.aligned_critic_terms):
 
     delta_i(s,a) = r + gamma (1-d) [min_j Rbar_j(s',a') + w L(s',a') - alpha log pi(a'|s')] - (R_i(s,a) + w L(s,a))
 
@@ -47,14 +47,21 @@ def switch_residuals(dataset: str, checkpoint: Path, chunk: int = 8192, seed: in
         reward = torch.as_tensor(data.rewards[part])
         next_obs = torch.as_tensor(data.next_observations[part])
         terminated = torch.as_tensor(data.terminals[part], dtype=torch.float32)
-        next_draw = losses.Draw(agent.actor, next_obs)
-        prior_now = losses.PriorAt(agent.prior.actor, obs, agent.prior.beta)
-        prior_next = losses.PriorAt(agent.prior.actor, next_obs, agent.prior.beta)
-        next_q = agent.target_critic(next_obs, next_draw.action).min(0).values + w * prior_next.soft_clipped(
-            next_draw.u
+        prediction, target, _ = losses.aligned_critic_terms(  # prediction (E, B), target (B,)
+            agent.critic,
+            agent.target_critic,
+            losses.PriorAt(agent.prior.actor, obs, agent.prior.beta),
+            losses.PriorAt(agent.prior.actor, next_obs, agent.prior.beta),
+            obs,
+            action,
+            reward,
+            next_obs,
+            terminated,
+            losses.Draw(agent.actor, next_obs),
+            alpha,
+            w,
+            gamma,
         )
-        target = reward + gamma * (1.0 - terminated) * (next_q - alpha * next_draw.log_prob)
-        prediction = agent.critic(obs, action) + w * prior_now.soft_clipped(losses.atanh_clipped(action))  # (E, B)
         residuals.append((target - prediction).flatten().numpy())
     delta = np.concatenate(residuals)
     return {

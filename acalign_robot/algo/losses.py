@@ -25,6 +25,7 @@ __all__ = [
     "PriorAt",
     "aligned_actor_loss",
     "aligned_critic_loss",
+    "aligned_critic_terms",
     "offline_actor_loss",
     "prior_clip_level",
     "prior_term",
@@ -186,6 +187,34 @@ def prior_term(prior: TanhGaussianActor, obs: torch.Tensor, u: torch.Tensor, bet
     return PriorAt(prior, obs, beta).soft_clipped(u)
 
 
+def aligned_critic_terms(
+    residual: EnsembleMLP,
+    target_residual: EnsembleMLP,
+    prior_at_obs: PriorAt,
+    prior_at_next_obs: PriorAt,
+    obs: torch.Tensor,
+    action: torch.Tensor,
+    reward: torch.Tensor,
+    next_obs: torch.Tensor,
+    terminated: torch.Tensor,
+    next_draw: Draw,
+    alpha: torch.Tensor,
+    w: float,
+    gamma: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Phase 3 critic Q_i = R_i + w L at (s,a) and its target: (q (E, B), y (B,), L(s,a) (B,)), with
+    y = r + gamma (1-d) [min_j Rbar_j(s',a') + w L(s',a') - alpha log pi(a'|s')]. L is a constant here: only R
+    carries gradient. Also what bench/switch_residual.py evaluates at the switch.
+    """
+    with torch.no_grad():
+        next_q = target_residual(next_obs, next_draw.action).min(0).values + w * prior_at_next_obs.soft_clipped(
+            next_draw.u
+        )
+        target = reward + gamma * (1.0 - terminated) * (next_q - alpha * next_draw.log_prob)
+        prior_now = prior_at_obs.soft_clipped(atanh_clipped(action))
+    return residual(obs, action) + w * prior_now, target, prior_now
+
+
 def aligned_critic_loss(
     residual: EnsembleMLP,
     target_residual: EnsembleMLP,
@@ -201,16 +230,22 @@ def aligned_critic_loss(
     w: float,
     gamma: float,
 ) -> tuple[torch.Tensor, Info]:
-    """Phase 3 critic on Q_i = R_i + w L: y = r + gamma (1-d) [min_j Rbar_j(s',a') + w L(s',a') - alpha log pi(a'|s')];
-    loss = sum_i MSE(R_i(s,a) + w L(s,a), y). L is a constant here: only R is trained.
-    """
-    with torch.no_grad():
-        next_q = target_residual(next_obs, next_draw.action).min(0).values + w * prior_at_next_obs.soft_clipped(
-            next_draw.u
-        )
-        target = reward + gamma * (1.0 - terminated) * (next_q - alpha * next_draw.log_prob)
-        prior_now = prior_at_obs.soft_clipped(atanh_clipped(action))
-    q = residual(obs, action) + w * prior_now  # (E, B)
+    """Phase 3 critic: loss = sum_i MSE(R_i(s,a) + w L(s,a), y), the terms from `aligned_critic_terms`."""
+    q, target, prior_now = aligned_critic_terms(
+        residual,
+        target_residual,
+        prior_at_obs,
+        prior_at_next_obs,
+        obs,
+        action,
+        reward,
+        next_obs,
+        terminated,
+        next_draw,
+        alpha,
+        w,
+        gamma,
+    )
     loss = F.mse_loss(q, target.expand_as(q), reduction="none").mean(1).sum()
     return loss, {"loss/critic": loss.item(), "q_mean": q.mean().item(), "prior_mean": prior_now.mean().item()}
 
