@@ -36,9 +36,9 @@ from acalign_robot.runtime import realtime
 from acalign_robot.runtime.realtime import RealtimeConfig
 
 ECHO_SERVER = """
-import os, sys, zmq
-if int(sys.argv[2]):  # before the context: its I/O thread inherits the policy
-    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(sys.argv[2])))
+import sys, zmq
+from acalign_robot.runtime.realtime import RealtimeConfig, apply
+apply(RealtimeConfig(priority=int(sys.argv[2]) or None), "echo")  # before the context: its I/O thread inherits it
 socket = zmq.Context().socket(zmq.ROUTER)
 socket.setsockopt(zmq.LINGER, 0)
 socket.bind(sys.argv[1])
@@ -46,6 +46,16 @@ print("ready", flush=True)
 while True:
     socket.send_multipart(socket.recv_multipart())
 """
+
+
+@contextlib.contextmanager
+def scheduled(priority: int) -> Iterator[None]:
+    """The calling thread under SCHED_FIFO at `priority` (0: the normal scheduler) for the block."""
+    realtime.apply(RealtimeConfig(priority=priority or None), "bench")
+    try:
+        yield
+    finally:
+        realtime.leave_realtime()
 
 
 def measure_floor(
@@ -60,34 +70,32 @@ def measure_floor(
 
     command = [sys.executable, "-c", ECHO_SERVER, endpoint, str(priority)]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    realtime.apply(RealtimeConfig(priority=priority or None), "floor")
-    context = zmq.Context()  # created after `apply`: its I/O thread runs under the same policy
-    try:
-        server.stdout.readline()
-        runner = PolicyRunner.from_dir(policy_dir)
-        socket = context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.connect(endpoint)
-        obs = np.zeros(11, np.float32)
-        payload = np.zeros(16, np.float32).tobytes()
-        samples = np.zeros(calls)
-        deadline = time.perf_counter()
-        for i in range(calls + 200):
-            if rate_hz:
-                deadline += 1.0 / rate_hz
-                time.sleep(max(0.0, deadline - time.perf_counter()))
-            started = time.perf_counter()
-            runner.act(obs)
-            socket.send_multipart([b"id", payload])
-            socket.recv_multipart()
-            if i >= 200:
-                samples[i - 200] = time.perf_counter() - started
-        socket.close()
-    finally:
-        context.term()
-        realtime.leave_realtime()
-        server.kill()
-        server.wait()
+    with scheduled(priority):
+        context = zmq.Context()  # made inside the block: its I/O thread runs under the same scheduling as the loop
+        try:
+            server.stdout.readline()
+            runner = PolicyRunner.from_dir(policy_dir)
+            socket = context.socket(zmq.DEALER)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.connect(endpoint)
+            obs = np.zeros(11, np.float32)
+            payload = np.zeros(16, np.float32).tobytes()
+            samples = np.zeros(calls)
+            deadline = time.perf_counter()
+            for i in range(calls + 200):
+                if rate_hz:
+                    deadline += 1.0 / rate_hz
+                    time.sleep(max(0.0, deadline - time.perf_counter()))
+                started = time.perf_counter()
+                runner.act(obs)
+                socket.send_multipart([b"id", payload])
+                socket.recv_multipart()
+                if i >= 200:
+                    samples[i - 200] = time.perf_counter() - started
+        finally:
+            context.destroy(linger=0)
+            server.kill()
+            server.wait()
     return {
         "p50_s": float(np.percentile(samples, 50)),
         "p99_s": float(np.percentile(samples, 99)),
@@ -103,8 +111,7 @@ def bare_loop_misses(rate_hz: float, seconds: float, work_s: float, priority: in
     period_s = 1.0 / rate_hz
     ticks = int(seconds * rate_hz)
     late = np.zeros(ticks)
-    realtime.apply(RealtimeConfig(priority=priority or None), "bare loop")
-    try:
+    with scheduled(priority):
         deadline = time.perf_counter() + period_s
         for i in range(ticks):
             now = time.perf_counter()
@@ -112,8 +119,6 @@ def bare_loop_misses(rate_hz: float, seconds: float, work_s: float, priority: in
                 time.sleep(deadline - now)
             late[i] = time.perf_counter() - deadline
             deadline += period_s
-    finally:
-        realtime.leave_realtime()
     would_miss = int((late > period_s - work_s).sum())
     return {
         "wake_late_p99_s": float(np.percentile(late, 99)),
@@ -136,9 +141,9 @@ class Setting(NamedTuple):
 
 
 def run_setting(setting: Setting, seconds: float, policy_dir: Path, workdir: Path) -> dict:
-    realtime = {"priority": setting.priority} if setting.priority else {}
+    realtime_section = {"priority": setting.priority} if setting.priority else {}
     with hopper_driver(
-        workdir, setting.label, spin_wait=setting.spin, transport=setting.transport, realtime=realtime
+        workdir, setting.label, spin_wait=setting.spin, transport=setting.transport, realtime=realtime_section
     ) as endpoint:
         fields = {
             "driver_endpoint": endpoint,
@@ -147,7 +152,7 @@ def run_setting(setting: Setting, seconds: float, policy_dir: Path, workdir: Pat
             "duration_s": seconds,
             "log": setting.log,
             "spin_wait": setting.spin,
-            "realtime": realtime,
+            "realtime": realtime_section,
         }
         return run_controller(workdir, setting.label, fields, seconds + 120)
 
