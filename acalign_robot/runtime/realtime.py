@@ -8,8 +8,8 @@ runs a waking control thread ahead of every normal thread, and optionally pinned
 SCHED_FIFO (docs/results.md, control loop).
 
 Scheduling policy and affinity belong to each thread, and a new thread inherits its creator's. `apply` therefore
-runs first in the process, before ZeroMQ's I/O thread and onnxruntime's thread pool start, so that they inherit it
-(both carry every tick's messages and inference). Threads that work off the control path (the policy swapper, the
+runs first in the process, before ZeroMQ's I/O thread starts, so that it inherits it (it carries every message of
+a tick; onnxruntime, with one intra-op thread, runs inference on the calling thread). Threads that work off the control path (the policy swapper, the
 transition-log writer) call `leave_realtime` as they start, so that they can never hold a control core: SCHED_FIFO
 does not time-slice between threads of equal priority.
 
