@@ -215,37 +215,8 @@ def aligned_critic_terms(
     return residual(obs, action) + w * prior_now, target, prior_now
 
 
-def aligned_critic_loss(
-    residual: EnsembleMLP,
-    target_residual: EnsembleMLP,
-    prior_at_obs: PriorAt,
-    prior_at_next_obs: PriorAt,
-    obs: torch.Tensor,
-    action: torch.Tensor,
-    reward: torch.Tensor,
-    next_obs: torch.Tensor,
-    terminated: torch.Tensor,
-    next_draw: Draw,
-    alpha: torch.Tensor,
-    w: float,
-    gamma: float,
-) -> tuple[torch.Tensor, Info]:
-    """Phase 3 critic: loss = sum_i MSE(R_i(s,a) + w L(s,a), y), the terms from `aligned_critic_terms`."""
-    q, target, prior_now = aligned_critic_terms(
-        residual,
-        target_residual,
-        prior_at_obs,
-        prior_at_next_obs,
-        obs,
-        action,
-        reward,
-        next_obs,
-        terminated,
-        next_draw,
-        alpha,
-        w,
-        gamma,
-    )
+def aligned_critic_loss(q: torch.Tensor, target: torch.Tensor, prior_now: torch.Tensor) -> tuple[torch.Tensor, Info]:
+    """Phase 3 critic: sum_i MSE(R_i(s,a) + w L(s,a), y), from `aligned_critic_terms(...)` = (q, y, L(s,a))."""
     loss = F.mse_loss(q, target.expand_as(q), reduction="none").mean(1).sum()
     return loss, {"loss/critic": loss.item(), "q_mean": q.mean().item(), "prior_mean": prior_now.mean().item()}
 

@@ -164,7 +164,7 @@ class SAC:
             # pi_0 is frozen: its outputs at s and s' are computed once and serve the critic and the actor loss.
             prior_at_obs = losses.PriorAt(self.prior.actor, obs, self.prior.beta)
             prior_at_next_obs = losses.PriorAt(self.prior.actor, next_obs, self.prior.beta)
-            loss, critic_info = losses.aligned_critic_loss(
+            terms = losses.aligned_critic_terms(
                 self.critic,
                 self.target_critic,
                 prior_at_obs,
@@ -179,6 +179,7 @@ class SAC:
                 self.prior.w,
                 cfg.gamma,
             )
+            loss, critic_info = losses.aligned_critic_loss(*terms)
         self._step(self.critic_optimizer, loss)
 
         with frozen(self.critic):

@@ -9,9 +9,9 @@ SCHED_FIFO (docs/results.md, control loop).
 
 Scheduling policy and affinity belong to each thread, and a new thread inherits its creator's. `apply` therefore
 runs first in the process, before ZeroMQ's I/O thread starts, so that it inherits it (it carries every message of
-a tick; onnxruntime, with one intra-op thread, runs inference on the calling thread). Threads that work off the control path (the policy swapper, the
-transition-log writer) call `leave_realtime` as they start, so that they can never hold a control core: SCHED_FIFO
-does not time-slice between threads of equal priority.
+a tick; onnxruntime, with one intra-op thread, runs inference on the calling thread). Threads that work off the
+control path (the policy swapper, the transition-log writer) call `leave_realtime` as they start, so that they can
+never hold a control core: SCHED_FIFO does not time-slice between threads of equal priority.
 
 SCHED_FIFO is Linux only and needs root, CAP_SYS_NICE, or an rtprio limit at least the priority (`ulimit -r`,
 /etc/security/limits.conf). The kernel's RT throttling (kernel.sched_rt_runtime_us, 95% of each second by default)
