@@ -29,6 +29,7 @@ Who sends what:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import operator
 from collections.abc import Callable
@@ -80,6 +81,11 @@ MAX_NDIM = 8
 _MAX_ELEMENTS = 2**31  # an empty array's other dimensions (with data, the byte count bounds the shape)
 _MAX_NESTING = 32  # depth of a manifest; msgpack itself nests deeper than Python's recursion limit allows us to walk
 MAX_ACK_MISSING = 1024  # seqs listed in one TransitionAck
+# Schema bounds that make decoding cost proportional to what a message of the type can hold (see `decode`).
+MAX_SPACE_ELEMENTS = 4096  # elements of an observation or action space (its units list, a manifest's bounds)
+MAX_EXTRAS = 16  # named extra arrays in one TransitionBatch
+MAX_STATS_VALUES = 1024  # counters in one Stats
+MAX_MANIFEST_OBJECTS = 4 * MAX_SPACE_ELEMENTS + 4096  # msgpack objects in a policy manifest (bounds, normaliser, ...)
 _MAX_REPR = 40  # characters of a peer's value quoted back in an error message
 
 # Wire name -> dtype. Little-endian on the wire whatever the host; anything else (object, float16, strings) is refused.
@@ -467,6 +473,8 @@ def _dec_space(raw: Any, where: str) -> BoxSpace:
     units = raw["units"]
     if low.dtype.kind != "f" or high.shape != low.shape:
         raise ProtocolError("field", f"{where}: low and high must be float arrays of one shape")
+    if low.size > MAX_SPACE_ELEMENTS:
+        raise ProtocolError("field", f"{where}: {low.size} elements, more than {MAX_SPACE_ELEMENTS}")
     if type(units) is not list or len(units) != low.size or any(type(unit) is not str for unit in units):
         raise ProtocolError("field", f"{where}.units: one string per element ({low.size})")
     if not np.all(low <= high):  # also refuses NaN bounds
@@ -479,7 +487,10 @@ def _enc_arrays(arrays: dict[str, Any]) -> dict:
 
 
 def _dec_arrays(raw: Any, where: str) -> dict[str, np.ndarray]:
-    return {name: _dec_array(value, f"{where}.{name}") for name, value in _dec_dict(raw, where).items()}
+    raw = _dec_dict(raw, where)
+    if len(raw) > MAX_EXTRAS:
+        raise ProtocolError("field", f"{where}: {len(raw)} arrays, more than {MAX_EXTRAS}")
+    return {name: _dec_array(value, f"{where}.{name}") for name, value in raw.items()}
 
 
 def _enc_scalars(values: dict[str, Any]) -> dict:
@@ -494,6 +505,8 @@ def _enc_scalars(values: dict[str, Any]) -> dict:
 
 def _dec_scalars(raw: Any, where: str) -> dict[str, Scalar]:
     raw = _dec_dict(raw, where)
+    if len(raw) > MAX_STATS_VALUES:
+        raise ProtocolError("field", f"{where}: {len(raw)} values, more than {MAX_STATS_VALUES}")
     for name, value in raw.items():
         if type(value) not in (int, float, str, bool):
             raise ProtocolError("field", f"{where}.{name}: expected a number or string, got {type(value).__name__}")
@@ -526,20 +539,31 @@ def _same(value: Any) -> Any:
     return value
 
 
-# Annotation (as written in the dataclasses above) -> (encode, decode). A field with any other annotation is a bug
-# that _compile reports at import time.
-_CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any, str], Any]]] = {
-    "int": (operator.index, _dec_int),  # index(): numpy integers pass, a float is refused rather than truncated
-    "int | None": (lambda value: None if value is None else operator.index(value), _dec_optional_int),
-    "float": (float, _dec_float),
-    "bool": (bool, _exact(bool)),
-    "str": (_same, _exact(str)),
-    "bytes": (bytes, _exact(bytes)),
-    "np.ndarray": (_enc_array, _dec_array),
-    "BoxSpace": (_enc_space, _dec_space),
-    "dict[str, np.ndarray]": (_enc_arrays, _dec_arrays),
-    "dict[str, Scalar]": (_enc_scalars, _dec_scalars),
-    "dict[str, Any]": (_same, _dec_json),
+_ARRAY_OBJECTS = 4 + MAX_NDIM  # [dtype, [sizes...], bytes]
+_SPACE_OBJECTS = 7 + 2 * _ARRAY_OBJECTS + MAX_SPACE_ELEMENTS  # {low, high, units: [one string per element]}
+
+
+@dataclass(frozen=True)
+class _Codec:
+    encode: Callable[[Any], Any]
+    decode: Callable[[Any, str], Any]  # (peer's value, "tag.field") -> value, or ProtocolError
+    max_objects: int  # msgpack objects (containers and scalars) a valid value of this field holds at most
+
+
+# Annotation (as written in the dataclasses above) -> its codec. A field with any other annotation is a bug that
+# _compile reports at import time.
+_CODECS: dict[str, _Codec] = {
+    "int": _Codec(operator.index, _dec_int, 1),  # index(): numpy integers pass, a float is refused, not truncated
+    "int | None": _Codec(lambda value: None if value is None else operator.index(value), _dec_optional_int, 1),
+    "float": _Codec(float, _dec_float, 1),
+    "bool": _Codec(bool, _exact(bool), 1),
+    "str": _Codec(_same, _exact(str), 1),
+    "bytes": _Codec(bytes, _exact(bytes), 1),
+    "np.ndarray": _Codec(_enc_array, _dec_array, _ARRAY_OBJECTS),
+    "BoxSpace": _Codec(_enc_space, _dec_space, _SPACE_OBJECTS),
+    "dict[str, np.ndarray]": _Codec(_enc_arrays, _dec_arrays, 1 + MAX_EXTRAS * (1 + _ARRAY_OBJECTS)),
+    "dict[str, Scalar]": _Codec(_enc_scalars, _dec_scalars, 1 + 2 * MAX_STATS_VALUES),
+    "dict[str, Any]": _Codec(_same, _dec_json, MAX_MANIFEST_OBJECTS),
 }
 
 
@@ -551,6 +575,7 @@ class _Schema:
     encoders: tuple[tuple[str, Callable[[Any], Any]], ...]
     decoders: tuple[tuple[str, str, Callable[[Any, str], Any]], ...]  # (name, "tag.name", decode)
     check: Callable[[Any], None] | None
+    max_objects: int  # msgpack objects in the largest valid frame of this type: the map, its keys and values
 
 
 def _compile(cls: type) -> _Schema:
@@ -562,9 +587,10 @@ def _compile(cls: type) -> _Schema:
         cls=cls,
         tag=cls.TAG,
         n_keys=len(fields) + 2,
-        encoders=tuple((f.name, _CODECS[f.type][0]) for f in fields),
-        decoders=tuple((f.name, f"{cls.TAG}.{f.name}", _CODECS[f.type][1]) for f in fields),
+        encoders=tuple((f.name, _CODECS[f.type].encode) for f in fields),
+        decoders=tuple((f.name, f"{cls.TAG}.{f.name}", _CODECS[f.type].decode) for f in fields),
         check=getattr(cls, "_check", None),
+        max_objects=1 + 2 * 2 + sum(1 + _CODECS[f.type].max_objects for f in fields),
     )
 
 
@@ -610,16 +636,27 @@ def encode(message: Message) -> bytes:
         raise ProtocolError("field", f"{schema.tag}: {exc}") from exc
 
 
-def decode(frame: bytes | bytearray | memoryview, max_size: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
+def decode(
+    frame: bytes | bytearray | memoryview,
+    max_size: int = DEFAULT_MAX_FRAME_BYTES,
+    accept: tuple[type, ...] = _MESSAGE_TYPES,
+) -> Message:
     """The message in one frame from a peer; any problem raises ProtocolError (and nothing else).
 
-    Arrays in the result are read-only views on the frame's bytes.
+    `accept`: the message types the receiving channel carries; anything else is refused with code "type". The work
+    of decoding is bounded by those types' schemas before msgpack allocates anything: a frame may hold at most as
+    many msgpack objects as the largest valid message of an accepted type (`_Schema.max_objects`), which a header
+    scan checks first (code "size"). Without it a 1 MiB frame of 10^6 empty lists unpacks into ~75 MB of Python
+    objects and holds the GIL for half a second. Arrays in the result are read-only views on the frame's bytes.
     """
     if type(frame) not in (bytes, bytearray, memoryview):
         raise ProtocolError("malformed", f"a frame is bytes, got {type(frame).__name__}")
     size = frame.nbytes if type(frame) is memoryview else len(frame)
     if size > max_size:
         raise ProtocolError("size", f"frame of {size} bytes exceeds the limit of {max_size}")
+    max_objects = _max_objects(accept)
+    if size > max_objects:  # every msgpack object takes at least one byte: a smaller frame needs no scan
+        _check_object_count(frame if type(frame) is not memoryview else frame.tobytes(), max_objects)
     try:
         raw = msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several types (ValueError, ExtraData, StackError, ...) on bad input
@@ -635,6 +672,8 @@ def decode(frame: bytes | bytearray | memoryview, max_size: int = DEFAULT_MAX_FR
     schema = _SCHEMA_BY_TAG.get(tag) if type(tag) is str else None
     if schema is None:
         raise ProtocolError("type", f"unknown message type {_short(tag)}")
+    if schema.cls not in accept:
+        raise ProtocolError("type", f"{schema.cls.__name__} does not travel on this channel")
     if len(raw) != schema.n_keys:
         raise _field_mismatch(raw, schema)
     values = []
@@ -646,6 +685,68 @@ def decode(frame: bytes | bytearray | memoryview, max_size: int = DEFAULT_MAX_FR
     if schema.check is not None:
         schema.check(message)
     return message
+
+
+@functools.cache
+def _max_objects(accept: tuple[type, ...]) -> int:
+    """Objects in the largest valid frame of any type in `accept` (the Error reply of any version included)."""
+    return max(_SCHEMA_BY_CLASS[cls].max_objects for cls in (*accept, Error))
+
+
+# msgpack type byte -> (how many bytes its length field has, or the fixed payload size; kind). Kinds: "fixed" (the
+# payload follows, of the given size), "bytes" (a big-endian length of the given width, then that many bytes),
+# "array" / "map" (a big-endian count of the given width, then that many items / key-value pairs).
+_WIDE_HEADERS: dict[int, tuple[int, str]] = {
+    0xC0: (0, "fixed"), 0xC2: (0, "fixed"), 0xC3: (0, "fixed"),  # nil, false, true
+    0xC4: (1, "bytes"), 0xC5: (2, "bytes"), 0xC6: (4, "bytes"),  # bin 8/16/32
+    0xC7: (1, "ext"), 0xC8: (2, "ext"), 0xC9: (4, "ext"),  # ext 8/16/32: length, type byte, data
+    0xCA: (4, "fixed"), 0xCB: (8, "fixed"),  # float 32/64
+    0xCC: (1, "fixed"), 0xCD: (2, "fixed"), 0xCE: (4, "fixed"), 0xCF: (8, "fixed"),  # uint 8..64
+    0xD0: (1, "fixed"), 0xD1: (2, "fixed"), 0xD2: (4, "fixed"), 0xD3: (8, "fixed"),  # int 8..64
+    0xD4: (2, "fixed"), 0xD5: (3, "fixed"), 0xD6: (5, "fixed"), 0xD7: (9, "fixed"), 0xD8: (17, "fixed"),  # fixext
+    0xD9: (1, "bytes"), 0xDA: (2, "bytes"), 0xDB: (4, "bytes"),  # str 8/16/32
+    0xDC: (2, "array"), 0xDD: (4, "array"),
+    0xDE: (2, "map"), 0xDF: (4, "map"),
+}  # fmt: skip
+
+
+def _check_object_count(frame: bytes | bytearray, max_objects: int) -> None:
+    """Walk the msgpack headers of `frame` without building anything; refuse it once it holds more than
+    `max_objects` objects. Malformed structure is left to msgpack, which reports it on unpacking."""
+    position, pending, objects, end = 0, 1, 0, len(frame)
+    while pending and position < end:
+        pending -= 1
+        objects += 1
+        if objects > max_objects:
+            raise ProtocolError(
+                "size",
+                f"frame holds more than {max_objects} msgpack objects, the most a valid message of this channel holds",
+            )
+        head = frame[position]
+        position += 1
+        if head <= 0x7F or head >= 0xE0:  # positive / negative fixint
+            continue
+        if head <= 0x8F:  # fixmap
+            pending += 2 * (head & 0x0F)
+        elif head <= 0x9F:  # fixarray
+            pending += head & 0x0F
+        elif head <= 0xBF:  # fixstr
+            position += head & 0x1F
+        else:
+            width, kind = _WIDE_HEADERS.get(head, (0, "fixed"))  # 0xC1 (never used) is msgpack's to refuse
+            if kind == "fixed":
+                position += width
+                continue
+            count = int.from_bytes(frame[position : position + width], "big")
+            position += width
+            if kind == "bytes":
+                position += count
+            elif kind == "ext":
+                position += 1 + count
+            elif kind == "array":
+                pending += count
+            else:
+                pending += 2 * count
 
 
 def _field_mismatch(raw: dict, schema: _Schema) -> ProtocolError:

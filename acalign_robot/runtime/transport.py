@@ -239,9 +239,7 @@ def _incoming(
     """A received frame as a message of this channel, or the ProtocolError saying why not (counted)."""
     counters.bytes_received += len(frame)
     try:
-        message = decode(frame, max_bytes)
-        if not isinstance(message, allowed):
-            raise ProtocolError("type", f"{type(message).__name__} does not travel on the {channel} channel")
+        message = decode(frame, max_bytes, accept=allowed)
     except ProtocolError as exc:
         counters.protocol_errors += 1
         return exc

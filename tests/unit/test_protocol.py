@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import tracemalloc
 
 import msgpack
 import numpy as np
 import pytest
 
 from acalign_robot.errors import InputError
+from acalign_robot.runtime import protocol
 from acalign_robot.runtime.protocol import (
+    CONTROL_REQUESTS,
+    MAX_EXTRAS,
+    MAX_MANIFEST_OBJECTS,
     MAX_NDIM,
+    MAX_SPACE_ELEMENTS,
+    MAX_STATS_VALUES,
+    POLICY_MESSAGES,
     PROTOCOL_VERSION,
+    TRANSITION_MESSAGES,
     WIRE_DTYPES,
     BoxSpace,
     Clear,
@@ -330,3 +339,111 @@ def test_mutated_frames_raise_only_protocol_error():
         except ProtocolError:
             pass
     assert decoded < 3000
+
+
+# --- Decoding work is bounded by the schema (hostile frames that are small on the wire but huge in memory) ----------
+
+
+def peak_allocation_while(work) -> int:
+    tracemalloc.start()
+    try:
+        work()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        [[]] * 500_000,  # one container per byte: ~56 bytes of Python object each once unpacked
+        [None] * 1_000_000,
+        {"v": PROTOCOL_VERSION, "t": "step", "tick": 0, "action": [[]] * 500_000},  # inside a valid-looking message
+        {str(i): {} for i in range(100_000)},
+    ],
+    ids=["empty-lists", "nils", "inside-a-step", "map"],
+)
+def test_a_small_frame_of_many_objects_is_refused_before_it_is_unpacked(hostile):
+    frame = msgpack.packb(hostile)
+    assert len(frame) < 1024 * 1024  # under the control channel's frame limit
+
+    def decode_it():
+        with pytest.raises(ProtocolError) as raised:
+            decode(frame, accept=CONTROL_REQUESTS)
+        assert raised.value.code == "size"
+
+    # Unpacked, these are 30-60x the frame in Python objects; refused first, nothing near the frame's size is built.
+    assert peak_allocation_while(decode_it) < len(frame) // 4
+
+
+def test_a_policy_manifest_of_a_million_keys_is_refused_quickly():
+    manifest = {str(i): i for i in range(1_000_000)}
+    frame = packed({"v": PROTOCOL_VERSION, "t": "policy", "version": 1, "onnx": b"x", "manifest": manifest})
+    assert peak_allocation_while(lambda: code_of(frame, accept=POLICY_MESSAGES)) < len(frame) // 4
+    assert code_of(frame, accept=POLICY_MESSAGES) == "size"
+
+
+def test_the_largest_valid_messages_fit_their_bounds():
+    """The object budget is derived from the per-field limits, so a message at every limit still decodes."""
+    n = MAX_SPACE_ELEMENTS
+    wide = BoxSpace(low=np.full(n, -1.0), high=np.full(n, 1.0), units=("rad",) * n)
+    reply = dataclasses.replace(hello_reply(), observation_space=wide)
+    assert decode(encode(reply)).observation_space.shape == (n,)
+    stats = Stats(source="driver", values={f"counter_{i}": i for i in range(MAX_STATS_VALUES)})
+    assert len(decode(encode(stats), accept=CONTROL_REQUESTS).values) == MAX_STATS_VALUES
+    batch = transition_batch()
+    extras = {f"extra_{i}": np.zeros((4, 2, 2, 2, 2, 2, 2, 2), np.float32) for i in range(MAX_EXTRAS)}
+    message = dataclasses.replace(batch, extras=extras)
+    assert len(decode(encode(message), accept=TRANSITION_MESSAGES).extras) == MAX_EXTRAS
+    # A manifest as large as its budget allows: one list holding the rest of the budget's numbers.
+    numbers = list(range(MAX_MANIFEST_OBJECTS - 8))
+    policy = Policy(version=3, onnx=b"\x08" * 300_000, manifest={"bounds": numbers})
+    assert decode(encode(policy), accept=POLICY_MESSAGES).manifest["bounds"] == numbers
+
+
+def test_over_a_field_limit_is_refused_by_name():
+    n = MAX_SPACE_ELEMENTS + 1
+    wide = BoxSpace(low=np.full(n, -1.0), high=np.full(n, 1.0), units=("",) * n)
+    assert code_of(encode(dataclasses.replace(hello_reply(), observation_space=wide))) == "field"
+    stats = Stats(source="x", values={str(i): i for i in range(MAX_STATS_VALUES + 1)})
+    with pytest.raises(ProtocolError, match="stats.values: 1025 values"):
+        decode(encode(stats))  # every type accepted: the frame is within the budget, the field is not
+    assert code_of(encode(stats), accept=CONTROL_REQUESTS) == "size"  # on the control channel, refused earlier
+    extras = {str(i): np.zeros(4, np.float32) for i in range(MAX_EXTRAS + 1)}
+    assert code_of(encode(dataclasses.replace(transition_batch(), extras=extras))) == "field"
+
+
+def test_a_channel_refuses_the_types_it_does_not_carry():
+    with pytest.raises(ProtocolError, match="Policy does not travel"):
+        decode(encode(Policy(version=1, onnx=b"x", manifest={})), accept=CONTROL_REQUESTS)
+    with pytest.raises(ProtocolError, match="TransitionBatch does not travel"):
+        decode(encode(transition_batch()), accept=CONTROL_REQUESTS)
+
+
+@pytest.mark.parametrize("limit_offset", [0, -1])
+def test_the_header_scan_counts_every_msgpack_type_exactly(limit_offset):
+    value = [
+        None, True, False, 0, 127, -32, -33, 255, 65_535, 2**32 - 1, 2**63, -(2**63), 0.5, np.float32(0.5).item(),
+        "", "a" * 31, "b" * 32, "c" * 300, "d" * 70_000, b"", b"e" * 300, b"f" * 70_000,
+        list(range(15)), list(range(16)), list(range(70_000)), {str(i): i for i in range(15)},
+        {str(i): i for i in range(16)}, {str(i): None for i in range(70_000)},
+        msgpack.ExtType(1, b"g"), msgpack.ExtType(2, b"h" * 16), msgpack.ExtType(3, b"i" * 300),
+        msgpack.ExtType(4, b"j" * 70_000), [[[]]], {"k": {"l": []}},
+    ]  # fmt: skip
+    frame = msgpack.packb(value, use_bin_type=True)
+
+    def count(item) -> int:
+        if isinstance(item, list):
+            return 1 + sum(count(x) for x in item)
+        if isinstance(item, dict):
+            return 1 + sum(count(k) + count(v) for k, v in item.items())
+        return 1
+
+    objects = count(msgpack.unpackb(frame, raw=False, strict_map_key=False, ext_hook=lambda code, data: None))
+    limit = objects + limit_offset
+    if limit_offset == 0:
+        protocol._check_object_count(frame, limit)
+    else:
+        with pytest.raises(ProtocolError, match=f"more than {limit} msgpack objects"):
+            protocol._check_object_count(frame, limit)
