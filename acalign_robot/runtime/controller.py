@@ -10,8 +10,10 @@ sleeps for what is left of the period after its work, never `sleep(period)`. A t
 deadline is a deadline miss; the next deadline is then re-anchored to now (no burst of catch-up ticks).
 The loop measures every section (p50/p99/max) and publishes Stats.
 
-Hot-swap: a background thread owns the policy subscription (latest-only). It validates each new version off the
-control thread (sha256 and spaces via PolicyRunner, finite outputs on a probe batch of recent observations,
+Hot-swap: a background thread owns the policy subscription (latest-only). It waits for a frame without the GIL,
+receives and decodes it, and validates each new version off the control thread (the gate in PolicySwapper: wire
+and manifest versions agree, sha256 and spaces and graph contract via PolicyRunner, batch-1 inference within a
+fraction of the control period, finite and not all-saturated actions on a probe batch of recent observations,
 bounded deviation from the current policy on that batch), builds its onnxruntime session, and leaves it in a
 one-slot mailbox; the control loop picks it up between two ticks with one reference assignment. Every transition
 records the version of the policy that chose its action. The two threads share the GIL, so the swapper works only
@@ -19,19 +21,25 @@ while the control thread sleeps (IdleWindows), one step (< 1 ms) per window, and
 is 0.2 ms: the control thread wakes to a free interpreter.
 
 Faults: no StepReply within `driver_timeout_ms` latches SAFE (the safe action is sent every tick; the driver's
-own watchdog covers the controller being gone). Losing the learner never stops control: batches that do not fit
-the bounded queue are counted as drops, and every batch stays in a resend window (runtime.delivery) until the
-learner acknowledges it as checkpointed; what the learner reports missing (after a drop, or after it was killed and
-restarted) is resent, one batch per tick at most. At exit the controller waits up to `final_delivery_s` for the
-learner to acknowledge its last batch.
+own watchdog covers the controller being gone). An Error in reply to a Step or Reset (the driver restarted and has no
+session, another client holds it, the driver failed) is counted by code, latches SAFE, and ends the episode: the
+controller then starts a new session (Hello, checked against the contract it started with, then Reset) at most once
+per SESSION_RETRY_S, sending nothing else meanwhile, and stays SAFE until the operator clears. At exit it leaves the
+robot on its safe action and sends Release, so the driver's watchdog does not take over after it.
+Losing the learner never stops control: batches that do not fit the bounded queue are counted as drops, and every
+batch stays in a resend window (runtime.delivery) until the learner acknowledges it as checkpointed; what the learner
+reports missing (after a drop, or after it was killed and restarted) is resent, one batch per tick at most. At exit
+the controller waits up to `final_delivery_s` for the learner to acknowledge its last batch.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import gc
 import json
+import math
 import os
 import signal
 import sys
@@ -54,7 +62,7 @@ from acalign_robot.runtime.realtime import RealtimeConfig
 from acalign_robot.runtime.safety import ActionFilter, FilterFlags, SafetyConfig
 from acalign_robot.runtime.security import SecurityConfig, client_keys, is_local_endpoint
 from acalign_robot.runtime.transition_log import TransitionLog
-from acalign_robot.runtime.transport import ControlClient, Receiver, TransitionClient, TransportTimeout
+from acalign_robot.runtime.transport import ControlClient, PolicyReceiver, TransitionClient, TransportTimeout
 
 __all__ = ["Controller", "ControllerConfig", "IdleWindows", "PolicySwapper", "SectionTimer", "run_controller"]
 
@@ -64,6 +72,7 @@ ACK_POLL_S = 0.02  # how often the control loop looks for the learner's acknowle
 # How long another thread may keep running Python while the control thread waits for the GIL (CPython's default is
 # 5 ms, two whole ticks at 500 Hz). A hot-swap step that overruns its idle window then costs the tick <= 0.2 ms.
 GIL_SWITCH_INTERVAL_S = 0.0002
+SESSION_RETRY_S = 1.0  # after the driver refused a Step or a Reset: how often to try to start a new session
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,13 @@ class ControllerConfig:
     resend_window_mb: float = 64.0  # batches kept (array bytes) until the learner has checkpointed them
     resend_after_s: float = 2.0  # a batch the learner lacks is resent once it was sent at least this long ago
     final_delivery_s: float = 2.0  # at exit, wait this long at most for the learner to acknowledge the last batch
-    max_policy_deviation: float = 1.0  # hot-swap gate: max |a_new - a_cur| / (high - low) on the probe batch
+    # Hot-swap gate. Deviation: max |a_new - a_cur| / (high - low) over the probe batch and the action dimensions;
+    # 1.0 would admit anything (two actions are at most a range apart), 0.5 refuses a version that moves any
+    # action by more than half its range at any recent observation (a flip from one bound to the other: 1.0).
+    max_policy_deviation: float = 0.5
+    # A candidate's batch-1 inference (median of 5, the control loop's call) must take at most this fraction of
+    # the control period (2 ms at 125 Hz, 0.5 ms at 500 Hz): the rest is the driver's round trip and the loop.
+    max_inference_fraction: float = 0.25
     probe_observations: int = 256
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     rollback: RollbackConfig = field(default_factory=RollbackConfig)
@@ -139,8 +154,9 @@ class ControllerConfig:
                 raise FieldError(name, f"must be >= 0, got {getattr(self, name)}")
         if self.provider not in ("cpu", "cuda"):
             raise FieldError("provider", f"must be 'cpu' or 'cuda', got {self.provider!r}")
-        if not 0 < self.max_policy_deviation <= 1:
-            raise FieldError("max_policy_deviation", f"must be in (0, 1], got {self.max_policy_deviation}")
+        for name in ("max_policy_deviation", "max_inference_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise FieldError(name, f"must be in (0, 1], got {getattr(self, name)}")
 
 
 class SectionTimer:
@@ -335,14 +351,35 @@ class IdleWindows:
 
 
 class PolicySwapper:
-    """Receives policies on its own thread, validates them in the control loop's idle time (IdleWindows), and
-    offers the next runner to the control loop."""
+    """Receives policies on its own thread, judges each in the control loop's idle time (IdleWindows), and offers
+    the next runner to the control loop.
+
+    Nothing received holds the GIL against the control thread outside an idle window: the thread waits for a frame
+    with a poll (no GIL), and receives and decodes it (a 16 MiB frame: two copies, a few ms) only at the start of a
+    window. The gate, in order; each failure is a rejection counted by its reason, and each artifact (wire version,
+    claimed sha256) is judged once:
+        version    the wire version must be the manifest's (else every re-publish would look new)
+        artifact   manifest, sha256, spaces, graph contract ((batch, obs_dim) with a dynamic batch), one probe
+        latency    the candidate's batch-1 inference (the control loop's call, on recent observations; median of up
+                   to LATENCY_CALLS) within `max_inference_fraction` of the control period, and the probe batch,
+                   run in chunks of that budget, within it too
+        nonfinite  finite actions on the probe batch of recent observations
+        saturated  every probe action at a bound (e.g. a mean offset of 1e30) where the current policy's are not
+        deviation  max |a_new - a_cur| / (high - low) on the probe batch above `max_policy_deviation`
+        error      anything else a candidate raises: counted, reported in `last_rejection`, and the next version
+                   is considered as usual
+    A version at or below the newest one accepted (or one refused after a rollback) is never considered again, so
+    no version is swapped in twice. Should the thread itself die (its transport failing), `alive` and `error` say so
+    in the controller's status; control goes on with the current policy.
+    """
 
     # A step waits at most this long for a window it fits in; then it takes the next window of any size (a loop
     # whose idle time never fits a step still gets new versions, at the cost of that tick's latency).
     MAX_WAIT_S = 1.0
+    LATENCY_CALLS = 5  # batch-1 inferences timed per candidate (fewer once a majority is over or under budget)
+    JUDGED_MEMORY = 64  # artifacts remembered as judged, so that a re-published one is not validated again
 
-    def __init__(self, subscriber: Receiver, controller: Controller):
+    def __init__(self, subscriber: PolicyReceiver, controller: Controller):
         self.subscriber = subscriber
         self.controller = controller
         self.ready: PolicyRunner | None = None  # the one-slot mailbox, taken by the control loop
@@ -350,14 +387,22 @@ class PolicySwapper:
         # ~0.1-0.3 ms that the control thread would otherwise pay on the swap tick.
         self.retired: list[PolicyRunner] = []
         self.accepted = 0
+        self.newest_accepted = 0  # the newest version put in the mailbox
         self.rejections: dict[str, int] = {}
         self.last_rejection = ""
         self.last_publish_to_ready_s = 0.0
+        self.last_inference_s: float | None = None  # the latest candidate's batch-1 inference (median), seconds
+        self.error: str | None = None  # why the thread died, if it did
+        self._judged: collections.deque[tuple[int, str]] = collections.deque(maxlen=self.JUDGED_MEMORY)
         # The latest durations of each step of the work; their minimum (a run not stretched by preemption) is the
         # room the step asks of a window.
         self.step_seconds: dict[str, collections.deque[float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="policy-swapper", daemon=True)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def start(self) -> None:
         self._thread.start()
@@ -372,33 +417,53 @@ class PolicySwapper:
         self.last_rejection = f"{reason}: {detail}"[:300]
 
     def _run(self) -> None:
-        realtime.leave_realtime()  # off the control path: never ahead of the control thread
-        while not self._stop.is_set():
-            message = self.subscriber.recv(0.1)
-            self.retired.clear()
-            if message is None:
-                continue
-            received = time.perf_counter()
-            if isinstance(message, p.ProtocolError):
-                self._reject("protocol", str(message))
-                continue
-            current = self.controller.runner
-            if message.version <= max(current.manifest.version, self.controller.refused_through_version):
-                continue  # what we already run, older, or refused after a rollback: nothing to do
-            runner = self._validate(message, current)
-            if runner is not None:
-                self._when_idle("warm_up", runner.warm_up)
-                self.ready = runner
-                self.accepted += 1
-                self.last_publish_to_ready_s = time.perf_counter() - received
+        try:
+            realtime.leave_realtime()  # off the control path: never ahead of the control thread
+            while not self._stop.is_set():
+                if self.retired:
+                    self._when_idle("release", self.retired.clear)
+                if not self.subscriber.wait(0.1):  # a poll: the GIL stays free while nothing, or a frame, arrives
+                    continue
+                # Copying and decoding a frame holds the GIL for as long as it is big: at a window's start only.
+                message = self._when_idle("receive", lambda: self.subscriber.recv(0.0), whole_window=True)
+                if message is not None:
+                    self._consider(message)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the status, then the thread ends as it would
+            self.error = f"{type(exc).__name__}: {exc}"[:300]
+            raise
 
-    def _when_idle(self, step: str, work: Callable[[], Any]) -> Any:
+    def _consider(self, message: p.Message | p.ProtocolError) -> None:
+        received = time.perf_counter()
+        if isinstance(message, p.ProtocolError):
+            self._reject("protocol", str(message))
+            return
+        held = max(self.controller.runner.manifest.version, self.controller.refused_through_version)
+        if message.version <= max(held, self.newest_accepted):
+            return  # what we run or already accepted, older, or refused after a rollback: nothing to do
+        onnx = message.manifest.get("onnx")
+        key = (message.version, str(onnx.get("sha256") if isinstance(onnx, dict) else None))
+        if key in self._judged:
+            return  # a re-publish of an artifact already refused
+        self._judged.append(key)
+        try:
+            runner = self._validate(message)
+        except Exception as exc:  # any failure of a candidate: onnxruntime's own exception types, or a bug here
+            self._reject("error", f"version {message.version}: {type(exc).__name__}: {exc}")
+            return
+        if runner is not None:
+            self.ready = runner
+            self.accepted += 1
+            self.newest_accepted = runner.manifest.version
+            self.last_publish_to_ready_s = time.perf_counter() - received
+
+    def _when_idle(self, step: str, work: Callable[[], Any], whole_window: bool = False) -> Any:
         """Run `work` in an idle window of the control loop with room for it: its shortest recent duration, at most
-        0.9x the 75th percentile of recent windows."""
+        0.9x the 75th percentile of recent windows (`whole_window`: that much, whatever the step took before)."""
         windows = self.controller.idle
         durations = self.step_seconds.setdefault(step, collections.deque(maxlen=8))
         # A step longer than the usual window (e.g. a session build at 1 kHz) takes a long one of the usual ones.
-        need = min(min(durations, default=0.0), 0.9 * windows.typical_long())
+        typical = 0.9 * windows.typical_long()
+        need = typical if whole_window else min(min(durations, default=0.0), typical)
         if not windows.wait(need, self.MAX_WAIT_S):
             windows.wait(0.0, self.MAX_WAIT_S)
         started = time.perf_counter()
@@ -417,8 +482,12 @@ class PolicySwapper:
                 return loaded.value
             stage += 1
 
-    def _validate(self, message: p.Policy, current: PolicyRunner) -> PolicyRunner | None:
-        spec = self.controller.spec
+    def _validate(self, message: p.Policy) -> PolicyRunner | None:
+        """The gate (see the class docstring); the runner, warmed up, or None after a counted rejection."""
+        version, config, spec = message.version, self.controller.config, self.controller.spec
+        if message.manifest.get("version") != version:
+            self._reject("version", f"wire version {version}, manifest version {message.manifest.get('version')!r}")
+            return None
         stages = PolicyRunner.in_stages(
             message.onnx,
             message.manifest,
@@ -426,7 +495,7 @@ class PolicySwapper:
             action_dim=spec.action_space.shape[0],
             action_low=spec.action_space.low,
             action_high=spec.action_space.high,
-            provider=self.controller.config.provider,
+            provider=config.provider,
             seed=self.controller.rng,
         )
         try:
@@ -435,18 +504,78 @@ class PolicySwapper:
             self._reject("artifact", str(exc))
             return None
         probe = self.controller.recent_observations()
-        new_action, current_action = self._when_idle(
-            "probe", lambda: (runner.act_batch(probe)[0], current.act_batch(probe)[0])
-        )
-        if not np.all(np.isfinite(new_action)):
-            self._reject("nonfinite", f"version {message.version} gives non-finite actions on the probe batch")
+        budget_s = config.max_inference_fraction * self.controller.period_s
+        try:
+            self.last_inference_s = inference_s = self._inference_seconds(runner, probe, budget_s)
+            budget = f"the budget is {budget_s * 1e3:.2f} ms ({config.max_inference_fraction:g} of the period)"
+            if inference_s > budget_s:
+                self._reject("latency", f"version {version} takes {inference_s * 1e3:.2f} ms per tick, {budget}")
+                return None
+            # The probe batch in chunks the budget holds, so no call of the candidate outlasts it; a chunk that does
+            # (a graph slow at batch size B) is refused like a slow batch-1 call.
+            chunk = max(1, min(len(probe), int(budget_s / max(inference_s, 1e-6))))
+            new_action, chunk_s = self._probe_actions(runner, probe, chunk, 2 * budget_s)
+            if chunk_s > 2 * budget_s:
+                self._reject("latency", f"version {version} takes {chunk_s * 1e3:.2f} ms for {chunk} observations")
+                return None
+            current_action, _ = self._probe_actions(self.controller.runner, probe, chunk)
+            self._when_idle("warm-up", runner.warm_up)  # onnxruntime's first-run setup, not on the swap tick
+        except PolicyError as exc:  # inference failed on these inputs
+            self._reject("artifact", str(exc))
             return None
-        span = spec.action_space.high - spec.action_space.low
+        if not np.all(np.isfinite(new_action)):
+            self._reject("nonfinite", f"version {version} gives non-finite actions on the probe batch")
+            return None
+        low, high = spec.action_space.low, spec.action_space.high
+        span = high - low
+        if _all_at_bounds(new_action, low, high) and not _all_at_bounds(current_action, low, high):
+            self._reject("saturated", f"version {version} puts every probe action at a bound")
+            return None
         deviation = float(np.max(np.abs(new_action - current_action) / span))
-        if deviation > self.controller.config.max_policy_deviation:
-            self._reject("deviation", f"version {message.version} moves actions by {deviation:.2f} of the range")
+        if deviation > config.max_policy_deviation:
+            self._reject("deviation", f"version {version} moves actions by {deviation:.2f} of the range")
             return None
         return runner
+
+    def _inference_seconds(self, runner: PolicyRunner, probe: np.ndarray, budget_s: float) -> float:
+        """The median of up to LATENCY_CALLS timed batch-1 inferences on probe observations, one per window; it
+        stops as soon as a majority is over (or within) the budget, so a slow candidate costs 3 calls."""
+        samples: list[float] = []
+        majority = self.LATENCY_CALLS // 2 + 1
+        explore = self.controller.config.explore
+        for call in range(self.LATENCY_CALLS):
+            obs = probe[call % len(probe)]
+            samples.append(self._when_idle("latency", functools.partial(runner.inference_seconds, obs, explore)))
+            over = sum(s > budget_s for s in samples)
+            if over >= majority or len(samples) - over >= majority:
+                break
+        return float(np.median(samples))
+
+    def _probe_actions(
+        self, runner: PolicyRunner, probe: np.ndarray, chunk: int, limit_s: float = math.inf
+    ) -> tuple[np.ndarray, float]:
+        """Deterministic actions on the probe batch, `chunk` observations per window, and the longest chunk's time
+        (s); a chunk over `limit_s` is timed once more and counts with the shorter time (preempted is not slow)."""
+        actions, longest_s = [], 0.0
+        for start in range(0, len(probe), chunk):
+            part = probe[start : start + chunk]
+            seconds, action = self._when_idle("probe", functools.partial(_timed, runner.act_batch, part))
+            if seconds > limit_s:
+                seconds = min(seconds, self._when_idle("probe", functools.partial(_timed, runner.act_batch, part))[0])
+            actions.append(action[0])
+            longest_s = max(longest_s, seconds)
+        return np.concatenate(actions), longest_s
+
+
+def _timed(work: Callable[[np.ndarray], Any], argument: np.ndarray) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = work(argument)
+    return time.perf_counter() - started, result
+
+
+def _all_at_bounds(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> bool:
+    """Whether every action (B, action_dim) sits at its low or high bound (to 1e-6 of the range)."""
+    return bool(np.all(np.minimum(action - low, high - action) <= 1e-6 * (high - low)))
 
 
 class Controller:
@@ -458,7 +587,7 @@ class Controller:
         client: ControlClient,
         runner: PolicyRunner,
         transitions: TransitionClient | None = None,
-        policies: Receiver | None = None,
+        policies: PolicyReceiver | None = None,
     ):
         self.config = config
         self.client = client
@@ -516,7 +645,12 @@ class Controller:
         self.episode_log: list[tuple[int, float, float, int]] = []  # (tick, seconds, return, policy version)
         self.swaps = 0
         self.swap_log: list[tuple[int, int, float, float]] = []  # (version, tick, wall time, tick latency s)
-        self._clears_seen: int | None = None  # the driver's Clear count at the last reply
+        self._clears_seen: int | None = None  # the driver's Clear count at the last reply (None: a new session)
+        self.step_errors: dict[str, int] = {}  # Error replies to Step / Reset, by code
+        self.session_restarts = 0
+        self._session_lost: str | None = None  # why the driver refused us; until a new session, no tick is sent
+        self._next_session_try_s = 0.0
+        self.released = False  # at exit: the driver acknowledged the Release (its watchdog is disarmed)
         self._last_reply_s = time.monotonic()  # the last StepReply: the start of any fault's reaction time
         self.safe_reaction_s: float | None = None  # last reply before the fault -> SAFE latched
         self.refused_through_version = 0  # after a rollback: versions up to the bad one are never swapped in again
@@ -567,14 +701,58 @@ class Controller:
                 p.Stats(source=self.config.controller_id, values={"rollback_from": bad, "rollback_to": good})
             )
 
-    def _reset(self) -> np.ndarray:
-        reply = self.client.request(
-            p.Reset(seed=self.config.seed + self.episodes), self.config.driver_timeout_ms / 1000 * 20
-        )
+    def _reset(self) -> np.ndarray | None:
+        """Start an episode; None (and the session marked lost) if the driver refused the Reset or did not answer."""
+        try:
+            reply = self.client.request(
+                p.Reset(seed=self.config.seed + self.episodes), self.config.driver_timeout_ms / 1000 * 20
+            )
+        except TransportTimeout:
+            self._lose_session("no reply to Reset")
+            return None
         if not isinstance(reply, p.ResetReply):
-            raise RuntimeError(f"driver answered Reset with {reply}")
+            self._refused(reply, "Reset")
+            return None
         self.filter.reset()
         return np.asarray(reply.obs, dtype=np.float32)
+
+    def _refused(self, reply: p.Message, request: str) -> None:
+        """The driver answered `request` with an Error (or another wrong type): count it, latch SAFE, lose the
+        session (the policy: a new session, SAFE until the operator clears; see the module docstring)."""
+        code = reply.code if isinstance(reply, p.Error) else type(reply).__name__
+        self.step_errors[code] = self.step_errors.get(code, 0) + 1
+        detail = f": {reply.message}" if isinstance(reply, p.Error) else ""
+        self._lose_session(f"driver refused {request} ({code}{detail})"[:300])
+
+    def _lose_session(self, reason: str) -> None:
+        self.filter.latch(reason)
+        self._note_latch()
+        self._session_lost = reason
+        self.batcher.flush()  # the episode ends here: what it executed goes to the learner and the log
+
+    def _restart_session(self) -> np.ndarray | None:
+        """Hello + Reset on the same driver contract; the first observation, or None to try again later."""
+        self._next_session_try_s = time.monotonic() + SESSION_RETRY_S
+        try:
+            hello = self.client.request(
+                p.Hello(client_name=self.config.controller_id, role="controller"), self.config.driver_timeout_ms / 1000
+            )
+        except TransportTimeout:
+            return None
+        if not isinstance(hello, p.HelloReply):
+            self._refused(hello, "Hello")
+            return None
+        if not _same_contract(hello, self.spec):
+            raise PolicyError(
+                f"the driver at {self.config.driver_endpoint} came back with another contract (spaces, period or "
+                "safe action): this controller's policy may not fit it"
+            )
+        self._clears_seen = None  # a restarted driver counts Clears from 0
+        obs = self._reset()
+        if obs is not None:
+            self._session_lost = None
+            self.session_restarts += 1
+        return obs
 
     def _done(self, started: float) -> bool:
         cfg = self.config
@@ -591,12 +769,21 @@ class Controller:
         if self.swapper is not None:
             self.swapper.start()
         obs = self._reset()
+        if obs is None:
+            raise PolicyError(f"driver at {cfg.driver_endpoint} refused to start an episode: {self._session_lost}")
         episode_return = 0.0
         started = time.monotonic()
-        last_stats = started
+        self._last_stats_s = started
         deadline = time.perf_counter() + self.period_s
         while not self._done(started):
             t0 = time.perf_counter()
+            if self._session_lost is not None:
+                restarted = self._restart_session() if time.monotonic() >= self._next_session_try_s else None
+                if restarted is None:  # nothing is sent to a driver that refuses us until a new session starts
+                    self._publish_stats_when_due(started)
+                    deadline = self._sleep_until(deadline)
+                    continue
+                obs, episode_return = restarted, 0.0
             swapped = self.swapper is not None and self.swapper.ready is not None
             if swapped:
                 if self.runner is not self._good_runner:  # the rollback target stays alive; others are released
@@ -617,7 +804,9 @@ class Controller:
                 self._note_latch()
                 reply = None
             t3 = time.perf_counter()
-            if isinstance(reply, p.StepReply):
+            if reply is not None and not isinstance(reply, p.StepReply):
+                self._refused(reply, "Step")
+            elif isinstance(reply, p.StepReply):
                 self._last_reply_s = time.monotonic()
                 if self._clears_seen is not None and reply.clears > self._clears_seen:
                     self.filter.clear()  # `acalign clear`: the operator released every latch
@@ -652,38 +841,48 @@ class Controller:
                         self._check_rollback()
                     episode_return = 0.0
                     self.batcher.flush()
-                    obs = self._reset()
+                    obs = self._reset()  # None: the session is lost, and restarted at the top of the loop
             self.batcher.service(t3)
             t4 = time.perf_counter()
             self.ticks += 1
             self.timer.record((t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0))
             if swapped:  # the swap tick's own latency: the first inference of a new session
                 self.swap_log.append((self.runner.manifest.version, self.ticks, time.time(), t4 - t0))
-            if time.monotonic() - last_stats >= cfg.stats_every_s:
-                last_stats = time.monotonic()
-                self._publish_stats(self.stats(last_stats - started))
-            now = time.perf_counter()
-            if now > deadline:
-                self.deadline_misses += 1
-                deadline = now  # re-anchor: no burst of catch-up ticks
-            else:
-                if self.idle is not None:
-                    self.idle.open(deadline)
-                if cfg.spin_wait:
-                    while time.perf_counter() < deadline:
-                        pass
-                else:
-                    time.sleep(deadline - now)
-                if self.idle is not None:
-                    self.idle.close()
-            deadline += self.period_s
+            self._publish_stats_when_due(started)
+            deadline = self._sleep_until(deadline)
         return self._shutdown(started)
+
+    def _publish_stats_when_due(self, started: float) -> None:
+        if time.monotonic() - self._last_stats_s >= self.config.stats_every_s:
+            self._last_stats_s = time.monotonic()
+            self._publish_stats(self.stats(self._last_stats_s - started))
+
+    def _sleep_until(self, deadline: float) -> float:
+        """Sleep to the tick's deadline (its idle window for the hot-swap), or count a miss; the next deadline."""
+        now = time.perf_counter()
+        if now > deadline:
+            self.deadline_misses += 1
+            deadline = now  # re-anchor: no burst of catch-up ticks
+        else:
+            if self.idle is not None:
+                self.idle.open(deadline)
+            if self.config.spin_wait:
+                while time.perf_counter() < deadline:
+                    pass
+            else:
+                time.sleep(deadline - now)
+            if self.idle is not None:
+                self.idle.close()
+        return deadline + self.period_s
 
     def _shutdown(self, started: float) -> dict:
         self.batcher.flush()
-        with contextlib.suppress(TransportTimeout):  # leave the robot on its safe action
-            self.client.request(
-                p.Step(tick=self.ticks, action=self.filter.safe_action), self.config.driver_timeout_ms / 1000
+        timeout_s = self.config.driver_timeout_ms / 1000
+        with contextlib.suppress(TransportTimeout):  # leave the robot on its safe action, then end the session
+            if self._session_lost is None:
+                self.client.request(p.Step(tick=self.ticks, action=self.filter.safe_action), timeout_s)
+            self.released = isinstance(
+                self.client.request(p.Release(reason="controller stopped"), timeout_s), p.Heartbeat
             )
         if self.transitions is not None:
             self.learner_has_every_batch = self.batcher.deliver_rest(self.config.final_delivery_s)
@@ -707,6 +906,10 @@ class Controller:
             "episodes": self.episodes,
             "deadline_misses": self.deadline_misses,
             "driver_timeouts": self.driver_timeouts,
+            "step_errors": sum(self.step_errors.values()),
+            **{f"step_errors_{code}": count for code, count in self.step_errors.items()},
+            "session_restarts": self.session_restarts,
+            "session_lost": self._session_lost or "",
             "target_rate_hz": 1.0 / self.period_s,
             "policy_version": self.runner.manifest.version,
             "swaps": self.swaps,
@@ -728,6 +931,7 @@ class Controller:
         if self.episode_returns:
             values["last_episode_return"] = self.episode_returns[-1]
         if final:
+            values["released"] = self.released
             if self.learner_has_every_batch is not None:
                 values["learner_has_every_batch"] = self.learner_has_every_batch
             values["episode_returns"] = self.episode_returns[-1000:]
@@ -737,6 +941,9 @@ class Controller:
             values["swap_rejections"] = dict(self.swapper.rejections)
             values["last_rejection"] = self.swapper.last_rejection
             values["last_publish_to_ready_s"] = self.swapper.last_publish_to_ready_s
+            values["last_candidate_inference_s"] = self.swapper.last_inference_s
+            values["swapper_alive"] = self.swapper.alive  # False: no new version is considered; see swapper_error
+            values["swapper_error"] = self.swapper.error or ""
         return values
 
     def _publish_stats(self, stats: dict) -> None:
@@ -745,6 +952,18 @@ class Controller:
         if self.transitions is not None:
             flat = {k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool))}
             self.transitions.send(p.Stats(source=self.config.controller_id, values=flat))
+
+
+def _same_contract(a: p.HelloReply, b: p.HelloReply) -> bool:
+    """Whether two handshakes describe the same robot interface (spaces, period, safe action)."""
+    return (
+        a.control_period_s == b.control_period_s
+        and all(
+            np.array_equal(x.low, y.low) and np.array_equal(x.high, y.high) and x.units == y.units
+            for x, y in ((a.observation_space, b.observation_space), (a.action_space, b.action_space))
+        )
+        and np.array_equal(a.safe_action, b.safe_action)
+    )
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -1,14 +1,23 @@
 """The driver server: one process that owns a driver and serves it on the control channel (ROUTER).
 
-One thread, one loop: receive a request (with a timeout), act on the driver, reply. Requests and replies are the
-control messages of protocol.py. What the server adds to a bare driver:
-- watchdog: once a controller has started stepping an episode, if no Step arrives within `watchdog_ms`, the server
-  applies the driver's safe action, and keeps applying it every control period until a Step or Reset arrives; the
-  next StepReply says `watchdog_fired`. The latency from the last command to the safe action is measured.
+One thread, one loop: receive a request (with a timeout), act on the driver, reply, then check the watchdog.
+Requests and replies are the control messages of protocol.py. What the server adds to a bare driver:
+- session: a Reset opens a session for the client that sent it (its connection), which alone may then Step, Reset
+  and Release. Another client's Reset, Step or Release is refused (Error "session") while the session is live,
+  so no other local process can move the tick sequence or step the robot. The session ends with the client's
+  Release (a clean stop), or when the client has sent nothing for longer than the watchdog timeout (it crashed or
+  hung: the watchdog holds the robot, and the next client's Reset takes over). A Step with no session (e.g. after a
+  driver restart) is refused with Error "session", which tells the controller to start again with a Reset.
+- watchdog: once the session's client has started stepping an episode, if no Step *from that client* arrives
+  within `watchdog_ms`, the server applies the driver's safe action, and keeps applying it every control period
+  until a Step, Reset or Release arrives; the next StepReply says `watchdog_fired`. It is driven by time, checked
+  after every request and on every receive timeout, so no other traffic (a flood of frames from another client
+  included) can hold it off. The latency from the last command to the safe action is measured.
 - e-stop latch: EStop (from any client) makes every Step apply the safe action instead (`estopped` and
   `safe_action_applied` in the reply) until a Clear;
 - last-line checks on every action: wrong shape -> Error reply; non-finite -> safe action; outside bounds -> clipped;
-- a stale Step (tick not after the last one) is refused: it is a late duplicate of a request that timed out;
+- a stale Step (tick not after the session's last one) is refused: it is a late duplicate of a request that timed
+  out;
 - every bad frame is answered with an Error and counted; nothing a client sends can stop the loop.
 SIGTERM/SIGINT: apply the safe action, close the driver, exit 0.
 """
@@ -95,6 +104,9 @@ class DriverStats:
     safe_action_steps: int = 0  # Steps answered with the safe action (e-stop, non-finite action)
     clipped_actions: int = 0
     stale_steps: int = 0
+    sessions: int = 0  # sessions opened (by a Reset)
+    releases: int = 0  # sessions closed by their client's Release
+    session_refusals: int = 0  # Reset / Step / Release from a client that does not hold the session
     bad_requests: int = 0
     driver_errors: int = 0
     step_time_s: collections.deque = field(default_factory=lambda: collections.deque(maxlen=10_000))
@@ -111,9 +123,12 @@ class DriverServer:
         self.stats = DriverStats()
         self.estopped = False
         self._running = True
-        self._armed = False  # a controller is stepping an episode: the watchdog may fire
+        self._session: bytes | None = None  # the connection that holds the session (its routing identity)
+        self._session_seen_s = 0.0  # the session client's last Step / Reset: how long it has been silent
+        self._armed = False  # the session's client is stepping an episode: the watchdog may fire
         self._last_command_s = time.monotonic()
         self._watchdog_active = False
+        self._next_safe_step_s = 0.0  # while the watchdog holds the robot: when it applies the safe action again
         self._watchdog_fired_since_reply = False
         self._last_tick: int | None = None
         space = driver.spec.action
@@ -127,11 +142,10 @@ class DriverServer:
         try:
             while self._running:
                 item = self.server.recv(self._recv_timeout())
-                if item is None:
-                    self._watchdog()
-                    continue
-                peer, request = item
-                self.server.send(peer, self._handle(request))
+                if item is not None:
+                    peer, request = item
+                    self.server.send(peer, self._handle(peer.identity, request))
+                self._watchdog()  # after every request too: traffic cannot hold it off
         finally:
             self._apply_safe_action()
             self.driver.close()
@@ -139,9 +153,8 @@ class DriverServer:
     def _recv_timeout(self) -> float:
         if not self._armed:
             return 0.1
-        if self._watchdog_active:
-            return self.driver.spec.control_period_s
-        return max(0.0, self._last_command_s + self.watchdog_s - time.monotonic())
+        due = self._next_safe_step_s if self._watchdog_active else self._last_command_s + self.watchdog_s
+        return max(0.0, due - time.monotonic())
 
     def _watchdog(self) -> None:
         if not self._armed:
@@ -151,7 +164,11 @@ class DriverServer:
             if now - self._last_command_s < self.watchdog_s:
                 return
             self._watchdog_active = True
+            self._next_safe_step_s = now
             self.stats.watchdog_events += 1
+        if now < self._next_safe_step_s:
+            return
+        self._next_safe_step_s = max(self._next_safe_step_s + self.driver.spec.control_period_s, now)
         result = self._apply_safe_action()
         if not self._watchdog_fired_since_reply:
             self.stats.last_watchdog_latency_s = time.monotonic() - self._last_command_s
@@ -167,15 +184,21 @@ class DriverServer:
             self.stats.driver_errors += 1
             return None
 
-    def _handle(self, request: p.Message | p.ProtocolError) -> p.Message:
+    def _handle(self, client: bytes, request: p.Message | p.ProtocolError) -> p.Message:
         if isinstance(request, p.ProtocolError):
             self.stats.bad_requests += 1
             return p.error_message(request)
         try:
+            if isinstance(request, (p.Step, p.Reset, p.Release)):
+                refusal = self._check_session(client, request)
+                if refusal is not None:
+                    return refusal
             if isinstance(request, p.Step):
                 return self._step(request)
             if isinstance(request, p.Reset):
-                return self._reset(request)
+                return self._reset(client, request)
+            if isinstance(request, p.Release):
+                return self._release()
             if isinstance(request, p.Hello):
                 return self._hello()
             if isinstance(request, p.EStop):
@@ -194,6 +217,28 @@ class DriverServer:
             self.stats.driver_errors += 1
             return p.Error(code="driver", message=f"{type(exc).__name__}: {exc}"[:500])
 
+    def _check_session(self, client: bytes, request: p.Step | p.Reset | p.Release) -> p.Error | None:
+        """None if `client` may send `request` now; otherwise the refusal (counted)."""
+        if self._session == client:
+            return None
+        live = self._session is not None and time.monotonic() - self._session_seen_s < self.watchdog_s
+        if isinstance(request, p.Reset) and not live:
+            return None  # no session, or its client fell silent: this Reset takes over
+        self.stats.session_refusals += 1
+        if live:
+            detail = "another client holds this driver's session (it stepped within the watchdog timeout)"
+        else:
+            detail = "no session on this connection: send Reset to start one"
+        return p.Error(code="session", message=f"{type(request).__name__} refused: {detail}")
+
+    def _release(self) -> p.Heartbeat:
+        """End the session: the client has stopped cleanly, so the watchdog must not take over after it."""
+        self._session = None
+        self._armed = False
+        self._watchdog_active = False
+        self.stats.releases += 1
+        return self._heartbeat()
+
     def _hello(self) -> p.HelloReply:
         spec = self.driver.spec
         return p.HelloReply(
@@ -208,9 +253,13 @@ class DriverServer:
     def _heartbeat(self) -> p.Heartbeat:
         return p.Heartbeat(sender=self.name, time_s=time.monotonic(), state="estopped" if self.estopped else "running")
 
-    def _reset(self, request: p.Reset) -> p.ResetReply:
+    def _reset(self, client: bytes, request: p.Reset) -> p.ResetReply:
         obs = self.driver.reset(request.seed)
         self.stats.resets += 1
+        if self._session != client:
+            self._session = client
+            self.stats.sessions += 1
+        self._session_seen_s = time.monotonic()
         self._armed = False
         self._watchdog_active = False
         self._watchdog_fired_since_reply = False  # a new episode: what happened before it is reported in stats
@@ -226,6 +275,7 @@ class DriverServer:
             self.stats.stale_steps += 1
             return p.Error(code="stale", message=f"step tick {request.tick} is not after {self._last_tick}")
         self._last_tick = request.tick
+        self._session_seen_s = time.monotonic()
         safe = self.estopped or not np.all(np.isfinite(action))
         if safe:
             action = self.driver.safe_action()

@@ -17,9 +17,11 @@ Messages that hold arrays compare by identity (`eq=False`): compare their fields
 
 Who sends what:
 - control channel, controller (client) -> driver (server), one reply per request:
-  Hello -> HelloReply, Reset -> ResetReply, Step -> StepReply, Heartbeat -> Heartbeat, Stats -> Stats,
-  EStop -> Heartbeat and Clear -> Heartbeat (the driver's state after latching or clearing); a refused request -> Error.
-  Any process (supervisor, CLI) may connect a control client to the driver to send EStop / Clear.
+  Hello -> HelloReply, Reset -> ResetReply, Step -> StepReply, Release -> Heartbeat, Heartbeat -> Heartbeat,
+  Stats -> Stats, EStop -> Heartbeat and Clear -> Heartbeat (the driver's state after latching or clearing); a refused
+  request -> Error. Reset opens a session: from then on only that client's Step, Reset and Release are accepted,
+  until it sends Release or falls silent for longer than the watchdog (driver_server.py). Any process (supervisor,
+  CLI) may connect a control client to the driver to send EStop / Clear / Stats.
 - transitions channel, controller -> learner: TransitionBatch, and the controller's periodic Stats;
   learner -> controller on the same connection: TransitionAck (which batches the learner holds, so that the
   controller resends what was lost and forgets what the learner has checkpointed).
@@ -61,6 +63,7 @@ __all__ = [
     "Message",
     "Policy",
     "ProtocolError",
+    "Release",
     "Reset",
     "ResetReply",
     "Scalar",
@@ -311,6 +314,15 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
+class Release:
+    """The controlling client -> driver: the session is over (a clean stop). The driver disarms its watchdog, so it
+    does not step the robot with the safe action by itself after the controller has gone."""
+
+    TAG: ClassVar[str] = "release"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Heartbeat:
     """Liveness and state of a process; the driver's answer to Heartbeat, EStop and Clear."""
 
@@ -365,6 +377,7 @@ Message = (
     | TransitionBatch
     | TransitionAck
     | Policy
+    | Release
     | Heartbeat
     | EStop
     | Clear
@@ -373,7 +386,7 @@ Message = (
 )
 
 # What each channel carries; a receiver refuses anything else with ProtocolError("type").
-CONTROL_REQUESTS: tuple[type, ...] = (Hello, Reset, Step, Heartbeat, EStop, Clear, Stats)
+CONTROL_REQUESTS: tuple[type, ...] = (Hello, Reset, Step, Release, Heartbeat, EStop, Clear, Stats)
 CONTROL_REPLIES: tuple[type, ...] = (HelloReply, ResetReply, StepReply, Heartbeat, Stats, Error)
 TRANSITION_MESSAGES: tuple[type, ...] = (TransitionBatch, Stats)
 TRANSITION_REPLIES: tuple[type, ...] = (TransitionAck,)
@@ -604,6 +617,7 @@ _MESSAGE_TYPES = (
     TransitionBatch,
     TransitionAck,
     Policy,
+    Release,
     Heartbeat,
     EStop,
     Clear,

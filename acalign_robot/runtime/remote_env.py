@@ -9,13 +9,14 @@ slow gymnasium code a driver with a longer watchdog.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from acalign_robot.runtime import protocol as p
-from acalign_robot.runtime.transport import ControlClient, ZmqControlClient
+from acalign_robot.runtime.transport import ControlClient, TransportTimeout, ZmqControlClient
 
 __all__ = ["RemoteEnv"]
 
@@ -68,5 +69,8 @@ class RemoteEnv(gym.Env):
         return np.asarray(reply.obs, dtype=np.float32), float(reply.reward), reply.terminated, reply.truncated, info
 
     def close(self):
+        """End the driver session (its watchdog stops holding the robot for us), then close our connection."""
+        with contextlib.suppress(TransportTimeout):
+            self._client.request(p.Release(reason="RemoteEnv closed"), self.timeout_s)
         if self._owns_client:
             self._client.close()
