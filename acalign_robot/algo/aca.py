@@ -19,6 +19,11 @@ Deliberate deviations and switches (all in `ACAConfig`):
   in ALGORITHM.md: alpha is not tuned but follows w, so that inside the clip the actor's objective stays
   E[R] - w KL(pi || pi_0) (with auto-tuning it also carries (alpha - w) H(pi)). Added to test why ACA dips on
   HalfCheetah (docs/results.md).
+- Phase-3 temperature (ALGORITHM.md: alpha := 1 with a fresh optimiser, target -c|A|; docs/results.md measures
+  each): `online_target_entropy: prior` sets the target to pi_0's own mean entropy on the dataset's states,
+  measured at alignment, so that auto-tuning starts at its equilibrium instead of raising alpha when pi_0 is
+  narrower than -c|A| (HalfCheetah); `online_initial_alpha: offline` starts from phase 1's alpha instead of 1;
+  `carry_temperature_optimizer` keeps phase 1's Adam moments for log_alpha (the reference does).
 - `finetune: naive` selects the baseline: the offline actor, Q_i, Qbar_i, log_alpha and optimiser states carried
   into plain SAC (no likelihood term, no kappa normalisation, no gradient clip).
 """
@@ -40,7 +45,7 @@ from acalign_robot.algo.sac import SAC, AlignmentPrior, SACConfig, adam, frozen,
 from acalign_robot.config import FieldError
 from acalign_robot.data.replay_buffer import Batch
 
-__all__ = ["PRESETS", "ACAConfig", "OfflineACA", "align", "load_preset", "naive_finetuning"]
+__all__ = ["PRESETS", "ACAConfig", "OfflineACA", "align", "load_preset", "naive_finetuning", "policy_entropy"]
 
 PRESETS = ("random", "medium", "medium-replay", "medium-expert", "expert")
 
@@ -58,6 +63,9 @@ class ACAConfig:
     z_target_alpha: Literal["learned", "one"] = "learned"
     reset_residual_optimizer: bool = True
     online_temperature: Literal["auto", "w"] = "auto"  # phase 3: ALGORITHM.md's auto-tuning, or alpha = w (diagnostic)
+    online_target_entropy: Literal["fixed", "prior"] = "fixed"  # phase 3: -c|A|, or pi_0's entropy on the data
+    online_initial_alpha: Literal["one", "offline"] = "one"  # phase 3 starts at alpha = 1, or at phase 1's alpha
+    carry_temperature_optimizer: bool = False  # phase 3's log_alpha keeps phase 1's Adam state (the reference)
     finetune: Literal["aca", "naive"] = "aca"
 
     def validate(self) -> None:
@@ -158,8 +166,22 @@ class OfflineACA:
         self.z_optimizer.load_state_dict(state["z_optimizer"])
 
 
-def align(offline: OfflineACA) -> SAC:
-    """Phase 2: the one-off alignment. Returns the phase-3 agent; `offline` is left untouched."""
+def policy_entropy(actor: torch.nn.Module, observations: np.ndarray, samples: int = 10_000, seed: int = 0) -> float:
+    """-E[log pi(a|s)], a ~ pi(s), over (at most `samples` of) `observations`: the policy's mean entropy there."""
+    rng = np.random.default_rng(seed)
+    picked = observations[rng.choice(len(observations), size=min(samples, len(observations)), replace=False)]
+    parameter = next(actor.parameters())
+    with torch.no_grad():
+        obs = torch.as_tensor(picked, dtype=torch.float32, device=parameter.device)
+        return -float(losses.Draw(actor, obs).log_prob.mean())
+
+
+def align(offline: OfflineACA, prior_entropy: float | None = None) -> SAC:
+    """Phase 2: the one-off alignment. Returns the phase-3 agent; `offline` is left untouched.
+
+    `prior_entropy`: pi_0's mean entropy on the dataset's states (`policy_entropy`), needed only for
+    `online_target_entropy: prior`.
+    """
     cfg = offline.config
     source = offline.sac
     obs_dim, action_dim = source.actor.obs_dim, source.actor.action_dim
@@ -168,10 +190,16 @@ def align(offline: OfflineACA) -> SAC:
     online.actor.load_state_dict(source.actor.state_dict())
     online.actor_optimizer.load_state_dict(source.actor_optimizer.state_dict())
     prior_actor = copy.deepcopy(online.actor).requires_grad_(False)
-    # alpha := 1 with a fresh optimiser (SAC's constructor with initial_alpha; force 1 whatever the config says).
+    # alpha := 1 (or phase 1's alpha) with a fresh optimiser (or phase 1's moments, as the reference keeps them).
     with torch.no_grad():
-        online.log_alpha.zero_()
+        online.log_alpha.copy_(source.log_alpha if cfg.online_initial_alpha == "offline" else torch.zeros(()))
     online.alpha_optimizer = adam([online.log_alpha], cfg.sac.lr)
+    if cfg.carry_temperature_optimizer:
+        online.alpha_optimizer.load_state_dict(source.alpha_optimizer.state_dict())
+    if cfg.online_target_entropy == "prior":
+        if prior_entropy is None:
+            raise ValueError("online_target_entropy: prior needs pi_0's entropy on the dataset (policy_entropy)")
+        online.target_entropy = prior_entropy
     # Q_i are discarded; R_i := Z_i with zeroed action columns; Rbar := R.
     online.critic = residual_critic_from_z(offline.z, action_dim).to(source.device)
     online.target_critic = copy.deepcopy(online.critic).requires_grad_(False)

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from acalign_robot import config as config_io
-from acalign_robot.algo.aca import ACAConfig, OfflineACA, align, naive_finetuning
+from acalign_robot.algo.aca import ACAConfig, OfflineACA, align, naive_finetuning, policy_entropy
 from acalign_robot.algo.checkpoint import load_checkpoint, save_checkpoint
 from acalign_robot.algo.networks import TanhGaussianActor
 from acalign_robot.algo.sac import SAC
@@ -153,10 +153,17 @@ def align_checkpoint(offline_path: Path, out_path: Path, config: ACAConfig, buff
     meta = payload["meta"]
     agent = OfflineACA(meta["obs_dim"], meta["action_dim"], config, np.zeros((1, meta["obs_dim"]), np.float32))
     agent.load_state_dict(payload["agent"])
-    online = align(agent) if config.finetune == "aca" else naive_finetuning(agent)
+    prior_target = config.finetune == "aca" and config.online_target_entropy == "prior"
+    dataset = load_transitions(meta["datasets"]) if config.top_trajectories or prior_target else None
+    if config.finetune == "aca":
+        entropy = policy_entropy(agent.sac.actor, dataset.observations) if prior_target else None
+        online = align(agent, prior_entropy=entropy)
+        meta = {**meta, "online_target_entropy": online.target_entropy}
+    else:
+        online = naive_finetuning(agent)
     buffer = ReplayBuffer(buffer_capacity, meta["obs_dim"], meta["action_dim"])
     if config.top_trajectories:
-        seeded = buffer.seed_with_top_trajectories(load_transitions(meta["datasets"]), config.top_trajectories)
+        seeded = buffer.seed_with_top_trajectories(dataset, config.top_trajectories)
         meta = {**meta, "seeded_transitions": seeded}
     state = {"agent": online.state_dict(), "buffer": buffer_state(buffer), "env_steps": 0}
     save_checkpoint(out_path, "online", state, config_io.to_dict(config), {**meta, "finetune": config.finetune})

@@ -218,6 +218,7 @@ class SAC:
             "alpha_optimizer": self.alpha_optimizer.state_dict(),
             "updates": self.updates,
             "actor_grad_clip": self.actor_grad_clip,
+            "target_entropy": self.target_entropy,
         }
         if self.prior is not None:
             state["prior"] = {
@@ -241,6 +242,7 @@ class SAC:
         self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
         self.updates = int(state["updates"])
         self.actor_grad_clip = state["actor_grad_clip"]
+        self.target_entropy = float(state.get("target_entropy", self.target_entropy))  # absent: made before it
         self.prior = None
         if "prior" in state:
             prior_state = state["prior"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from acalign_robot.algo import losses
-from acalign_robot.algo.aca import ACAConfig, OfflineACA, align, naive_finetuning
+from acalign_robot.algo.aca import ACAConfig, OfflineACA, align, naive_finetuning, policy_entropy
 from acalign_robot.algo.networks import TanhGaussianActor, atanh_clipped, tanh_gaussian_log_prob
 from acalign_robot.algo.sac import SAC, SACConfig, frozen
 from acalign_robot.data.replay_buffer import Batch
@@ -217,6 +217,52 @@ def test_alignment_resets_alpha_and_keeps_actor():
         online.actor_optimizer.state_dict()["state"][0]["step"]
         == agent.sac.actor_optimizer.state_dict()["state"][0]["step"]
     )
+
+
+def test_alignment_temperature_switches_start_where_they_say():
+    import dataclasses
+
+    agent = _offline()
+    with torch.no_grad():
+        agent.sac.log_alpha.fill_(-3.0)
+    for _ in range(3):
+        agent.update(_batch())
+    offline_state = agent.sac.alpha_optimizer.state_dict()["state"][0]
+    config = dataclasses.replace(agent.config, online_initial_alpha="offline", carry_temperature_optimizer=True)
+    agent.config = config
+    online = align(agent)
+    assert online.alpha == pytest.approx(agent.sac.alpha) and online.alpha < 0.1
+    carried = online.alpha_optimizer.state_dict()["state"][0]
+    assert torch.equal(carried["exp_avg"], offline_state["exp_avg"]) and carried["step"] == offline_state["step"]
+    assert online.target_entropy == -ACT  # fixed: -c|A|
+    assert not align(_offline()).alpha_optimizer.state_dict()["state"]  # the default: a fresh optimiser
+
+
+def test_prior_target_entropy_starts_the_temperature_at_equilibrium():
+    """With the target at pi_0's own entropy on the data, the temperature's gradient at the switch is ~0; with the
+    fixed -|A| target it is not (pi_0 here is far wider than -|A|)."""
+    import dataclasses
+
+    agent = _offline()
+    observations = np.random.default_rng(1).normal(size=(4096, OBS)).astype(np.float32)
+    entropy = policy_entropy(agent.sac.actor, observations)
+    agent.config = dataclasses.replace(agent.config, online_target_entropy="prior")
+    online = align(agent, prior_entropy=entropy)
+    assert online.target_entropy == entropy
+    obs = torch.as_tensor(observations)
+
+    def temperature_gradient(sac) -> float:
+        sac.log_alpha.grad = None
+        draw = losses.Draw(sac.actor, obs)
+        losses.temperature_loss(sac.log_alpha, draw.log_prob, sac.target_entropy)[0].backward()
+        return abs(float(sac.log_alpha.grad))
+
+    assert temperature_gradient(online) < 0.1 * temperature_gradient(align(_offline()))
+    reloaded = SAC(OBS, ACT, SMALL)
+    reloaded.load_state_dict(online.state_dict())
+    assert reloaded.target_entropy == entropy  # it travels in the checkpoint
+    with pytest.raises(ValueError, match="prior needs"):
+        align(agent)
 
 
 def test_naive_baseline_carries_critic_and_temperature():
