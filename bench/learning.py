@@ -5,11 +5,15 @@ naive baseline and ACA from that same checkpoint (`acalign align` + `acalign fin
 1 torch thread each). Reports, in D4RL-normalised score (dataset reference returns):
 - switch: the score of the offline actor when online fine-tuning starts;
 - dip: the minimum evaluation over the first 10% of online steps (the collapse ACA is meant to remove);
-- worst: the minimum over all online evaluations; final: the last evaluation.
-Offline-only is the switch score carried to the end (no online learning).
+- worst: the minimum over all online evaluations; final: the mean of the last 10% of the evaluations.
+Offline-only is the switch score carried to the end (no online learning). Across seeds each figure is the IQM with a
+95% stratified-bootstrap confidence interval (rliable, Agarwal et al. 2021), and the issue's bar is checked on the
+IQMs: dip >= 95% of the switch, final > switch, ACA's final >= naive's.
 
 Scales: ci (minutes), reduced (what a 2-core CPU machine holds), paper (500k offline / 100k online, a GPU machine).
-Writes bench/out/learning/results.json, learning.png and a Markdown table (printed; paste into docs/results.md).
+Writes bench/out/learning/results.json, learning.png and a Markdown table (printed; paste into docs/results.md);
+with `--publish FILE` (docs/results/learning.json) every run's switch, dip, final and curve is merged into FILE
+under its dataset, method label and seed, and the table covers everything FILE holds for these datasets.
 
     python bench/learning.py --datasets hopper-medium hopper-medium-replay --scale reduced --seeds 3 --jobs 2
 """
@@ -131,47 +135,106 @@ def online_run(offline: Path, method: str, seed: int, scale: Scale, overrides: l
 
 def summarize(scores: list[tuple[int, float]], online_steps: int) -> dict[str, float]:
     switch = scores[0][1]
-    early = [s for step, s in scores[1:] if step - scores[0][0] <= 0.1 * online_steps] or [switch]
-    return {"switch": switch, "dip": min(early), "worst": min(s for _, s in scores), "final": scores[-1][1]}
+    online = scores[1:] or scores
+    early = [s for step, s in online if step - scores[0][0] <= 0.1 * online_steps] or [switch]
+    last = online[-max(1, round(0.1 * len(online))) :]
+    return {
+        "switch": switch,
+        "dip": min(early),
+        "worst": min(s for _, s in scores),
+        "final": float(np.mean([s for _, s in last])),
+    }
 
 
-def markdown(results: dict, scale_name: str, scale: Scale, seeds: int) -> str:
+def iqm_with_ci(values: list[float], reps: int = 5000) -> tuple[float, float, float]:
+    """IQM over seeds and its 95% bootstrap confidence interval (rliable; one task, so stratified = per seed)."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    scores = {"x": np.asarray(values, dtype=float)[:, None]}  # (runs, tasks)
+    point, interval = rly.get_interval_estimates(
+        scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps, random_state=np.random.RandomState(0)
+    )
+    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+
+
+def markdown(runs: list[dict], datasets: list[str]) -> str:
+    """One row per (dataset, method label): IQM [95% CI] of each figure over its seeds, and the bar's checks."""
     lines = [
-        f"Scale `{scale_name}`: {scale.offline_steps} offline updates, {scale.online_steps} online env steps, "
-        f"{seeds} online seeds, evaluation every {scale.eval_every} steps with {scale.eval_episodes} deterministic "
-        "episodes. Normalised score (dataset reference returns), median over seeds [min, max].",
+        "IQM over seeds [95% stratified-bootstrap CI], normalised score (dataset reference returns). Bar: dip >= 95% "
+        "of switch; final > switch; final >= naive's final (checked on the IQMs).",
         "",
-        "| dataset | method | switch | dip (first 10%) | worst online | final |",
-        "|---|---|---|---|---|---|",
+        "| dataset | method | seeds | switch | dip (first 10%) | worst online | final (last 10%) | bar |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for dataset, methods in results.items():
-        for method, runs in methods.items():
-            cells = []
-            for key in ("switch", "dip", "worst", "final"):
-                values = [run[key] for run in runs]
-                cells.append(f"{np.median(values):.1f} [{min(values):.1f}, {max(values):.1f}]")
-            lines.append(f"| {dataset} | {method} | " + " | ".join(cells) + " |")
+    for dataset in datasets:
+        by_method: dict[str, list[dict]] = {}
+        for run in runs:
+            if run["dataset"] == dataset:
+                by_method.setdefault(run["method"], []).append(run)
+        iqms = {m: {k: iqm_with_ci([r[k] for r in rs]) for k in FIGURES} for m, rs in by_method.items()}
+        for method, figures in iqms.items():
+            cells = [f"{point:.1f} [{low:.1f}, {high:.1f}]" for point, low, high in figures.values()]
+            lines.append(
+                f"| {dataset} | {method} | {len(by_method[method])} | "
+                + " | ".join(cells)
+                + f" | {bar(method, iqms)} |"
+            )
     return "\n".join(lines)
 
 
-def plot(curves: dict, out: Path) -> None:
+FIGURES = ("switch", "dip", "worst", "final")
+
+
+def bar(method: str, iqms: dict) -> str:
+    """The issue's bar on one row's IQMs (naive's final from the same dataset's `naive` row, if any)."""
+    figures = {k: point for k, (point, _, _) in iqms[method].items()}
+    checks = [
+        ("dip", figures["dip"] >= 0.95 * figures["switch"]),
+        ("improves", figures["final"] > figures["switch"]),
+    ]
+    if method != "naive" and "naive" in iqms:
+        checks.append((">= naive", figures["final"] >= iqms["naive"]["final"][0]))
+    return ", ".join(f"{name} {'met' if held else 'missed'}" for name, held in checks)
+
+
+def publish(path: Path, runs: list[dict]) -> list[dict]:
+    """Merge `runs` into the JSON file at `path` (keyed by dataset, method, seed, scale); everything it holds."""
+    held = json.loads(path.read_text())["runs"] if path.exists() else []
+    key = lambda run: (run["dataset"], run["method"], run["seed"], run["scale"])  # noqa: E731
+    merged = {key(run): run for run in held} | {key(run): run for run in runs}
+    everything = sorted(merged.values(), key=key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"runs": everything}, indent=1))
+    return everything
+
+
+def plot(runs: list[dict], datasets: list[str], out: Path) -> None:
+    """Per dataset: each method's IQM curve over seeds with its 95% CI band (thin lines: the seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
-    colors = {"naive": "tab:red", "aca": "tab:blue"}
-    for axis, (dataset, methods) in zip(axes[0], curves.items()):
-        for method, runs in methods.items():
-            for index, scores in enumerate(runs):
-                steps, values = zip(*scores)
-                axis.plot(steps, values, color=colors[method], alpha=0.7, label=method if index == 0 else None)
+    figure, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
+    for axis, dataset in zip(axes[0], datasets):
+        methods = sorted({run["method"] for run in runs if run["dataset"] == dataset})
+        for index, method in enumerate(methods):
+            color = "tab:red" if method == "naive" else f"C{index}"
+            curves = [run["curve"] for run in runs if run["dataset"] == dataset and run["method"] == method]
+            length = min(len(curve) for curve in curves)
+            steps = [step for step, _ in curves[0][:length]]
+            values = np.array([[score for _, score in curve[:length]] for curve in curves])  # (seeds, evaluations)
+            for seed_curve in values:
+                axis.plot(steps, seed_curve, color=color, alpha=0.2, linewidth=0.8)
+            band = [iqm_with_ci(list(values[:, i]), reps=1000) for i in range(length)]
+            axis.plot(steps, [b[0] for b in band], color=color, label=f"{method} (IQM, {len(curves)} seeds)")
+            axis.fill_between(steps, [b[1] for b in band], [b[2] for b in band], color=color, alpha=0.2)
         axis.set_title(dataset)
         axis.set_xlabel("online env steps")
         axis.set_ylabel("normalised score")
         axis.grid(alpha=0.3)
-        axis.legend()
+        axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(out, dpi=110)
     plt.close(figure)
@@ -196,6 +259,10 @@ def main() -> None:
     )
     parser.add_argument("--jobs", type=int, default=1, help="online runs in parallel (one core each)")
     parser.add_argument("--out", default="bench/out/learning")
+    parser.add_argument(
+        "--label", help="name of this configuration in tables and --publish (default: the method; e.g. aca[prior])"
+    )
+    parser.add_argument("--publish", metavar="FILE", help="merge every run into FILE (docs/results/learning.json)")
     args = parser.parse_args()
 
     scale = SCALES[args.scale]
@@ -227,32 +294,30 @@ def main() -> None:
         }
         run_dirs = {key: job.result() for key, job in jobs.items()}
 
-    results: dict = {}
-    curves: dict = {}
-    for dataset in args.datasets:
-        results[dataset] = {}
-        curves[dataset] = {}
-        switch = [
-            summarize(read_scores(run_dirs[(dataset, args.methods[0], s)]), scale.online_steps)["switch"]
-            for s in range(args.seeds)
-        ]
-        results[dataset]["offline-only"] = [{"switch": v, "dip": v, "worst": v, "final": v} for v in switch]
-        for method in args.methods:
-            scores = [read_scores(run_dirs[(dataset, method, s)]) for s in range(args.seeds)]
-            curves[dataset][method] = scores
-            results[dataset][method] = [summarize(s, scale.online_steps) for s in scores]
-    table = markdown(results, args.scale, scale, args.seeds)
-    payload = {
-        "scale": args.scale,
-        **asdict(scale),
-        "seeds": args.seeds,
-        "results": results,
-        "curves": curves,
-        "wall_s": time.monotonic() - start,
-    }
-    (out / "results.json").write_text(json.dumps(payload, indent=1))
-    plot(curves, out / "learning.png")
-    print(table)
+    runs = []
+    for (dataset, method, seed), run_dir in run_dirs.items():
+        scores = read_scores(run_dir)
+        label = args.label if args.label and method != "naive" else method
+        runs.append(
+            {
+                "dataset": dataset,
+                "method": label,
+                "seed": seed,
+                "scale": out.name,
+                "overrides": args.set,
+                **summarize(scores, scale.online_steps),
+                "curve": scores,
+            }
+        )
+    (out / "results.json").write_text(json.dumps({**asdict(scale), "scale": args.scale, "runs": runs}, indent=1))
+    everything = publish(Path(args.publish), runs) if args.publish else runs
+    shown = [run for run in everything if run["scale"] == out.name]
+    plot(shown, args.datasets, out / "learning.png")
+    print(
+        f"Scale `{args.scale}`: {scale.offline_steps} offline updates, {scale.online_steps} online env steps, "
+        f"evaluation every {scale.eval_every} steps with {scale.eval_episodes} deterministic episodes.\n"
+    )
+    print(markdown(shown, args.datasets))
     print(f"\nwrote {out / 'results.json'} and {out / 'learning.png'} in {time.monotonic() - start:.0f} s")
 
 

@@ -1,0 +1,48 @@
+"""bench/learning.py's figures: what "dip" and "final" mean, the IQM and its interval (rliable), the bar, and the
+merge into docs/results/learning.json."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.learning import bar, iqm_with_ci, publish, summarize
+
+
+def test_final_is_the_mean_of_the_last_tenth_and_dip_the_early_minimum():
+    scores = [(0, 50.0)] + [(1000 * i, 40.0 + i) for i in range(1, 21)]  # 20 online evaluations
+    figures = summarize(scores, online_steps=20_000)
+    assert figures["switch"] == 50.0
+    assert figures["dip"] == 41.0  # min over steps <= 2000
+    assert figures["worst"] == 41.0
+    assert figures["final"] == pytest.approx((59.0 + 60.0) / 2)  # the last 2 of 20
+
+
+def test_iqm_trims_the_outer_quartiles_and_its_interval_contains_it():
+    point, low, high = iqm_with_ci([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert point == pytest.approx(3.0)  # the seed at 100 is trimmed away
+    assert low <= point <= high and high < 100.0
+    assert iqm_with_ci([5.0, 5.0, 5.0]) == pytest.approx((5.0, 5.0, 5.0))
+
+
+def test_the_bar_is_checked_on_the_iqms():
+    def figures(switch, dip, final):
+        return {"switch": (switch, 0, 0), "dip": (dip, 0, 0), "worst": (dip, 0, 0), "final": (final, 0, 0)}
+
+    iqms = {"aca": figures(90, 88, 100), "naive": figures(90, 60, 105)}
+    assert bar("aca", iqms) == "dip met, improves met, >= naive missed"
+    assert bar("naive", iqms) == "dip missed, improves met"
+
+
+def test_publish_merges_runs_by_dataset_method_seed_and_scale(tmp_path):
+    path = tmp_path / "results" / "learning.json"
+
+    def run(method, seed, final):
+        return {"dataset": "d", "method": method, "seed": seed, "scale": "reduced", "final": final}
+
+    publish(path, [run("aca", 0, 1.0), run("aca", 1, 2.0)])
+    everything = publish(path, [run("aca", 1, 3.0), run("naive", 0, 4.0)])
+    assert [(r["method"], r["seed"], r["final"]) for r in everything] == [
+        ("aca", 0, 1.0),
+        ("aca", 1, 3.0),
+        ("naive", 0, 4.0),
+    ]
