@@ -18,6 +18,7 @@ distribution as the learner's `TanhGaussianActor.sample`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -141,15 +142,32 @@ class PolicyRunner:
         self._session.run(self._action_output, self._feed)
         self._session.run(self._distribution_outputs, self._feed)
 
+    def inference_seconds(self, obs: np.ndarray, explore: bool = False) -> float:
+        """Wall time (s) of the graph call `act(obs, explore)` makes, without drawing noise: the hot-swap gate's
+        latency measure. It writes the batch-1 input buffer, so only for a runner the control loop does not use."""
+        self._obs[0] = obs
+        outputs = self._distribution_outputs if explore else self._action_output
+        started = time.perf_counter()
+        self._run(outputs, self._feed)
+        return time.perf_counter() - started
+
     def act_batch(self, obs_batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(B, obs_dim) -> (action, mean, log_std), each (B, action_dim): deterministic, for validation."""
         obs_batch = np.ascontiguousarray(obs_batch, dtype=np.float32)
         if obs_batch.ndim != 2 or obs_batch.shape[1] != self.obs_dim:
             raise ValueError(f"expected observations of shape (B, {self.obs_dim}), got {obs_batch.shape}")
-        action, mean, log_std = self._session.run(
-            list(self.manifest.onnx.outputs), {self.manifest.onnx.input: obs_batch}
-        )
+        action, mean, log_std = self._run(list(self.manifest.onnx.outputs), {self.manifest.onnx.input: obs_batch})
         return action, mean, log_std
+
+    def _run(self, outputs: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """A validation-time session call; onnxruntime's own exception types (a graph that fails on this input, a
+        shape it refuses) become PolicyError. `act` calls the session directly: nothing in the tick's path."""
+        try:
+            return self._session.run(outputs, feed)
+        except Exception as exc:  # onnxruntime.capi...InvalidArgument, Fail, RuntimeException, ...
+            raise PolicyError(
+                f"policy {self.manifest.label}: inference failed ({type(exc).__name__}: {str(exc)[:200]})"
+            ) from None
 
     def _build_session(self, onnx_bytes: bytes, provider: str) -> ort.InferenceSession:
         if provider not in _ORT_PROVIDERS:
@@ -182,17 +200,23 @@ class PolicyRunner:
             raise PolicyError(
                 f"policy {label}: the graph's inputs are {found}, expected one float tensor {onnx.input!r}"
             )
-        if inputs[0].shape[-1] != self.obs_dim:
+        # (batch, obs_dim) with a dynamic batch: the control loop runs batch 1, the hot-swap gate a probe batch.
+        # onnxruntime reports a dynamic dimension as its name (str) or None, a fixed one as an int.
+        shape = inputs[0].shape
+        if len(shape) != 2 or isinstance(shape[0], int) or shape[1] != self.obs_dim:
             raise PolicyError(
-                f"policy {label}: the graph takes {inputs[0].shape[-1]} observations, obs_dim is {self.obs_dim}"
+                f"policy {label}: the graph's input has shape {shape}, expected (batch, {self.obs_dim}) with a "
+                "dynamic batch"
             )
         outputs = {o.name: o for o in self._session.get_outputs()}
         for name in onnx.outputs:
             if name not in outputs:
                 raise PolicyError(f"policy {label}: the graph has no output {name!r} (it has {sorted(outputs)})")
-            width = outputs[name].shape[-1]
-            if width != self.action_dim:
-                raise PolicyError(f"policy {label}: output {name!r} has width {width}, action_dim is {self.action_dim}")
+            shape = outputs[name].shape
+            if len(shape) != 2 or shape[1] != self.action_dim:
+                raise PolicyError(
+                    f"policy {label}: output {name!r} has shape {shape}, expected (batch, {self.action_dim})"
+                )
 
     def _probe(self) -> None:
         """One inference at the normaliser's mean: finite outputs, and an action that the manifest's bounds explain.

@@ -80,6 +80,7 @@ __all__ = [
     "MemoryTransitionReceiver",
     "MemoryTransitionSender",
     "Peer",
+    "PolicyReceiver",
     "Receiver",
     "Sender",
     "TransportError",
@@ -206,6 +207,20 @@ class Receiver(Protocol):
 
 class TransitionClient(Sender, Receiver, Protocol):
     """The controller's end of the transitions channel: `send` batches and Stats, `recv` the learner's acks."""
+
+
+class PolicyReceiver(Receiver, Protocol):
+    """The controller's end of the policy channel. Besides `recv`, its three steps apart, so that the hot-swap thread
+    can run the two that hold the GIL (in proportion to the frame's size) when the control thread sleeps."""
+
+    def wait(self, timeout_s: float) -> bool:
+        """True once a frame is waiting (within timeout_s); nothing is taken, and the GIL is free while it waits."""
+
+    def take(self) -> bytes | memoryview | ProtocolError | None:
+        """The waiting frame, not copied and not decoded (microseconds whatever its size); None if none waits."""
+
+    def decode(self, frame: bytes | memoryview) -> Message | ProtocolError:
+        """A frame from `take` as a policy-channel message, or the ProtocolError saying why not (counted)."""
 
 
 class TransitionServer(Receiver, Protocol):
@@ -611,8 +626,10 @@ class ZmqPolicyPublisher(_ZmqEndpoint):
 class ZmqPolicySubscriber(_ZmqEndpoint):
     """Policy channel, controller side: SUB to everything, connects, CONFLATE (at most the newest policy waits).
 
-    The controller calls `recv(0.0)` between ticks, a non-blocking check, and validates a policy before swapping it
-    in; it never waits on the learner (a positive timeout is for start-up, waiting for a first policy).
+    The controller's hot-swap thread `wait`s for a frame (a poll: ZeroMQ's I/O thread assembles it, and the GIL is
+    free), `take`s it (a view, no copy), then copies and `decode`s it each in an idle window of the control loop
+    with room for its size, because both hold the GIL for as long as the frame is big (16 MiB: ~5 ms each;
+    runtime.controller.PolicySwapper). Nothing on this socket ever waits on the learner.
     """
 
     def __init__(
@@ -632,6 +649,23 @@ class ZmqPolicySubscriber(_ZmqEndpoint):
             context=context,
             curve=curve,
         )
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._wait(zmq.POLLIN, time.monotonic() + timeout_s)
+
+    def take(self) -> memoryview | ProtocolError | None:
+        """A view on ZeroMQ's buffer of the waiting frame (no copy)."""
+        try:
+            frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
+        if len(frames) != 1:
+            self.counters.protocol_errors += 1
+            return ProtocolError("malformed", f"a policy message is one frame, got {len(frames)}")
+        return frames[0].buffer
+
+    def decode(self, frame: bytes | memoryview) -> Message | ProtocolError:
+        return _incoming(frame, POLICY_MESSAGES, "policy", self.max_message_bytes, self.counters)
 
     def recv(self, timeout_s: float) -> Message | ProtocolError | None:
         return self._recv_single(POLICY_MESSAGES, "policy", timeout_s)
@@ -840,6 +874,16 @@ class MemoryPolicySubscriber:
         self._publisher = publisher
         self._latest = _Mailbox(1, conflate=True)
         publisher._subscribers.append(self._latest)
+
+    def wait(self, timeout_s: float) -> bool:
+        with self._latest._ready:
+            return bool(self._latest._ready.wait_for(lambda: self._latest._items, timeout=max(0.0, timeout_s)))
+
+    def take(self) -> bytes | None:
+        return self._latest.get(0.0)
+
+    def decode(self, frame: bytes | memoryview) -> Message | ProtocolError:
+        return _incoming(frame, POLICY_MESSAGES, "policy", self.max_message_bytes, self.counters)
 
     def recv(self, timeout_s: float) -> Message | ProtocolError | None:
         return _recv_mailbox(self._latest, POLICY_MESSAGES, "policy", self.max_message_bytes, self.counters, timeout_s)
