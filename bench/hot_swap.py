@@ -11,6 +11,16 @@ This machine is shared and its tick latency drifts between runs (the no-swap p99
 two conditions alternate `--repeats` times and the verdict compares their medians; every run is printed.
 
     python bench/hot_swap.py [--seconds 10] [--rate 500] [--repeats 3]
+
+`--hostile LABEL`: instead, the control loop's worst tick at `--rate` (125 Hz: the finding's) while hostile frames
+arrive on its policy channel every 0.5 s, one condition per run: none; a 16 MiB Policy frame (valid msgpack, one big
+bin, a manifest whose sha256 does not match, a new version each time so that each is judged); a 16 MiB frame of
+16 million empty arrays. The rows go into bench/out/hot_swap_hostile.json under LABEL, and the table shows every
+label there: run it once with the code before a change (`PYTHONPATH=/tmp/old`, a `git worktree` of that commit:
+the driver and controller processes inherit it) and once after.
+
+    PYTHONPATH=/tmp/old python bench/hot_swap.py --hostile before --rate 125 --seconds 6
+    python bench/hot_swap.py --hostile after --rate 125 --seconds 6
 """
 
 from __future__ import annotations
@@ -114,13 +124,120 @@ def run(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path, version
     }
 
 
+def hostile_frames(kind: str, manifest: dict):
+    """Endless frames of one hostile kind (None: nothing is sent)."""
+    import msgpack
+
+    version = 1
+    while True:
+        version += 1
+        if kind == "big-bin":
+            onnx = b"\x01" * (16 * 2**20)
+            yield msgpack.packb(
+                {"v": 1, "t": "policy", "version": version, "onnx": onnx, "manifest": {**manifest, "version": version}}
+            )
+        elif kind == "tiny-objects":
+            yield msgpack.packb([[]] * (16 * 2**20 - 16))
+        else:
+            yield None
+
+
+def run_hostile(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path, manifest: dict, kind: str) -> dict:
+    import zmq
+
+    from acalign_robot.runtime.transport import free_tcp_endpoint
+
+    policy_endpoint = free_tcp_endpoint()
+    stop, sent = threading.Event(), [0]
+
+    def publish() -> None:
+        context = zmq.Context()
+        publisher = context.socket(zmq.PUB)
+        publisher.setsockopt(zmq.LINGER, 0)
+        publisher.setsockopt(zmq.CONFLATE, 1)
+        publisher.bind(policy_endpoint)
+        frames = hostile_frames(kind, manifest)
+        try:
+            stop.wait(2.0)  # the controller connects and starts ticking
+            while not stop.wait(0.5):
+                frame = next(frames)
+                if frame is not None:
+                    publisher.send(frame)
+                    sent[0] += 1
+        finally:
+            publisher.close()
+            context.term()
+
+    thread = threading.Thread(target=publish)
+    thread.start()
+    try:
+        with hopper_driver(workdir, f"hostile-{kind}") as control:
+            fields = {
+                "driver_endpoint": control,
+                "policy": str(policy_dir),
+                "rate_hz": rate_hz,
+                "duration_s": seconds,
+                "policy_endpoint": policy_endpoint,
+                "log": False,
+            }
+            stats = run_controller(workdir, f"hostile-{kind}", fields, seconds + 120)
+    finally:
+        stop.set()
+        thread.join()
+    return {
+        "frames": kind,
+        "sent": sent[0],
+        "ticks": stats["ticks"],
+        "tick_p50_s": stats["tick_p50_s"],
+        "tick_p99_s": stats["tick_p99_s"],
+        "tick_max_s": stats["tick_max_s"],
+        "deadline_misses": stats["deadline_misses"],
+        "rejections": stats.get("swap_rejections", {}),
+        "swapper_alive": stats.get("swapper_alive"),
+        "policy_version": stats["policy_version"],
+    }
+
+
+def main_hostile(args: argparse.Namespace) -> None:
+    out = Path(args.out if args.out != "bench/out/hot_swap.json" else "bench/out/hot_swap_hostile.json")
+    record = json.loads(out.read_text()) if out.exists() else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        policy_dir, _, manifest = export_hopper_policy(workdir / "policies")
+        rows = [
+            run_hostile(args.rate, args.seconds, policy_dir, workdir, manifest, kind)
+            for _ in range(args.repeats)
+            for kind in ("none", "big-bin", "tiny-objects")
+        ]
+    record[args.hostile] = {"rate_hz": args.rate, "seconds": args.seconds, "rows": rows}
+    print(f"controller at {args.rate:g} Hz for {args.seconds:g} s, MuJoCo Hopper driver; a hostile frame every 0.5 s\n")
+    print(
+        f"{'code':>8} {'frames (16 MiB)':>16} {'sent':>5} {'ticks':>6} {'p50 us':>7} {'p99 us':>7} {'max ms':>7} "
+        f"{'misses':>6}  rejections"
+    )
+    for label, entry in record.items():
+        for r in entry["rows"]:
+            print(
+                f"{label:>8} {r['frames']:>16} {r['sent']:>5} {r['ticks']:>6} {r['tick_p50_s'] * 1e6:>7.0f} "
+                f"{r['tick_p99_s'] * 1e6:>7.0f} {r['tick_max_s'] * 1e3:>7.2f} {r['deadline_misses']:>6}  "
+                f"{r['rejections']}"
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each condition")
     parser.add_argument("--out", default="bench/out/hot_swap.json")
+    parser.add_argument("--hostile", metavar="LABEL", help="the hostile-frame rows instead, saved under LABEL")
     args = parser.parse_args()
+    if args.hostile:
+        main_hostile(args)
+        return
     swaps_needed = int(args.seconds / 0.1) + 20
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -2,9 +2,10 @@
 
 The controller's inference path. Loading is where all the checking happens, off the hot path: the manifest is
 validated, the ONNX bytes must match its sha256, the spaces must match what the robot expects, the graph's input
-and outputs must match the manifest, and one probe inference must be finite and agree with the manifest's action
-bounds. A runner that was built is safe to swap in by a single reference assignment; every failure before that is
-a `PolicyError` (bad input), never a crash of the controller.
+and outputs must match the manifest ((batch, dim) with a dynamic batch), and one probe inference must be finite and
+agree with the manifest's action bounds. A runner that was built is safe to swap in by a single reference
+assignment; every failure before that, onnxruntime's own exception types on validation-time inference included, is a
+`PolicyError` (bad input), never a crash of the controller.
 
 Inference settings follow the timing model (docs: ENVIRONMENT.md measured them): one intra-op and one inter-op
 thread (a controller shares its cores with the driver and often the learner), all graph optimisations, and a
