@@ -65,8 +65,11 @@ def random_transitions(rng: np.random.Generator, count: int) -> tuple[np.ndarray
     )
 
 
-def transition_batch(controller_id: str, seq: int, count: int, seed: int = 0):
-    """A TransitionBatch as a controller sends it: actions in the env's units (within ACTION_LOW..ACTION_HIGH)."""
+def transition_batch(controller_id: str, seq: int, count: int, seed: int = 0, resend_from: int | None = 0):
+    """A TransitionBatch as a controller sends it: actions in the env's units (within ACTION_LOW..ACTION_HIGH).
+
+    `resend_from` 0: from a controller that can still resend every batch of its stream (None: one that resends none).
+    """
     from acalign_robot.runtime.protocol import TransitionBatch
 
     rng = np.random.default_rng(seed)
@@ -81,4 +84,5 @@ def transition_batch(controller_id: str, seq: int, count: int, seed: int = 0):
         next_obs=rng.normal(size=(count, OBS_DIM)).astype(np.float32),
         terminated=np.zeros(count, bool),
         truncated=np.zeros(count, bool),
+        resend_from=resend_from,
     )

@@ -21,13 +21,22 @@ Channels (semantics of the sockets: acalign_robot.runtime.transport):
   counted in `duplicates` and never inserted twice; a seq skipped is a gap until its batch arrives (then it counts
   as `recovered`). Every ACK_EVERY_S, and right after each checkpoint, each active stream gets a TransitionAck with
   what was received and what the last checkpoint holds; the controller resends what is missing and forgets what is
-  durable, so a learner killed and resumed gets back what it lost since its checkpoint. A batch whose shapes do not
-  fit the checkpoint or that holds a non-finite value is counted in `rejected` (with the reason) and not inserted:
-  one NaN would poison the critic.
+  durable, so a learner killed and resumed gets back what it lost since its checkpoint. Each batch also says the
+  oldest seq its controller can still resend (`resend_from`): what is missing below it is written off as `lost` at
+  once (a fresh learner that replaces one mid-session asks only for what the controllers hold), and a batch more
+  than MAX_AHEAD above its stream's contiguous mark is refused (`refused_ahead`), never a reason to write off the
+  past. A batch whose shapes do not fit the checkpoint or that holds a non-finite value is counted in `rejected`
+  (with the reason) and not inserted: one NaN would poison the critic.
   Stats messages are recorded into the metrics; a controller's `episode_return` (or `last_episode_return`, as
   runtime.controller sends it) is taken as a new episode's return when its `episodes` counter grew since its
   previous Stats (on every Stats that carries no `episodes`); episodes that ended between two Stats but the last
   are not seen here (the controller's own stats have them all).
+  Per-peer state is bounded: the receiver binds each stream to the connection (and CURVE key) that opened it and
+  keeps Stats only from a stream's owner (runtime.delivery.StreamOwners: at most MAX_STREAMS streams, refusals
+  counted in status `binding`); the learner keeps the MAX_STREAMS streams that sent most recently (older ones are
+  evicted: `streams_evicted`, their counters stay in the totals) and the Stats of the MAX_STREAMS sources heard
+  most recently (`stats_evicted`), at most MAX_STATS_KEPT values each, strings cut to MAX_STAT_CHARS. So status.json,
+  every metrics record and the checkpoint stay a bounded size whatever peers send.
 - policy, PUB (bind) -> SUB (connect, conflated) on each controller: latest-only. A Policy carries the ONNX bytes
   and manifest of `export.onnx_export.build_artifact`, built in memory, and `version` (also in the manifest).
   Versions strictly increase: 1 + the checkpoint's last published version, then +1 per publication; a resumed
@@ -64,7 +73,9 @@ Files in `checkpoint_dir`: `learner.pt` (an 'online' checkpoint that `acalign fi
 generators, so that a resumed run continues exactly where the checkpoint was taken), `status.json` (the current
 numbers, replaced atomically every second for a supervisor's status line) and `metrics.jsonl` (unless `metrics`
 names another path). Checkpoints are written atomically when a fresh run starts, on the schedule and when the
-learner stops; a failure (an exception) writes no checkpoint, so the last good one stays.
+learner stops; a failure (an exception) writes no checkpoint, so the last good one stays, and removes its temp file.
+At start, temp files left by dead processes (`.learner.pt.PID.tmp`, `.status.json.PID.tmp`: a SIGKILL mid-write)
+are removed.
 
 The configuration, `LearnerConfig`, lives in `learner.config` (torch-free, for launch files) and is re-exported here.
 """
@@ -73,6 +84,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -80,6 +92,7 @@ import os
 import re
 import signal
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,7 +106,7 @@ from acalign_robot.algo.train import resolve_device, set_torch_threads
 from acalign_robot.errors import InputError
 from acalign_robot.export.onnx_export import build_artifact
 from acalign_robot.learner.config import LearnerConfig
-from acalign_robot.runtime.delivery import SequenceLedger
+from acalign_robot.runtime.delivery import MAX_STREAMS, STREAM_IDLE_S, SequenceLedger, StreamRefused
 from acalign_robot.runtime.protocol import Policy, Stats, TransitionBatch
 from acalign_robot.runtime.realtime import pin_to_cores
 from acalign_robot.runtime.security import secure_context
@@ -118,7 +131,12 @@ MAX_DRAIN_MESSAGES = 256  # most messages taken per visit (the receiver's queue 
 IDLE_WAIT_S = 0.05  # wait for a message when no update is owed; also bounds how late housekeeping runs
 STATUS_EVERY_S = 1.0
 ACK_EVERY_S = 0.1  # how often each active controller stream is told what the learner holds
-ACTIVE_STREAM_S = 30.0  # a stream that sent no batch for this long is not acknowledged any more
+ACTIVE_STREAM_S = STREAM_IDLE_S  # a stream that sent no batch for this long is not acknowledged any more
+MAX_STATS_KEPT = 128  # values kept from one source's Stats (runtime.controller sends ~60)
+MAX_STAT_CHARS = 256  # a longer string value is cut to this
+# Totals that stay in the snapshot after a stream is evicted.
+_STREAM_TOTALS = ("recovered", "lost", "duplicates", "refused_ahead", "rejected")
+_TEMP_FILE = re.compile(r"^\.(?:learner\.pt|status\.json)\.(\d+)\.tmp$")  # _temp_path's names (and save_checkpoint's)
 _FLOOR_TOLERANCE = 1e-9  # credits are sums of utd * n: 10 * 0.1 must make one whole update, not 0.999...
 _log = logging.getLogger(__name__)
 
@@ -132,6 +150,7 @@ class ControllerStream:
     transitions: int = 0  # transitions inserted
     rejected: int = 0  # batches with wrong shapes or non-finite values, not inserted
     last_rejection: str = ""
+    last_batch_s: float = field(default=-math.inf, compare=False)  # monotonic; not saved (-inf after a resume)
 
     def summary(self) -> dict[str, Any]:
         ledger = self.ledger
@@ -145,17 +164,35 @@ class ControllerStream:
             "recovered": ledger.recovered,
             "lost": ledger.lost,
             "duplicates": ledger.duplicates,
+            "refused_ahead": ledger.refused_ahead,
             "rejected": self.rejected,
             "last_rejection": self.last_rejection,
         }
 
+    def total(self, name: str) -> int:
+        return self.rejected if name == "rejected" else getattr(self.ledger, name)
+
     def state(self, durable: bool) -> dict[str, Any]:
-        counters = {k: v for k, v in dataclasses.asdict(self).items() if k != "ledger"}
+        counters = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("ledger", "last_batch_s")}
         return {**counters, "ledger": self.ledger.state(durable)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> ControllerStream:
         return cls(**{**state, "ledger": SequenceLedger.from_state(state["ledger"])})
+
+
+@dataclass
+class _SourceStats:
+    """The latest Stats of one source (bounded: MAX_STATS_KEPT values, strings cut to MAX_STAT_CHARS)."""
+
+    values: dict[str, Any]
+    episodes_seen: int = 0
+    last_return: float | None = None
+
+
+def _bounded_values(values: dict[str, Any]) -> dict[str, Any]:
+    kept = itertools.islice(values.items(), MAX_STATS_KEPT)
+    return {key[:MAX_STAT_CHARS]: value[:MAX_STAT_CHARS] if type(value) is str else value for key, value in kept}
 
 
 class _RateMeter:
@@ -171,11 +208,44 @@ class _RateMeter:
         return (updates - last_updates) / elapsed, (env_steps - last_steps) / elapsed
 
 
+def _temp_path(path: Path) -> Path:
+    """Where `path` is written before its rename (algo.checkpoint.save_checkpoint names its temp file the same)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def _write_json_atomic(path: Path, record: dict[str, Any]) -> None:
     """Temp file + rename: a reader sees the previous or the new file, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record) + "\n")
-    tmp.replace(path)
+    tmp = _temp_path(path)
+    try:
+        tmp.write_text(json.dumps(record) + "\n")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temp_files(directory: Path) -> list[Path]:
+    """Remove the temp files of learners that died mid-write (SIGKILL) from `directory`; returns what was removed.
+
+    A file of a live process other than this one is kept: it may be writing it now.
+    """
+    removed = []
+    for path in directory.glob(".*.tmp"):
+        match = _TEMP_FILE.match(path.name)
+        if match and (int(match[1]) == os.getpid() or not _pid_alive(int(match[1]))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 class Learner:
@@ -222,7 +292,9 @@ class Learner:
         self.env_steps = int(payload["agent"]["env_steps"])
         saved = payload["agent"].get("learner")
         self.rng = np.random.default_rng(config.seed)
-        self.streams: dict[str, ControllerStream]
+        self.streams: OrderedDict[str, ControllerStream]  # least recently sending first; at most MAX_STREAMS
+        self._retired = dict.fromkeys(_STREAM_TOTALS, 0)  # totals of evicted streams
+        self.streams_evicted = 0
         if resume:
             if saved is None:
                 raise CheckpointError(f"{source}: an 'online' checkpoint without learner state: cannot resume from it")
@@ -231,7 +303,11 @@ class Learner:
             self.start_env_steps = int(saved["start_env_steps"])
             # Versions published after the checkpoint was taken must not be reused: status.json saw them.
             self.published_version = max(int(saved["published_version"]), self._version_in_status())
-            self.streams = {cid: ControllerStream.from_state(state) for cid, state in saved["streams"].items()}
+            self.streams = OrderedDict(
+                (cid, ControllerStream.from_state(state)) for cid, state in saved["streams"].items()
+            )
+            self._retired.update(saved.get("retired_streams", {}))
+            self.streams_evicted = int(saved.get("streams_evicted", 0))
             self.rng.bit_generator.state = saved["numpy_rng"]
             torch.set_rng_state(saved["torch_rng"])
             if self.device.type == "cuda" and "cuda_rng" in saved:  # the policy's noise is drawn on the GPU there
@@ -242,11 +318,11 @@ class Learner:
             self.update_credit = 0.0
             self.start_env_steps = self.env_steps
             self.published_version = int(saved["published_version"]) if saved else 0
-            self.streams = {}
+            self.streams = OrderedDict()
 
-        self.controller_stats: dict[str, dict[str, Any]] = {}  # latest Stats values per source
-        self._episodes_seen: dict[str, int] = {}
-        self._last_return: dict[str, float] = {}
+        self._sources: OrderedDict[str, _SourceStats] = OrderedDict()  # least recently heard first; MAX_STREAMS
+        self.stats_evicted = 0
+        self._refusals_logged: set[str] = set()  # StreamRefused reasons already logged once
         self._new_returns: list[float] = []  # since the last metrics record
         self._info_sums: dict[str, float] = {}
         self._info_count = 0
@@ -257,12 +333,13 @@ class Learner:
         self._state = "starting"
 
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temp_files(checkpoint_dir):
+            _log.info("removed %s, left by a process that died while writing it", stale)
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         self._metrics_file = open(self.metrics_path, "a")  # open for the learner's lifetime
         now = time.monotonic()
         self._started_s = now
         self._last_status_s = self._last_metrics_s = self._last_ack_s = now
-        self._last_batch_s: dict[str, float] = {}  # controller_id -> when its latest batch arrived
         self._status_rates = _RateMeter(now, self.updates, self.env_steps)
         self._run_rates = _RateMeter(now, self.updates, self.env_steps)  # read once, by the 'stopped' status
         self._metrics_rates = _RateMeter(now, self.updates, self.env_steps)
@@ -353,15 +430,33 @@ class Learner:
                 self._take_batch(message)
             elif isinstance(message, Stats):
                 self._take_stats(message)
+            elif isinstance(message, StreamRefused):  # counted by the receiver's binding (status: binding)
+                if message.reason not in self._refusals_logged:
+                    self._refusals_logged.add(message.reason)
+                    _log.warning("transitions channel: refused %s; further ones are only counted", message)
             elif self.receiver.counters.protocol_errors == 1:  # a ProtocolError: the receiver counts every one
                 _log.warning("transitions channel: bad frame (%s); further ones are only counted", message)
         return taken
 
+    def _stream(self, controller_id: str) -> ControllerStream:
+        """The stream's books, made (evicting the one that sent least recently beyond MAX_STREAMS) if new."""
+        stream = self.streams.get(controller_id)
+        if stream is None:
+            if len(self.streams) >= MAX_STREAMS:
+                _, evicted = self.streams.popitem(last=False)
+                for name in _STREAM_TOTALS:
+                    self._retired[name] += evicted.total(name)
+                self.streams_evicted += 1
+            stream = self.streams[controller_id] = ControllerStream()
+        else:
+            self.streams.move_to_end(controller_id)
+        return stream
+
     def _take_batch(self, batch: TransitionBatch) -> None:
-        stream = self.streams.setdefault(batch.controller_id, ControllerStream())
-        self._last_batch_s[batch.controller_id] = time.monotonic()
-        if not stream.ledger.take(batch.seq):
-            return  # a duplicate (counted by the ledger)
+        stream = self._stream(batch.controller_id)
+        stream.last_batch_s = time.monotonic()
+        if not stream.ledger.take(batch.seq, batch.resend_from):
+            return  # a duplicate or too far ahead (counted by the ledger)
         stream.batches += 1
         problem = self._content_problem(batch)
         if problem:
@@ -392,17 +487,25 @@ class Learner:
         return ""
 
     def _take_stats(self, stats: Stats) -> None:
-        values = stats.values
-        self.controller_stats[stats.source] = dict(values)
+        values, name = stats.values, stats.source[:MAX_STAT_CHARS]
+        source = self._sources.get(name)
+        if source is None:
+            if len(self._sources) >= MAX_STREAMS:
+                self._sources.popitem(last=False)
+                self.stats_evicted += 1
+            source = self._sources[name] = _SourceStats(values={})
+        else:
+            self._sources.move_to_end(name)
+        source.values = _bounded_values(values)
         episode_return = values.get("episode_return", values.get("last_episode_return"))
         episodes = values.get("episodes")
         if type(episode_return) not in (int, float):
             return
         if type(episodes) is int:
-            if episodes <= self._episodes_seen.get(stats.source, 0):
+            if episodes <= source.episodes_seen:
                 return  # the same episode reported again by a periodic Stats
-            self._episodes_seen[stats.source] = episodes
-        self._last_return[stats.source] = float(episode_return)
+            source.episodes_seen = episodes
+        source.last_return = float(episode_return)
         self._new_returns.append(float(episode_return))
 
     # --- training and publishing ------------------------------------------------------------------------------------
@@ -464,12 +567,18 @@ class Learner:
                 "start_env_steps": self.start_env_steps,
                 "published_version": self.published_version,
                 "streams": {cid: stream.state(durable=True) for cid, stream in self.streams.items()},
+                "retired_streams": dict(self._retired),
+                "streams_evicted": self.streams_evicted,
                 "numpy_rng": self.rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
                 **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
             },
         }
-        path = save_checkpoint(self.checkpoint_path, "online", state, self._aca_config_dict, self.meta)
+        try:
+            path = save_checkpoint(self.checkpoint_path, "online", state, self._aca_config_dict, self.meta)
+        except BaseException:
+            _temp_path(self.checkpoint_path).unlink(missing_ok=True)  # a full disk must not also leak the temp file
+            raise
         for stream in self.streams.values():
             stream.ledger.mark_durable()
         self.acknowledge()  # at once: controllers may forget what is now durable
@@ -479,11 +588,16 @@ class Learner:
         """Tell each active controller stream what this learner holds (runtime.delivery)."""
         now = time.monotonic()
         for cid, stream in self.streams.items():
-            if now - self._last_batch_s.get(cid, -math.inf) <= ACTIVE_STREAM_S:
+            if now - stream.last_batch_s <= ACTIVE_STREAM_S:
                 self.receiver.acknowledge(stream.ledger.ack(cid))
         self._last_ack_s = now
 
     # --- reporting --------------------------------------------------------------------------------------------------
+
+    @property
+    def controller_stats(self) -> dict[str, dict[str, Any]]:
+        """The latest Stats values per source (the MAX_STREAMS sources heard most recently)."""
+        return {name: source.values for name, source in self._sources.items()}
 
     def _housekeeping(self, now: float) -> None:
         if now - self._last_ack_s >= ACK_EVERY_S:
@@ -508,15 +622,18 @@ class Learner:
             "device": str(self.device),
             "published_version": self.published_version,
             "gaps": sum(stream.ledger.gaps for stream in streams),
-            "recovered": sum(stream.ledger.recovered for stream in streams),
-            "lost": sum(stream.ledger.lost for stream in streams),
-            "duplicates": sum(stream.ledger.duplicates for stream in streams),
-            "rejected": sum(stream.rejected for stream in streams),
+            **{name: self._retired[name] + sum(stream.total(name) for stream in streams) for name in _STREAM_TOTALS},
             "protocol_errors": self.receiver.counters.protocol_errors,
+            "streams": len(self.streams),
+            "streams_evicted": self.streams_evicted,
+            "stats_evicted": self.stats_evicted,
+            "binding": self.receiver.owners.counts(),
             "alpha": self.agent.alpha,
             "w": self.agent.prior.w if self.agent.prior is not None else None,
             "controllers": {cid: stream.summary() for cid, stream in self.streams.items()},
-            "last_episode_return": self._last_return,
+            "last_episode_return": {
+                name: source.last_return for name, source in self._sources.items() if source.last_return is not None
+            },
         }
 
     def write_status(self) -> None:
@@ -554,7 +671,7 @@ class Learner:
             "publish_s": self.publish_seconds,
             "episode_returns": self._new_returns,
             "episode_return_mean": float(np.mean(self._new_returns)) if self._new_returns else None,
-            "controller_stats": self.controller_stats,
+            "controller_stats": self.controller_stats,  # bounded: MAX_STREAMS sources x MAX_STATS_KEPT values
         }
         self._metrics_file.write(json.dumps(record) + "\n")
         self._metrics_file.flush()

@@ -256,6 +256,7 @@ class _TransitionBatcher:
             terminated=self.terminated[:n].copy(),
             truncated=self.truncated[:n].copy(),
             extras={"policy_action": self.policy_action[:n].copy(), "safety_flags": self.flags[:n].copy()},
+            resend_from=self.window.oldest(self.seq),  # what the learner lacks below it is gone: it writes it off
         )
         self.seq += 1
         if self.log is not None:

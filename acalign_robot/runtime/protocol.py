@@ -237,6 +237,7 @@ class TransitionBatch:
     """Controller -> learner: consecutive executed transitions; arrays share their first axis (batch, ...)."""
 
     TAG: ClassVar[str] = "transitions"
+    MAX_ID_CHARS: ClassVar[int] = 256  # a stream id is a name: the learner keeps it in its status and checkpoint
     controller_id: str
     seq: int  # per-controller batch counter: a gap at the learner means batches were dropped
     policy_version: np.ndarray  # (batch,) int, the policy version that chose each action
@@ -247,11 +248,18 @@ class TransitionBatch:
     terminated: np.ndarray  # (batch,) bool
     truncated: np.ndarray  # (batch,) bool
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. raw_action, executed_action: (batch, ...)
+    # The oldest seq the controller can still resend (its ResendWindow's first); the learner writes off what it lacks
+    # below it at once. None: a sender that resends nothing (every missing seq below `seq` is gone).
+    resend_from: int | None = None
 
     def __len__(self) -> int:
         return self.reward.shape[0]
 
     def _check(self) -> None:
+        if len(self.controller_id) > self.MAX_ID_CHARS:
+            raise ProtocolError("field", f"transitions.controller_id: more than {self.MAX_ID_CHARS} characters")
+        if self.seq < 0 or not (self.resend_from is None or 0 <= self.resend_from <= self.seq):
+            raise ProtocolError("field", "transitions: expected 0 <= resend_from <= seq (or no resend_from)")
         if self.reward.ndim != 1:
             raise ProtocolError("field", f"transitions.reward: expected shape (batch,), got {self.reward.shape}")
         batch = self.reward.shape[0]

@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import secrets
 import socket
 import struct
 import threading
@@ -49,6 +50,7 @@ from typing import Any, Protocol
 import zmq
 
 from acalign_robot.errors import InputError
+from acalign_robot.runtime.delivery import StreamOwners, StreamRefused
 from acalign_robot.runtime.protocol import (
     CONTROL_REPLIES,
     CONTROL_REQUESTS,
@@ -224,11 +226,18 @@ class PolicyReceiver(Receiver, Protocol):
 
 
 class TransitionServer(Receiver, Protocol):
-    """The learner's end of the transitions channel: `recv` batches and Stats from every controller."""
+    """The learner's end of the transitions channel: `recv` batches and Stats from every controller.
+
+    `recv` also returns a StreamRefused (runtime.delivery) for a batch or Stats that the stream binding refused;
+    `owners` holds that binding and its counters."""
+
+    owners: StreamOwners
+
+    def recv(self, timeout_s: float) -> Message | ProtocolError | StreamRefused | None: ...
 
     def acknowledge(self, ack: TransitionAck) -> bool:
-        """Send `ack` to the connection that last carried its controller_id; False (a counted drop) when none has,
-        or that controller is gone or not reading."""
+        """Send `ack` to the connection that owns its stream; False (a counted drop) when none does, or that
+        controller is gone or not reading."""
 
 
 def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
@@ -492,6 +501,14 @@ class ZmqTransitionSender(_ZmqEndpoint):
     socket reconnects by itself to a restarted learner. `recv` takes the learner's TransitionAcks, from which the
     controller (runtime.delivery) resends what a drop or a learner restart lost; the durable log keeps every
     transition in any case. Several controllers may connect to one learner.
+
+    ROUTING_ID: 16 random bytes per sender (`routing_id`), the same on every reconnect. The learner binds each stream
+    to the connection that opened it (runtime.delivery.StreamOwners), so a reconnect after a network blip is still
+    its owner, and a peer that knows only the stream id is not.
+    RCVHWM 0 (acks are not capped here): libzmq 4.3.5 aborts the whole process (assertion `!_io_error`,
+    stream_engine_base.cpp) when a heartbeat fires on a connection whose receive queue was full as its peer went
+    away. The learner bounds the acks instead: one per stream every ACK_EVERY_S, only for STREAM_IDLE_S after the
+    stream's latest batch (~100 bytes each), and the controller reads them every ACK_POLL_S.
     """
 
     def __init__(
@@ -502,12 +519,15 @@ class ZmqTransitionSender(_ZmqEndpoint):
         queue_messages: int = 64,
         max_message_bytes: int = TRANSITIONS_MAX_BYTES,
         curve: CurveClientKeys | None = None,
+        routing_id: bytes | None = None,
     ):
+        # A routing id starting with a zero byte is reserved for the ones ZeroMQ generates.
+        self.routing_id = routing_id if routing_id is not None else b"t" + secrets.token_bytes(15)
         super().__init__(
             zmq.DEALER,
             endpoint,
             bind=False,
-            options={zmq.SNDHWM: queue_messages, zmq.RCVHWM: 16},
+            options={zmq.SNDHWM: queue_messages, zmq.RCVHWM: 0, zmq.ROUTING_ID: self.routing_id},
             max_message_bytes=max_message_bytes,
             context=context,
             curve=curve,
@@ -527,14 +547,32 @@ class ZmqTransitionSender(_ZmqEndpoint):
         return self._recv_single(TRANSITION_REPLIES, "transitions", timeout_s)
 
 
+# The learner's ROUTER: heartbeats off (see ZmqTransitionReceiver), TCP keepalive to notice a vanished peer instead.
+_NO_HEARTBEAT_KEEPALIVE: dict[int, int] = {
+    zmq.HEARTBEAT_IVL: 0,
+    zmq.TCP_KEEPALIVE: 1,
+    zmq.TCP_KEEPALIVE_IDLE: 10,  # s of silence before the first probe
+    zmq.TCP_KEEPALIVE_INTVL: 5,
+    zmq.TCP_KEEPALIVE_CNT: 3,
+}
+
+
 class ZmqTransitionReceiver(_ZmqEndpoint):
     """Transitions channel, learner side: ROUTER, binds; batches from all controllers, fairly queued.
 
     `queue_messages` bounds what waits on this side; beyond it the senders' queues fill and they count drops.
-    Each TransitionBatch and Stats remembers its connection under its controller_id (Stats: its source), so that
-    `acknowledge` reaches the controller whose stream it describes; a controller that reconnected (a restart of
-    either side) is reached on its new connection as soon as it sends again. ROUTER_MANDATORY makes an ack to a
-    vanished connection a counted drop instead of a silent one.
+    Each stream is bound to the connection that opened it (its routing identity, stable across the sender's
+    reconnects) and, on CURVE, to the client's public key (the ZAP User-Id of its frames): `owners`, a bounded
+    runtime.delivery.StreamOwners. A batch or Stats the binding refuses comes out of `recv` as a StreamRefused
+    (counted there), and `acknowledge` reaches the stream's owner. A restarted controller opens a new stream (its id
+    holds the PID). ROUTER_HANDOVER: a sender that reconnects (same routing id) while this side still holds its old
+    connection (a network blip, until heartbeats notice) takes that identity over at once; without it libzmq 4.3
+    refuses the new connection for good. ROUTER_MANDATORY makes an ack to a vanished connection a counted drop
+    instead of a silent one.
+    No ZMTP heartbeats on this side (TCP keepalive finds dead peers instead, within ~25 s): libzmq 4.3.5 aborts the
+    process when a heartbeat fires on a connection whose queue was full as its peer went away, so a peer that
+    floods while the learner trains or checkpoints, then disconnects, would kill the learner. The controllers'
+    heartbeats still reach this side and are answered.
     """
 
     def __init__(
@@ -550,42 +588,62 @@ class ZmqTransitionReceiver(_ZmqEndpoint):
             zmq.ROUTER,
             endpoint,
             bind=True,
-            options={zmq.RCVHWM: queue_messages, zmq.SNDHWM: 16, zmq.ROUTER_MANDATORY: 1},
+            options={
+                zmq.RCVHWM: queue_messages,
+                zmq.SNDHWM: 16,
+                zmq.ROUTER_MANDATORY: 1,
+                zmq.ROUTER_HANDOVER: 1,
+                **_NO_HEARTBEAT_KEEPALIVE,
+            },
             max_message_bytes=max_message_bytes,
             context=context,
             curve=curve,
         )
-        self._connections: dict[str, bytes] = {}  # controller_id -> routing identity of its latest connection
+        self.owners = StreamOwners()
 
-    def recv(self, timeout_s: float) -> Message | ProtocolError | None:
+    def recv(self, timeout_s: float) -> Message | ProtocolError | StreamRefused | None:
         deadline = time.monotonic() + timeout_s
         while self._wait(zmq.POLLIN, deadline):
-            frames = self._socket.recv_multipart(zmq.NOBLOCK)
+            frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
             if len(frames) != 2:
                 self.counters.protocol_errors += 1
                 return ProtocolError("malformed", f"a transitions message is one frame, got {len(frames) - 1}")
-            message = _incoming(frames[1], TRANSITION_MESSAGES, "transitions", self.max_message_bytes, self.counters)
-            _remember_connection(self._connections, message, frames[0])
-            return message
+            message = _incoming(
+                frames[1].bytes, TRANSITION_MESSAGES, "transitions", self.max_message_bytes, self.counters
+            )
+            return _check_owner(self.owners, message, _curve_user_id(frames[1]), frames[0].bytes)
         if timeout_s > 0:
             self.counters.timeouts += 1
         return None
 
     def acknowledge(self, ack: TransitionAck) -> bool:
         frame = _outgoing(ack, TRANSITION_REPLIES, "transitions", self.max_message_bytes)
-        identity = self._connections.get(ack.controller_id)
+        identity = self.owners.connection(ack.controller_id)
         if identity is None:
             self.counters.drops += 1
             return False
         return self._route((identity, frame))
 
 
-def _remember_connection(connections: dict[str, Any], message: Message | ProtocolError, connection: Any) -> None:
-    """Note which connection carries the stream `message` belongs to (acks go back on it)."""
+def _curve_user_id(frame: zmq.Frame) -> str | None:
+    """The ZAP User-Id of a received frame: runtime.security's authenticator sets the client's z85 public key on a
+    CURVE link; None without ZAP (no CURVE), where libzmq has no such property."""
+    try:
+        user_id = frame.get("User-Id")
+    except zmq.ZMQError:
+        return None
+    return user_id or None
+
+
+def _check_owner(
+    owners: StreamOwners, message: Message | ProtocolError, key: str | None, connection: Any
+) -> Message | ProtocolError | StreamRefused:
+    """`message`, or the StreamRefused saying why its sender may not speak for its stream (counted in `owners`)."""
     if isinstance(message, TransitionBatch):
-        connections[message.controller_id] = connection
-    elif isinstance(message, Stats):
-        connections[message.source] = connection
+        return owners.admit(message.controller_id, key, connection, time.monotonic()) or message
+    if isinstance(message, Stats):
+        return owners.check_stats(message.source, key, connection) or message
+    return message
 
 
 class ZmqPolicyPublisher(_ZmqEndpoint):
@@ -790,26 +848,27 @@ class MemoryTransitionReceiver:
     """In-memory ZmqTransitionReceiver; senders attach with `MemoryTransitionSender(receiver)`.
 
     One bounded queue shared by all senders (ZeroMQ has one per sender): a full queue is a counted drop at the sender.
+    Streams are bound as on ZeroMQ (`owners`): a sender's connection is its ack mailbox, its key the `key` it was
+    made with (a CURVE User-Id stand-in).
     """
 
     def __init__(self, *, queue_messages: int = 256, max_message_bytes: int = TRANSITIONS_MAX_BYTES):
         self.max_message_bytes = max_message_bytes
         self.counters = Counters()
         self._queue = _Mailbox(queue_messages)
-        self._connections: dict[str, _Mailbox] = {}  # controller_id -> the ack mailbox of its latest sender
+        self.owners = StreamOwners()
 
-    def recv(self, timeout_s: float) -> Message | ProtocolError | None:
+    def recv(self, timeout_s: float) -> Message | ProtocolError | StreamRefused | None:
         item = _get_counted(self._queue, self.counters, timeout_s)
         if item is None:
             return None
         acks, frame = item
         message = _incoming(frame, TRANSITION_MESSAGES, "transitions", self.max_message_bytes, self.counters)
-        _remember_connection(self._connections, message, acks)
-        return message
+        return _check_owner(self.owners, message, getattr(acks, "key", None), acks)
 
     def acknowledge(self, ack: TransitionAck) -> bool:
         frame = _outgoing(ack, TRANSITION_REPLIES, "transitions", self.max_message_bytes)
-        acks = self._connections.get(ack.controller_id)
+        acks = self.owners.connection(ack.controller_id)
         if acks is None or not acks.put(frame):
             self.counters.drops += 1
             return False
@@ -817,17 +876,33 @@ class MemoryTransitionReceiver:
         return True
 
     def close(self, linger_s: float = 0.0) -> None:
-        self._connections.clear()
+        self.owners = StreamOwners()  # like a closed ROUTER: later acks go nowhere
+
+
+class _AckMailbox(_Mailbox):
+    """A fake sender's connection: where its acks go, and the key a CURVE link would report for it."""
+
+    def __init__(self, capacity: int, key: str | None):
+        super().__init__(capacity)
+        self.key = key
 
 
 class MemoryTransitionSender:
-    """In-memory ZmqTransitionSender: `send` never blocks and returns False (a counted drop) when the queue is full."""
+    """In-memory ZmqTransitionSender: `send` never blocks and returns False (a counted drop) when the queue is full.
 
-    def __init__(self, receiver: MemoryTransitionReceiver, *, max_message_bytes: int = TRANSITIONS_MAX_BYTES):
+    `key`: what a CURVE link would report as this sender's User-Id (None: no CURVE)."""
+
+    def __init__(
+        self,
+        receiver: MemoryTransitionReceiver,
+        *,
+        max_message_bytes: int = TRANSITIONS_MAX_BYTES,
+        key: str | None = None,
+    ):
         self.max_message_bytes = max_message_bytes
         self.counters = Counters()
         self._receiver = receiver
-        self._acks = _Mailbox(16)
+        self._acks = _AckMailbox(16, key)
 
     def send(self, message: Message) -> bool:
         frame = _outgoing(message, TRANSITION_MESSAGES, "transitions", self.max_message_bytes)

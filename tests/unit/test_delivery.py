@@ -9,7 +9,7 @@ import pytest
 
 from acalign_robot.runtime import delivery
 from acalign_robot.runtime.controller import _TransitionBatcher
-from acalign_robot.runtime.delivery import ResendWindow, SequenceLedger
+from acalign_robot.runtime.delivery import ResendWindow, SequenceLedger, StreamOwners
 from acalign_robot.runtime.protocol import TransitionAck, decode, encode
 from acalign_robot.runtime.transport import MemoryTransitionReceiver, MemoryTransitionSender
 from tests.learner_helpers import transition_batch
@@ -49,12 +49,47 @@ def test_ledger_state_round_trips_and_marks_what_a_checkpoint_holds():
     assert message.missing.tolist() == [2, 3, 4, 6]
 
 
-def test_ledger_writes_off_the_oldest_hole_when_too_much_waits_above_it(monkeypatch):
+def test_a_batch_far_ahead_is_refused_and_never_writes_off_the_past(monkeypatch):
     monkeypatch.setattr(delivery, "MAX_AHEAD", 3)
     ledger = SequenceLedger()
-    for seq in (0, 2, 3, 4, 5):
-        ledger.take(seq)
-    assert (ledger.received_through, ledger.lost, ledger.ahead) == (5, 1, set())
+    for seq in (0, 2, 3):
+        assert ledger.take(seq)
+    assert not ledger.take(10**9) and not ledger.take(5)  # 5 > received_through (0) + 3
+    assert (ledger.received_through, ledger.highest, ledger.lost, ledger.refused_ahead) == (0, 3, 0, 2)
+    assert ledger.take(1) and ledger.received_through == 3  # the hole is still filled by its resend
+    assert ledger.take(5) and ledger.missing().tolist() == [4]
+
+
+def test_what_the_controller_can_no_longer_resend_is_written_off_at_once():
+    ledger = SequenceLedger()  # a fresh learner; the controller's window holds 4990..5000
+    assert ledger.take(5000, resend_from=4990)
+    assert (ledger.received_through, ledger.lost, ledger.missing().tolist()) == (4989, 4990, list(range(4990, 5000)))
+    assert all(ledger.take(seq, resend_from=4990) for seq in range(4990, 5000))
+    assert (ledger.received_through, ledger.gaps) == (5000, 0)
+    assert ledger.take(5003, resend_from=5002)  # the window evicted 5001 before it was resent: gone
+    assert (ledger.received_through, ledger.lost, ledger.missing().tolist()) == (5001, 4991, [5002])
+    assert not ledger.take(5001, resend_from=0) and ledger.duplicates == 1  # a stale resend_from moves nothing back
+    fire_and_forget = SequenceLedger()  # resend_from None: the sender resends nothing
+    assert fire_and_forget.take(0, None) and fire_and_forget.take(3, None)
+    assert (fire_and_forget.received_through, fire_and_forget.lost, fire_and_forget.gaps) == (3, 2, 0)
+
+
+def test_a_stream_is_bound_to_its_connection_or_on_curve_to_its_key():
+    owners = StreamOwners(capacity=2, idle_s=10.0)
+    assert owners.admit("c@1", None, "conn-a", now=0.0) is None and owners.connection("c@1") == "conn-a"
+    refused = owners.admit("c@1", None, "conn-b", now=0.1)  # knows the stream id, not the connection
+    assert refused.reason == "owner" and owners.refused_owner == 1 and owners.connection("c@1") == "conn-a"
+    assert owners.admit("c@1", None, "conn-a", now=0.2) is None  # the owner (same routing id after a reconnect)
+    assert owners.admit("k@1", "key-1", "conn-c", now=0.3) is None
+    assert owners.admit("k@1", "key-2", "conn-c", now=0.4).reason == "owner"  # another key on its connection
+    assert owners.admit("k@1", "key-1", "conn-d", now=0.5) is None  # its key on a new connection: acks follow
+    assert owners.connection("k@1") == "conn-d" and (owners.rebound, owners.refused_owner) == (1, 2)
+    assert owners.check_stats("c", None, "conn-a") is None and owners.check_stats("k", "key-1", "conn-x") is None
+    assert owners.check_stats("c", None, "conn-b").reason == "stats_unbound"
+    assert owners.check_stats("k@", "key-1", "conn-d").reason == "stats_unbound"  # names no stream
+    assert owners.admit("new@1", None, "conn-e", now=5.0).reason == "full"  # both others are active
+    assert owners.admit("new@2", None, "conn-e", now=10.25) is None  # c@1 idle for 10 s: unbound to make room
+    assert owners.connection("c@1") is None and (owners.evicted, owners.refused_full, len(owners)) == (1, 1, 2)
 
 
 def test_an_ack_that_breaks_its_invariants_is_refused_on_decode():

@@ -9,7 +9,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +24,8 @@ from acalign_robot.errors import InputError
 from acalign_robot.learner import process
 from acalign_robot.learner.config import LearnerConfig
 from acalign_robot.learner.process import Learner
+from acalign_robot.runtime.controller import _TransitionBatcher
+from acalign_robot.runtime.delivery import MAX_STREAMS, ResendWindow
 from acalign_robot.runtime.policy import PolicyRunner
 from acalign_robot.runtime.protocol import Policy, Stats
 from acalign_robot.runtime.transport import (
@@ -298,3 +303,84 @@ def test_cli_reports_config_typos_and_missing_resume_checkpoint_with_exit_2(tmp_
     assert "no learner checkpoint" in capsys.readouterr().err
     assert main(["learner", "--config", str(config), "--set", "transitions_endpoint=tcp://0.0.0.0:5556"]) == 2
     assert "refusing to bind 'tcp://0.0.0.0:5556' without CURVE" in capsys.readouterr().err
+
+
+def test_per_peer_state_is_bounded_and_evictions_are_counted(make_config, fake_export):
+    rig = Rig(make_config())
+    learner, forger = rig.learner, MemoryTransitionSender(rig.receiver)
+    robot_stats = Stats(source="robot", values={"episodes": 1, "episode_return": 2.0})
+    rig.push(transition_batch("robot@1", 0, 4), transition_batch("robot@1", 0, 4), robot_stats)  # one duplicate
+    for index in range(3 * MAX_STREAMS):  # forged stream ids, and Stats from as many sources
+        assert forger.send(transition_batch(f"forged-{index}@1", 0, 2))
+        assert forger.send(Stats(source=f"source-{index}", values={"x": 1.0}))
+    while learner.receive():
+        pass
+    binding = learner.snapshot()["binding"]
+    assert len(learner.streams) == MAX_STREAMS and "robot@1" in learner.streams
+    assert binding["refused_full"] == 2 * MAX_STREAMS + 1 and binding["stats_unbound"] == 3 * MAX_STREAMS
+    assert set(learner.controller_stats) == {"robot"}  # only a stream's owner reports for it
+    learner.write_status()
+    status = json.loads(learner.status_path.read_text())
+    assert len(status["controllers"]) == MAX_STREAMS and status["binding"] == binding
+
+    rig.receiver.owners.idle_s = 0.0  # every stream now counts as idle: new ones replace the oldest
+    assert rig.sender.send(transition_batch("robot@1", 1, 4))
+    for index in range(MAX_STREAMS):
+        assert forger.send(transition_batch(f"later-{index}@1", 1, 2, resend_from=1))  # each has lost seq 0
+    learner.receive()
+    assert len(learner.streams) == MAX_STREAMS and learner.streams_evicted == MAX_STREAMS
+    assert "robot@1" not in learner.streams and learner.snapshot()["duplicates"] == 1  # evicted, still counted
+    assert learner.snapshot()["lost"] == MAX_STREAMS
+    saved = load_checkpoint(learner.save(), "online")["agent"]["learner"]
+    assert len(saved["streams"]) == MAX_STREAMS and saved["retired_streams"]["duplicates"] == 1
+
+
+def test_stats_are_kept_bounded_per_source(make_config, fake_export):
+    rig = Rig(make_config())
+    values = {f"k{index}": "x" * 10_000 for index in range(1000)}
+    rig.push(transition_batch("robot@1", 0, 4), Stats(source="robot", values=values))
+    rig.learner.receive()
+    kept = rig.learner.controller_stats["robot"]
+    assert len(kept) == process.MAX_STATS_KEPT and max(map(len, kept.values())) == process.MAX_STAT_CHARS
+
+
+def test_a_fresh_learner_writes_off_what_the_controller_forgot_and_gets_the_rest(make_config, fake_export):
+    rig = Rig(make_config())
+    window = ResendWindow(capacity_bytes=10**6, resend_after_s=0.0)
+    batcher = _TransitionBatcher("c@1", 2, 11, 3, MemoryTransitionSender(rig.receiver), None, window)
+    step = (np.zeros(11), np.zeros(3), np.zeros(3), 1.0, np.zeros(11), False, False, 1, 0)
+    batcher.seq = 5000  # mid-session: the learner before this one held 0..4989 durably, then was replaced
+    for seq in range(4990, 5000):
+        window.record(transition_batch("c@1", seq, 2), now=0.0)
+    batcher.add(*step)
+    batcher.add(*step)  # batch 5000, which tells the learner the window starts at 4990
+    rig.learner.receive()
+    stream = rig.learner.streams["c@1"]
+    assert (stream.ledger.lost, stream.ledger.missing().tolist()) == (4990, list(range(4990, 5000)))
+    rig.learner.acknowledge()
+    for _ in range(10):
+        batcher.service(now=time.perf_counter() + 1.0)  # one resend per tick
+    rig.learner.receive()
+    assert (stream.ledger.received_through, stream.ledger.gaps, stream.ledger.lost) == (5000, 0, 4990)
+
+
+def test_stale_temp_files_are_removed_at_start_and_a_failed_save_leaves_none(make_config, fake_export, monkeypatch):
+    config = make_config()
+    run_dir = Path(config.checkpoint_dir)
+    run_dir.mkdir(parents=True)
+    dead = run_dir / ".learner.pt.999999999.tmp"  # above any pid_max: that process is gone
+    alive = run_dir / f".status.json.{os.getppid()}.tmp"  # a live process may be writing it now
+    unrelated = run_dir / ".notes.123.tmp"
+    for path in (dead, alive, unrelated):
+        path.write_bytes(b"partial")
+    learner = Rig(config).learner
+    assert not dead.exists() and alive.exists() and unrelated.exists()
+
+    def full_disk(payload, handle):
+        handle.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        learner.save()
+    assert sorted(path.name for path in run_dir.glob(".learner.pt.*")) == []

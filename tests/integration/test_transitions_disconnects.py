@@ -1,0 +1,101 @@
+"""libzmq 4.3.5 aborts a process (assertion `!_io_error`) when a ZMTP heartbeat fires on a connection whose receive
+queue was full as its peer went away. Neither end of the transitions channel may be killed that way: each test runs
+one end in a child process on 127.0.0.1 and checks that it outlives a peer that fills its queue and leaves."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from acalign_robot.runtime.protocol import TransitionAck, encode
+from acalign_robot.runtime.transport import ZmqTransitionReceiver, free_tcp_endpoint
+from tests.learner_helpers import transition_batch
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+HEARTBEATS_S = 3.0  # three heartbeat intervals: where libzmq would have aborted
+
+
+def child(code: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], stdout=subprocess.PIPE, text=True)
+
+
+def test_the_learners_receiver_outlives_a_peer_that_fills_its_queue_and_leaves():
+    endpoint = free_tcp_endpoint()
+    receiver = child(
+        """
+        import sys, time
+        from acalign_robot.runtime.transport import ZmqTransitionReceiver
+        with ZmqTransitionReceiver(sys.argv[1], queue_messages=4) as receiver:
+            print("bound", flush=True)
+            time.sleep(float(sys.argv[2]))  # busy (training, a checkpoint) while the peer floods and leaves
+            taken = 0
+            while receiver.recv(0.5) is not None:
+                taken += 1
+            print("taken", taken, flush=True)
+        """,
+        endpoint,
+        str(1.0 + HEARTBEATS_S),
+    )
+    try:
+        assert receiver.stdout.readline().strip() == "bound"
+        flood = zmq.Context.instance().socket(zmq.DEALER)
+        flood.setsockopt(zmq.SNDHWM, 10_000)
+        flood.connect(endpoint)
+        frame = encode(transition_batch("flood@1", 0, 2))
+        for _ in range(500):
+            flood.send(frame)
+        time.sleep(1.0)
+        flood.close(linger=0)  # gone while the learner's queue for it is full
+        assert receiver.wait(timeout=30) == 0
+        assert int(receiver.stdout.readline().split()[1]) >= 4
+    finally:
+        receiver.kill()
+        receiver.wait()
+
+
+def test_a_controllers_sender_outlives_a_learner_that_leaves_while_its_acks_wait_unread():
+    endpoint = free_tcp_endpoint()
+    with ZmqTransitionReceiver(endpoint) as receiver:
+        sender = child(
+            """
+            import sys, time
+            from acalign_robot.runtime.transport import ZmqTransitionSender
+            from tests.learner_helpers import transition_batch
+            with ZmqTransitionSender(sys.argv[1]) as sender:
+                sender.send(transition_batch("c@1", 0, 2))
+                time.sleep(float(sys.argv[2]))  # not reading acks (shutting down, or stalled)
+                acks = 0
+                while sender.recv(0.2) is not None:
+                    acks += 1
+                print("acks", acks, flush=True)
+            """,
+            endpoint,
+            str(2.0 + HEARTBEATS_S),
+        )
+        try:
+            batch = receiver.recv(20.0)
+            assert batch is not None and batch.seq == 0
+            ack = TransitionAck("c@1", 0, durable_through=-1, highest=0, missing=np.zeros(0, np.int64))
+            sent = 0
+            for _ in range(100):  # far more than the 16 a DEALER queued before (paced: the learner's SNDHWM is 16)
+                sent += receiver.acknowledge(ack)
+                time.sleep(0.005)
+            assert sent > 16
+            time.sleep(1.0)
+        except BaseException:
+            sender.kill()
+            sender.wait()
+            raise
+    try:  # the learner has gone, with the acks still unread on the other side
+        assert sender.wait(timeout=30) == 0
+        assert sender.stdout.readline().split() == ["acks", str(sent)]
+    finally:
+        sender.kill()
+        sender.wait()
