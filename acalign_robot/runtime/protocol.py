@@ -678,7 +678,7 @@ def decode(
         raise ProtocolError("size", f"frame of {size} bytes exceeds the limit of {max_size}")
     max_objects = _max_objects(accept)
     if size > max_objects:  # every msgpack object takes at least one byte: a smaller frame needs no scan
-        _check_object_count(frame if type(frame) is not memoryview else frame.tobytes(), max_objects)
+        _check_object_count(frame if type(frame) is not memoryview else frame.cast("B"), max_objects)  # no copy
     try:
         raw = msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several types (ValueError, ExtraData, StackError, ...) on bad input
@@ -732,7 +732,7 @@ _WIDE_HEADERS: dict[int, tuple[int, str]] = {
 }  # fmt: skip
 
 
-def _check_object_count(frame: bytes | bytearray, max_objects: int) -> None:
+def _check_object_count(frame: bytes | bytearray | memoryview, max_objects: int) -> None:
     """Walk the msgpack headers of `frame` without building anything; refuse it once it holds more than
     `max_objects` objects. Malformed structure is left to msgpack, which reports it on unpacking."""
     position, pending, objects, end = 0, 1, 0, len(frame)
