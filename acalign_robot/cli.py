@@ -275,6 +275,9 @@ def _cmd_controller(args) -> int:
     stats = run_controller(config, ready_file=args.ready_file)
     summary = {k: v for k, v in stats.items() if k not in ("episode_returns", "episode_log", "swap_log")}
     print(json.dumps(summary, indent=1))
+    if stats["session_lost"]:  # it ran to its end without a driver that would take its steps
+        print(f"acalign controller: ended without a driver session: {stats['session_lost']}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 

@@ -145,3 +145,62 @@ def test_the_controller_starts_a_new_session_after_a_driver_restart_and_the_oper
     assert controller.wait(timeout=30) == 0, (tmp_path / "controller.log").read_text()
     stats = json.loads((output / "stats.json").read_text())
     assert stats["session_restarts"] >= 1 and stats["step_errors"] + stats["driver_timeouts"] >= 1
+
+
+class SessionHolder:
+    """Another client that holds the driver's session: it Resets once, then steps at 50 Hz on its own thread."""
+
+    def __init__(self, endpoint: str):
+        import threading
+
+        self.client = ZmqControlClient(endpoint)
+        assert isinstance(self.client.request(p.Reset(seed=0), 5.0), p.ResetReply)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        tick = 0
+        while not self._stop.wait(0.02):
+            reply = step(self.client, tick)
+            if isinstance(reply, p.StepReply) and (reply.terminated or reply.truncated):
+                self.client.request(p.Reset(seed=tick), 5.0)
+            tick += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.client.close()
+
+
+def test_a_controller_that_never_gets_a_session_exits_non_zero(processes, tmp_path, hopper_policy):
+    endpoint = free_tcp_endpoint()
+    start_driver(processes, tmp_path, endpoint, watchdog_ms=WATCHDOG_MS)
+    output = tmp_path / "ctl"
+    config = _write(
+        tmp_path / "controller.yaml",
+        {"driver_endpoint": endpoint, "policy": str(hopper_policy), "duration_s": 6, "output_dir": str(output)},
+    )
+    # At start: the driver is held by another live client, so the controller's first Reset is refused.
+    holder = SessionHolder(endpoint)
+    try:
+        refused = processes.start(acalign_command("controller", "--config", str(config)), tmp_path / "refused.log")
+        assert refused.wait(timeout=120) == 2
+        assert "refused to start an episode" in (tmp_path / "refused.log").read_text()
+    finally:
+        holder.close()
+    # Mid-run: the controller freezes for longer than the watchdog, another client takes the session meanwhile.
+    controller = processes.start(acalign_command("controller", "--config", str(config)), tmp_path / "controller.log")
+    status = output / "status.json"
+    wait_for(lambda: status.exists() and json.loads(status.read_text())["ticks"] > 50, 60, "the controller to step")
+    os.kill(controller.pid, signal.SIGSTOP)
+    time.sleep(3 * WATCHDOG_MS / 1000)
+    holder = SessionHolder(endpoint)
+    os.kill(controller.pid, signal.SIGCONT)
+    try:
+        assert controller.wait(timeout=60) == 1
+    finally:
+        holder.close()
+    stats = json.loads((output / "stats.json").read_text())
+    assert stats["safe"] and stats["step_errors_session"] >= 1 and stats["session_lost"]
+    assert "ended without a driver session" in (tmp_path / "controller.log").read_text()
