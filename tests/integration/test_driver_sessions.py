@@ -51,7 +51,9 @@ def test_other_clients_traffic_cannot_hold_off_the_watchdog(processes, tmp_path,
         context.term()
     stats = driver_stats(endpoint)
     assert stats["watchdog_events"] == 1
-    assert stats["watchdog_safe_steps"] >= 10  # held every control period (8 ms) for most of that second
+    # Held every control period (8 ms) until the hopper falls under the safe action (~13 ticks: the episode ends);
+    # under the flood the old loop applied it once.
+    assert stats["watchdog_safe_steps"] >= 5
 
 
 def test_another_client_can_neither_step_nor_move_the_tick_of_a_live_session(processes, tmp_path):
