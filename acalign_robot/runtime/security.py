@@ -41,15 +41,20 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.z85 import Z85CHARS
 
 from acalign_robot.config import FieldError
 from acalign_robot.errors import InputError
 from acalign_robot.runtime.transport import CurveClientKeys, CurveServerKeys
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
+
+# zmq.auth (and its authenticator thread, which imports asyncio) is imported where it is used, not here: `acalign
+# estop` imports this module on its way to the drivers, and a plain loopback e-stop needs none of it.
 
 __all__ = [
     "PUBLIC_KEY_SUFFIX",
@@ -150,6 +155,8 @@ def generate_keys(keys_dir: str | Path, name: str, *, force: bool = False) -> tu
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     # create_certificates writes with the process umask (often 0644); writing into a private (0700) staging directory
     # and tightening the mode before the move means the secret is never readable by others, not even for a moment.
+    import zmq.auth
+
     with tempfile.TemporaryDirectory(dir=directory) as staging:
         new_public, new_secret = zmq.auth.create_certificates(staging, name)
         os.chmod(new_secret, 0o600)
@@ -185,6 +192,8 @@ def load_secret_key(path: str | Path) -> tuple[bytes, bytes]:
 
 
 def _read_key_file(path: Path) -> tuple[bytes, bytes | None]:
+    import zmq.auth
+
     if not path.exists():
         raise InputError(f"{path}: key file not found")
     try:
@@ -314,6 +323,8 @@ def secure_context(security: SecurityConfig) -> SecureContext:
     public_key, secret_key = load_secret_key(secret_file)
     allowed_dir = Path(security.authorized_clients_dir)
     _check_authorized_clients(allowed_dir)
+    from zmq.auth.thread import ThreadAuthenticator
+
     context = zmq.Context()
     authenticator = ThreadAuthenticator(context)
     try:
