@@ -24,6 +24,10 @@ Deliberate deviations and switches (all in `ACAConfig`):
   measured at alignment, so that auto-tuning starts at its equilibrium instead of raising alpha when pi_0 is
   narrower than -c|A| (HalfCheetah); `online_initial_alpha: offline` starts from phase 1's alpha instead of 1;
   `carry_temperature_optimizer` keeps phase 1's Adam moments for log_alpha (the reference does).
+- `fidelity: reference` reproduces the authors' code where this project deviates by default (ALGORITHM.md,
+  "Deviations"), in one switch: raw observations into every network (no normaliser from dataset statistics), R
+  starts with the offline critic's Adam moments, log_alpha keeps phase 1's Adam moments. It overrides
+  `normalize_observations`, `reset_residual_optimizer` and `carry_temperature_optimizer` (`ACAConfig.resolved`).
 - `finetune: naive` selects the baseline: the offline actor, Q_i, Qbar_i, log_alpha and optimiser states carried
   into plain SAC (no likelihood term, no kappa normalisation, no gradient clip).
 """
@@ -31,6 +35,7 @@ Deliberate deviations and switches (all in `ACAConfig`):
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Literal
@@ -66,6 +71,8 @@ class ACAConfig:
     online_target_entropy: Literal["fixed", "prior"] = "fixed"  # phase 3: -c|A|, or pi_0's entropy on the data
     online_initial_alpha: Literal["one", "offline"] = "one"  # phase 3 starts at alpha = 1, or at phase 1's alpha
     carry_temperature_optimizer: bool = False  # phase 3's log_alpha keeps phase 1's Adam state (the reference)
+    normalize_observations: bool = True  # phase 1: a normaliser from the dataset's statistics in every network
+    fidelity: Literal["project", "reference"] = "project"  # "reference": the authors' choices for the three above
     finetune: Literal["aca", "naive"] = "aca"
 
     def validate(self) -> None:
@@ -81,6 +88,14 @@ class ACAConfig:
             raise FieldError("top_trajectories", f"must be >= 0, got {self.top_trajectories}")
         if self.online_actor_grad_clip <= 0:
             raise FieldError("online_actor_grad_clip", f"must be positive, got {self.online_actor_grad_clip}")
+
+    def resolved(self) -> ACAConfig:
+        """The settings in force: with `fidelity: reference`, the reference implementation's choices."""
+        if self.fidelity == "project":
+            return self
+        return dataclasses.replace(
+            self, normalize_observations=False, reset_residual_optimizer=False, carry_temperature_optimizer=True
+        )
 
     @property
     def w_step(self) -> float:
@@ -110,8 +125,10 @@ class OfflineACA:
         observations: np.ndarray,
         device: str | torch.device = "cpu",
     ):
+        config = config.resolved()
         self.config = config
-        self.sac = SAC(obs_dim, action_dim, config.sac, device, observations_for_normalizer=observations)
+        normalizer_data = observations if config.normalize_observations else None  # None: identity (raw obs)
+        self.sac = SAC(obs_dim, action_dim, config.sac, device, observations_for_normalizer=normalizer_data)
         sac_cfg = config.sac
         self.z = EnsembleMLP(sac_cfg.num_critics, obs_dim, 0, sac_cfg.hidden_sizes).to(self.sac.device)
         self.z.normalizer.load_state_dict(self.sac.actor.normalizer.state_dict())
@@ -182,7 +199,7 @@ def align(offline: OfflineACA, prior_entropy: float | None = None) -> SAC:
     `prior_entropy`: pi_0's mean entropy on the dataset's states (`policy_entropy`), needed only for
     `online_target_entropy: prior`.
     """
-    cfg = offline.config
+    cfg = offline.config.resolved()
     source = offline.sac
     obs_dim, action_dim = source.actor.obs_dim, source.actor.action_dim
     online = SAC(obs_dim, action_dim, cfg.sac, source.device)

@@ -265,6 +265,29 @@ def test_prior_target_entropy_starts_the_temperature_at_equilibrium():
         align(agent)
 
 
+def test_reference_fidelity_carries_the_optimiser_states_and_feeds_raw_observations():
+    agent = _offline(ACAConfig(sac=SMALL, fidelity="reference"))
+    for _ in range(3):
+        agent.update(_batch())
+    for module in (agent.sac.actor, agent.sac.critic, agent.z):
+        assert torch.equal(module.normalizer.mean, torch.zeros(OBS)) and torch.equal(
+            module.normalizer.std, torch.ones(OBS)
+        )
+    online = align(agent)
+    for carried, offline in (
+        (online.critic_optimizer, agent.sac.critic_optimizer),
+        (online.alpha_optimizer, agent.sac.alpha_optimizer),
+    ):
+        carried_state, offline_state = carried.state_dict()["state"], offline.state_dict()["state"]
+        assert carried_state.keys() == offline_state.keys() and carried_state
+        for index in carried_state:
+            assert torch.equal(carried_state[index]["exp_avg_sq"], offline_state[index]["exp_avg_sq"])
+    assert online.alpha == 1.0  # the value is reset, as in the reference; only the moments are kept
+    default = _offline()
+    assert not torch.equal(default.sac.actor.normalizer.std, torch.ones(OBS))  # the project's default normalises
+    assert not align(default).critic_optimizer.state_dict()["state"]
+
+
 def test_naive_baseline_carries_critic_and_temperature():
     agent = _offline()
     for _ in range(2):
