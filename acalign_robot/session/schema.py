@@ -158,7 +158,6 @@ def check_session(config: LaunchConfig, host: str | None = None) -> list[str]:
     from acalign_robot.runtime.driver_server import make_driver
     from acalign_robot.runtime.manifest import PolicyError
     from acalign_robot.runtime.policy import PolicyRunner
-    from acalign_robot.runtime.security import check_bind
 
     problems: list[str] = []
     # (host that binds it, endpoint): the same loopback port on two machines is two endpoints.
@@ -175,11 +174,7 @@ def check_session(config: LaunchConfig, host: str | None = None) -> list[str]:
             )
     duplicates = {pair for pair in bound if bound.count(pair) > 1}
     problems += [f"endpoint {e} is bound by more than one process" for _, e in sorted(duplicates)]
-    for endpoint in explicit:
-        try:
-            check_bind(endpoint, config.security)
-        except Exception as exc:  # an InputError naming the endpoint and the fix
-            problems.append(str(exc))
+    problems += _bind_policy_problems(config)
     problems += _multi_host_problems(config, host)
     for index, robot in enumerate(config.robots):
         if host is not None and robot.host != host:
@@ -234,6 +229,36 @@ def check_session(config: LaunchConfig, host: str | None = None) -> list[str]:
         )
     if config.security.curve:
         problems += _key_problems(config, host)
+    return problems
+
+
+def _bind_policy_problems(config: LaunchConfig) -> list[str]:
+    """The bind policy (`runtime.security.check_bind`) on every endpoint a process of the session will bind.
+
+    The same call the driver and the learner make as they bind, so that whatever they would refuse at launch is
+    refused here first. An automatic endpoint is a free port on `endpoints.bind_host`, chosen at launch; the policy
+    looks only at its address.
+    """
+    from acalign_robot.errors import InputError
+    from acalign_robot.runtime.security import check_bind
+
+    fields = [(f"robots[{i}].control_endpoint", robot.control_endpoint) for i, robot in enumerate(config.robots)]
+    if config.learner is not None:
+        fields += [(f"endpoints.{name}", getattr(config.endpoints, name)) for name in ("transitions", "policy")]
+    problems = []
+    automatic = [name for name, endpoint in fields if endpoint == AUTO]
+    if automatic:
+        try:
+            check_bind(f"tcp://{config.endpoints.bind_host}:PORT", config.security)
+        except InputError as exc:
+            verb = "is" if len(automatic) == 1 else "are"
+            problems.append(f"endpoints.bind_host ({', '.join(automatic)} {verb} auto, on this address): {exc}")
+    for name, endpoint in fields:
+        if endpoint != AUTO:
+            try:
+                check_bind(endpoint, config.security)
+            except InputError as exc:
+                problems.append(f"{name}: {exc}")
     return problems
 
 

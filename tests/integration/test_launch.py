@@ -84,6 +84,39 @@ def test_validate_reports_unknown_keys_with_file_and_line(tmp_path, hopper_polic
     assert f"{path}:" in result.stderr and "did you mean 'explore'" in result.stderr
 
 
+@pytest.mark.parametrize("with_learner", [False, True])
+def test_validate_refuses_what_launch_would_a_wildcard_bind_host_without_curve(
+    tmp_path, hopper_policy, aligned_hopper_checkpoint, with_learner
+):
+    """The driver and the learner refuse to bind 0.0.0.0 without CURVE; validate must say so before they start."""
+    learner = {"learner": {"checkpoint": str(aligned_hopper_checkpoint)}} if with_learner else {}
+    path = session_file(
+        tmp_path,
+        hopper_policy,
+        endpoints={"bind_host": "0.0.0.0"},
+        robot={"controller": {"explore": True}},
+        **learner,
+    )
+    automatic = "robots[0].control_endpoint" + (", endpoints.transitions, endpoints.policy" if with_learner else "")
+    for command in ("validate", "launch"):
+        result = subprocess.run(acalign_command(command, str(path)), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, (command, result.stdout + result.stderr)
+        assert f"endpoints.bind_host ({automatic} " in result.stderr, result.stderr
+        assert "refusing to bind 'tcp://0.0.0.0:PORT' without CURVE" in result.stderr, result.stderr
+    assert not session_dirs(tmp_path)  # launch started nothing
+    # The escape hatch, written explicitly, is what the processes accept too.
+    path.write_text(path.read_text() + "security: {allow_insecure: true}\n")
+    result = subprocess.run(acalign_command("validate", str(path)), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_validate_names_the_field_of_an_explicit_endpoint_the_bind_policy_refuses(tmp_path, hopper_policy):
+    path = session_file(tmp_path, hopper_policy, robot={"control_endpoint": "tcp://192.0.2.1:7100"})
+    result = subprocess.run(acalign_command("validate", str(path)), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "robots[0].control_endpoint: refusing to bind 'tcp://192.0.2.1:7100' without CURVE" in result.stderr
+
+
 def test_sim_eval_session_ends_cleanly_with_a_report(tmp_path, hopper_policy):
     path = session_file(tmp_path, hopper_policy, robot={"controller": {"episodes": 3}})
     result = subprocess.run(acalign_command("launch", str(path)), capture_output=True, text=True, timeout=180)
