@@ -29,7 +29,10 @@ Bind policy: a channel bound to a non-loopback tcp address (anything but 127.0.0
 and `*` listen on every interface) without CURVE is refused, unless the launch file says `allow_insecure: true`.
 ipc:// and inproc:// never leave the machine.
 
-Secret key files are refused when group or others may read them, and every error names the file and the fix.
+Permissions are checked as ssh checks ~/.ssh: the keys directory, the allow-list directory and every key file must be
+owned by the user running the process (or root) and writable by nobody else, since whoever can write there can put
+their own key in (a client key in the allow-list, or a server key the clients then trust); secret key files must
+moreover be readable by nobody else. Every refusal names the file or directory and the fix (chmod, chown).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ __all__ = [
     "SecureContext",
     "SecurityConfig",
     "check_bind",
+    "check_private",
     "client_keys",
     "generate_keys",
     "is_local_endpoint",
@@ -135,6 +139,44 @@ def _checked(security: SecurityConfig) -> SecurityConfig:
 # --- Key files -------------------------------------------------------------------------------------------------------
 
 
+def check_private(path: str | Path, what: str) -> None:
+    """Refuse a key file or key directory that a user other than this one (or root) could write.
+
+    `what` names it in the message (`security.keys_dir`, `key file`, ...). Like ssh's StrictModes: owned by this
+    user or root, and no write permission for group or others (a sticky world-writable directory such as /tmp is
+    refused too: anyone may add files to it).
+    """
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"{what}: {path} does not exist") from None
+    except OSError as exc:
+        raise InputError(f"{what}: cannot check {path} ({exc.strerror})") from None
+    uid = os.getuid()
+    if info.st_uid not in (uid, 0):
+        raise InputError(
+            f"{what}: {path} is owned by uid {info.st_uid}, not by this user (uid {uid}) or root, so its owner can "
+            f"replace the keys; run `chown {uid} {path}` (as root), or use a {_kind(info)} of your own"
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022:
+        raise InputError(
+            f"{what}: {path} is writable by group or others (mode {mode:04o}), so another user could replace the "
+            f"keys; run `chmod go-w {path}`"
+        )
+
+
+def _check_keys_dir(keys_dir: str) -> None:
+    """`check_private` on the keys directory; a missing one is left to the key file's own "not found" message."""
+    if Path(keys_dir).exists():
+        check_private(keys_dir, "security.keys_dir")
+
+
+def _kind(info: os.stat_result) -> str:
+    return "directory" if stat.S_ISDIR(info.st_mode) else "file"
+
+
 def key_files(keys_dir: str | Path, name: str) -> tuple[Path, Path]:
     """The public and secret key files of key pair `name` in `keys_dir`: (NAME.key, NAME.key_secret)."""
     if problem := _key_name_problem(name):
@@ -153,6 +195,7 @@ def generate_keys(keys_dir: str | Path, name: str, *, force: bool = False) -> tu
         raise InputError(f"{existing[0]} already exists (use --force to replace the key pair)")
     directory = Path(keys_dir)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_private(directory, "keys directory")  # a directory others may write: they could swap the new pair
     # create_certificates writes with the process umask (often 0644); writing into a private (0700) staging directory
     # and tightening the mode before the move means the secret is never readable by others, not even for a moment.
     import zmq.auth
@@ -185,7 +228,7 @@ def load_secret_key(path: str | Path) -> tuple[bytes, bytes]:
         raise InputError(
             f"{path}: secret key file is accessible by group or others (mode {mode:04o}); run `chmod 600 {path}`"
         )
-    public_key, secret_key = _read_key_file(path)
+    public_key, secret_key = _read_key_file(path)  # owner checked there
     if secret_key is None:
         raise InputError(f"{path}: no secret-key in this file (a public key file?)")
     return public_key, secret_key
@@ -196,6 +239,7 @@ def _read_key_file(path: Path) -> tuple[bytes, bytes | None]:
 
     if not path.exists():
         raise InputError(f"{path}: key file not found")
+    check_private(path, "key file")
     try:
         public_key, secret_key = zmq.auth.load_certificate(path)
     except OSError as exc:
@@ -215,6 +259,7 @@ def _check_authorized_clients(directory: Path) -> None:
     """
     if not directory.is_dir():
         raise InputError(f"security.authorized_clients_dir: {directory} is not a directory")
+    check_private(directory, "security.authorized_clients_dir")
     if not [load_public_key(path) for path in sorted(directory.glob(f"*{PUBLIC_KEY_SUFFIX}"))]:
         raise InputError(
             f"security.authorized_clients_dir: no client public keys (*{PUBLIC_KEY_SUFFIX}) in {directory}, so every "
@@ -264,6 +309,7 @@ def client_keys(security: SecurityConfig) -> CurveClientKeys | None:
         raise InputError("security.client_key: the connecting side of a CURVE link needs a key pair name")
     _, secret_file = key_files(security.keys_dir, security.client_key)
     server_public_file, _ = key_files(security.keys_dir, security.server_key)
+    _check_keys_dir(security.keys_dir)
     public_key, secret_key = load_secret_key(secret_file)
     return CurveClientKeys(secret_key, public_key, load_public_key(server_public_file))
 
@@ -320,6 +366,7 @@ def secure_context(security: SecurityConfig) -> SecureContext:
             "it accepts (without it any client that knows the server's public key could connect)"
         )
     _, secret_file = key_files(security.keys_dir, security.server_key)
+    _check_keys_dir(security.keys_dir)
     public_key, secret_key = load_secret_key(secret_file)
     allowed_dir = Path(security.authorized_clients_dir)
     _check_authorized_clients(allowed_dir)

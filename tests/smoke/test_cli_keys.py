@@ -64,3 +64,32 @@ def test_the_robot_template_validates_with_generated_keys(tmp_path):
     after = acalign("validate", "--host", "robot", "launch/robot_template.yaml", cwd=tmp_path)
     assert after.returncode == 0, after.stdout + after.stderr
     assert "ok (1 robot(s), learner: yes)" in after.stdout
+
+
+def test_directories_others_may_write_are_refused_with_the_fix(tmp_path):
+    """As ssh refuses a ~/.ssh others may write: whoever can write there can put their own key in."""
+    (tmp_path / "keys").mkdir(mode=0o700)
+    (tmp_path / "keys").chmod(0o777)
+    generated = acalign("keys", "generate", "robot1", cwd=tmp_path)
+    assert generated.returncode == 2 and len(generated.stderr.strip().splitlines()) == 1, generated.stderr
+    assert "keys is writable by group or others (mode 0777)" in generated.stderr
+    assert "run `chmod go-w keys`" in generated.stderr and not (tmp_path / "keys" / "robot1.key").exists()
+
+    repo = Path(__file__).resolve().parents[2]
+    shutil.copytree(repo / "launch", tmp_path / "launch")
+    shutil.copytree(repo / "policies" / "template-arm", tmp_path / "policies" / "template-arm")
+    (tmp_path / "keys").chmod(0o700)
+    for name in ("learner", "robot"):
+        assert acalign("keys", "generate", name, cwd=tmp_path).returncode == 0
+    (tmp_path / "keys" / "clients").mkdir()
+    shutil.copy(tmp_path / "keys" / "robot.key", tmp_path / "keys" / "clients" / "robot.key")
+    (tmp_path / "keys").chmod(0o775)
+    robot = acalign("validate", "--host", "robot", "launch/robot_template.yaml", cwd=tmp_path)
+    assert robot.returncode == 2, robot.stdout + robot.stderr
+    assert "security.keys_dir: keys is writable by group or others (mode 0775)" in robot.stderr, robot.stderr
+    (tmp_path / "keys").chmod(0o700)
+    (tmp_path / "keys" / "clients").chmod(0o777)
+    learner = acalign("validate", "--host", "workstation", "launch/robot_template.yaml", cwd=tmp_path)
+    assert learner.returncode == 2, learner.stdout + learner.stderr
+    assert "security.authorized_clients_dir: keys/clients is writable by group or others" in learner.stderr
+    assert "chmod go-w keys/clients" in learner.stderr

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import zmq
@@ -203,6 +206,90 @@ def test_the_server_secret_is_checked_before_anything_starts(tmp_path):
     )
     with pytest.raises(InputError, match="accessible by group or others"):
         secure_context(security)
+
+
+def keys_of_one_link(tmp_path) -> tuple[SecurityConfig, Path, Path]:
+    """(the link, its keys directory, its allow-list directory): learner serves, robot connects and is listed."""
+    keys_dir, clients = tmp_path / "keys", tmp_path / "keys" / "clients"
+    generate_keys(keys_dir, "learner")
+    robot_public, _ = generate_keys(keys_dir, "robot")
+    clients.mkdir()
+    shutil.copy(robot_public, clients / "robot.key")
+    link = SecurityConfig(
+        curve=True,
+        keys_dir=str(keys_dir),
+        server_key="learner",
+        client_key="robot",
+        authorized_clients_dir=str(clients),
+    )
+    return link, keys_dir, clients
+
+
+def both_sides(link: SecurityConfig) -> None:
+    client_keys(link)
+    secure_context(link).close()
+
+
+def test_a_link_with_private_directories_loads(tmp_path):
+    link, _, _ = keys_of_one_link(tmp_path)
+    both_sides(link)  # the positive control for the refusals below
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757, 0o1777, 0o720])
+def test_a_keys_directory_others_may_write_is_refused_by_both_sides_and_generate(tmp_path, mode):
+    link, keys_dir, _ = keys_of_one_link(tmp_path)
+    keys_dir.chmod(mode)
+    for use in (client_keys, secure_context, lambda _: generate_keys(keys_dir, "another")):
+        with pytest.raises(InputError, match=f"{keys_dir} is writable by group or others") as refused:
+            use(link)
+        assert f"(mode {mode:04o})" in str(refused.value) and f"chmod go-w {keys_dir}" in str(refused.value)
+    assert not (keys_dir / "another.key").exists()
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o1777])
+def test_an_allow_list_directory_others_may_write_is_refused(tmp_path, mode):
+    link, _, clients = keys_of_one_link(tmp_path)
+    clients.chmod(mode)
+    with pytest.raises(InputError, match=f"security.authorized_clients_dir: {clients} is writable by group or others"):
+        secure_context(link)
+    client_keys(link)  # the connecting side does not read the allow-list
+
+
+@pytest.mark.parametrize("which", ["clients/robot.key", "learner.key"])
+def test_a_public_key_file_others_may_write_is_refused(tmp_path, which):
+    link, keys_dir, _ = keys_of_one_link(tmp_path)
+    (keys_dir / which).chmod(0o646)
+    with pytest.raises(InputError, match=f"key file: {keys_dir / which} is writable by group or others") as refused:
+        both_sides(link)
+    assert f"chmod go-w {keys_dir / which}" in str(refused.value)
+
+
+def give_away(path: Path, monkeypatch) -> None:
+    """Make `path` another user's: chown as root; otherwise, pretend to be another user."""
+    if os.getuid() == 0:
+        os.chown(path, 54321, -1)
+    else:
+        real_uid = os.getuid()
+        monkeypatch.setattr(os, "getuid", lambda: real_uid + 1)
+
+
+@pytest.mark.parametrize(
+    ("which", "field"),
+    [
+        (".", "security.keys_dir"),
+        ("clients", "security.authorized_clients_dir"),
+        ("clients/robot.key", "key file"),
+        ("learner.key_secret", "key file"),
+        ("robot.key_secret", "key file"),
+    ],
+)
+def test_keys_owned_by_another_user_are_refused(tmp_path, monkeypatch, which, field):
+    link, keys_dir, _ = keys_of_one_link(tmp_path)
+    path = keys_dir / which
+    give_away(path, monkeypatch)
+    with pytest.raises(InputError, match=f"{field}: {path} is owned by uid [0-9]+, not by this user") as refused:
+        both_sides(link)
+    assert f"chown {os.getuid()} {path}" in str(refused.value)
 
 
 def test_imports_without_torch():
