@@ -11,9 +11,9 @@ Every driver is asked in parallel, one thread and one control client each, so th
 as its answer arrives, with the time since the requests left; the command exits 1, naming every robot that did not
 acknowledge, unless all did. A driver acknowledges with a Heartbeat in the state asked for (`estopped`, `running`).
 
-This path runs at the start of a fresh process when every millisecond counts: it imports only what sending a
-control message needs (zmq, msgpack and numpy through the protocol); the CURVE key files are read only when a
-driver's endpoint leaves the machine.
+This path runs at the start of a fresh process when every millisecond counts: it imports only what reading
+`session.yaml` and sending a control message need (yaml; zmq, msgpack and numpy through the protocol), and reads
+CURVE key files only when a driver's endpoint leaves the machine. docs/safety.md has its timing.
 """
 
 from __future__ import annotations
