@@ -111,6 +111,18 @@ _COMMON_OPTIONS: dict[int, int] = {
     zmq.HEARTBEAT_TIMEOUT: 3000,  # ... within 3 s, and the socket reconnects
 }
 
+# The binding ROUTERs that any local process can reach (driver, learner): ZMTP heartbeats off, TCP keepalive to
+# notice a vanished peer instead. libzmq 4.3.5 aborts the whole process (assertion `!_io_error`) when a heartbeat
+# fires on a connection whose receive queue was full as its peer disconnected: a client that floods a driver busy
+# in a slow step, or a learner busy training, and then disconnects, would otherwise kill it.
+_NO_HEARTBEAT_KEEPALIVE: dict[int, int] = {
+    zmq.HEARTBEAT_IVL: 0,
+    zmq.TCP_KEEPALIVE: 1,
+    zmq.TCP_KEEPALIVE_IDLE: 10,  # s of silence before the first probe
+    zmq.TCP_KEEPALIVE_INTVL: 5,
+    zmq.TCP_KEEPALIVE_CNT: 3,
+}
+
 # Control envelope: DEALER sends [request id, frame]; ROUTER sees [identity, request id, frame] and echoes the id.
 _REQUEST_ID = struct.Struct("<Q")
 
@@ -449,6 +461,7 @@ class ZmqControlServer(_ZmqEndpoint):
     `recv` returns each request with its Peer (identity + request id); answer every request exactly once with
     `send(peer, reply)`, an Error included (`protocol.error_message(exc)` for a frame that did not decode).
     A frame without the [request id, frame] envelope cannot be answered: it is counted and skipped.
+    No ZMTP heartbeats (`_NO_HEARTBEAT_KEEPALIVE`: a hostile flood-and-disconnect would abort the driver).
     ROUTER_MANDATORY: a reply to a client that has gone raises inside ZeroMQ instead of vanishing, so it is counted
     as a drop; so is a reply to a client whose queue is full (it stopped reading).
     """
@@ -462,7 +475,7 @@ class ZmqControlServer(_ZmqEndpoint):
         curve: CurveServerKeys | None = None,
         spin: bool = False,
     ):
-        options = {zmq.ROUTER_MANDATORY: 1, zmq.SNDHWM: 64, zmq.RCVHWM: 64}
+        options = {zmq.ROUTER_MANDATORY: 1, zmq.SNDHWM: 64, zmq.RCVHWM: 64, **_NO_HEARTBEAT_KEEPALIVE}
         super().__init__(
             zmq.ROUTER,
             endpoint,
@@ -545,16 +558,6 @@ class ZmqTransitionSender(_ZmqEndpoint):
 
     def recv(self, timeout_s: float) -> Message | ProtocolError | None:
         return self._recv_single(TRANSITION_REPLIES, "transitions", timeout_s)
-
-
-# The learner's ROUTER: heartbeats off (see ZmqTransitionReceiver), TCP keepalive to notice a vanished peer instead.
-_NO_HEARTBEAT_KEEPALIVE: dict[int, int] = {
-    zmq.HEARTBEAT_IVL: 0,
-    zmq.TCP_KEEPALIVE: 1,
-    zmq.TCP_KEEPALIVE_IDLE: 10,  # s of silence before the first probe
-    zmq.TCP_KEEPALIVE_INTVL: 5,
-    zmq.TCP_KEEPALIVE_CNT: 3,
-}
 
 
 class ZmqTransitionReceiver(_ZmqEndpoint):

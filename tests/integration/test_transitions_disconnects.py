@@ -99,3 +99,38 @@ def test_a_controllers_sender_outlives_a_learner_that_leaves_while_its_acks_wait
     finally:
         sender.kill()
         sender.wait()
+
+
+def test_a_drivers_control_server_outlives_a_peer_that_fills_its_queue_and_leaves():
+    """The driver's ROUTER is reachable by any local process; a driver busy in a slow step (a real robot's SDK call)
+    does not read meanwhile."""
+    endpoint = free_tcp_endpoint()
+    server = child(
+        """
+        import sys, time
+        from acalign_robot.runtime.transport import ZmqControlServer
+        with ZmqControlServer(sys.argv[1]) as server:
+            print("bound", flush=True)
+            time.sleep(float(sys.argv[2]))  # a slow driver step while the peer floods and leaves
+            taken = 0
+            while server.recv(0.5) is not None:
+                taken += 1
+            print("taken", taken, flush=True)
+        """,
+        endpoint,
+        str(1.0 + HEARTBEATS_S),
+    )
+    try:
+        assert server.stdout.readline().strip() == "bound"
+        flood = zmq.Context.instance().socket(zmq.DEALER)
+        flood.setsockopt(zmq.SNDHWM, 10_000)
+        flood.connect(endpoint)
+        for _ in range(5000):
+            flood.send_multipart([bytes(8), b"x" * 100])
+        time.sleep(1.0)
+        flood.close(linger=0)  # gone while the driver's queue for it is full
+        assert server.wait(timeout=30) == 0
+        assert int(server.stdout.readline().split()[1]) >= 1
+    finally:
+        server.kill()
+        server.wait()
