@@ -121,22 +121,33 @@ def _load_aca_config(args):
     return load_preset(args.preset, tuple(args.set or ()))
 
 
+def _training_stopped(args, exc: Exception) -> int:
+    """A training step stopped on diverged statistics or a non-finite checkpoint: one line, exit 1."""
+    print(f"acalign {args.command}: error: {exc}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
 def _cmd_pretrain(args) -> int:
+    from acalign_robot.algo.checkpoint import NonFiniteCheckpointError
     from acalign_robot.algo.pipeline import EvalSchedule, pretrain
+    from acalign_robot.algo.train import DivergenceError
 
     _set_threads(args.threads)
     out = Path(args.out) / "offline.pt"
     if out.exists() and not args.force:
         raise InputError(f"{out} already exists (use --force to overwrite, or another --out)")
-    pretrain(
-        args.datasets,
-        _load_aca_config(args),
-        args.steps,
-        out,
-        seed=args.seed,
-        env_id=args.env,
-        schedule=EvalSchedule(args.eval_every, args.eval_episodes),
-    )
+    try:
+        pretrain(
+            args.datasets,
+            _load_aca_config(args),
+            args.steps,
+            out,
+            seed=args.seed,
+            env_id=args.env,
+            schedule=EvalSchedule(args.eval_every, args.eval_episodes),
+        )
+    except (DivergenceError, NonFiniteCheckpointError) as exc:
+        return _training_stopped(args, exc)
     print(f"offline checkpoint: {out}")
     return EXIT_OK
 
@@ -144,8 +155,9 @@ def _cmd_pretrain(args) -> int:
 def _cmd_align(args) -> int:
     from acalign_robot import config as config_io
     from acalign_robot.algo.aca import ACAConfig, load_preset
-    from acalign_robot.algo.checkpoint import load_checkpoint
+    from acalign_robot.algo.checkpoint import NonFiniteCheckpointError, load_checkpoint
     from acalign_robot.algo.pipeline import align_checkpoint
+    from acalign_robot.algo.train import DivergenceError
 
     overrides = tuple(args.set or ()) + ((f"finetune={args.finetune}",) if args.finetune else ())
     if args.preset:
@@ -154,26 +166,34 @@ def _cmd_align(args) -> int:
         saved = load_checkpoint(args.checkpoint, "offline")["config"]
         config = config_io.load_text(ACAConfig, config_io.dump(saved), f"{args.checkpoint} (config)", overrides)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"aligned-{config.finetune}.pt")
-    align_checkpoint(Path(args.checkpoint), out, config)
+    try:
+        align_checkpoint(Path(args.checkpoint), out, config)
+    except (DivergenceError, NonFiniteCheckpointError) as exc:
+        return _training_stopped(args, exc)
     print(f"online checkpoint ({config.finetune}): {out}")
     return EXIT_OK
 
 
 def _cmd_finetune(args) -> int:
+    from acalign_robot.algo.checkpoint import NonFiniteCheckpointError
     from acalign_robot.algo.pipeline import EvalSchedule, finetune
+    from acalign_robot.algo.train import DivergenceError
 
     _set_threads(args.threads)
     out = Path(args.out) / "finetuned.pt"
     if out.exists() and not args.force:
         raise InputError(f"{out} already exists (use --force to overwrite, or another --out)")
-    finetune(
-        Path(args.checkpoint),
-        args.env,
-        args.steps,
-        out,
-        seed=args.seed,
-        schedule=EvalSchedule(args.eval_every, args.eval_episodes),
-    )
+    try:
+        finetune(
+            Path(args.checkpoint),
+            args.env,
+            args.steps,
+            out,
+            seed=args.seed,
+            schedule=EvalSchedule(args.eval_every, args.eval_episodes),
+        )
+    except (DivergenceError, NonFiniteCheckpointError) as exc:
+        return _training_stopped(args, exc)
     print(f"fine-tuned checkpoint: {out}")
     return EXIT_OK
 
@@ -346,10 +366,16 @@ def _cmd_keys_show(args) -> int:
 def _cmd_logs_convert(args) -> int:
     from acalign_robot.data.logs import convert_logs
 
-    dataset, summary = convert_logs(args.source, args.name, args.env, force=args.force)
+    dataset, summary = convert_logs(args.source, args.name, args.env, force=args.force, allow_gaps=args.allow_gaps)
+    for line in summary["skipped"]:
+        print(f"acalign logs convert: skipped: {line}", file=sys.stderr)
+    for line in summary["notes"]:
+        print(f"acalign logs convert: note: {line}", file=sys.stderr)
+    dropped = f", {summary['dropped_batches']} batches dropped by the controller" if summary["dropped_batches"] else ""
     print(
         f"wrote {summary['dataset_id']}: {summary['episodes']} episodes ({summary['partial_episodes']} partial), "
-        f"{summary['transitions']} steps from {len(summary['logs'])} log(s) -> {Path(dataset.storage.data_path).parent}"
+        f"{summary['transitions']} steps from {len(summary['logs'])} log(s){dropped} -> "
+        f"{Path(dataset.storage.data_path).parent}"
     )
     return EXIT_OK
 
@@ -683,6 +709,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--name", required=True, help="dataset name; '-v0' is appended when it has no version")
     q.add_argument("--env", help="gymnasium env id of the logged system (default: the one log_meta.json records)")
     q.add_argument("--force", action="store_true", help="replace an existing dataset of that name")
+    q.add_argument(
+        "--allow-gaps",
+        action="store_true",
+        help="convert what is intact when chunks are missing or damaged or transitions are non-finite (each is "
+        "named on stderr); without it such logs are refused with exit 2 and nothing is written",
+    )
     _add_data_dir(q)
     q.set_defaults(handler=_cmd_logs_convert)
 

@@ -46,11 +46,15 @@ def record_sim_log(
     seed: int = 0,
     runner=None,
     controller_id: str = "sim-0",
+    nan_obs_ticks: frozenset[int] = frozenset(),
+    nan_reward_ticks: frozenset[int] = frozenset(),
 ) -> Path:
     """Run a MujocoDriver in-process as the controller would (actions through a clip 'filter', batches of
     `batch_size` flushed at episode ends) and log every transition. Actions: `runner`'s deterministic ones, else
     Gaussian noise that sometimes leaves the bounds (so policy and executed actions differ). An episode still
-    running after `max_steps` is truncated, like a time limit."""
+    running after `max_steps` is truncated, like a time limit. A failed sensor: the observation after the steps
+    of global tick `nan_obs_ticks` (so that tick's next_obs and the next tick's obs) and the rewards of
+    `nan_reward_ticks` are NaN."""
     from acalign_robot.drivers.mujoco import MujocoDriver, RealismConfig, SimConfig
     from acalign_robot.runtime.transition_log import TransitionLog
 
@@ -101,14 +105,16 @@ def record_sim_log(
                 action = np.clip(policy_action, low, high)
                 flags = FilterFlags.CLIPPED if not np.array_equal(action, policy_action) else 0
                 result = driver.step(action)
+                sensed_obs = np.full_like(result.obs, np.nan) if tick in nan_obs_ticks else result.obs
+                reward = np.nan if tick in nan_reward_ticks else result.reward
                 truncated = result.truncated or step == max_steps - 1
                 timestamp = 1.7e9 + tick * spec.control_period_s
                 rows.append(
-                    (episode + 1, obs, policy_action, action, result.reward, result.obs)
+                    (episode + 1, obs, policy_action, action, reward, sensed_obs)
                     + (result.terminated, truncated and not result.terminated, flags, timestamp)
                 )
                 tick += 1
-                obs = result.obs
+                obs = sensed_obs
                 if len(rows) == batch_size:
                     flush()
                 if result.terminated or truncated:

@@ -4,11 +4,21 @@ Each step reads the previous step's checkpoint and writes its own, so an expensi
 every online run (ACA or the naive baseline, any seed) starts from it.
 
 Checkpoint `meta` carries what later steps need: env id, spaces and the env's action bounds (for export),
-dataset ids and reference scores (for normalised scores), and the phase-1 step count.
+dataset ids and reference scores (for normalised scores), the phase-1 step count, the dataset's largest |reward| and
+the statistics of the update that vouched for the checkpoint (`train_stats`).
+
+No silent divergence: every update's statistics go through a `DivergenceGuard` (train.py: non-finite, or beyond
+generous bounds scaled by the data's rewards), which stops the run with `DivergenceError` naming the quantity and
+the step. An update's statistics describe the parameters it started from, so `pretrain` writes the checkpoint of an
+evaluation only after the next update passed: the checkpoint left behind is the last good one. `finetune` writes
+its checkpoint only at the end, so a diverged run leaves its input checkpoint as the last good one. `align` refuses
+an offline checkpoint whose alpha or recorded statistics are beyond the same bounds. eval.csv and the progress bar
+show alpha and the mean Q so that a drift is seen before it trips the guard.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +33,15 @@ from acalign_robot.algo.aca import ACAConfig, OfflineACA, align, naive_finetunin
 from acalign_robot.algo.checkpoint import load_checkpoint, save_checkpoint
 from acalign_robot.algo.networks import TanhGaussianActor
 from acalign_robot.algo.sac import SAC
-from acalign_robot.algo.train import MetricsWriter, OnlineLoop, evaluate, make_env, resolve_device
+from acalign_robot.algo.train import (
+    DivergenceError,
+    DivergenceGuard,
+    MetricsWriter,
+    OnlineLoop,
+    evaluate,
+    make_env,
+    resolve_device,
+)
 from acalign_robot.data.datasets import TransitionView, load_transitions
 from acalign_robot.data.replay_buffer import ReplayBuffer
 from acalign_robot.data.scores import ReferenceScores, dataset_reference
@@ -65,10 +83,26 @@ def reference_of(meta: dict[str, Any]) -> ReferenceScores | None:
     return ReferenceScores(meta["ref_random"], meta["ref_expert"], meta.get("ref_source", "dataset"))
 
 
-def _log_eval(metrics: MetricsWriter, phase: str, step: int, returns: list[float], reference) -> dict:
+def _log_eval(
+    metrics: MetricsWriter, phase: str, step: int, returns: list[float], reference, info: dict[str, float]
+) -> dict:
+    """An eval.csv row, with alpha and the mean Q of the latest update (`info`, {} before the first)."""
     normalized = reference.normalize(float(np.mean(returns))) if reference else None
-    metrics.log_eval(phase, step, returns, normalized)
+    metrics.log_eval(phase, step, returns, normalized, info.get("alpha"), info.get("q_mean"))
     return {"return": float(np.mean(returns)), "score": normalized}
+
+
+def _postfix(info: dict[str, float], last_return: float | None) -> dict[str, str]:
+    """The progress bar's fields: the last evaluation's return, alpha and the mean Q of the latest update."""
+    fields = {} if last_return is None else {"ret": f"{last_return:.0f}"}
+    for key, label in (("alpha", "alpha"), ("q_mean", "q")):
+        if key in info:
+            fields[label] = f"{info[key]:.3g}"
+    return fields
+
+
+def _train_stats(info: dict[str, float]) -> dict[str, float]:
+    return {key: float(value) for key, value in info.items() if isinstance(value, (int, float))}
 
 
 def buffer_state(buffer: ReplayBuffer) -> dict:
@@ -110,6 +144,7 @@ def pretrain(
     bounds = env.unwrapped.action_space
     env.close()
     reference = dataset_reference(view.metadata)
+    reward_abs_max = float(np.abs(view.rewards).max())
     meta = {
         "env_id": env_id,
         "obs_dim": view.obs_dim,
@@ -118,6 +153,8 @@ def pretrain(
         "action_high": [float(x) for x in bounds.high],
         "datasets": list(datasets),
         "dataset_transitions": len(view),
+        "dataset_nonfinite_dropped": view.nonfinite_dropped,
+        "dataset_reward_abs_max": reward_abs_max,
         "seed": seed,
         "ref_random": reference.random if reference else None,
         "ref_expert": reference.expert if reference else None,
@@ -127,29 +164,58 @@ def pretrain(
     buffer = ReplayBuffer.from_view(view)
     metrics = MetricsWriter(out_path.parent)
     config_dict = config_io.to_dict(config)
-    with tqdm(total=steps, desc="pretrain (phase 1)", unit="update") as bar:
-        for step in range(1, steps + 1):
-            info = agent.update(buffer.sample(config.sac.batch_size, rng))
-            if step % 1000 == 0:
-                metrics.log(step, info)
-            if step % schedule.every == 0 or step == steps:
-                result = _log_eval(
-                    metrics,
-                    "offline",
-                    step,
-                    evaluate(agent.sac.actor, env_id, schedule.episodes, seed + 1000),
-                    reference,
-                )
-                bar.set_postfix(ret=f"{result['return']:.0f}", alpha=f"{info['alpha']:.3g}")
-                save_checkpoint(out_path, "offline", agent.state_dict(), config_dict, {**meta, "offline_steps": step})
-            bar.update(1)
-    metrics.close()
+    guard = DivergenceGuard("pretrain", "update", config.sac.gamma)
+    pending: tuple[dict, int] | None = None  # (state, step) of an evaluation, written once the next update passed
+
+    def write(state: dict, step: int, stats: dict[str, float]) -> None:
+        save_checkpoint(
+            out_path, "offline", state, config_dict, {**meta, "offline_steps": step, "train_stats": _train_stats(stats)}
+        )
+        guard.saved(out_path, step)
+
+    last_return = None
+    try:
+        with tqdm(total=steps, desc="pretrain (phase 1)", unit="update") as bar:
+            for step in range(1, steps + 1):
+                info = agent.update(buffer.sample(config.sac.batch_size, rng))
+                guard.check(step, info, reward_abs_max)  # vouches for the parameters of update step - 1
+                if pending is not None:
+                    write(*pending, info)
+                    pending = None
+                if step % 1000 == 0:
+                    metrics.log(step, info)
+                if step % schedule.every == 0 or step == steps:
+                    returns = evaluate(agent.sac.actor, env_id, schedule.episodes, seed + 1000)
+                    last_return = _log_eval(metrics, "offline", step, returns, reference, info)["return"]
+                    pending = (copy.deepcopy(agent.state_dict()), step)
+                if step % 100 == 0 or pending is not None:
+                    bar.set_postfix(_postfix(info, last_return), refresh=False)
+                bar.update(1)
+        # No update follows the last one: its own alpha is checked, and save_checkpoint checks every tensor.
+        guard.check(steps, {"alpha": agent.sac.alpha}, reward_abs_max)
+        write(*pending, info)
+    finally:
+        metrics.close()
     return out_path
+
+
+def check_offline_checkpoint(payload: dict, path: Path) -> dict:
+    """`payload` if its alpha and recorded statistics are within the divergence bounds; else DivergenceError."""
+    meta, config = payload["meta"], payload["config"]
+    step = int(meta.get("offline_steps", 0))
+    stats = {**meta.get("train_stats", {}), "alpha": float(payload["agent"]["sac"]["log_alpha"].exp())}
+    guard = DivergenceGuard("pretrain", "update", float(config["sac"]["gamma"]))
+    try:
+        guard.check(step, stats, float(meta.get("dataset_reward_abs_max", 1.0)))
+    except DivergenceError as exc:
+        message = f"align: {path} holds a diverged offline run (update {step}): {exc.what}; pretrain it again"
+        raise DivergenceError(message, step, exc.what) from None
+    return payload
 
 
 def align_checkpoint(offline_path: Path, out_path: Path, config: ACAConfig, buffer_capacity: int = 1_000_000) -> Path:
     """Phase 2 (or, with `finetune: naive`, the baseline's carry-over) + the seeded online replay buffer."""
-    payload = load_checkpoint(offline_path, "offline")
+    payload = check_offline_checkpoint(load_checkpoint(offline_path, "offline"), offline_path)
     meta = payload["meta"]
     agent = OfflineACA(meta["obs_dim"], meta["action_dim"], config, np.zeros((1, meta["obs_dim"]), np.float32))
     agent.load_state_dict(payload["agent"])
@@ -202,22 +268,30 @@ def finetune(
     reference = reference_of(meta)
     metrics = MetricsWriter(out_path.parent)
     start_step = int(payload["agent"]["env_steps"])
-    _log_eval(metrics, "online", start_step, evaluate(agent.actor, env_id, schedule.episodes, seed + 1000), reference)
+    guard = DivergenceGuard(f"finetune ({meta.get('finetune', 'aca')})", "env step", config.sac.gamma)
+    guard.saved(online_path, start_step)  # nothing is written before the end: the input stays the last good one
+    offline_reward_abs_max = float(meta.get("dataset_reward_abs_max", 0.0))
+    returns = evaluate(agent.actor, env_id, schedule.episodes, seed + 1000)
+    last = {"return": _log_eval(metrics, "online", start_step, returns, reference, {"alpha": agent.alpha})["return"]}
 
     def on_step(step: int, info: dict) -> None:
         total = start_step + step
+        guard.check(total, info, max(offline_reward_abs_max, buffer.reward_abs_max))
         if step % 1000 == 0 and info:
             metrics.log(total, info)
         if step % schedule.every == 0 or step == steps:
-            result = _log_eval(
-                metrics, "online", total, evaluate(agent.actor, env_id, schedule.episodes, seed + 1000), reference
-            )
-            bar.set_postfix(ret=f"{result['return']:.0f}")
+            returns = evaluate(agent.actor, env_id, schedule.episodes, seed + 1000)
+            last["return"] = _log_eval(metrics, "online", total, returns, reference, info)["return"]
+        if step % 100 == 0 or step == steps:
+            bar.set_postfix(_postfix(info, last["return"]), refresh=False)
 
     loop = OnlineLoop(env_id, seed)
-    with tqdm(total=steps, desc=f"finetune ({meta.get('finetune', 'aca')})", unit="step") as bar:
-        loop.run(agent, buffer, steps, on_step=on_step, progress=bar)
-    metrics.close()
+    try:
+        with tqdm(total=steps, desc=f"finetune ({meta.get('finetune', 'aca')})", unit="step") as bar:
+            loop.run(agent, buffer, steps, on_step=on_step, progress=bar)
+    finally:
+        metrics.close()
+    guard.check(start_step + steps, {"alpha": agent.alpha}, max(offline_reward_abs_max, buffer.reward_abs_max))
     with open(out_path.parent / "episodes.csv", "w", newline="") as handle:  # the training episodes' returns
         writer = csv.writer(handle)
         writer.writerow(["step", "return"])

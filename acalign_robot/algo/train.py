@@ -2,6 +2,9 @@
 
 The agent works in actions in [-1, 1]^|A|; `make_env` rescales to the env's bounds so that the same actor is what
 gets exported (the export scales to the bounds inside the ONNX graph).
+
+`DivergenceGuard` stops a run whose update statistics diverge (bounds in `DivergenceBounds`): the caller checks every
+update's info, raises `DivergenceError` naming the quantity and the step, and never writes the diverged state.
 """
 
 from __future__ import annotations
@@ -9,8 +12,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,17 @@ import torch
 from acalign_robot.algo.networks import TanhGaussianActor
 from acalign_robot.data.replay_buffer import ReplayBuffer
 
-__all__ = ["MetricsWriter", "OnlineLoop", "evaluate", "make_env", "resolve_device", "set_torch_threads"]
+__all__ = [
+    "DivergenceBounds",
+    "DivergenceError",
+    "DivergenceGuard",
+    "MetricsWriter",
+    "OnlineLoop",
+    "evaluate",
+    "make_env",
+    "resolve_device",
+    "set_torch_threads",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -90,6 +104,82 @@ def evaluate(actor: TanhGaussianActor, env_id: str, episodes: int, seed: int) ->
     return returns
 
 
+@dataclass(frozen=True)
+class DivergenceBounds:
+    """When an update's statistics mean the run has diverged. Generous on purpose: healthy runs stay far inside.
+
+    With R = max(1, max |reward| of the data so far) and H = 1 / (1 - gamma) (the horizon):
+    - every statistic an update reports (losses, alpha, Q mean, entropy, ...) must be finite;
+    - alpha <= alpha_per_reward * R. Healthy SAC / ACA runs keep alpha around 1e-3 .. 1 for rewards of order 1
+      (alpha trades reward against nats of entropy, so its scale follows the reward's);
+    - |Q mean| <= q_horizons * R * H. A soft value is at most (max |r| + alpha * entropy) * H, so 100 horizons of the
+      largest reward only pass a critic that has left every value the data can support;
+    - the critic loss (a squared error of Q-scale values) <= (q_horizons * R * H) ** 2. The Z loss is only held
+      finite: its scale is set by the dataset actions' log-likelihood, which a narrow healthy actor makes large.
+    A runaway temperature (alpha growing without bound where its entropy target is unreachable) lifts the critic's
+    targets with it, so it usually trips the Q bound first (issue 15: alpha 110 with Q mean 2e7 for R = 3.6).
+    """
+
+    alpha_per_reward: float = 1e3
+    q_horizons: float = 100.0
+
+    def alpha_bound(self, reward_abs_max: float) -> float:
+        return self.alpha_per_reward * max(1.0, reward_abs_max)
+
+    def q_bound(self, reward_abs_max: float, gamma: float) -> float:
+        return self.q_horizons * max(1.0, reward_abs_max) / (1.0 - gamma)
+
+
+class DivergenceError(RuntimeError):
+    """A run stopped because a training statistic diverged; the message names the quantity, the step and the last
+    good checkpoint. `step` and `what` (the quantity, its value and its bound) are kept for callers that rephrase."""
+
+    def __init__(self, message: str, step: int, what: str):
+        super().__init__(message)
+        self.step, self.what = step, what
+
+
+class DivergenceGuard:
+    """Checks each update's info against `DivergenceBounds` and remembers the last checkpoint written before.
+
+    An update's info describes the parameters it started from, so it vouches for a checkpoint saved after the update
+    before it: callers write a checkpoint only once the next update passed (`pipeline.py`).
+    """
+
+    def __init__(self, phase: str, unit: str, gamma: float, bounds: DivergenceBounds = DivergenceBounds()):
+        self.phase, self.unit, self.gamma, self.bounds = phase, unit, gamma, bounds
+        self.last_good: tuple[Path, int] | None = None
+
+    def saved(self, path: Path, step: int) -> None:
+        self.last_good = (Path(path), step)
+
+    def check(self, step: int, info: Mapping[str, float], reward_abs_max: float) -> None:
+        """Raise DivergenceError at the first statistic of `info` that is non-finite or beyond its bound."""
+        q_bound = self.bounds.q_bound(reward_abs_max, self.gamma)
+        q_how = f"{self.bounds.q_horizons:g} x R / (1 - gamma)"
+        limits = {
+            "alpha": (self.bounds.alpha_bound(reward_abs_max), f"{self.bounds.alpha_per_reward:g} x R"),
+            "q_mean": (q_bound, q_how),
+            "loss/critic": (q_bound**2, f"({q_how})^2"),
+        }
+        for name, value in info.items():
+            if not isinstance(value, (int, float)):
+                continue
+            if not math.isfinite(value):
+                self._fail(step, f"{name} = {value} is not finite")
+            if name in limits and abs(value) > limits[name][0]:
+                bound, how = limits[name]
+                scale = f"R = {max(1.0, reward_abs_max):.3g}, gamma = {self.gamma}"
+                self._fail(step, f"{name} = {value:.4g} is beyond its bound {bound:.4g} ({how}; {scale})")
+
+    def _fail(self, step: int, what: str) -> None:
+        if self.last_good is None:
+            kept = "no checkpoint of this run was written"
+        else:
+            kept = f"the last good checkpoint is {self.last_good[0]} ({self.unit} {self.last_good[1]})"
+        raise DivergenceError(f"{self.phase} diverged at {self.unit} {step}: {what}; {kept}", step, what)
+
+
 class MetricsWriter:
     """Metrics as JSON lines (`metrics.jsonl`), the evaluation curve as CSV (`eval.csv`), optional TensorBoard."""
 
@@ -102,7 +192,9 @@ class MetricsWriter:
         self._eval_file = open(eval_path, "a", newline="")
         self._eval_csv = csv.writer(self._eval_file)
         if new_file:
-            self._eval_csv.writerow(["phase", "step", "return_mean", "return_std", "normalized_score", "wall_s"])
+            self._eval_csv.writerow(
+                ["phase", "step", "return_mean", "return_std", "normalized_score", "wall_s", "alpha", "q_mean"]
+            )
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -117,8 +209,18 @@ class MetricsWriter:
                 if isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, step)
 
-    def log_eval(self, phase: str, step: int, returns: list[float], normalized: float | None) -> None:
+    def log_eval(
+        self,
+        phase: str,
+        step: int,
+        returns: list[float],
+        normalized: float | None,
+        alpha: float | None = None,
+        q_mean: float | None = None,
+    ) -> None:
+        """One eval.csv row; `alpha` and `q_mean` from the latest update (empty before the first one)."""
         row = [phase, step, float(np.mean(returns)), float(np.std(returns)), normalized, time.monotonic() - self._start]
+        row += ["" if alpha is None else alpha, "" if q_mean is None else q_mean]
         self._eval_csv.writerow(row)
         self._eval_file.flush()
         self._jsonl.flush()

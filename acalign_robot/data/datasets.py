@@ -5,10 +5,16 @@ or a path to a dataset directory. Writing uses `minari.create_dataset_from_buffe
 
 Terminal and time-limit truncation stay apart all the way: `terminals` is the environment's `terminated` (no
 bootstrap), `truncations` is a time limit (bootstrap through it). ACA, like SAC, bootstraps through truncation.
+
+Reading drops every transition whose observation, next observation, action or reward is NaN or inf (after the cast
+to float32, so a float64 beyond its range counts too): one such value would make every network of a learner that
+samples it non-finite. The drops are counted (`TransitionView.nonfinite_dropped`) and logged as a warning naming the
+dataset; an episode is cut at each dropped transition. A dataset with no finite transition is an error.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -33,6 +39,7 @@ __all__ = [
 ]
 
 _VERSIONED_ID = re.compile(r"^(?:[\w.-]+/)*[\w.-]+-v\d+$")
+_log = logging.getLogger(__name__)
 
 
 class DatasetError(InputError):
@@ -74,6 +81,7 @@ class TransitionView:
     truncations: np.ndarray  # (N,) bool: time limit (or end of the data), bootstrap through it
     episode_starts: np.ndarray  # (E,) int64
     metadata: dict[str, Any] = field(default_factory=dict)
+    nonfinite_dropped: int = 0  # transitions left out on reading because they held NaN or inf
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -126,6 +134,7 @@ class TransitionView:
             truncations=np.concatenate([v.truncations for v in views]),
             episode_starts=np.concatenate([v.episode_starts + off for v, off in zip(views, offsets)]),
             metadata={**first.metadata, "sources": [v.metadata.get("dataset_id") for v in views]},
+            nonfinite_dropped=sum(v.nonfinite_dropped for v in views),
         )
 
 
@@ -208,16 +217,42 @@ def _load_one(id_or_path: str | os.PathLike) -> TransitionView:
         columns["trunc"].append(np.asarray(episode.truncations, dtype=bool).reshape(steps))
     if total == 0:
         raise DatasetError(f"{source}: the dataset holds no transitions")
-    metadata = dict(dataset.storage.metadata)
+    arrays = {
+        "observations": np.concatenate(columns["obs"]).astype(np.float32),
+        "actions": np.concatenate(columns["act"]).astype(np.float32),
+        "rewards": np.concatenate(columns["rew"]).astype(np.float32),
+        "next_observations": np.concatenate(columns["next"]).astype(np.float32),
+        "terminals": np.concatenate(columns["term"]),
+        "truncations": np.concatenate(columns["trunc"]),
+    }
+    episode_starts = np.asarray(starts, dtype=np.int64)
+    finite = (
+        np.isfinite(arrays["observations"]).all(axis=1)
+        & np.isfinite(arrays["next_observations"]).all(axis=1)
+        & np.isfinite(arrays["actions"]).all(axis=1)
+        & np.isfinite(arrays["rewards"])
+    )
+    dropped = int(total - finite.sum())
+    if dropped == total:
+        raise DatasetError(f"{source}: every one of its {total} transitions holds NaN or inf")
+    if dropped:
+        # A kept transition starts an episode where its episode starts or where the one before it was dropped.
+        starts_here = np.zeros(total, dtype=bool)
+        starts_here[episode_starts] = True
+        starts_here[1:] |= ~finite[:-1]
+        episode_starts = np.flatnonzero(starts_here[finite]).astype(np.int64)
+        arrays = {name: values[finite] for name, values in arrays.items()}
+        _log.warning(
+            "dataset %s: %d of %d transitions hold NaN or inf (observation, action or reward): dropped",
+            source,
+            dropped,
+            total,
+        )
     return TransitionView(
-        observations=np.concatenate(columns["obs"]).astype(np.float32),
-        actions=np.concatenate(columns["act"]).astype(np.float32),
-        rewards=np.concatenate(columns["rew"]).astype(np.float32),
-        next_observations=np.concatenate(columns["next"]).astype(np.float32),
-        terminals=np.concatenate(columns["term"]),
-        truncations=np.concatenate(columns["trunc"]),
-        episode_starts=np.asarray(starts, dtype=np.int64),
-        metadata=metadata,
+        **arrays,
+        episode_starts=episode_starts,
+        metadata=dict(dataset.storage.metadata),
+        nonfinite_dropped=dropped,
     )
 
 

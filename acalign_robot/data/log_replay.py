@@ -29,6 +29,7 @@ torch lazily.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 _VIDEO_FPS = 30.0  # target playback rate: frames are subsampled from the control rate to about this
+_log = logging.getLogger(__name__)
 
 
 class ReplayError(InputError):
@@ -57,12 +59,17 @@ class ReplayError(InputError):
 
 
 def read_single_log(path: str | os.PathLike) -> LogData:
-    """The one log at `path` (a log directory or a controller directory); a session with several is refused."""
+    """The one log at `path` (a log directory or a controller directory); a session with several is refused.
+
+    A damaged chunk is an error (LogError naming it); missing and temp chunks are logged as warnings, one each."""
     found = find_logs(path)
     if len(found) > 1:
         names = ", ".join(str(directory) for directory in found)
         raise ReplayError(f"{path}: holds {len(found)} logs ({names}); name one of them")
-    return read_log(found[0])
+    log = read_log(found[0])
+    for problem in log.problems:
+        _log.warning("%s", problem)
+    return log
 
 
 def _env_id(log: LogData, env_id: str | None) -> str:

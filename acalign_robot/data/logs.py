@@ -10,8 +10,15 @@ reset (no step was taken: NaN for floats, 0 / False otherwise), entry t + 1 to s
     timestamp_s     (T + 1,)             float64, wall-clock seconds of the step
     seq             (T + 1,)             int64, the controller's batch number
 plus any other extras the controller logged. An episode the log cut short (a gap after dropped batches, a
-restart, the end of the data) keeps neither a termination nor a truncation on its last step, as `acalign collect`
-does with a trailing partial episode; the dataset's metadata counts them.
+restart, a missing or damaged chunk, a dropped transition, the end of the data) keeps neither a termination nor a
+truncation on its last step, as `acalign collect` does with a trailing partial episode; the metadata counts them.
+
+Conversion only reads the logs. What cannot be converted is skipped and named, one line each (`summary["skipped"]`):
+a missing chunk, a damaged chunk, a temp chunk that is not whole, a log with no readable chunk, and the transitions
+whose observation, next observation, executed action or reward is NaN or inf (dropped; the episode is cut there, so
+that no dataset episode steps over a hole). Anything skipped makes `convert_logs` refuse (`LogGapError`, nothing
+written) unless `allow_gaps`. Notes (`summary["notes"]`: a whole temp chunk read as a closed one) and batches the
+controller dropped before logging (`dropped_batches`, counted by the writer) are reported but need no flag.
 """
 
 from __future__ import annotations
@@ -23,9 +30,13 @@ from typing import Any
 import numpy as np
 
 from acalign_robot.data.datasets import DatasetError, EpisodeRecord, dataset_id_from_name, write_dataset
-from acalign_robot.runtime.transition_log import LogData, LogEpisode, find_logs, read_log
+from acalign_robot.runtime.transition_log import LogData, LogEpisode, LogError, find_logs, read_log
 
-__all__ = ["convert_logs", "episode_infos", "log_episodes"]
+__all__ = ["LogGapError", "convert_logs", "episode_infos", "finite_episodes", "log_episodes", "nonfinite_report"]
+
+
+class LogGapError(DatasetError):
+    """Logs that cannot be converted whole; the message has one line per skipped chunk, gap or log."""
 
 
 def _reset_entry(values: np.ndarray) -> np.ndarray:
@@ -46,8 +57,45 @@ def episode_infos(log: LogData, episode: LogEpisode) -> dict[str, np.ndarray]:
     return {name: np.concatenate([_reset_entry(values), values]) for name, values in per_step.items()}
 
 
-def log_episodes(log: LogData) -> list[EpisodeRecord]:
-    """The log's episodes as EpisodeRecords (float32 observations and actions, infos as above)."""
+def finite_episodes(log: LogData) -> list[LogEpisode]:
+    """The log's episodes without their non-finite transitions: an episode is cut at each one, and a piece keeps
+    the episode's ending only if it ends where the episode does."""
+    bad = log.nonfinite()
+    pieces = []
+    for episode in log.episodes:
+        keep = ~bad[episode.slice]
+        if keep.all():
+            pieces.append(episode)
+            continue
+        # Starts and stops of the runs of kept transitions, as offsets into the episode.
+        edges = np.flatnonzero(np.diff(np.concatenate([[False], keep, [False]]).astype(np.int8)))
+        for start, stop in zip(edges[::2], edges[1::2]):
+            complete = episode.complete and stop == len(episode)
+            pieces.append(LogEpisode(episode.start + int(start), episode.start + int(stop), complete))
+    return pieces
+
+
+def nonfinite_report(log: LogData) -> str | None:
+    """One line naming the log's non-finite transitions (how many, which fields, the first one), or None."""
+    bad = log.nonfinite()
+    if not bad.any():
+        return None
+    fields = {
+        "obs": ~np.isfinite(log.obs).all(axis=1),
+        "next_obs": ~np.isfinite(log.next_obs).all(axis=1),
+        "action": ~np.isfinite(log.action).all(axis=1),
+        "reward": ~np.isfinite(log.reward),
+    }
+    which = ", ".join(f"{name} {int(mask.sum())}" for name, mask in fields.items() if mask.any())
+    first = int(np.flatnonzero(bad)[0])
+    return (
+        f"{log.directory}: {int(bad.sum())} of {len(log)} transitions hold NaN or inf ({which}; the first in "
+        f"{log.chunks[log.chunk_index[first]].name}, seq {int(log.seq[first])}): dropped, their episodes cut there"
+    )
+
+
+def log_episodes(log: LogData, episodes: Sequence[LogEpisode] | None = None) -> list[EpisodeRecord]:
+    """The log's episodes (or the given ones) as EpisodeRecords (float32 observations and actions, infos as above)."""
     return [
         EpisodeRecord(
             observations=log.episode_observations(episode).astype(np.float32),
@@ -57,7 +105,7 @@ def log_episodes(log: LogData) -> list[EpisodeRecord]:
             truncations=log.truncated[episode.slice],
             infos=episode_infos(log, episode),
         )
-        for episode in log.episodes
+        for episode in (log.episodes if episodes is None else episodes)
     ]
 
 
@@ -76,22 +124,50 @@ def _check_spaces(env_id: str, log: LogData) -> None:
         )
 
 
+def _read_logs(directories: Sequence) -> tuple[list[LogData], list[str], list[str]]:
+    """(the readable logs, one line per skipped log / chunk / gap / non-finite run, one line per note)."""
+    logs, skipped, notes = [], [], []
+    for directory in directories:
+        try:
+            log = read_log(directory, skip_damaged=True)
+        except LogError as exc:
+            skipped.append(f"{exc}: the whole log is skipped")
+            continue
+        logs.append(log)
+        skipped.extend(str(problem) for problem in log.lost)
+        notes.extend(str(problem) for problem in log.problems if not problem.lost)
+        line = nonfinite_report(log)
+        if line is not None:
+            skipped.append(line)
+    return logs, skipped, notes
+
+
 def convert_logs(
     sources: str | os.PathLike | Sequence[str | os.PathLike],
     name: str,
     env_id: str | None = None,
     *,
     force: bool = False,
+    allow_gaps: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Write the logs at `sources` (log dirs, controller dirs or session dirs) as one Minari dataset `name`.
 
-    The env id comes from `env_id`, else from the logs' metadata (they must agree). Returns (the MinariDataset,
-    a summary dict).
+    The env id comes from `env_id`, else from the logs' metadata (they must agree). Anything skipped (module
+    docstring) raises LogGapError before anything is written, unless `allow_gaps`. Returns (the MinariDataset, a
+    summary dict: counts, and the `skipped` and `notes` lines).
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     directories = [directory for source in sources for directory in find_logs(source)]
-    logs = [read_log(directory) for directory in directories]
+    logs, skipped, notes = _read_logs(directories)
+    if not logs:
+        raise LogError("no log can be read: " + "; ".join(skipped))
+    if skipped and not allow_gaps:
+        lines = "\n".join(f"  {line}" for line in skipped)
+        raise LogGapError(
+            f"{len(skipped)} part(s) of the logs cannot be converted; nothing was written "
+            f"(pass --allow-gaps to convert what is intact):\n{lines}"
+        )
     if env_id is None:
         recorded = {log.env_id for log in logs}
         if None in recorded or len(recorded) != 1:
@@ -100,17 +176,23 @@ def convert_logs(
         env_id = recorded.pop()
     for log in logs:
         _check_spaces(env_id, log)
-    episodes = [record for log in logs for record in log_episodes(log)]
-    partial = sum(not episode.complete for log in logs for episode in log.episodes)
+    kept = {id(log): finite_episodes(log) for log in logs}
+    episodes = [record for log in logs for record in log_episodes(log, kept[id(log)])]
+    if not episodes:
+        raise LogGapError("no transition of the logs is finite: nothing to convert\n" + "\n".join(skipped))
     summary = {
         "dataset_id": dataset_id_from_name(name),
         "env_id": env_id,
         "logs": [str(log.directory.resolve()) for log in logs],
         "controllers": sorted({log.controller_id for log in logs}),
         "episodes": len(episodes),
-        "transitions": sum(len(log) for log in logs),
-        "partial_episodes": partial,
+        "transitions": sum(len(episode) for episode in episodes),
+        "logged_transitions": sum(len(log) for log in logs),
+        "nonfinite_transitions": sum(int(log.nonfinite().sum()) for log in logs),
+        "partial_episodes": sum(not episode.complete for pieces in kept.values() for episode in pieces),
         "dropped_batches": sum(log.dropped_batches for log in logs),
+        "skipped": skipped,
+        "notes": notes,
     }
     dataset = write_dataset(
         summary["dataset_id"],

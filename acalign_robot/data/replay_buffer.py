@@ -3,6 +3,10 @@
 Used for offline data (a buffer as large as the dataset), online fine-tuning and the learner process. Stores
 float32; `terminated` is the environment's termination (no bootstrap). Time-limit truncations are not stored as
 terminals, so targets bootstrap through them.
+
+A transition whose observation, next observation, action or reward is NaN or inf (a failed sensor on a robot) is
+never stored: it is counted in `nonfinite_dropped`. One such row would make every network that samples it, and so
+every checkpoint, non-finite.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class ReplayBuffer:
         self._next_index = 0
         self._size = 0
         self._added = 0
+        self.nonfinite_dropped = 0  # rows refused by add / add_batch (not saved in state_dict)
+        self.reward_abs_max = 0.0  # max |reward| of every row stored so far (a scale for divergence bounds)
 
     def __len__(self) -> int:
         return self._size
@@ -62,8 +68,22 @@ class ReplayBuffer:
         )
 
     def add_batch(self, obs, action, reward, next_obs, terminated) -> None:
-        """Add n transitions (arrays with n rows), wrapping around the end of the ring."""
+        """Add n transitions (arrays with n rows), wrapping around the end of the ring; non-finite rows are dropped."""
+        obs, action, reward, next_obs = map(np.asarray, (obs, action, reward, next_obs))
+        finite = (
+            np.isfinite(obs).all(axis=1)
+            & np.isfinite(action).all(axis=1)
+            & np.isfinite(reward)
+            & np.isfinite(next_obs).all(axis=1)
+        )
+        if not finite.all():
+            self.nonfinite_dropped += int(len(finite) - finite.sum())
+            obs, action, reward, next_obs = obs[finite], action[finite], reward[finite], next_obs[finite]
+            terminated = np.asarray(terminated)[finite]
         count = len(reward)
+        if count == 0:
+            return
+        self.reward_abs_max = max(self.reward_abs_max, float(np.abs(reward).max()))
         if count > self.capacity:  # only the newest `capacity` rows can survive
             obs, action, reward = obs[-self.capacity :], action[-self.capacity :], reward[-self.capacity :]
             next_obs, terminated = next_obs[-self.capacity :], terminated[-self.capacity :]
@@ -142,3 +162,4 @@ class ReplayBuffer:
         self._size = size
         self._next_index = int(state["next_index"])
         self._added = int(state["added"])
+        self.reward_abs_max = float(np.abs(self.reward[:size]).max()) if size else 0.0

@@ -155,3 +155,87 @@ def test_session_directory_finds_every_controller_log(tmp_path):
     assert find_logs(tmp_path / "session" / "controller-0") == [tmp_path / "session" / "controller-0" / "log"]
     meta = json.loads((tmp_path / "session" / "controller-0" / "log" / META_FILE).read_text())
     assert meta["controller_id"] == "controller-0" and meta["obs_dim"] is None
+
+
+def _chunked_log(tmp_path, chunks: int = 5):
+    """A log of `chunks` closed chunks of 16 transitions (one batch each)."""
+    with TransitionLog(tmp_path / "log", "test-0", chunk_transitions=16) as log:
+        _write(log, chunks)
+    return tmp_path / "log"
+
+
+def _digests(directory) -> dict:
+    import hashlib
+
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(directory.iterdir())}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda raw: raw[: len(raw) // 2], id="truncated"),
+        pytest.param(lambda raw: b"", id="zero-length"),
+        pytest.param(lambda raw: raw[:600] + bytes([raw[600] ^ 0xFF]) + raw[601:], id="byte-flipped"),
+    ],
+)
+def test_a_damaged_chunk_is_skipped_and_named_on_request_and_nothing_is_modified(tmp_path, damage):
+    directory = _chunked_log(tmp_path)
+    damaged = directory / "chunk-0000-000002.npz"
+    damaged.write_bytes(damage(damaged.read_bytes()))
+    before = _digests(directory)
+    with pytest.raises(LogError, match=r"chunk-0000-000002\.npz: damaged log chunk"):
+        read_log(directory)
+
+    data = read_log(directory, skip_damaged=True)
+
+    assert [p.name for p in data.chunks] == [f"chunk-0000-00000{i}.npz" for i in (0, 1, 3, 4)]
+    np.testing.assert_array_equal(data.seq, np.repeat([0, 1, 3, 4], 16))
+    (problem,) = data.problems
+    assert problem.path == damaged and problem.lost and "damaged chunk" in problem.reason
+    assert not any(e.start < 32 < e.stop for e in data.episodes)  # no episode spans the hole
+    assert _digests(directory) == before  # reading never repairs, renames or removes
+
+
+def test_a_missing_chunk_is_a_named_gap_and_cuts_the_episode(tmp_path):
+    directory = _chunked_log(tmp_path)
+    (directory / "chunk-0000-000001.npz").unlink()
+    (directory / "chunk-0000-000002.npz").unlink()
+
+    data = read_log(directory)
+
+    assert len(data) == 48
+    (gap,) = data.problems
+    assert gap.lost and gap.path == directory and "chunks 000001 to 000002 missing (2 chunks" in gap.reason
+    assert (data.episodes[0].start, data.episodes[0].stop, data.episodes[0].complete) == (0, 16, False)
+    (directory / "chunk-0000-000000.npz").unlink()  # a missing first chunk shows too
+    assert "chunks 000000 to 000002 missing (3 chunks" in read_log(directory).problems[0].reason
+
+
+def test_a_whole_temp_chunk_is_read_and_a_partial_one_is_named_lost(tmp_path):
+    directory = _chunked_log(tmp_path, chunks=4)
+    # A writer killed between fsync and rename leaves a whole chunk under its temp name.
+    (directory / "chunk-0000-000003.npz").rename(directory / ".chunk-0000-000003.npz.tmp")
+    data = read_log(directory)
+    assert len(data) == 64 and data.chunks[-1].name == ".chunk-0000-000003.npz.tmp"
+    (note,) = data.problems
+    assert not note.lost and "read as chunk-0000-000003.npz" in note.reason and data.lost == ()
+
+    (directory / ".chunk-0000-000003.npz.tmp").write_bytes(b"half a chunk")  # a writer killed mid-write
+    data = read_log(directory)
+    assert len(data) == 48
+    (lost,) = data.problems
+    assert lost.lost and "not whole" in lost.reason and lost.path.name == ".chunk-0000-000003.npz.tmp"
+
+
+def test_nonfinite_transitions_are_flagged_not_the_raw_policy_action(tmp_path):
+    import dataclasses
+
+    batch = synthetic_batch(0, 16, 0)
+    obs, reward = batch.obs.copy(), batch.reward.copy()
+    obs[3, 2], reward[7] = np.nan, np.inf
+    policy_action = batch.extras["policy_action"].copy()
+    policy_action[9] = np.nan  # a NaN policy output the safety filter replaced: the executed action is finite
+    batch = dataclasses.replace(batch, obs=obs, reward=reward, extras={**batch.extras, "policy_action": policy_action})
+    with TransitionLog(tmp_path / "log", "test-0") as log:
+        log.write(batch)
+    assert np.flatnonzero(read_log(tmp_path / "log").nonfinite()).tolist() == [3, 7]
