@@ -303,11 +303,16 @@ def _cmd_controller(args) -> int:
 
 def _cmd_learner(args) -> int:
     from acalign_robot import config as config_io
+    from acalign_robot.algo.checkpoint import NonFiniteCheckpointError
+    from acalign_robot.algo.train import DivergenceError
     from acalign_robot.learner.config import LearnerConfig
     from acalign_robot.learner.process import serve
 
     config = config_io.load(LearnerConfig, args.config, tuple(args.set or ()))
-    checkpoint = serve(config, resume=args.resume, ready_file=args.ready_file)
+    try:
+        checkpoint = serve(config, resume=args.resume, ready_file=args.ready_file)
+    except (DivergenceError, NonFiniteCheckpointError) as exc:
+        return _training_stopped(args, exc)
     print(f"learner stopped; checkpoint: {checkpoint}")
     return EXIT_OK
 

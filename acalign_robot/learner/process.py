@@ -102,7 +102,7 @@ import torch
 
 from acalign_robot.algo.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from acalign_robot.algo.pipeline import buffer_state, load_online_agent
-from acalign_robot.algo.train import resolve_device, set_torch_threads
+from acalign_robot.algo.train import DivergenceGuard, resolve_device, set_torch_threads
 from acalign_robot.errors import InputError
 from acalign_robot.export.onnx_export import build_artifact
 from acalign_robot.learner.config import LearnerConfig
@@ -278,6 +278,10 @@ class Learner:
         payload = load_checkpoint(source, "online")
         self.device = resolve_device(config.device)
         self.agent, self.buffer, aca_config = load_online_agent(payload, self.device)
+        # Stops the learner (DivergenceError, exit 1) when an update's statistics diverge; bounds scale with the
+        # largest |reward| seen (algo.train.DivergenceBounds).
+        self.guard = DivergenceGuard("online fine-tuning (learner)", "update", aca_config.sac.gamma)
+        self.reward_abs_max = float(np.abs(self.buffer.reward[: len(self.buffer)]).max(initial=0.0))
         self.batch_size = aca_config.sac.batch_size
         self.meta: dict[str, Any] = payload["meta"]
         self._aca_config_dict: dict = payload["config"]
@@ -470,6 +474,7 @@ class Learner:
         earning = min(count, max(0, len(self.buffer) + count - self.batch_size))
         action = np.clip((batch.action - self._action_offset) / self._action_scale, -1.0, 1.0)
         self.buffer.add_batch(batch.obs, action, batch.reward, batch.next_obs, batch.terminated)
+        self.reward_abs_max = max(self.reward_abs_max, float(np.abs(batch.reward).max()))
         self.env_steps += count
         self.update_credit += self.config.utd * earning
         stream.transitions += count
@@ -519,6 +524,7 @@ class Learner:
         deadline = time.monotonic() + budget_s
         while self.owed_updates > 0 and not (self._stop_requested or self._updates_exhausted()):
             info = self.agent.update(self.buffer.sample(self.batch_size, self.rng))
+            self.guard.check(self.updates, info, self.reward_abs_max)
             self.update_credit -= 1.0
             self.updates += 1
             ran += 1
@@ -579,6 +585,7 @@ class Learner:
         except BaseException:
             _temp_path(self.checkpoint_path).unlink(missing_ok=True)  # a full disk must not also leak the temp file
             raise
+        self.guard.saved(path, self.updates)
         for stream in self.streams.values():
             stream.ledger.mark_durable()
         self.acknowledge()  # at once: controllers may forget what is now durable

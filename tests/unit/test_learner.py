@@ -384,3 +384,23 @@ def test_stale_temp_files_are_removed_at_start_and_a_failed_save_leaves_none(mak
     with pytest.raises(OSError, match="No space"):
         learner.save()
     assert sorted(path.name for path in run_dir.glob(".learner.pt.*")) == []
+
+
+def test_a_diverged_update_stops_the_learner_and_keeps_the_last_checkpoint(make_config, fake_export):
+    from acalign_robot.algo.train import DivergenceError
+
+    rig = Rig(make_config(checkpoint_every_updates=5))
+    learner = rig.learner
+    rig.push(transition_batch("a", 0, 20))
+    learner.receive()
+    while learner.owed_updates > 0:
+        learner.train()
+    assert learner.updates == 20
+    kept = learner.checkpoint_path.read_bytes()
+    with torch.no_grad():  # what a runaway leaves behind: a critic weight gone to infinity
+        next(learner.agent.critic.parameters()).view(-1)[0] = float("inf")
+    rig.push(transition_batch("a", 1, 20))
+    learner.receive()
+    with pytest.raises(DivergenceError, match=r"diverged at update 20: .* is not finite; the last good checkpoint"):
+        learner.train()
+    assert learner.checkpoint_path.read_bytes() == kept
