@@ -26,10 +26,29 @@ def child(code: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], stdout=subprocess.PIPE, text=True)
 
 
-def test_the_learners_receiver_outlives_a_peer_that_fills_its_queue_and_leaves():
+def outlives_a_flood(server_code: str, frames: list[list[bytes]]) -> int:
+    """Run `server_code` (binds sys.argv[1], prints "bound", sleeps sys.argv[2] s without reading, then reads all and
+    prints "taken N") in a child; flood it with `frames` and leave while its queue is full; return N."""
     endpoint = free_tcp_endpoint()
-    receiver = child(
-        """
+    server = child(server_code, endpoint, str(1.0 + HEARTBEATS_S))
+    try:
+        assert server.stdout.readline().strip() == "bound"
+        flood = zmq.Context.instance().socket(zmq.DEALER)
+        flood.setsockopt(zmq.SNDHWM, 10_000)
+        flood.connect(endpoint)
+        for parts in frames:
+            flood.send_multipart(parts)
+        time.sleep(1.0)
+        flood.close(linger=0)  # gone while the server's queue for it is full
+        assert server.wait(timeout=30) == 0
+        return int(server.stdout.readline().split()[1])
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_the_learners_receiver_outlives_a_peer_that_fills_its_queue_and_leaves():
+    receiver = """
         import sys, time
         from acalign_robot.runtime.transport import ZmqTransitionReceiver
         with ZmqTransitionReceiver(sys.argv[1], queue_messages=4) as receiver:
@@ -39,25 +58,8 @@ def test_the_learners_receiver_outlives_a_peer_that_fills_its_queue_and_leaves()
             while receiver.recv(0.5) is not None:
                 taken += 1
             print("taken", taken, flush=True)
-        """,
-        endpoint,
-        str(1.0 + HEARTBEATS_S),
-    )
-    try:
-        assert receiver.stdout.readline().strip() == "bound"
-        flood = zmq.Context.instance().socket(zmq.DEALER)
-        flood.setsockopt(zmq.SNDHWM, 10_000)
-        flood.connect(endpoint)
-        frame = encode(transition_batch("flood@1", 0, 2))
-        for _ in range(500):
-            flood.send(frame)
-        time.sleep(1.0)
-        flood.close(linger=0)  # gone while the learner's queue for it is full
-        assert receiver.wait(timeout=30) == 0
-        assert int(receiver.stdout.readline().split()[1]) >= 4
-    finally:
-        receiver.kill()
-        receiver.wait()
+        """
+    assert outlives_a_flood(receiver, [[encode(transition_batch("flood@1", 0, 2))]] * 500) >= 4
 
 
 def test_a_controllers_sender_outlives_a_learner_that_leaves_while_its_acks_wait_unread():
@@ -104,9 +106,7 @@ def test_a_controllers_sender_outlives_a_learner_that_leaves_while_its_acks_wait
 def test_a_drivers_control_server_outlives_a_peer_that_fills_its_queue_and_leaves():
     """The driver's ROUTER is reachable by any local process; a driver busy in a slow step (a real robot's SDK call)
     does not read meanwhile."""
-    endpoint = free_tcp_endpoint()
-    server = child(
-        """
+    server = """
         import sys, time
         from acalign_robot.runtime.transport import ZmqControlServer
         with ZmqControlServer(sys.argv[1]) as server:
@@ -116,21 +116,5 @@ def test_a_drivers_control_server_outlives_a_peer_that_fills_its_queue_and_leave
             while server.recv(0.5) is not None:
                 taken += 1
             print("taken", taken, flush=True)
-        """,
-        endpoint,
-        str(1.0 + HEARTBEATS_S),
-    )
-    try:
-        assert server.stdout.readline().strip() == "bound"
-        flood = zmq.Context.instance().socket(zmq.DEALER)
-        flood.setsockopt(zmq.SNDHWM, 10_000)
-        flood.connect(endpoint)
-        for _ in range(5000):
-            flood.send_multipart([bytes(8), b"x" * 100])
-        time.sleep(1.0)
-        flood.close(linger=0)  # gone while the driver's queue for it is full
-        assert server.wait(timeout=30) == 0
-        assert int(server.stdout.readline().split()[1]) >= 1
-    finally:
-        server.kill()
-        server.wait()
+        """
+    assert outlives_a_flood(server, [[bytes(8), b"x" * 100]] * 5000) >= 1
