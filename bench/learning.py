@@ -4,7 +4,8 @@ For each dataset: pre-train once (phase 1, reused when the checkpoint exists), t
 naive baseline and ACA from that same checkpoint (`acalign align` + `acalign finetune`, real CLI subprocesses,
 1 torch thread each). Reports, in D4RL-normalised score (dataset reference returns):
 - switch: the score of the offline actor when online fine-tuning starts;
-- dip: the minimum evaluation over the first 10% of online steps (the collapse ACA is meant to remove);
+- dip: the minimum evaluation over the first 10% of online steps, or the first online evaluation if none falls
+  there (the collapse ACA is meant to remove);
 - worst: the minimum over all online evaluations; final: the mean of the last 10% of the evaluations.
 Offline-only is the switch score carried to the end (no online learning). Across seeds each figure is the IQM with a
 95% stratified-bootstrap confidence interval (rliable, Agarwal et al. 2021), and the issue's bar is checked on the
@@ -136,7 +137,9 @@ def online_run(offline: Path, method: str, seed: int, scale: Scale, overrides: l
 def summarize(scores: list[tuple[int, float]], online_steps: int) -> dict[str, float]:
     switch = scores[0][1]
     online = scores[1:] or scores
-    early = [s for step, s in online if step - scores[0][0] <= 0.1 * online_steps] or [switch]
+    # The first 10% of the online steps, and at least the first online evaluation (a short run evaluated every
+    # 1000 steps has none inside its first 10%).
+    early = [s for step, s in online if step - scores[0][0] <= 0.1 * online_steps] or [online[0][1]]
     last = online[-max(1, round(0.1 * len(online))) :]
     return {
         "switch": switch,
@@ -219,8 +222,9 @@ def plot(runs: list[dict], datasets: list[str], out: Path) -> None:
     figure, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
     for axis, dataset in zip(axes[0], datasets):
         methods = sorted({run["method"] for run in runs if run["dataset"] == dataset})
-        for index, method in enumerate(methods):
-            color = "tab:red" if method == "naive" else f"C{index}"
+        others = iter(("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive"))
+        for method in methods:
+            color = "tab:red" if method == "naive" else next(others, "tab:gray")
             curves = [run["curve"] for run in runs if run["dataset"] == dataset and run["method"] == method]
             length = min(len(curve) for curve in curves)
             steps = [step for step, _ in curves[0][:length]]

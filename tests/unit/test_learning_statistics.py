@@ -17,6 +17,11 @@ def test_final_is_the_mean_of_the_last_tenth_and_dip_the_early_minimum():
     assert figures["final"] == pytest.approx((59.0 + 60.0) / 2)  # the last 2 of 20
 
 
+def test_a_short_run_dips_at_least_at_its_first_evaluation():
+    scores = [(0, 90.0), (1000, 70.0), (2000, 50.0), (3000, 60.0)]
+    assert summarize(scores, online_steps=3000)["dip"] == 70.0  # no evaluation inside the first 300 steps
+
+
 def test_iqm_trims_the_outer_quartiles_and_its_interval_contains_it():
     point, low, high = iqm_with_ci([1.0, 2.0, 3.0, 4.0, 100.0])
     assert point == pytest.approx(3.0)  # the seed at 100 is trimmed away
