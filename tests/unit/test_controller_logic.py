@@ -74,6 +74,9 @@ def test_rollback_reverts_to_the_last_good_version_and_refuses_the_bad_one(slow_
         slow_masses_driver,
         episodes=60,
         rollback=RollbackConfig(enabled=True, baseline_episodes=3, window=2, fraction=0.5, patience=2),
+        # This test is about rollback, not the swap gate's latency check: at 2 kHz (0.125 ms of budget) a busy
+        # machine's scheduling noise alone refused the pushing version.
+        max_inference_fraction=1.0,
     )
     publisher = MemoryPolicyPublisher()
     learner = MemoryTransitionReceiver()
