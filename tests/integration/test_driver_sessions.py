@@ -27,10 +27,23 @@ def step(client: ZmqControlClient, tick: int) -> p.Message:
     return client.request(p.Step(tick=tick, action=ACTION), 5.0)
 
 
-@pytest.mark.parametrize("interval_s", [0.0, WATCHDOG_MS / 1000 / 3], ids=["flood", "paced"])
-def test_other_clients_traffic_cannot_hold_off_the_watchdog(processes, tmp_path, interval_s):
+def served_driver(processes, tmp_path) -> str:
+    """A MuJoCo Hopper driver process with the test's watchdog; its endpoint."""
     endpoint = free_tcp_endpoint()
     start_driver(processes, tmp_path, endpoint, watchdog_ms=WATCHDOG_MS)
+    return endpoint
+
+
+def open_session(client: ZmqControlClient, ticks: int = 1) -> None:
+    """Reset (which opens the client's session) and step ticks 0 .. ticks - 1."""
+    assert isinstance(client.request(p.Reset(seed=0), 5.0), p.ResetReply)
+    for tick in range(ticks):
+        assert isinstance(step(client, tick), p.StepReply)
+
+
+@pytest.mark.parametrize("interval_s", [0.0, WATCHDOG_MS / 1000 / 3], ids=["flood", "paced"])
+def test_other_clients_traffic_cannot_hold_off_the_watchdog(processes, tmp_path, interval_s):
+    endpoint = served_driver(processes, tmp_path)
     context = zmq.Context()
     other = context.socket(zmq.DEALER)  # a client that sends and never reads its replies
     other.setsockopt(zmq.LINGER, 0)
@@ -38,9 +51,7 @@ def test_other_clients_traffic_cannot_hold_off_the_watchdog(processes, tmp_path,
     heartbeat = p.encode(p.Heartbeat(sender="other", time_s=0.0, state="x"))
     try:
         with ZmqControlClient(endpoint) as controller:
-            assert isinstance(controller.request(p.Reset(seed=0), 5.0), p.ResetReply)
-            for tick in range(10):
-                assert isinstance(step(controller, tick), p.StepReply)
+            open_session(controller, ticks=10)
             # The controller falls silent; another local client keeps the driver busy.
             until = time.monotonic() + 1.0
             while time.monotonic() < until:
@@ -57,11 +68,9 @@ def test_other_clients_traffic_cannot_hold_off_the_watchdog(processes, tmp_path,
 
 
 def test_another_client_can_neither_step_nor_move_the_tick_of_a_live_session(processes, tmp_path):
-    endpoint = free_tcp_endpoint()
-    start_driver(processes, tmp_path, endpoint, watchdog_ms=WATCHDOG_MS)
+    endpoint = served_driver(processes, tmp_path)
     with ZmqControlClient(endpoint) as controller, ZmqControlClient(endpoint) as intruder:
-        assert isinstance(controller.request(p.Reset(seed=0), 5.0), p.ResetReply)
-        assert isinstance(step(controller, 0), p.StepReply)
+        open_session(controller)
         refused = [step(intruder, 2**64 - 1), intruder.request(p.Reset(seed=1), 5.0)]
         refused.append(intruder.request(p.Release(reason="not mine"), 5.0))
         assert [type(reply) for reply in refused] == [p.Error] * 3
@@ -73,11 +82,9 @@ def test_another_client_can_neither_step_nor_move_the_tick_of_a_live_session(pro
 
 
 def test_a_silent_session_is_taken_over_by_the_next_reset(processes, tmp_path):
-    endpoint = free_tcp_endpoint()
-    start_driver(processes, tmp_path, endpoint, watchdog_ms=WATCHDOG_MS)
+    endpoint = served_driver(processes, tmp_path)
     with ZmqControlClient(endpoint) as crashed, ZmqControlClient(endpoint) as successor:
-        assert isinstance(crashed.request(p.Reset(seed=0), 5.0), p.ResetReply)
-        assert isinstance(step(crashed, 0), p.StepReply)
+        open_session(crashed)
         time.sleep(2 * WATCHDOG_MS / 1000)
         assert isinstance(successor.request(p.Reset(seed=0), 5.0), p.ResetReply)
         assert isinstance(step(successor, 0), p.StepReply)  # a new session: its ticks start again
@@ -87,12 +94,9 @@ def test_a_silent_session_is_taken_over_by_the_next_reset(processes, tmp_path):
 
 
 def test_release_disarms_the_watchdog(processes, tmp_path):
-    endpoint = free_tcp_endpoint()
-    start_driver(processes, tmp_path, endpoint, watchdog_ms=WATCHDOG_MS)
+    endpoint = served_driver(processes, tmp_path)
     with ZmqControlClient(endpoint) as controller, ZmqControlClient(endpoint) as next_client:
-        assert isinstance(controller.request(p.Reset(seed=0), 5.0), p.ResetReply)
-        for tick in range(5):
-            assert isinstance(step(controller, tick), p.StepReply)
+        open_session(controller, ticks=5)
         assert isinstance(controller.request(p.Release(reason="done"), 5.0), p.Heartbeat)
         time.sleep(3 * WATCHDOG_MS / 1000)
         assert isinstance(next_client.request(p.Reset(seed=0), 5.0), p.ResetReply)  # free at once
@@ -101,8 +105,7 @@ def test_release_disarms_the_watchdog(processes, tmp_path):
 
 
 def test_a_clean_controller_stop_leaves_the_watchdog_quiet(processes, tmp_path, hopper_policy):
-    endpoint = free_tcp_endpoint()
-    start_driver(processes, tmp_path, endpoint, watchdog_ms=WATCHDOG_MS)
+    endpoint = served_driver(processes, tmp_path)
     config = _write(
         tmp_path / "controller.yaml",
         {"driver_endpoint": endpoint, "policy": str(hopper_policy), "ticks": 150, "output_dir": str(tmp_path / "c")},
@@ -176,8 +179,7 @@ class SessionHolder:
 
 
 def test_a_controller_that_never_gets_a_session_exits_non_zero(processes, tmp_path, hopper_policy):
-    endpoint = free_tcp_endpoint()
-    start_driver(processes, tmp_path, endpoint, watchdog_ms=WATCHDOG_MS)
+    endpoint = served_driver(processes, tmp_path)
     output = tmp_path / "ctl"
     config = _write(
         tmp_path / "controller.yaml",
