@@ -104,3 +104,16 @@ def aligned_hopper_checkpoint(tmp_path, make_checkpoint):
     offline = make_checkpoint("Hopper-v5")
     config = load_preset("medium", ("sac.hidden_sizes=[32, 32]", "sac.batch_size=64"))
     return align_checkpoint(offline, tmp_path / "aligned-aca.pt", config, buffer_capacity=50_000)
+
+
+@pytest.fixture
+def client_context():
+    """The connecting side's own ZeroMQ context (a robot computer's process); destroying it closes the test's
+    clients."""
+    import zmq
+
+    context = zmq.Context()
+    try:
+        yield context
+    finally:
+        context.destroy(linger=0)

@@ -61,16 +61,6 @@ def link(keys: Path, client: str = "robot1") -> SecurityConfig:
     )
 
 
-@pytest.fixture
-def client_context() -> Iterator[zmq.Context]:
-    """The connecting side's own context (a robot computer's process); destroying it closes the test's clients."""
-    context = zmq.Context()
-    try:
-        yield context
-    finally:
-        context.destroy(linger=0)
-
-
 def batch(controller_id: str, seq: int) -> TransitionBatch:
     size, obs_dim = 2, 3
     return TransitionBatch(

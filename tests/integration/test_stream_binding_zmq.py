@@ -4,7 +4,6 @@ the client key; a peer that knows a stream id (and even its routing id) cannot s
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,9 @@ import zmq
 
 from acalign_robot.runtime.delivery import StreamRefused
 from acalign_robot.runtime.protocol import Stats, TransitionAck, TransitionBatch
-from acalign_robot.runtime.security import SecurityConfig, client_keys, generate_keys, load_public_key, secure_context
+from acalign_robot.runtime.security import client_keys, generate_keys, load_public_key, secure_context
 from acalign_robot.runtime.transport import ZmqTransitionReceiver, ZmqTransitionSender, free_tcp_endpoint
+from tests.integration.test_security_zmq import link
 from tests.learner_helpers import transition_batch
 
 pytestmark = [
@@ -33,25 +33,6 @@ def keys(tmp_path) -> Path:
     for name in ("robot1", "robot2"):
         shutil.copy(tmp_path / f"{name}.key", tmp_path / "clients" / f"{name}.key")
     return tmp_path
-
-
-def link(keys: Path, client: str) -> SecurityConfig:
-    return SecurityConfig(
-        curve=True,
-        keys_dir=str(keys),
-        server_key="learner",
-        client_key=client,
-        authorized_clients_dir=str(keys / "clients"),
-    )
-
-
-@pytest.fixture
-def client_context() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    try:
-        yield context
-    finally:
-        context.destroy(linger=0)
 
 
 def next_message(receiver: ZmqTransitionReceiver) -> TransitionBatch | Stats | StreamRefused:
