@@ -207,7 +207,7 @@ def _cmd_eval(args) -> int:
 
         result = evaluate_checkpoint(target, args.env, args.episodes, args.seed)
     else:
-        from acalign_robot.runtime.evaluate import evaluate_policy
+        from acalign_robot.policy.evaluate import evaluate_policy
 
         result = evaluate_policy(target, args.env, args.episodes, args.seed)
     print(json.dumps(result, indent=2))
@@ -236,8 +236,8 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_policies_list(args) -> int:
-    from acalign_robot.runtime.artifacts import MANIFEST_FILE, list_policies
-    from acalign_robot.runtime.manifest import PolicyError, load_manifest
+    from acalign_robot.policy.manifest import PolicyError, load_manifest
+    from acalign_robot.policy.store import MANIFEST_FILE, list_policies
 
     policies = list_policies(args.policies_dir)
     if not policies:
@@ -258,8 +258,8 @@ def _cmd_policies_list(args) -> int:
 
 
 def _cmd_policies_show(args) -> int:
-    from acalign_robot.runtime.artifacts import POLICY_FILE, read_artifact, resolve_ref
-    from acalign_robot.runtime.manifest import PolicyError, sha256_hex
+    from acalign_robot.policy.manifest import PolicyError, sha256_hex
+    from acalign_robot.policy.store import POLICY_FILE, read_artifact, resolve_ref
 
     directory = resolve_ref(args.policies_dir, args.ref)
     onnx_bytes, manifest = read_artifact(directory)
@@ -279,7 +279,7 @@ def _cmd_demo(args) -> int:
 
 def _cmd_driver(args) -> int:
     from acalign_robot import config as config_io
-    from acalign_robot.runtime.driver_server import DriverConfig, serve
+    from acalign_robot.drivers.server import DriverConfig, serve
 
     serve(config_io.load(DriverConfig, args.config, tuple(args.set or ())), ready_file=args.ready_file)
     return EXIT_OK
@@ -289,7 +289,7 @@ def _cmd_controller(args) -> int:
     import json
 
     from acalign_robot import config as config_io
-    from acalign_robot.runtime.controller import ControllerConfig, run_controller
+    from acalign_robot.controller.process import ControllerConfig, run_controller
 
     config = config_io.load(ControllerConfig, args.config, tuple(args.set or ()))
     stats = run_controller(config, ready_file=args.ready_file)
@@ -352,7 +352,7 @@ def _cmd_launch(args) -> int:
 
 
 def _cmd_keys_generate(args) -> int:
-    from acalign_robot.runtime.security import generate_keys
+    from acalign_robot.wire.security import generate_keys
 
     public_file, secret_file = generate_keys(args.dir, args.name, force=args.force)
     print(f"public key: {public_file} (give it to the peers that must trust this key)")
@@ -361,7 +361,7 @@ def _cmd_keys_generate(args) -> int:
 
 
 def _cmd_keys_show(args) -> int:
-    from acalign_robot.runtime.security import key_files, load_public_key
+    from acalign_robot.wire.security import key_files, load_public_key
 
     public_file, _ = key_files(args.dir, args.name)
     print(load_public_key(public_file).decode("ascii"))
@@ -369,7 +369,7 @@ def _cmd_keys_show(args) -> int:
 
 
 def _cmd_logs_convert(args) -> int:
-    from acalign_robot.data.logs import convert_logs
+    from acalign_robot.robot_log.to_minari import convert_logs
 
     dataset, summary = convert_logs(args.source, args.name, args.env, force=args.force, allow_gaps=args.allow_gaps)
     for line in summary["skipped"]:
@@ -388,7 +388,7 @@ def _cmd_logs_convert(args) -> int:
 def _cmd_replay_open_loop(args) -> int:
     import json
 
-    from acalign_robot.data.log_replay import open_loop, read_single_log
+    from acalign_robot.data.log_analysis import open_loop, read_single_log
 
     log = read_single_log(args.log)
     result = open_loop(log, args.env, Path(args.out) if args.out else log.directory.parent / "open-loop")
@@ -398,7 +398,7 @@ def _cmd_replay_open_loop(args) -> int:
 
 def _cmd_replay_render(args) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless; must be set before mujoco is imported
-    from acalign_robot.data.log_replay import read_single_log, render_log
+    from acalign_robot.data.log_analysis import read_single_log, render_log
 
     log = read_single_log(args.log)
     result = render_log(log, args.out, args.env, episodes=args.episodes, width=args.width, height=args.height)
@@ -409,7 +409,7 @@ def _cmd_replay_render(args) -> int:
 def _cmd_replay_eval(args) -> int:
     import json
 
-    from acalign_robot.data.log_replay import evaluate_on_log, read_single_log
+    from acalign_robot.data.log_analysis import evaluate_on_log, read_single_log
 
     if args.checkpoint:
         _set_threads(1)

@@ -83,9 +83,9 @@ def run_demo(out_dir: Path, config: DemoConfig = DemoConfig()) -> dict:
 def _launch(config: DemoConfig, aligned: Path, artifact: Path, out_dir: Path) -> dict:
     import time
 
+    from acalign_robot.controller.process import ControllerConfig
+    from acalign_robot.drivers.server import DriverConfig
     from acalign_robot.learner.config import LearnerConfig
-    from acalign_robot.runtime.controller import ControllerConfig
-    from acalign_robot.runtime.driver_server import DriverConfig
     from acalign_robot.session.schema import LaunchConfig, Robot, check_session
     from acalign_robot.session.supervisor import Supervisor
 

@@ -72,7 +72,7 @@ _MODULES: dict[str, tuple[Module, ...]] = {
 # What a role's processes import: the real test that everything below them is installed. (The MuJoCo driver imports
 # gymnasium lazily, so the sim's probe is gymnasium's MuJoCo envs themselves.)
 _ENTRY_MODULES = {
-    "controller": ("acalign_robot.runtime.controller", "acalign_robot.runtime.driver_server"),
+    "controller": ("acalign_robot.controller.process", "acalign_robot.drivers.server"),
     "learner": ("acalign_robot.learner.process",),
     "sim": ("gymnasium.envs.mujoco.hopper_v5",),
 }
@@ -210,7 +210,7 @@ def _mujoco_gl_checks() -> list[Check]:
 
 
 def _realtime_checks() -> list[Check]:
-    from acalign_robot.runtime.realtime import max_fifo_priority
+    from acalign_robot.realtime import max_fifo_priority
 
     highest = max_fifo_priority()
     if highest:

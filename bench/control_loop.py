@@ -7,7 +7,7 @@ DEALER/ROUTER round trip to an echo process plus one onnxruntime call of the sam
 paced at each rate (sleeping between iterations as the controller does). The driver runs Hopper-v5 with one 2 ms
 physics step per tick (sim/hopper_500hz.yaml), as fast as asked (no real-time pacing), so the controller's rate is
 what is measured. Options compare the link (loopback TCP or ipc://), the scheduler (`--priority`: SCHED_FIFO for
-controller and driver, runtime/realtime.py) and a machine shared with CPU-bound work (`--load`: stand-ins for
+controller and driver, realtime.py) and a machine shared with CPU-bound work (`--load`: stand-ins for
 learners). Prints a table and writes bench/out/control_loop.json.
 
     python bench/control_loop.py [--seconds 5] [--rates 100 500 1000] [--logging on|off|both] [--wait sleep|spin|both]
@@ -32,12 +32,12 @@ from typing import NamedTuple
 import numpy as np
 from runtime_rig import bench_endpoint, export_hopper_policy, hopper_driver, run_controller
 
-from acalign_robot.runtime import realtime
-from acalign_robot.runtime.realtime import RealtimeConfig
+from acalign_robot import realtime
+from acalign_robot.realtime import RealtimeConfig
 
 ECHO_SERVER = """
 import sys, zmq
-from acalign_robot.runtime.realtime import RealtimeConfig, apply
+from acalign_robot.realtime import RealtimeConfig, apply
 apply(RealtimeConfig(priority=int(sys.argv[2]) or None), "echo")  # before the context: its I/O thread inherits it
 socket = zmq.Context().socket(zmq.ROUTER)
 socket.setsockopt(zmq.LINGER, 0)
@@ -66,7 +66,7 @@ def measure_floor(
     both ends under SCHED_FIFO at `priority` (0: the normal scheduler)."""
     import zmq
 
-    from acalign_robot.runtime.policy import PolicyRunner
+    from acalign_robot.policy.runner import PolicyRunner
 
     command = [sys.executable, "-c", ECHO_SERVER, endpoint, str(priority)]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)

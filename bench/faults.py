@@ -41,7 +41,7 @@ class Rig:
     """A driver process and a controller process in a scratch directory; everything is killed by `close()`."""
 
     def __init__(self, workdir: Path, policy: Path, name: str, driver_fields=None, controller_fields=None):
-        from acalign_robot.runtime.transport import free_tcp_endpoint
+        from acalign_robot.wire.transport import free_tcp_endpoint
 
         self.dir = workdir / name
         self.dir.mkdir()
@@ -81,8 +81,8 @@ class Rig:
         return process
 
     def driver_stats(self) -> dict:
-        from acalign_robot.runtime import protocol as p
-        from acalign_robot.runtime.transport import ZmqControlClient
+        from acalign_robot.wire import protocol as p
+        from acalign_robot.wire.transport import ZmqControlClient
 
         with ZmqControlClient(self.endpoint) as client:
             return dict(client.request(p.Stats(source="bench", values={}), 5.0).values)
@@ -92,7 +92,7 @@ class Rig:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def logged(self) -> int:
-        from acalign_robot.runtime.transition_log import LogError, read_log
+        from acalign_robot.robot_log.transition_log import LogError, read_log
 
         try:
             return len(read_log(self.dir / "ctl" / "log").reward)
@@ -156,7 +156,7 @@ def controller_killed(workdir: Path, policy: Path) -> dict:
 
 
 def learner_killed(workdir: Path, policy: Path) -> dict:
-    from acalign_robot.runtime.transport import free_tcp_endpoint
+    from acalign_robot.wire.transport import free_tcp_endpoint
 
     transitions, policies = free_tcp_endpoint(), free_tcp_endpoint()
     rig = Rig(
@@ -364,7 +364,7 @@ def policy_frame_expansion(workdir: Path, policy: Path) -> dict:
     import msgpack
     import zmq
 
-    from acalign_robot.runtime.transport import free_tcp_endpoint
+    from acalign_robot.wire.transport import free_tcp_endpoint
 
     nested = msgpack.packb([[]] * 16_000_000)  # 15.3 MiB of empty lists
     manifest = {"v": 1, "t": "policy", "version": 9, "onnx": b"x", "manifest": {str(i): i for i in range(10**6)}}
@@ -403,7 +403,7 @@ def policy_frame_expansion(workdir: Path, policy: Path) -> dict:
 
 
 def watchdog_under_flood(workdir: Path, policy: Path) -> dict:
-    from acalign_robot.runtime import protocol as p
+    from acalign_robot.wire import protocol as p
 
     rig = Rig(workdir, policy, "watchdog-flood", controller_fields={"duration_s": 60})
     try:
@@ -438,7 +438,7 @@ def watchdog_under_flood(workdir: Path, policy: Path) -> dict:
 
 
 def foreign_step(workdir: Path, policy: Path) -> dict:
-    from acalign_robot.runtime import protocol as p
+    from acalign_robot.wire import protocol as p
 
     rig = Rig(workdir, policy, "foreign-step")
     try:

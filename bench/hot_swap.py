@@ -42,7 +42,7 @@ def make_policies(count: int, directory: Path) -> list[tuple[bytes, dict]]:
     import onnx
     from onnx import numpy_helper
 
-    from acalign_robot.runtime.manifest import sha256_hex
+    from acalign_robot.policy.manifest import sha256_hex
 
     _, onnx_bytes, manifest = export_hopper_policy(directory)
     versions = [(onnx_bytes, manifest)]
@@ -61,8 +61,8 @@ def make_policies(count: int, directory: Path) -> list[tuple[bytes, dict]]:
 
 def publish(endpoint: str, versions: list[tuple[bytes, dict]], period_s: float, stop: threading.Event) -> list:
     """Publish versions 2, 3, ... every period_s from this thread; returns [(version, wall time sent)]."""
-    from acalign_robot.runtime import protocol as p
-    from acalign_robot.runtime.transport import ZmqPolicyPublisher
+    from acalign_robot.wire import protocol as p
+    from acalign_robot.wire.transport import ZmqPolicyPublisher
 
     sent = []
     with ZmqPolicyPublisher(endpoint) as publisher:
@@ -77,7 +77,7 @@ def publish(endpoint: str, versions: list[tuple[bytes, dict]], period_s: float, 
 
 
 def run(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path, versions, swap_every_s: float | None):
-    from acalign_robot.runtime.transport import free_tcp_endpoint
+    from acalign_robot.wire.transport import free_tcp_endpoint
 
     label = "swaps" if swap_every_s else "none"
     policy_endpoint = free_tcp_endpoint()
@@ -145,7 +145,7 @@ def hostile_frames(kind: str, manifest: dict):
 def run_hostile(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path, manifest: dict, kind: str) -> dict:
     import zmq
 
-    from acalign_robot.runtime.transport import free_tcp_endpoint
+    from acalign_robot.wire.transport import free_tcp_endpoint
 
     policy_endpoint = free_tcp_endpoint()
     stop, sent = threading.Event(), [0]

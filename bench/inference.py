@@ -31,7 +31,7 @@ import torch
 
 from acalign_robot.algo.networks import ObservationNormalizer, TanhGaussianActor
 from acalign_robot.export.onnx_export import build_artifact
-from acalign_robot.runtime.policy import PolicyRunner, session_options
+from acalign_robot.policy.runner import PolicyRunner, session_options
 
 OBS_DIM, ACTION_DIM, HIDDEN = 11, 3, (256, 256)
 OUT = Path(__file__).parent / "out" / "inference.json"

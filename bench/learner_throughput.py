@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 from runtime_rig import aligned_checkpoint
 
-from acalign_robot.runtime.protocol import TransitionBatch
-from acalign_robot.runtime.transport import ZmqTransitionSender, free_tcp_endpoint
+from acalign_robot.wire.protocol import TransitionBatch
+from acalign_robot.wire.transport import ZmqTransitionSender, free_tcp_endpoint
 
 OBS, ACT, BATCH, HIDDEN = 11, 3, 256, 256
 TRANSITIONS_PER_MESSAGE = 10
@@ -51,7 +51,7 @@ def synthetic_controller(endpoint: str, index: int, rate_hz: float, stop, result
     deadline = time.monotonic()
     while not stop.is_set():
         batch = TransitionBatch(
-            controller_id=controller_id,
+            stream_id=controller_id,
             seq=seq,
             policy_version=np.ones(n, np.int64),
             obs=rng.normal(size=(n, OBS)).astype(np.float32),
@@ -89,7 +89,7 @@ def streaming_stage(checkpoint: Path, work_dir: Path, controllers: int, rate_hz:
     """The learner loop fed by `controllers` processes for a `seconds` window that opens at their first batch."""
     from acalign_robot.learner.config import LearnerConfig
     from acalign_robot.learner.process import Learner
-    from acalign_robot.runtime.transport import ZmqPolicyPublisher, ZmqTransitionReceiver
+    from acalign_robot.wire.transport import ZmqPolicyPublisher, ZmqTransitionReceiver
 
     config = LearnerConfig(
         checkpoint=str(checkpoint),

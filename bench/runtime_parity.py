@@ -59,9 +59,9 @@ def in_process(demo, aligned: Path, steps: int, seed: int, out: Path) -> list[tu
 
 
 def through_runtime(demo, aligned: Path, artifact: Path, steps: int, seed: int, out: Path) -> list[tuple[int, float]]:
+    from acalign_robot.controller.process import ControllerConfig
+    from acalign_robot.drivers.server import DriverConfig
     from acalign_robot.learner.config import LearnerConfig
-    from acalign_robot.runtime.controller import ControllerConfig
-    from acalign_robot.runtime.driver_server import DriverConfig
     from acalign_robot.session.schema import LaunchConfig, Robot
     from acalign_robot.session.supervisor import Supervisor
 

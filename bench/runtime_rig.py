@@ -35,7 +35,7 @@ def export_hopper_policy(directory: Path) -> tuple[Path, bytes, dict]:
 
     from acalign_robot.algo.networks import TanhGaussianActor
     from acalign_robot.export.onnx_export import build_artifact
-    from acalign_robot.runtime.artifacts import MANIFEST_FILE, POLICY_FILE
+    from acalign_robot.policy.store import MANIFEST_FILE, POLICY_FILE
 
     torch.manual_seed(0)
     actor = TanhGaussianActor(11, 3, (256, 256)).requires_grad_(False)
@@ -78,7 +78,7 @@ def aligned_checkpoint(path: Path, seeded: int = 10_000) -> Path:
 
 def bench_endpoint(workdir: Path, transport: str = "tcp") -> str:
     """A free loopback TCP endpoint, or a fresh Unix socket path under `workdir` (`transport` "ipc")."""
-    from acalign_robot.runtime.transport import free_tcp_endpoint
+    from acalign_robot.wire.transport import free_tcp_endpoint
 
     if transport == "tcp":
         return free_tcp_endpoint()

@@ -1,4 +1,4 @@
-"""Cost of the durable transition log (runtime/transition_log.py): writer throughput and the control thread's cost.
+"""Cost of the durable transition log (robot_log/transition_log.py): writer throughput and the control thread's cost.
 
 Hopper sizes (obs 11, action 3), batches of 64 transitions as the controller builds them (policy_action and
 safety_flags extras), chunks of 4096 (the default) written with fsync to a directory on the repository's disk.
@@ -40,9 +40,9 @@ import torch
 
 from acalign_robot.algo.networks import TanhGaussianActor
 from acalign_robot.export.onnx_export import build_artifact
-from acalign_robot.runtime.policy import PolicyRunner
-from acalign_robot.runtime.protocol import TransitionBatch
-from acalign_robot.runtime.transition_log import TransitionLog, read_log
+from acalign_robot.policy.runner import PolicyRunner
+from acalign_robot.robot_log.transition_log import TransitionLog, read_log
+from acalign_robot.wire.protocol import TransitionBatch
 
 OBS_DIM, ACTION_DIM, BATCH = 11, 3, 64
 RATE_HZ = 500.0
@@ -54,7 +54,7 @@ TARGET_THROUGHPUT = 50_000
 
 def make_batch(seq: int, rng: np.random.Generator) -> TransitionBatch:
     return TransitionBatch(
-        controller_id="bench",
+        stream_id="bench",
         seq=seq,
         policy_version=np.full(BATCH, 1, np.int64),
         obs=rng.normal(size=(BATCH, OBS_DIM)).astype(np.float32),
@@ -125,7 +125,7 @@ class Batcher:
             return None
         self.filled = 0
         batch = TransitionBatch(
-            controller_id="bench",
+            stream_id="bench",
             seq=self.seq,
             policy_version=np.ones(BATCH, np.int64),
             obs=self.obs.copy(),

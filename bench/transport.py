@@ -31,7 +31,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from acalign_robot.runtime.protocol import (
+from acalign_robot.wire.protocol import (
     Policy,
     Step,
     StepReply,
@@ -39,7 +39,7 @@ from acalign_robot.runtime.protocol import (
     decode,
     encode,
 )
-from acalign_robot.runtime.transport import (
+from acalign_robot.wire.transport import (
     ZmqControlClient,
     ZmqControlServer,
     ZmqTransitionReceiver,
@@ -71,7 +71,7 @@ def step_reply(tick: int) -> StepReply:
 def transition_batch(seq: int) -> TransitionBatch:
     rng = np.random.default_rng(seq)
     return TransitionBatch(
-        controller_id="bench",
+        stream_id="bench",
         seq=seq,
         policy_version=np.ones(BATCH, np.int64),
         obs=rng.standard_normal((BATCH, OBS_DIM)).astype(np.float32),

@@ -65,17 +65,17 @@ def random_transitions(rng: np.random.Generator, count: int) -> tuple[np.ndarray
     )
 
 
-def transition_batch(controller_id: str, seq: int, count: int, seed: int = 0, resend_from: int | None = 0):
+def transition_batch(stream_id: str, seq: int, count: int, seed: int = 0, resend_from: int | None = 0):
     """A TransitionBatch as a controller sends it: actions in the env's units (within ACTION_LOW..ACTION_HIGH).
 
     `resend_from` 0: from a controller that can still resend every batch of its stream (None: one that resends none).
     """
-    from acalign_robot.runtime.protocol import TransitionBatch
+    from acalign_robot.wire.protocol import TransitionBatch
 
     rng = np.random.default_rng(seed)
     unit_action = rng.uniform(-1, 1, size=(count, ACTION_DIM)).astype(np.float32)
     return TransitionBatch(
-        controller_id=controller_id,
+        stream_id=stream_id,
         seq=seq,
         policy_version=np.ones(count, np.int64),
         obs=rng.normal(size=(count, OBS_DIM)).astype(np.float32),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from acalign_robot.runtime.protocol import TransitionBatch
-from acalign_robot.runtime.safety import FilterFlags
+from acalign_robot.controller.safety import FilterFlags
+from acalign_robot.wire.protocol import TransitionBatch
 
 
 def synthetic_batch(seq: int, n: int, start: int, obs_dim: int = 11, action_dim: int = 3) -> TransitionBatch:
@@ -18,7 +18,7 @@ def synthetic_batch(seq: int, n: int, start: int, obs_dim: int = 11, action_dim:
     ends = index % 25 == 24
     even = (index // 25) % 2 == 0
     return TransitionBatch(
-        controller_id="test-0",
+        stream_id="test-0",
         seq=seq,
         policy_version=(index // 100).astype(np.int64),
         obs=(index[:, None] + np.arange(obs_dim) / 100).astype(np.float32),
@@ -56,7 +56,7 @@ def record_sim_log(
     of global tick `nan_obs_ticks` (so that tick's next_obs and the next tick's obs) and the rewards of
     `nan_reward_ticks` are NaN."""
     from acalign_robot.drivers.mujoco import MujocoDriver, RealismConfig, SimConfig
-    from acalign_robot.runtime.transition_log import TransitionLog
+    from acalign_robot.robot_log.transition_log import TransitionLog
 
     driver = MujocoDriver(SimConfig(env_id, realism or RealismConfig(), seed))
     spec = driver.spec
@@ -80,7 +80,7 @@ def record_sim_log(
             return
         columns = list(zip(*rows))
         batch = TransitionBatch(
-            controller_id=controller_id,
+            stream_id=controller_id,
             seq=seq,
             policy_version=np.asarray(columns[0], np.int64),
             obs=np.stack(columns[1]),

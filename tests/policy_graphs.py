@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from acalign_robot.runtime import protocol as p
-from acalign_robot.runtime.manifest import OUTPUT_NAMES as OUTPUTS
-from acalign_robot.runtime.manifest import sha256_hex
+from acalign_robot.policy.manifest import OUTPUT_NAMES as OUTPUTS
+from acalign_robot.policy.manifest import sha256_hex
+from acalign_robot.wire import protocol as p
 
 
 def graph_policy(

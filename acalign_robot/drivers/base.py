@@ -4,7 +4,7 @@ A driver owns the hardware (or the simulation): it applies an action, advances o
 the observation. It declares its spaces with bounds and units, its control period and its safe action, which is
 what the driver server applies when commands stop arriving (watchdog) and what the controller sends in SAFE state.
 
-Drivers are synchronous and single-threaded; the driver server (runtime/driver_server.py) serves one over ZeroMQ.
+Drivers are synchronous and single-threaded; the driver server (drivers/server.py) serves one over ZeroMQ.
 Nothing here imports torch.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from acalign_robot.runtime.protocol import BoxSpace
+from acalign_robot.wire.protocol import BoxSpace
 
 __all__ = ["BoxSpace", "Driver", "DriverSpec", "StepResult", "box"]
 

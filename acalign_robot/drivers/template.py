@@ -1,6 +1,6 @@
 """Template for a real robot driver: copy this file, fill in the SDK calls, keep the duties.
 
-A driver is the only code that talks to the robot's SDK. The driver server (runtime/driver_server.py) calls it
+A driver is the only code that talks to the robot's SDK. The driver server (drivers/server.py) calls it
 from one thread, once per control tick, and applies `safe_action()` by itself when commands stop arriving
 (watchdog). The controller never talks to the SDK.
 

@@ -43,8 +43,7 @@ from torch import nn
 from acalign_robot.algo.checkpoint import CheckpointError, load_checkpoint
 from acalign_robot.algo.networks import TanhGaussianActor
 from acalign_robot.algo.pipeline import load_actor, reference_of
-from acalign_robot.runtime.artifacts import MANIFEST_FILE, POLICY_FILE, versions
-from acalign_robot.runtime.manifest import (
+from acalign_robot.policy.manifest import (
     INPUT_NAME,
     OUTPUT_NAMES,
     PROTOCOL_VERSION,
@@ -55,7 +54,8 @@ from acalign_robot.runtime.manifest import (
     sha256_hex,
     validate_name,
 )
-from acalign_robot.runtime.policy import PolicyRunner
+from acalign_robot.policy.runner import PolicyRunner
+from acalign_robot.policy.store import MANIFEST_FILE, POLICY_FILE, versions
 
 __all__ = ["OPSET", "build_artifact", "export_actor_onnx", "parity_error", "write_artifact"]
 

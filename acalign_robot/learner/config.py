@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from acalign_robot.config import FieldError
-from acalign_robot.runtime.manifest import PolicyError, validate_name
-from acalign_robot.runtime.realtime import check_cores
-from acalign_robot.runtime.security import SecurityConfig
+from acalign_robot.policy.manifest import PolicyError, validate_name
+from acalign_robot.realtime import check_cores
+from acalign_robot.wire.security import SecurityConfig
 
 __all__ = ["LearnerConfig"]
 

@@ -13,10 +13,10 @@ channels, and repeats `Learner.step` until a stop condition or SIGTERM/SIGINT:
    `status.json` every STATUS_EVERY_S, a metrics record every `metrics_every_s`, a checkpoint every
    `checkpoint_every_updates` updates.
 
-Channels (semantics of the sockets: acalign_robot.runtime.transport):
+Channels (semantics of the sockets: acalign_robot.wire.transport):
 - transitions, ROUTER (bind) <-> DEALER (connect) from every controller: TransitionBatch and the controllers' Stats
   up, TransitionAck back. Bounded at both ends; a controller counts what it could not queue. Each controller stream
-  numbers its batches 0, 1, 2, ... (`seq`, per controller_id; runtime.controller starts a new stream per process
+  numbers its batches 0, 1, 2, ... (`seq`, per stream_id; runtime.controller starts a new stream per process
   start). A `SequenceLedger` per stream (runtime.delivery) records which seqs were taken: a batch taken before is
   counted in `duplicates` and never inserted twice; a seq skipped is a gap until its batch arrives (then it counts
   as `recovered`). Every ACK_EVERY_S, and right after each checkpoint, each active stream gets a TransitionAck with
@@ -106,11 +106,11 @@ from acalign_robot.algo.train import DivergenceGuard, resolve_device, set_torch_
 from acalign_robot.errors import InputError
 from acalign_robot.export.onnx_export import build_artifact
 from acalign_robot.learner.config import LearnerConfig
-from acalign_robot.runtime.delivery import MAX_STREAMS, STREAM_IDLE_S, SequenceLedger, StreamRefused
-from acalign_robot.runtime.protocol import Policy, Stats, TransitionBatch
-from acalign_robot.runtime.realtime import pin_to_cores
-from acalign_robot.runtime.security import secure_context
-from acalign_robot.runtime.transport import Sender, TransitionServer, ZmqPolicyPublisher, ZmqTransitionReceiver
+from acalign_robot.realtime import pin_to_cores
+from acalign_robot.wire.delivery import MAX_STREAMS, STREAM_IDLE_S, SequenceLedger, StreamRefused
+from acalign_robot.wire.protocol import Policy, Stats, TransitionBatch
+from acalign_robot.wire.security import secure_context
+from acalign_robot.wire.transport import Sender, TransitionServer, ZmqPolicyPublisher, ZmqTransitionReceiver
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -442,22 +442,22 @@ class Learner:
                 _log.warning("transitions channel: bad frame (%s); further ones are only counted", message)
         return taken
 
-    def _stream(self, controller_id: str) -> ControllerStream:
+    def _stream(self, stream_id: str) -> ControllerStream:
         """The stream's books, made (evicting the one that sent least recently beyond MAX_STREAMS) if new."""
-        stream = self.streams.get(controller_id)
+        stream = self.streams.get(stream_id)
         if stream is None:
             if len(self.streams) >= MAX_STREAMS:
                 _, evicted = self.streams.popitem(last=False)
                 for name in _STREAM_TOTALS:
                     self._retired[name] += evicted.total(name)
                 self.streams_evicted += 1
-            stream = self.streams[controller_id] = ControllerStream()
+            stream = self.streams[stream_id] = ControllerStream()
         else:
-            self.streams.move_to_end(controller_id)
+            self.streams.move_to_end(stream_id)
         return stream
 
     def _take_batch(self, batch: TransitionBatch) -> None:
-        stream = self._stream(batch.controller_id)
+        stream = self._stream(batch.stream_id)
         stream.last_batch_s = time.monotonic()
         if not stream.ledger.take(batch.seq, batch.resend_from):
             return  # a duplicate or too far ahead (counted by the ledger)
@@ -465,7 +465,7 @@ class Learner:
         problem = self._content_problem(batch)
         if problem:
             if not stream.rejected:
-                _log.warning("controller %s: batch %d rejected: %s", batch.controller_id, batch.seq, problem)
+                _log.warning("controller %s: batch %d rejected: %s", batch.stream_id, batch.seq, problem)
             stream.rejected += 1
             stream.last_rejection = problem
             return

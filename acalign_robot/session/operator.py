@@ -30,7 +30,7 @@ from acalign_robot.errors import InputError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from acalign_robot.runtime.security import SecurityConfig
+    from acalign_robot.wire.security import SecurityConfig
 
 __all__ = ["REPLY_TIMEOUT_S", "DriverAnswer", "ask_drivers", "resolve_session_dir", "send_to_drivers"]
 
@@ -65,7 +65,7 @@ def send_to_drivers(session: str, action: Literal["estop", "clear"], reason: str
     import yaml
 
     from acalign_robot import config as config_io
-    from acalign_robot.runtime.security import SecurityConfig
+    from acalign_robot.wire.security import SecurityConfig
 
     directory = resolve_session_dir(session)
     # The supervisor's resolved copy of the launch file: endpoints filled in, so it is read as data, not re-validated.
@@ -106,9 +106,9 @@ def ask_drivers(
     `on_answer(answer)` is called as each answer arrives (from that robot's thread, one call at a time). Returns
     the answers in the order of `robots`. Never raises for one driver's fault: it becomes that robot's answer.
     """
-    from acalign_robot.runtime import protocol as p
-    from acalign_robot.runtime.security import client_keys, is_local_endpoint
-    from acalign_robot.runtime.transport import TransportTimeout, ZmqControlClient
+    from acalign_robot.wire import protocol as p
+    from acalign_robot.wire.security import client_keys, is_local_endpoint
+    from acalign_robot.wire.transport import TransportTimeout, ZmqControlClient
 
     message = p.EStop(reason=reason, source="acalign-cli") if action == "estop" else p.Clear(source="acalign-cli")
     expected = _EXPECTED_STATE[action]

@@ -34,10 +34,10 @@ from typing import Literal
 
 from acalign_robot import config as config_io
 from acalign_robot.config import FieldError
+from acalign_robot.controller.process import ControllerConfig
+from acalign_robot.drivers.server import DriverConfig
 from acalign_robot.learner.config import LearnerConfig
-from acalign_robot.runtime.controller import ControllerConfig
-from acalign_robot.runtime.driver_server import DriverConfig
-from acalign_robot.runtime.security import SecurityConfig
+from acalign_robot.wire.security import SecurityConfig
 
 __all__ = [
     "AUTO",
@@ -155,9 +155,9 @@ def _robot_count(path: Path) -> int:
 
 def check_session(config: LaunchConfig, host: str | None = None) -> list[str]:
     """Every problem that needs more than types: a list of one-line messages (empty when the session is sane)."""
-    from acalign_robot.runtime.driver_server import make_driver
-    from acalign_robot.runtime.manifest import PolicyError
-    from acalign_robot.runtime.policy import PolicyRunner
+    from acalign_robot.drivers.server import make_driver
+    from acalign_robot.policy.manifest import PolicyError
+    from acalign_robot.policy.runner import PolicyRunner
 
     problems: list[str] = []
     # (host that binds it, endpoint): the same loopback port on two machines is two endpoints.
@@ -240,7 +240,7 @@ def _bind_policy_problems(config: LaunchConfig) -> list[str]:
     looks only at its address.
     """
     from acalign_robot.errors import InputError
-    from acalign_robot.runtime.security import check_bind
+    from acalign_robot.wire.security import check_bind
 
     fields = [(f"robots[{i}].control_endpoint", robot.control_endpoint) for i, robot in enumerate(config.robots)]
     if config.learner is not None:
@@ -269,7 +269,7 @@ def _key_problems(config: LaunchConfig, host: str | None) -> list[str]:
     learner, and a driver whose control endpoint leaves the machine, load the server key pair and the allow-list.
     """
     from acalign_robot.errors import InputError
-    from acalign_robot.runtime.security import client_keys, is_local_endpoint, secure_context
+    from acalign_robot.wire.security import client_keys, is_local_endpoint, secure_context
 
     def control_is_local(robot: Robot) -> bool:
         endpoint = robot.control_endpoint
@@ -293,7 +293,7 @@ def _key_problems(config: LaunchConfig, host: str | None) -> list[str]:
 
 def _multi_host_problems(config: LaunchConfig, host: str | None) -> list[str]:
     """A session across machines: explicit endpoints, reachable from the hosts that connect to them."""
-    from acalign_robot.runtime.security import is_local_endpoint
+    from acalign_robot.wire.security import is_local_endpoint
 
     hosts = sorted({robot.host for robot in config.robots} | ({config.learner_host} if config.learner else set()))
     problems = []

@@ -133,7 +133,7 @@ class Supervisor:
 
     def prepare(self) -> None:
         """Resolve endpoints and write each process's config into the session directory."""
-        from acalign_robot.runtime.transport import free_tcp_endpoint
+        from acalign_robot.wire.transport import free_tcp_endpoint
 
         cfg = self.config
         self.session_dir.mkdir(parents=True, exist_ok=True)
@@ -305,8 +305,8 @@ class Supervisor:
         print(("\r" + line[:200].ljust(200)) if self.live else line, end="" if self.live else "\n", flush=True)
 
     def _query_driver_stats(self) -> None:
-        from acalign_robot.runtime import protocol as p
-        from acalign_robot.runtime.transport import TransportTimeout, ZmqControlClient
+        from acalign_robot.wire import protocol as p
+        from acalign_robot.wire.transport import TransportTimeout, ZmqControlClient
 
         for robot in self.resolved.robots:
             if not self._runs_here(robot.host):

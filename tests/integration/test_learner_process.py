@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from acalign_robot.algo.checkpoint import load_checkpoint
-from acalign_robot.runtime.delivery import MAX_STREAMS
-from acalign_robot.runtime.policy import PolicyRunner
-from acalign_robot.runtime.protocol import Policy, Stats, TransitionAck
-from acalign_robot.runtime.transport import ZmqPolicySubscriber, ZmqTransitionSender, free_tcp_endpoint
+from acalign_robot.policy.runner import PolicyRunner
+from acalign_robot.wire.delivery import MAX_STREAMS
+from acalign_robot.wire.protocol import Policy, Stats, TransitionAck
+from acalign_robot.wire.transport import ZmqPolicySubscriber, ZmqTransitionSender, free_tcp_endpoint
 from tests.helpers import Processes, acalign_command, wait_for
 from tests.learner_helpers import transition_batch, write_aligned_checkpoint
 
@@ -82,7 +82,7 @@ def test_learner_process_trains_on_pushed_transitions_publishes_and_checkpoints_
                 10,
                 "the learner to acknowledge batch 3 on the same connection",
             )
-            assert ack.controller_id == "robot-1" and ack.highest == 3 and ack.missing.size == 0
+            assert ack.stream_id == "robot-1" and ack.highest == 3 and ack.missing.size == 0
             learner.send_signal(signal.SIGTERM)
             assert learner.wait(timeout=30) == 0, log.read_text()
 
@@ -153,7 +153,7 @@ def _deliver(sender: ZmqTransitionSender, stream: str, seqs: range, timeout_s: f
         until = time.monotonic() + 0.5
         while time.monotonic() < until:
             ack = sender.recv(max(0.0, until - time.monotonic()))
-            if isinstance(ack, TransitionAck) and ack.controller_id == stream:
+            if isinstance(ack, TransitionAck) and ack.stream_id == stream:
                 held = max(held, ack.received_through)
                 if held >= seqs[-1]:
                     return ack

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from acalign_robot.data.log_replay import ReplayError, evaluate_on_log, open_loop, render_log
+from acalign_robot.data.log_analysis import ReplayError, evaluate_on_log, open_loop, render_log
 from acalign_robot.drivers.mujoco import RealismConfig
-from acalign_robot.runtime.transition_log import read_log
+from acalign_robot.robot_log.transition_log import read_log
 from tests.log_helpers import record_sim_log
 
 pytestmark = pytest.mark.integration
@@ -64,7 +64,7 @@ def test_log_to_minari_keeps_every_field_and_feeds_pretraining(sim_log, tiny_hop
     from acalign_robot.algo.aca import load_preset
     from acalign_robot.algo.checkpoint import load_checkpoint
     from acalign_robot.algo.pipeline import EvalSchedule, pretrain
-    from acalign_robot.data.logs import convert_logs
+    from acalign_robot.robot_log.to_minari import convert_logs
 
     log = read_log(sim_log)
     _, summary = convert_logs(sim_log.parent, "hopper-log")  # the controller directory holding log/
@@ -102,7 +102,7 @@ def test_log_to_minari_keeps_every_field_and_feeds_pretraining(sim_log, tiny_hop
 
 
 def test_policy_evaluation_on_its_own_log(hopper_policy, make_checkpoint, tmp_path):
-    from acalign_robot.runtime.policy import PolicyRunner
+    from acalign_robot.policy.runner import PolicyRunner
 
     runner = PolicyRunner.from_dir(hopper_policy)
     log = read_log(record_sim_log(tmp_path / "log", episodes=1, max_steps=30, runner=runner))
@@ -125,7 +125,7 @@ def test_replay_launch_file_serves_a_log_to_a_controller(hopper_policy, tmp_path
     import subprocess
     from pathlib import Path
 
-    from acalign_robot.runtime.policy import PolicyRunner
+    from acalign_robot.policy.runner import PolicyRunner
     from tests.helpers import acalign_command
 
     launch_file = Path(__file__).resolve().parents[2] / "launch" / "replay.yaml"

@@ -9,8 +9,8 @@ import subprocess
 import pytest
 import yaml
 
-from acalign_robot.runtime import protocol as p
-from acalign_robot.runtime.transport import ZmqControlClient, free_tcp_endpoint
+from acalign_robot.wire import protocol as p
+from acalign_robot.wire.transport import ZmqControlClient, free_tcp_endpoint
 from tests.helpers import acalign_command, wait_for
 
 pytestmark = pytest.mark.integration

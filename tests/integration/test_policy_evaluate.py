@@ -6,8 +6,8 @@ import pytest
 
 from acalign_robot.algo.pipeline import evaluate_checkpoint
 from acalign_robot.export.onnx_export import write_artifact
-from acalign_robot.runtime.evaluate import evaluate_policy
-from acalign_robot.runtime.manifest import PolicyError
+from acalign_robot.policy.evaluate import evaluate_policy
+from acalign_robot.policy.manifest import PolicyError
 
 pytestmark = pytest.mark.integration
 

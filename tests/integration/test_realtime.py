@@ -1,4 +1,4 @@
-"""Real-time scheduling (runtime/realtime.py) on real driver and controller processes: with `realtime.priority` set,
+"""Real-time scheduling (realtime.py) on real driver and controller processes: with `realtime.priority` set,
 the control path (the main thread, ZeroMQ's threads) runs SCHED_FIFO and the threads off it do not; where this user
 may not use SCHED_FIFO, the process refuses to start with exit code 2 and says how to allow it."""
 
@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from acalign_robot.runtime.transport import free_tcp_endpoint
+from acalign_robot.wire.transport import free_tcp_endpoint
 from tests.helpers import acalign_command, wait_for
 
 pytestmark = pytest.mark.integration
@@ -58,7 +58,7 @@ def driver_config(tmp_path, endpoint: str) -> str:
 
 def test_the_permitted_priority_agrees_with_what_the_kernel_allows():
     """What `acalign doctor` reports (max_fifo_priority) against an actual attempt, with the right and without it."""
-    probe = "from acalign_robot.runtime.realtime import max_fifo_priority; print(max_fifo_priority())"
+    probe = "from acalign_robot.realtime import max_fifo_priority; print(max_fifo_priority())"
     reported = int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
     assert (reported >= 1) == fifo_allowed()
     if reported:

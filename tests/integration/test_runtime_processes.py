@@ -13,9 +13,9 @@ import pytest
 import yaml
 import zmq
 
-from acalign_robot.runtime import protocol as p
-from acalign_robot.runtime.transition_log import read_log
-from acalign_robot.runtime.transport import ZmqControlClient, free_tcp_endpoint
+from acalign_robot.robot_log.transition_log import read_log
+from acalign_robot.wire import protocol as p
+from acalign_robot.wire.transport import ZmqControlClient, free_tcp_endpoint
 from tests.helpers import acalign_command, wait_for
 
 pytestmark = pytest.mark.integration
@@ -68,7 +68,7 @@ def test_controller_drives_mujoco_driver_with_episode_resets(processes, tmp_path
 def test_remote_env_passes_gymnasium_check_env(processes, tmp_path):
     from gymnasium.utils.env_checker import check_env
 
-    from acalign_robot.runtime.remote_env import RemoteEnv
+    from acalign_robot.drivers.remote_env import RemoteEnv
 
     endpoint = free_tcp_endpoint()
     start_driver(processes, tmp_path, endpoint)
@@ -95,7 +95,7 @@ def test_driver_survives_random_oversized_and_wrong_version_frames(processes, tm
         import msgpack
 
         frames.append(msgpack.packb({"v": 99, "t": "hello", "client_name": "x", "role": "y"}))
-        frames.append(msgpack.packb({"v": 1, "t": "no-such-type"}))
+        frames.append(msgpack.packb({"v": p.PROTOCOL_VERSION, "t": "no-such-type"}))
         for index, frame in enumerate(frames):
             raw.send_multipart([index.to_bytes(8, "little"), frame])
         replies = 0
@@ -179,7 +179,7 @@ def _variant(policy_dir, version: int, fill: float | None):
     import onnx
     from onnx import numpy_helper
 
-    from acalign_robot.runtime.manifest import sha256_hex
+    from acalign_robot.policy.manifest import sha256_hex
 
     model = onnx.load_from_string((policy_dir / "policy.onnx").read_bytes())
     manifest = json.loads((policy_dir / "manifest.json").read_text())
@@ -194,7 +194,7 @@ def _variant(policy_dir, version: int, fill: float | None):
 
 
 def test_a_nan_policy_is_rejected_and_a_good_one_swapped_in(processes, tmp_path, hopper_policy):
-    from acalign_robot.runtime.transport import ZmqPolicyPublisher
+    from acalign_robot.wire.transport import ZmqPolicyPublisher
 
     endpoint, policy_endpoint = free_tcp_endpoint(), free_tcp_endpoint()
     start_driver(processes, tmp_path, endpoint)

@@ -17,9 +17,9 @@ import pytest
 import zmq
 
 from acalign_robot.errors import InputError
-from acalign_robot.runtime.protocol import Heartbeat, Policy, TransitionBatch
-from acalign_robot.runtime.security import SecurityConfig, client_keys, generate_keys, secure_context
-from acalign_robot.runtime.transport import (
+from acalign_robot.wire.protocol import Heartbeat, Policy, TransitionBatch
+from acalign_robot.wire.security import SecurityConfig, client_keys, generate_keys, secure_context
+from acalign_robot.wire.transport import (
     CurveClientKeys,
     TransportTimeout,
     ZmqControlClient,
@@ -61,10 +61,10 @@ def link(keys: Path, client: str = "robot1") -> SecurityConfig:
     )
 
 
-def batch(controller_id: str, seq: int) -> TransitionBatch:
+def batch(stream_id: str, seq: int) -> TransitionBatch:
     size, obs_dim = 2, 3
     return TransitionBatch(
-        controller_id=controller_id,
+        stream_id=stream_id,
         seq=seq,
         policy_version=np.zeros(size, np.int64),
         obs=np.zeros((size, obs_dim), np.float32),
@@ -137,7 +137,7 @@ def test_transitions_from_unlisted_clients_never_arrive(keys, client_context):
                 assert sender.send(batch(name, seq))  # queued locally: PUSH never blocks
         arrived = []
         while (message := receiver.recv(REFUSED_WAIT_S * 2)) is not None:
-            arrived.append((message.controller_id, message.seq))
+            arrived.append((message.stream_id, message.seq))
         assert arrived == [("robot1", seq) for seq in range(5)]
 
 
@@ -172,8 +172,8 @@ def test_a_process_exits_promptly_with_or_without_closing(keys, tmp_path):
     script = textwrap.dedent(
         """
         import sys
-        from acalign_robot.runtime.security import SecurityConfig, secure_context
-        from acalign_robot.runtime.transport import ZmqControlServer, free_tcp_endpoint
+        from acalign_robot.wire.security import SecurityConfig, secure_context
+        from acalign_robot.wire.transport import ZmqControlServer, free_tcp_endpoint
 
         keys, close = sys.argv[1], sys.argv[2] == "close"
         security = SecurityConfig(curve=True, keys_dir=keys, server_key="learner",

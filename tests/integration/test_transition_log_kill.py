@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from acalign_robot.runtime.transition_log import read_log
+from acalign_robot.robot_log.transition_log import read_log
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # Writes 16-transition batches as fast as it can (4 batches per chunk) until it is killed.
 WRITER = """
 import sys
-from acalign_robot.runtime.transition_log import TransitionLog
+from acalign_robot.robot_log.transition_log import TransitionLog
 from tests.log_helpers import synthetic_batch
 
 log = TransitionLog(sys.argv[1], "test-0", chunk_transitions=64)

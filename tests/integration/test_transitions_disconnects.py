@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import zmq
 
-from acalign_robot.runtime.protocol import TransitionAck, encode
-from acalign_robot.runtime.transport import ZmqTransitionReceiver, free_tcp_endpoint
+from acalign_robot.wire.protocol import TransitionAck, encode
+from acalign_robot.wire.transport import ZmqTransitionReceiver, free_tcp_endpoint
 from tests.learner_helpers import transition_batch
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -50,7 +50,7 @@ def outlives_a_flood(server_code: str, frames: list[list[bytes]]) -> int:
 def test_the_learners_receiver_outlives_a_peer_that_fills_its_queue_and_leaves():
     receiver = """
         import sys, time
-        from acalign_robot.runtime.transport import ZmqTransitionReceiver
+        from acalign_robot.wire.transport import ZmqTransitionReceiver
         with ZmqTransitionReceiver(sys.argv[1], queue_messages=4) as receiver:
             print("bound", flush=True)
             time.sleep(float(sys.argv[2]))  # busy (training, a checkpoint) while the peer floods and leaves
@@ -68,7 +68,7 @@ def test_a_controllers_sender_outlives_a_learner_that_leaves_while_its_acks_wait
         sender = child(
             """
             import sys, time
-            from acalign_robot.runtime.transport import ZmqTransitionSender
+            from acalign_robot.wire.transport import ZmqTransitionSender
             from tests.learner_helpers import transition_batch
             with ZmqTransitionSender(sys.argv[1]) as sender:
                 sender.send(transition_batch("c@1", 0, 2))
@@ -108,7 +108,7 @@ def test_a_drivers_control_server_outlives_a_peer_that_fills_its_queue_and_leave
     does not read meanwhile."""
     server = """
         import sys, time
-        from acalign_robot.runtime.transport import ZmqControlServer
+        from acalign_robot.wire.transport import ZmqControlServer
         with ZmqControlServer(sys.argv[1]) as server:
             print("bound", flush=True)
             time.sleep(float(sys.argv[2]))  # a slow driver step while the peer floods and leaves

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from acalign_robot.errors import InputError
-from acalign_robot.runtime.protocol import (
+from acalign_robot.wire.protocol import (
     Error,
     Heartbeat,
     Message,
@@ -28,7 +28,7 @@ from acalign_robot.runtime.protocol import (
     encode,
     error_message,
 )
-from acalign_robot.runtime.transport import (
+from acalign_robot.wire.transport import (
     CurveClientKeys,
     CurveServerKeys,
     TransportTimeout,
@@ -73,7 +73,7 @@ def opened() -> Iterator[Callable]:
 
 def batch(seq: int, size: int = 4, obs_dim: int = 11) -> TransitionBatch:
     return TransitionBatch(
-        controller_id="c0",
+        stream_id="c0",
         seq=seq,
         policy_version=np.zeros(size, np.int64),
         obs=np.zeros((size, obs_dim), np.float32),
@@ -290,7 +290,7 @@ def test_bad_endpoints_are_input_errors(context, opened):
 def test_runtime_imports_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import acalign_robot.runtime.protocol, acalign_robot.runtime.transport\n"
+        "import acalign_robot.wire.protocol, acalign_robot.wire.transport\n"
         "assert sys.modules['torch'] is None\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -344,7 +344,7 @@ def check_streams(learner: dict, stats: dict[str, dict]) -> None:
 INTRUDER = """
 import json, sys, time
 import numpy as np, zmq, zmq.auth
-from acalign_robot.runtime import protocol as p
+from acalign_robot.wire import protocol as p
 
 args = json.loads(sys.argv[1])
 context = zmq.Context()
@@ -378,7 +378,7 @@ pushers = {name: connect(zmq.DEALER, args["transitions"], pair) for name, pair i
 rng = np.random.default_rng(0)
 for name, pusher in pushers.items():
     batch = p.TransitionBatch(
-        controller_id=f"intruder-{name}", seq=0, policy_version=np.ones(4, np.int64),
+        stream_id=f"intruder-{name}", seq=0, policy_version=np.ones(4, np.int64),
         obs=rng.normal(size=(4, 11)).astype(np.float32), action=np.zeros((4, 3), np.float32),
         reward=np.zeros(4, np.float32), next_obs=rng.normal(size=(4, 11)).astype(np.float32),
         terminated=np.zeros(4, bool), truncated=np.zeros(4, bool), extras={},

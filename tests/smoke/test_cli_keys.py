@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from acalign_robot.runtime.security import load_public_key
+from acalign_robot.wire.security import load_public_key
 
 pytestmark = [pytest.mark.smoke, pytest.mark.timeout(120)]
 

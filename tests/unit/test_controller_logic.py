@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from acalign_robot.algo.networks import TanhGaussianActor
+from acalign_robot.controller.process import Controller, ControllerConfig, IdleWindows, RollbackConfig
 from acalign_robot.drivers.loopback import LoopbackDriver
+from acalign_robot.drivers.server import DriverServer
 from acalign_robot.export.onnx_export import build_artifact
-from acalign_robot.runtime import protocol as p
-from acalign_robot.runtime.controller import Controller, ControllerConfig, IdleWindows, RollbackConfig
-from acalign_robot.runtime.driver_server import DriverServer
-from acalign_robot.runtime.manifest import PolicyError
-from acalign_robot.runtime.policy import PolicyRunner
-from acalign_robot.runtime.transport import (
+from acalign_robot.policy.manifest import PolicyError
+from acalign_robot.policy.runner import PolicyRunner
+from acalign_robot.wire import protocol as p
+from acalign_robot.wire.transport import (
     MemoryControlClient,
     MemoryControlServer,
     MemoryPolicyPublisher,
@@ -127,7 +127,7 @@ def test_a_latched_controller_sends_the_safe_action_every_tick(driver_thread):
 
 
 def test_section_timer_summarises_the_newest_ticks_of_its_ring():
-    from acalign_robot.runtime.controller import SectionTimer
+    from acalign_robot.controller.process import SectionTimer
 
     timer = SectionTimer(capacity=10)
     for tick in range(25):

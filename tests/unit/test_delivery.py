@@ -7,17 +7,17 @@ import time
 import numpy as np
 import pytest
 
-from acalign_robot.runtime import delivery
-from acalign_robot.runtime.controller import _TransitionBatcher
-from acalign_robot.runtime.delivery import ResendWindow, SequenceLedger, StreamOwners
-from acalign_robot.runtime.protocol import TransitionAck, decode, encode
-from acalign_robot.runtime.transport import MemoryTransitionReceiver, MemoryTransitionSender
+from acalign_robot.controller.process import _TransitionBatcher
+from acalign_robot.wire import delivery
+from acalign_robot.wire.delivery import ResendWindow, SequenceLedger, StreamOwners
+from acalign_robot.wire.protocol import TransitionAck, decode, encode
+from acalign_robot.wire.transport import MemoryTransitionReceiver, MemoryTransitionSender
 from tests.learner_helpers import transition_batch
 
 
 def ack(received_through: int, highest: int, missing=(), durable_through: int = -1) -> TransitionAck:
     return TransitionAck(
-        controller_id="c",
+        stream_id="c",
         received_through=received_through,
         durable_through=durable_through,
         highest=highest,

@@ -20,15 +20,15 @@ import torch
 
 from acalign_robot.algo.checkpoint import load_checkpoint
 from acalign_robot.cli import main
+from acalign_robot.controller.process import _TransitionBatcher
 from acalign_robot.errors import InputError
 from acalign_robot.learner import process
 from acalign_robot.learner.config import LearnerConfig
 from acalign_robot.learner.process import Learner
-from acalign_robot.runtime.controller import _TransitionBatcher
-from acalign_robot.runtime.delivery import MAX_STREAMS, ResendWindow
-from acalign_robot.runtime.policy import PolicyRunner
-from acalign_robot.runtime.protocol import Policy, Stats
-from acalign_robot.runtime.transport import (
+from acalign_robot.policy.runner import PolicyRunner
+from acalign_robot.wire.delivery import MAX_STREAMS, ResendWindow
+from acalign_robot.wire.protocol import Policy, Stats
+from acalign_robot.wire.transport import (
     MemoryPolicyPublisher,
     MemoryPolicySubscriber,
     MemoryTransitionReceiver,
@@ -122,12 +122,12 @@ def test_sequence_numbers_gaps_duplicates_and_two_interleaved_controllers(make_c
     assert (snapshot["gaps"], snapshot["recovered"], snapshot["duplicates"], snapshot["rejected"]) == (1, 1, 2, 0)
 
     learner.acknowledge()  # both streams share the rig's one sender
-    acks = {ack.controller_id: ack for ack in iter(lambda: rig.sender.recv(0.0), None)}
+    acks = {ack.stream_id: ack for ack in iter(lambda: rig.sender.recv(0.0), None)}
     assert (acks["a"].received_through, acks["a"].highest, acks["a"].missing.tolist()) == (1, 4, [2])
     assert (acks["b"].received_through, acks["b"].missing.tolist()) == (2, [])
     assert acks["a"].durable_through == acks["b"].durable_through == -1  # nothing checkpointed since they began
     learner.save()
-    acks = {ack.controller_id: ack for ack in iter(lambda: rig.sender.recv(0.0), None)}
+    acks = {ack.stream_id: ack for ack in iter(lambda: rig.sender.recv(0.0), None)}
     assert (acks["a"].durable_through, acks["b"].durable_through) == (1, 2)
 
 

@@ -12,12 +12,12 @@ import yaml
 
 from acalign_robot import config as config_io
 from acalign_robot.config import ConfigError
+from acalign_robot.controller.process import ControllerConfig
+from acalign_robot.drivers.server import DriverConfig
 from acalign_robot.learner.config import LearnerConfig
-from acalign_robot.runtime.controller import ControllerConfig
-from acalign_robot.runtime.driver_server import DriverConfig
-from acalign_robot.runtime.security import generate_keys
 from acalign_robot.session.schema import check_session, load_launch
 from acalign_robot.session.supervisor import Supervisor
+from acalign_robot.wire.security import generate_keys
 
 LEARNER = "tcp://10.200.0.2"
 

@@ -18,9 +18,9 @@ import torch
 from acalign_robot.algo.networks import ObservationNormalizer, TanhGaussianActor
 from acalign_robot.export import onnx_export
 from acalign_robot.export.onnx_export import build_artifact, write_artifact
-from acalign_robot.runtime.artifacts import MANIFEST_FILE, POLICY_FILE
-from acalign_robot.runtime.manifest import PolicyError, sha256_hex
-from acalign_robot.runtime.policy import PolicyRunner
+from acalign_robot.policy.manifest import PolicyError, sha256_hex
+from acalign_robot.policy.runner import PolicyRunner
+from acalign_robot.policy.store import MANIFEST_FILE, POLICY_FILE
 
 OBS_DIM, ACTION_DIM = 11, 3
 LOW = np.array([-2.0, 0.0, -0.5], dtype=np.float32)  # not [-1, 1]: the scaling must be in the graph
@@ -209,7 +209,7 @@ def test_provider_choice(plain, caplog):
     _actor_, onnx_bytes, manifest = plain
     with pytest.raises(PolicyError, match="provider must be 'cpu' or 'cuda'"):
         PolicyRunner(onnx_bytes, manifest, provider="tpu")
-    with caplog.at_level(logging.WARNING, logger="acalign_robot.runtime.policy"):
+    with caplog.at_level(logging.WARNING, logger="acalign_robot.policy.runner"):
         runner = PolicyRunner(onnx_bytes, manifest, provider="cuda")
     if runner.provider == "cpu":  # a CPU-only onnxruntime, or onnxruntime-gpu without a usable GPU
         assert "CUDA requested" in caplog.text

@@ -9,8 +9,7 @@ import math
 import pytest
 
 from acalign_robot.data.scores import ReferenceScores
-from acalign_robot.runtime.artifacts import list_policies, resolve_artifact, resolve_ref, versions
-from acalign_robot.runtime.manifest import (
+from acalign_robot.policy.manifest import (
     PROTOCOL_VERSION,
     Normalization,
     OnnxModel,
@@ -21,6 +20,7 @@ from acalign_robot.runtime.manifest import (
     sha256_hex,
     validate_name,
 )
+from acalign_robot.policy.store import list_policies, resolve_artifact, resolve_ref, versions
 
 INF = math.inf
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from acalign_robot.errors import InputError
-from acalign_robot.runtime import protocol
-from acalign_robot.runtime.protocol import (
+from acalign_robot.wire import protocol
+from acalign_robot.wire.protocol import (
     CONTROL_REQUESTS,
     MAX_EXTRAS,
     MAX_MANIFEST_OBJECTS,
@@ -46,7 +46,7 @@ from acalign_robot.runtime.protocol import (
 def transition_batch(batch: int = 4, obs_dim: int = 11, action_dim: int = 3) -> TransitionBatch:
     rng = np.random.default_rng(0)
     return TransitionBatch(
-        controller_id="hopper-0",
+        stream_id="hopper-0",
         seq=7,
         policy_version=np.arange(batch, dtype=np.int64),
         obs=rng.standard_normal((batch, obs_dim)).astype(np.float32),

@@ -6,9 +6,9 @@ import pytest
 
 from acalign_robot import config as config_io
 from acalign_robot.config import ConfigError
-from acalign_robot.runtime.controller import ControllerConfig
-from acalign_robot.runtime.driver_server import DriverConfig
-from acalign_robot.runtime.realtime import RealtimeConfig
+from acalign_robot.controller.process import ControllerConfig
+from acalign_robot.drivers.server import DriverConfig
+from acalign_robot.realtime import RealtimeConfig
 
 
 @pytest.mark.parametrize("priority", [0, 100, -5])

@@ -9,10 +9,10 @@ import pytest
 
 from acalign_robot import config as config_io
 from acalign_robot.config import ConfigError
-from acalign_robot.drivers.replay import ReplayDriver
-from acalign_robot.runtime.driver_server import DriverConfig, make_driver
-from acalign_robot.runtime.protocol import BoxSpace
-from acalign_robot.runtime.transition_log import LogError, TransitionLog, read_log
+from acalign_robot.drivers.log_playback import ReplayDriver
+from acalign_robot.drivers.server import DriverConfig, make_driver
+from acalign_robot.robot_log.transition_log import LogError, TransitionLog, read_log
+from acalign_robot.wire.protocol import BoxSpace
 from tests.log_helpers import synthetic_batch
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ import torch
 
 from acalign_robot.algo.networks import TanhGaussianActor
 from acalign_robot.export.onnx_export import build_artifact
-from acalign_robot.runtime.artifacts import MANIFEST_FILE, POLICY_FILE
+from acalign_robot.policy.store import MANIFEST_FILE, POLICY_FILE
 
 # Blocks torch and the learner-only onnx packages (a robot computer has onnxruntime, not onnx) for the whole process,
 # then loads an artifact and runs the runner and the evaluator's imports.
@@ -27,8 +27,8 @@ class Blocked:
 sys.meta_path.insert(0, Blocked())
 import json
 import numpy as np
-from acalign_robot.runtime.policy import PolicyRunner
-import acalign_robot.runtime.artifacts, acalign_robot.runtime.evaluate, acalign_robot.runtime.manifest
+from acalign_robot.policy.runner import PolicyRunner
+import acalign_robot.policy.store, acalign_robot.policy.evaluate, acalign_robot.policy.manifest
 
 runner = PolicyRunner.from_dir(sys.argv[1], obs_dim=4, action_dim=2)
 action = runner.act(np.asarray(json.loads(sys.argv[2])), explore=False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from acalign_robot.config import FieldError
-from acalign_robot.runtime.safety import ActionFilter, FilterFlags, SafetyConfig
+from acalign_robot.controller.safety import ActionFilter, FilterFlags, SafetyConfig
 
 LOW = np.array([-1.0, -2.0], np.float32)
 HIGH = np.array([1.0, 2.0], np.float32)

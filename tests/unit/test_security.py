@@ -14,7 +14,7 @@ import zmq
 
 from acalign_robot import config as config_io
 from acalign_robot.errors import InputError
-from acalign_robot.runtime.security import (
+from acalign_robot.wire.security import (
     SecurityConfig,
     check_bind,
     client_keys,
@@ -293,6 +293,6 @@ def test_keys_owned_by_another_user_are_refused(tmp_path, monkeypatch, which, fi
 
 
 def test_imports_without_torch():
-    code = "import sys; sys.modules['torch'] = None\nimport acalign_robot.runtime.security\n"
+    code = "import sys; sys.modules['torch'] = None\nimport acalign_robot.wire.security\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from acalign_robot.runtime.transition_log import META_FILE, LogError, TransitionLog, find_logs, read_log
+from acalign_robot.robot_log.transition_log import META_FILE, LogError, TransitionLog, find_logs, read_log
 from tests.log_helpers import synthetic_batch
 
 

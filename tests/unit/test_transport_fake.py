@@ -10,8 +10,8 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from acalign_robot.runtime import transport
-from acalign_robot.runtime.protocol import (
+from acalign_robot.wire import transport
+from acalign_robot.wire.protocol import (
     Error,
     Heartbeat,
     Message,
@@ -23,7 +23,7 @@ from acalign_robot.runtime.protocol import (
     TransitionBatch,
     error_message,
 )
-from acalign_robot.runtime.transport import (
+from acalign_robot.wire.transport import (
     MemoryControlClient,
     MemoryControlServer,
     MemoryPolicyPublisher,
@@ -36,7 +36,7 @@ from acalign_robot.runtime.transport import (
 
 def batch(seq: int, size: int = 2) -> TransitionBatch:
     return TransitionBatch(
-        controller_id="c0",
+        stream_id="c0",
         seq=seq,
         policy_version=np.zeros(size, np.int64),
         obs=np.zeros((size, 11), np.float32),

@@ -32,13 +32,13 @@ from typing import Literal
 
 import numpy as np
 
+from acalign_robot import realtime
 from acalign_robot.config import FieldError
 from acalign_robot.drivers.base import Driver
-from acalign_robot.runtime import protocol as p
-from acalign_robot.runtime import realtime
-from acalign_robot.runtime.realtime import RealtimeConfig
-from acalign_robot.runtime.security import SecurityConfig, is_local_endpoint, secure_context
-from acalign_robot.runtime.transport import ControlServer, ZmqControlServer
+from acalign_robot.realtime import RealtimeConfig
+from acalign_robot.wire import protocol as p
+from acalign_robot.wire.security import SecurityConfig, is_local_endpoint, secure_context
+from acalign_robot.wire.transport import ControlServer, ZmqControlServer
 
 __all__ = ["DriverConfig", "DriverServer", "make_driver", "serve"]
 
@@ -61,7 +61,7 @@ class DriverConfig:
     # CURVE for a non-loopback endpoint. A loopback or ipc:// control endpoint is served without it: the control link
     # then never leaves the robot's machine, which holds no secret key of the session's server (the learner's).
     security: SecurityConfig = field(default_factory=SecurityConfig)
-    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)  # SCHED_FIFO and cores (runtime/realtime.py)
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)  # SCHED_FIFO and cores (realtime.py)
 
     def validate(self) -> None:
         if self.kind == "mujoco" and (self.sim is None) == (self.env_id is None):
@@ -82,7 +82,7 @@ def make_driver(config: DriverConfig) -> Driver:
 
         return TemplateDriver()
     if config.kind == "replay":
-        from acalign_robot.drivers.replay import ReplayDriver
+        from acalign_robot.drivers.log_playback import ReplayDriver
 
         return ReplayDriver(config.log, env_id=config.env_id)
     from acalign_robot import config as config_io

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from acalign_robot.runtime.protocol import MAX_ACK_MISSING, TransitionAck, TransitionBatch
+from acalign_robot.wire.protocol import MAX_ACK_MISSING, TransitionAck, TransitionBatch
 
 __all__ = [
     "MAX_AHEAD",
@@ -135,9 +135,9 @@ class SequenceLedger:
     def mark_durable(self) -> None:
         self.durable_through = self.received_through
 
-    def ack(self, controller_id: str) -> TransitionAck:
+    def ack(self, stream_id: str) -> TransitionAck:
         return TransitionAck(
-            controller_id=controller_id,
+            stream_id=stream_id,
             received_through=self.received_through,
             durable_through=self.durable_through,
             highest=self.highest,

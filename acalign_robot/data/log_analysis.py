@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from acalign_robot.errors import InputError
-from acalign_robot.runtime.transition_log import LogData, find_logs, read_log
+from acalign_robot.robot_log.transition_log import LogData, find_logs, read_log
 
 __all__ = [
     "ReplayError",
@@ -275,7 +275,7 @@ def evaluate_on_log(
     log: LogData, policy: str | os.PathLike, checkpoint: str | os.PathLike | None = None
 ) -> dict[str, Any]:
     """A policy's deterministic actions vs the logged ones, and (with a checkpoint) its critic's values."""
-    from acalign_robot.runtime.policy import PolicyRunner
+    from acalign_robot.policy.runner import PolicyRunner
 
     runner = PolicyRunner.from_dir(policy, obs_dim=log.obs_dim, action_dim=log.action_dim)
     actions = np.concatenate([runner.act_batch(log.obs[start : start + 4096])[0] for start in range(0, len(log), 4096)])

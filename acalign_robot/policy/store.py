@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from acalign_robot.runtime.manifest import PolicyError, PolicyManifest, load_manifest, validate_name
+from acalign_robot.policy.manifest import PolicyError, PolicyManifest, load_manifest, validate_name
 
 __all__ = [
     "MANIFEST_FILE",

@@ -15,8 +15,8 @@ import gymnasium as gym
 import numpy as np
 
 from acalign_robot.errors import InputError
-from acalign_robot.runtime.artifacts import read_artifact, resolve_artifact
-from acalign_robot.runtime.policy import PolicyRunner
+from acalign_robot.policy.runner import PolicyRunner
+from acalign_robot.policy.store import read_artifact, resolve_artifact
 
 __all__ = ["evaluate_policy"]
 

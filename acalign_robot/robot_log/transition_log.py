@@ -45,7 +45,7 @@ Chunk format: an uncompressed `.npz` (numpy's zip of `.npy` files, written with 
     truncated        (n,)          bool
     timestamp_s      (n,)          float64, wall-clock seconds since the epoch (time.time())
     extra.<name>     (n, ...)      each TransitionBatch.extras entry: policy_action (the raw policy output),
-                                   safety_flags (runtime/safety.py FilterFlags bits), ...
+                                   safety_flags (controller/safety.py FilterFlags bits), ...
 A chunk closes at a batch boundary once it holds `chunk_transitions` transitions, or `chunk_seconds` after its
 first transition arrived (a slow robot still reaches the disk regularly), or at `close()`.
 
@@ -78,8 +78,8 @@ from typing import Any
 import numpy as np
 
 from acalign_robot.errors import InputError
-from acalign_robot.runtime.protocol import BoxSpace, TransitionBatch
-from acalign_robot.runtime.realtime import leave_realtime
+from acalign_robot.realtime import leave_realtime
+from acalign_robot.wire.protocol import BoxSpace, TransitionBatch
 
 __all__ = [
     "CHUNK_FORMAT",

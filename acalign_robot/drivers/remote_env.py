@@ -15,8 +15,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from acalign_robot.runtime import protocol as p
-from acalign_robot.runtime.transport import ControlClient, TransportTimeout, ZmqControlClient
+from acalign_robot.wire import protocol as p
+from acalign_robot.wire.transport import ControlClient, TransportTimeout, ZmqControlClient
 
 __all__ = ["RemoteEnv"]
 

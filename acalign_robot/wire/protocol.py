@@ -77,7 +77,7 @@ __all__ = [
     "error_message",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: transition batches and acks name their stream `stream_id` (was `controller_id`)
 # Upper bound for any frame; each channel passes its own, smaller limit (a policy is the largest message).
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_NDIM = 8
@@ -238,8 +238,8 @@ class TransitionBatch:
 
     TAG: ClassVar[str] = "transitions"
     MAX_ID_CHARS: ClassVar[int] = 256  # a stream id is a name: the learner keeps it in its status and checkpoint
-    controller_id: str
-    seq: int  # per-controller batch counter: a gap at the learner means batches were dropped
+    stream_id: str  # the sending stream, one per controller process (`<controller name>@<pid>`)
+    seq: int  # per-stream batch counter: a gap at the learner means batches were dropped
     policy_version: np.ndarray  # (batch,) int, the policy version that chose each action
     obs: np.ndarray  # (batch, obs_dim)
     action: np.ndarray  # (batch, action_dim), the action after the safety filter
@@ -256,8 +256,8 @@ class TransitionBatch:
         return self.reward.shape[0]
 
     def _check(self) -> None:
-        if len(self.controller_id) > self.MAX_ID_CHARS:
-            raise ProtocolError("field", f"transitions.controller_id: more than {self.MAX_ID_CHARS} characters")
+        if len(self.stream_id) > self.MAX_ID_CHARS:
+            raise ProtocolError("field", f"transitions.stream_id: more than {self.MAX_ID_CHARS} characters")
         if self.seq < 0 or not (self.resend_from is None or 0 <= self.resend_from <= self.seq):
             raise ProtocolError("field", "transitions: expected 0 <= resend_from <= seq (or no resend_from)")
         if self.reward.ndim != 1:
@@ -292,7 +292,7 @@ class TransitionAck:
     """
 
     TAG: ClassVar[str] = "transition_ack"
-    controller_id: str
+    stream_id: str
     received_through: int
     durable_through: int
     highest: int  # the highest seq taken (-1: none)

@@ -27,8 +27,8 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from acalign_robot.runtime.artifacts import read_artifact, resolve_artifact
-from acalign_robot.runtime.manifest import PolicyError, PolicyManifest, sha256_hex
+from acalign_robot.policy.manifest import PolicyError, PolicyManifest, sha256_hex
+from acalign_robot.policy.store import read_artifact, resolve_artifact
 
 __all__ = ["PolicyRunner", "Provider", "session_options"]
 

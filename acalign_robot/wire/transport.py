@@ -50,8 +50,8 @@ from typing import Any, Protocol
 import zmq
 
 from acalign_robot.errors import InputError
-from acalign_robot.runtime.delivery import StreamOwners, StreamRefused
-from acalign_robot.runtime.protocol import (
+from acalign_robot.wire.delivery import StreamOwners, StreamRefused
+from acalign_robot.wire.protocol import (
     CONTROL_REPLIES,
     CONTROL_REQUESTS,
     POLICY_MESSAGES,
@@ -621,7 +621,7 @@ class ZmqTransitionReceiver(_ZmqEndpoint):
 
     def acknowledge(self, ack: TransitionAck) -> bool:
         frame = _outgoing(ack, TRANSITION_REPLIES, "transitions", self.max_message_bytes)
-        identity = self.owners.connection(ack.controller_id)
+        identity = self.owners.connection(ack.stream_id)
         if identity is None:
             self.counters.drops += 1
             return False
@@ -643,7 +643,7 @@ def _check_owner(
 ) -> Message | ProtocolError | StreamRefused:
     """`message`, or the StreamRefused saying why its sender may not speak for its stream (counted in `owners`)."""
     if isinstance(message, TransitionBatch):
-        return owners.admit(message.controller_id, key, connection, time.monotonic()) or message
+        return owners.admit(message.stream_id, key, connection, time.monotonic()) or message
     if isinstance(message, Stats):
         return owners.check_stats(message.source, key, connection) or message
     return message
@@ -871,7 +871,7 @@ class MemoryTransitionReceiver:
 
     def acknowledge(self, ack: TransitionAck) -> bool:
         frame = _outgoing(ack, TRANSITION_REPLIES, "transitions", self.max_message_bytes)
-        acks = self.owners.connection(ack.controller_id)
+        acks = self.owners.connection(ack.stream_id)
         if acks is None or not acks.put(frame):
             self.counters.drops += 1
             return False

@@ -51,17 +51,17 @@ from typing import Any
 
 import numpy as np
 
+from acalign_robot import realtime
 from acalign_robot.config import FieldError
-from acalign_robot.runtime import protocol as p
-from acalign_robot.runtime import realtime
-from acalign_robot.runtime.delivery import ResendWindow
-from acalign_robot.runtime.manifest import PolicyError
-from acalign_robot.runtime.policy import PolicyRunner
-from acalign_robot.runtime.realtime import RealtimeConfig
-from acalign_robot.runtime.safety import ActionFilter, FilterFlags, SafetyConfig
-from acalign_robot.runtime.security import SecurityConfig, client_keys, is_local_endpoint
-from acalign_robot.runtime.transition_log import TransitionLog
-from acalign_robot.runtime.transport import ControlClient, PolicyReceiver, TransitionClient, TransportTimeout
+from acalign_robot.controller.safety import ActionFilter, FilterFlags, SafetyConfig
+from acalign_robot.policy.manifest import PolicyError
+from acalign_robot.policy.runner import PolicyRunner
+from acalign_robot.realtime import RealtimeConfig
+from acalign_robot.robot_log.transition_log import TransitionLog
+from acalign_robot.wire import protocol as p
+from acalign_robot.wire.delivery import ResendWindow
+from acalign_robot.wire.security import SecurityConfig, client_keys, is_local_endpoint
+from acalign_robot.wire.transport import ControlClient, PolicyReceiver, TransitionClient, TransportTimeout
 
 __all__ = ["Controller", "ControllerConfig", "IdleWindows", "PolicySwapper", "SectionTimer", "run_controller"]
 
@@ -137,7 +137,7 @@ class ControllerConfig:
     # Busy-wait for the deadline and for the driver's reply instead of sleeping: the control thread never sleeps, so
     # its core stays hot (tick latency near the floor), at the cost of that whole core (for an isolated core).
     spin_wait: bool = False
-    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)  # SCHED_FIFO and cores (runtime/realtime.py)
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)  # SCHED_FIFO and cores (realtime.py)
 
     def validate(self) -> None:
         if self.rate_hz is not None and not 0 < self.rate_hz <= 10_000:
@@ -246,7 +246,7 @@ class _TransitionBatcher:
         if self.sender is None and self.log is None:
             return
         batch = p.TransitionBatch(
-            controller_id=self.stream_id,
+            stream_id=self.stream_id,
             seq=self.seq,
             policy_version=self.version[:n].copy(),
             obs=self.obs[:n].copy(),
@@ -293,7 +293,7 @@ class _TransitionBatcher:
         """Hand every queued TransitionAck of this stream to the window (waiting up to wait_s for the first)."""
         message = self.sender.recv(wait_s)
         while isinstance(message, p.TransitionAck):
-            if message.controller_id == self.stream_id:
+            if message.stream_id == self.stream_id:
                 self.window.acknowledge(message, now)
             message = self.sender.recv(0.0)
 
@@ -992,7 +992,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 def run_controller(config: ControllerConfig, ready_file: str | None = None) -> dict:
     """Build ZeroMQ endpoints and the policy runner from `config`, run until done or SIGTERM/SIGINT."""
-    from acalign_robot.runtime.transport import ZmqControlClient, ZmqPolicySubscriber, ZmqTransitionSender
+    from acalign_robot.wire.transport import ZmqControlClient, ZmqPolicySubscriber, ZmqTransitionSender
 
     realtime.apply(config.realtime, "controller.realtime")  # first: the threads started below inherit it
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
