@@ -400,6 +400,11 @@ class ZmqControlClient(_ZmqEndpoint):
     IMMEDIATE: requests queue only on a completed connection, so steps are not buffered while the driver is down and
     replayed when it returns. A request that timed out after it left may still reach the driver late: Step.tick
     lets the driver refuse it. HWMs are small for the same reason.
+    A request that timed out stays in flight until its late reply comes or its connection drops (a socket monitor
+    reports the disconnect); until then `request` waits for that instead of sending another, and times out. So a
+    frozen driver (SIGSTOP, a debugger, a stalled SDK call) finds one request waiting when it resumes, not one per
+    tick of its freeze: hundreds of those overran its receive queue, and libzmq 4.3.5 aborts a process whose
+    stopped input meets the peer's disconnect (assertion `!_io_error`, stream_engine_base.cpp).
     """
 
     def __init__(
@@ -423,10 +428,20 @@ class ZmqControlClient(_ZmqEndpoint):
             spin=spin,
         )
         self._last_request_id = 0
+        self._unanswered: bytes | None = None  # the id of a request that timed out and is still in flight
+        self._disconnects = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+
+    def close(self, linger_s: float = 0.0) -> None:
+        self._socket.disable_monitor()
+        self._disconnects.close(linger=0)
+        super().close(linger_s)
 
     def request(self, message: Message, timeout_s: float) -> Message:
         frame = _outgoing(message, CONTROL_REQUESTS, "control", self.max_message_bytes)
         deadline = time.monotonic() + timeout_s
+        if self._unanswered is not None and not self._settle_unanswered(deadline):
+            self.counters.timeouts += 1
+            raise TransportTimeout(f"{self.endpoint} has not answered an earlier request (nothing sent)")
         self._last_request_id += 1
         request_id = _REQUEST_ID.pack(self._last_request_id)
         queued = self._wait(zmq.POLLOUT, deadline)  # with IMMEDIATE, writable means connected
@@ -439,20 +454,52 @@ class ZmqControlClient(_ZmqEndpoint):
             self.counters.timeouts += 1
             raise TransportTimeout(f"no driver connected at {self.endpoint} within {timeout_s} s")
         _count_sent(self.counters, frame)
+        self._unanswered = request_id
         while self._wait(zmq.POLLIN, deadline):
-            frames = self._socket.recv_multipart(zmq.NOBLOCK)
-            if len(frames) != 2 or len(frames[0]) != _REQUEST_ID.size:
-                self.counters.protocol_errors += 1
+            reply = self._take_reply()
+            if reply is None:
                 continue
-            if frames[0] != request_id:
+            if reply[0] != request_id:
                 self.counters.stale += 1
                 continue
-            reply = _incoming(frames[1], CONTROL_REPLIES, "control", self.max_message_bytes, self.counters)
-            if isinstance(reply, ProtocolError):
-                raise reply
-            return reply
+            self._unanswered = None
+            decoded = _incoming(reply[1], CONTROL_REPLIES, "control", self.max_message_bytes, self.counters)
+            if isinstance(decoded, ProtocolError):
+                raise decoded
+            return decoded
         self.counters.timeouts += 1
         raise TransportTimeout(f"no reply from {self.endpoint} within {timeout_s} s")
+
+    def _take_reply(self) -> tuple[bytes, bytes] | None:
+        """The next reply as (request id, frame); None for one without that envelope (counted)."""
+        frames = self._socket.recv_multipart(zmq.NOBLOCK)
+        if len(frames) != 2 or len(frames[0]) != _REQUEST_ID.size:
+            self.counters.protocol_errors += 1
+            return None
+        return frames[0], frames[1]
+
+    def _settle_unanswered(self, deadline: float) -> bool:
+        """Wait until the request in flight is answered (its late reply is discarded and counted stale) or its
+        connection drops; False if neither happened by the monotonic deadline."""
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._disconnects, zmq.POLLIN)
+        while True:
+            if self._disconnects.poll(0):
+                while self._disconnects.poll(0):  # an event is two frames; every queued one says the same
+                    self._disconnects.recv_multipart()
+                self._unanswered = None
+                return True
+            timeout_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000.0))
+            ready = dict(poller.poll(timeout_ms))
+            if not ready:
+                return False
+            reply = self._take_reply() if self._socket in ready else None
+            if reply is not None:
+                self.counters.stale += 1
+                if reply[0] == self._unanswered:
+                    self._unanswered = None
+                    return True
 
 
 class ZmqControlServer(_ZmqEndpoint):

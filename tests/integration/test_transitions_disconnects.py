@@ -1,9 +1,12 @@
-"""libzmq 4.3.5 aborts a process (assertion `!_io_error`) when a ZMTP heartbeat fires on a connection whose receive
-queue was full as its peer went away. Neither end of the transitions channel may be killed that way: each test runs
-one end in a child process on 127.0.0.1 and checks that it outlives a peer that fills its queue and leaves."""
+"""libzmq 4.3.5 aborts a process (assertion `!_io_error`) when a connection whose receive queue was full sees its
+peer go away (through a ZMTP heartbeat, or as a frozen process resumes). Neither end of the transitions channel nor
+a driver may be killed that way: each test runs one end in a child process on 127.0.0.1 and checks that it outlives
+a peer that fills its queue and leaves."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -13,8 +16,13 @@ import numpy as np
 import pytest
 import zmq
 
-from acalign_robot.wire.protocol import TransitionAck, encode
-from acalign_robot.wire.transport import ZmqTransitionReceiver, free_tcp_endpoint
+from acalign_robot.wire.protocol import Step, TransitionAck, encode
+from acalign_robot.wire.transport import (
+    TransportTimeout,
+    ZmqControlClient,
+    ZmqTransitionReceiver,
+    free_tcp_endpoint,
+)
 from tests.learner_helpers import transition_batch
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -118,3 +126,48 @@ def test_a_drivers_control_server_outlives_a_peer_that_fills_its_queue_and_leave
             print("taken", taken, flush=True)
         """
     assert outlives_a_flood(server, [[bytes(8), b"x" * 100]] * 5000) >= 1
+
+
+def test_a_frozen_driver_resumes_alive_with_one_request_waiting():
+    """A driver stopped (SIGSTOP, a debugger, a stalled SDK call) while its controller steps on, times out every tick
+    and then leaves: the controller's client keeps one request in flight, not one per tick (hundreds of those filled
+    the driver's queue, and it aborted as it resumed)."""
+    server = child(
+        """
+        import sys
+        from acalign_robot.wire.protocol import Heartbeat
+        from acalign_robot.wire.transport import ZmqControlServer
+        with ZmqControlServer(sys.argv[1]) as server:
+            print("bound", flush=True)
+            taken = 0
+            while (request := server.recv(1.5)) is not None:
+                server.send(request[0], Heartbeat(sender="driver", time_s=0.0, state="running"))
+                taken += 1
+            print("taken", taken, flush=True)
+        """,
+        endpoint := free_tcp_endpoint(),
+    )
+    client = ZmqControlClient(endpoint)
+    step = Step(tick=0, action=np.zeros(3, dtype=np.float32))
+    try:
+        assert server.stdout.readline().strip() == "bound"
+        client.request(step, timeout_s=5.0)
+        os.kill(server.pid, signal.SIGSTOP)
+        stepped_until = time.monotonic() + 1.5
+        timeouts = 0
+        while time.monotonic() < stepped_until:  # a controller at 125 Hz whose driver never answers
+            try:
+                client.request(step, timeout_s=0.008)
+            except TransportTimeout:
+                timeouts += 1
+        client.close()
+        os.kill(server.pid, signal.SIGCONT)
+        assert server.wait(timeout=30) == 0
+        assert timeouts > 100
+        label, taken = server.stdout.readline().split()
+        assert label == "taken" and 1 <= int(taken) <= 2  # the first step, and the one in flight if it got there
+    finally:
+        if server.poll() is None:
+            os.kill(server.pid, signal.SIGCONT)
+            server.kill()
+        server.wait()

@@ -151,30 +151,75 @@ def test_timeout_when_no_driver_is_there(context, opened):
     assert client.counters.timeouts == 1 and client.counters.sent == 0  # nothing queued to be replayed later
 
 
-def test_a_stale_reply_is_discarded(context, opened):
+def test_a_late_reply_is_discarded_and_one_request_is_in_flight_at_most(context, opened):
     endpoint = free_tcp_endpoint()
     server = opened(ZmqControlServer(endpoint, context=context))
     client = opened(ZmqControlClient(endpoint, context=context))
-    first_arrived = threading.Event()
+    with pytest.raises(TransportTimeout, match="no reply"):
+        client.request(PING, timeout_s=0.3)  # the server has not read it yet
+    with pytest.raises(TransportTimeout, match="earlier request"):
+        client.request(PING, timeout_s=0.1)  # nothing is sent while the first is in flight
+    first_peer, _ = server.recv(5.0)
+    assert server.recv(0.2) is None  # one request reached the server, not two
+    server.send(first_peer, Heartbeat(sender="driver", time_s=1.0, state="old"))
 
-    def answer_late_then_current() -> None:
-        first_peer, _ = server.recv(5.0)
-        first_arrived.set()
-        second_peer, _ = server.recv(5.0)
-        server.send(first_peer, Heartbeat(sender="driver", time_s=1.0, state="old"))
-        server.send(second_peer, Heartbeat(sender="driver", time_s=2.0, state="current"))
+    def answer_the_next() -> None:
+        peer, _ = server.recv(5.0)
+        server.send(peer, Heartbeat(sender="driver", time_s=2.0, state="current"))
 
-    thread = threading.Thread(target=answer_late_then_current)
+    thread = threading.Thread(target=answer_the_next)
     thread.start()
     try:
-        with pytest.raises(TransportTimeout):
-            client.request(PING, timeout_s=0.3)
-        assert first_arrived.wait(5.0)
         reply = client.request(PING, timeout_s=5.0)
     finally:
         thread.join(timeout=5)
     assert reply.state == "current"
-    assert client.counters.stale == 1
+    assert client.counters.stale == 1 and client.counters.sent == 2
+
+
+def test_a_request_in_flight_is_forgotten_when_its_driver_is_gone(context, opened):
+    """A driver killed with a request unanswered: the disconnect frees the client to step the next driver."""
+    endpoint = free_tcp_endpoint()
+    first = ZmqControlServer(endpoint, context=context)
+    client = opened(ZmqControlClient(endpoint, context=context))
+    with pytest.raises(TransportTimeout, match="no reply"):
+        client.request(PING, timeout_s=0.3)
+    first.close()
+    second = opened(bind_when_free(lambda: ZmqControlServer(endpoint, context=context)))
+
+    def answer() -> None:
+        peer, _ = second.recv(5.0)
+        second.send(peer, Heartbeat(sender="driver", time_s=2.0, state="new"))
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        reply = request_until_answered(client, within_s=5.0)
+    finally:
+        thread.join(timeout=5)
+    assert reply.state == "new"
+
+
+def bind_when_free(bind, within_s: float = 5.0):
+    """`bind()` once the port a closed socket held is free again (ZeroMQ releases it asynchronously)."""
+    give_up = time.monotonic() + within_s
+    while True:
+        try:
+            return bind()
+        except InputError:
+            if time.monotonic() > give_up:
+                raise
+            time.sleep(0.05)
+
+
+def request_until_answered(client: ZmqControlClient, within_s: float):
+    give_up = time.monotonic() + within_s
+    while True:
+        try:
+            return client.request(PING, timeout_s=0.05)
+        except TransportTimeout:
+            if time.monotonic() > give_up:
+                raise
 
 
 def test_bad_frames_at_the_server(context, opened):
