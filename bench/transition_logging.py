@@ -13,7 +13,7 @@ safety_flags extras), chunks of 4096 (the default) written with fsync to a direc
    tails). The three take turns in `--rounds` short rounds so that the machine's drifting load hits them alike.
    Per tick: work time (infer + batch + write), lateness of the wake-up behind its deadline, deadline misses; and
    the write() call itself (one per 64 ticks: its in-loop p99 is nearly its max).
-The in-controller measurement (the real loop with a driver and `log.write` in `_TransitionBatcher.flush`) waits
+The in-controller measurement (the real loop with a driver and `log.write` in `TransitionBatcher.flush`) waits
 for the controller integration; this isolates the cost that integration adds to the control thread.
 
 Targets: write() p99 <= 50 us in the burst and p50 <= 50 us in the loop (a write between sleeps runs cold); tick
@@ -105,7 +105,7 @@ def throughput(directory: Path, batches: int) -> dict:
 
 
 class Batcher:
-    """The controller's `_TransitionBatcher` in miniature: preallocated rows, copies into a batch every 64 ticks."""
+    """The controller's `TransitionBatcher` in miniature: preallocated rows, copies into a batch every 64 ticks."""
 
     def __init__(self):
         self.obs = np.zeros((BATCH, OBS_DIM), np.float32)

@@ -10,15 +10,11 @@ sleeps for what is left of the period after its work, never `sleep(period)`. A t
 deadline is a deadline miss; the next deadline is then re-anchored to now (no burst of catch-up ticks).
 The loop measures every section (p50/p99/max) and publishes Stats.
 
-Hot-swap: a background thread owns the policy subscription (latest-only). It waits for a frame without the GIL,
-receives and decodes it, and validates each new version off the control thread (the gate in PolicySwapper: wire
-and manifest versions agree, sha256 and spaces and graph contract via PolicyRunner, batch-1 inference within a
-fraction of the control period, finite and not all-saturated actions on a probe batch of recent observations,
-bounded deviation from the current policy on that batch), builds its onnxruntime session, and leaves it in a
-one-slot mailbox; the control loop picks it up between two ticks with one reference assignment. Every transition
-records the version of the policy that chose its action. The two threads share the GIL, so the swapper works only
-while the control thread sleeps (IdleWindows), one step (< 1 ms) per window, and the process's GIL switch interval
-is 0.2 ms: the control thread wakes to a free interpreter.
+Hot-swap (hot_swap.py): a background thread judges each new policy version off the control thread, in the loop's
+idle time, and leaves the accepted runner in a one-slot mailbox; the control loop picks it up between two ticks with
+one reference assignment. Every transition records the version of the policy that chose its action. With rollback
+on (safety.py: RollbackMonitor), a collapse of the episode returns swaps the last good version back in, also
+between two ticks.
 
 Faults: no StepReply within `driver_timeout_ms` latches SAFE (the safe action is sent every tick; the driver's
 own watchdog covers the controller being gone). An Error in reply to a Step or Reset (the driver restarted and has no
@@ -26,17 +22,13 @@ session, another client holds it, the driver failed) is counted by code, latches
 controller then starts a new session (Hello, checked against the contract it started with, then Reset) at most once
 per SESSION_RETRY_S, sending nothing else meanwhile, and stays SAFE until the operator clears. At exit it leaves the
 robot on its safe action and sends Release, so the driver's watchdog does not take over after it.
-Losing the learner never stops control: batches that do not fit the bounded queue are counted as drops, and every
-batch stays in a resend window (runtime.delivery) until the learner acknowledges it as checkpointed; what the learner
-reports missing (after a drop, or after it was killed and restarted) is resent, one batch per tick at most. At exit
-the controller waits up to `final_delivery_s` for the learner to acknowledge its last batch.
+Losing the learner never stops control: transitions go to the durable log and the learner in bounded batches,
+resent until the learner has them (streaming.py).
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import functools
 import gc
 import json
 import os
@@ -44,16 +36,17 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from acalign_robot import realtime
 from acalign_robot.config import FieldError
-from acalign_robot.controller.safety import ActionFilter, FilterFlags, SafetyConfig
+from acalign_robot.controller.hot_swap import GateSettings, IdleWindows, PolicySwapper
+from acalign_robot.controller.safety import ActionFilter, FilterFlags, RollbackConfig, RollbackMonitor, SafetyConfig
+from acalign_robot.controller.streaming import TransitionBatcher
+from acalign_robot.controller.timing import SectionTimer
 from acalign_robot.policy.manifest import PolicyError
 from acalign_robot.policy.runner import PolicyRunner
 from acalign_robot.realtime import RealtimeConfig
@@ -63,39 +56,13 @@ from acalign_robot.wire.delivery import ResendWindow
 from acalign_robot.wire.security import SecurityConfig, client_keys, is_local_endpoint
 from acalign_robot.wire.transport import ControlClient, PolicyReceiver, TransitionClient, TransportTimeout
 
-__all__ = ["Controller", "ControllerConfig", "IdleWindows", "PolicySwapper", "SectionTimer", "run_controller"]
+__all__ = ["Controller", "ControllerConfig", "run_controller"]
 
-SECTIONS = ("infer", "filter", "obs", "send", "tick")
 STATUS_WINDOW_TICKS = 1000  # the periodic status line's p50/p99 cover the most recent ticks
-ACK_POLL_S = 0.02  # how often the control loop looks for the learner's acknowledgements
 # How long another thread may keep running Python while the control thread waits for the GIL (CPython's default is
 # 5 ms, two whole ticks at 500 Hz). A hot-swap step that overruns its idle window then costs the tick <= 0.2 ms.
 GIL_SWITCH_INTERVAL_S = 0.0002
 SESSION_RETRY_S = 1.0  # after the driver refused a Step or a Reset: how often to try to start a new session
-
-
-@dataclass(frozen=True)
-class RollbackConfig:
-    """Revert to the last good policy when online returns collapse (off by default in sim, on for hardware).
-
-    The baseline is the mean return of the first `baseline_episodes` episodes (the policy the session started with,
-    before any fine-tuned version). After each episode, the mean of the last `window` returns is compared with
-    `fraction` * baseline (for negative baselines: the baseline minus (1 - fraction) * |baseline|); `patience`
-    episodes in a row below it roll back to the last version whose window was above it, and newer versions up to
-    the bad one are refused from then on. The learner is told with a Stats message.
-    """
-
-    enabled: bool = False
-    baseline_episodes: int = 5
-    window: int = 5
-    fraction: float = 0.5
-    patience: int = 3
-
-    def validate(self) -> None:
-        if min(self.baseline_episodes, self.window, self.patience) < 1:
-            raise FieldError("window", "baseline_episodes, window and patience must be >= 1")
-        if not 0.0 < self.fraction < 1.0:
-            raise FieldError("fraction", f"must be in (0, 1), got {self.fraction}")
 
 
 @dataclass(frozen=True)
@@ -158,442 +125,6 @@ class ControllerConfig:
                 raise FieldError(name, f"must be in (0, 1], got {getattr(self, name)}")
 
 
-class SectionTimer:
-    """Per-section durations in preallocated rings (the last `capacity` ticks), summarised as p50/p99/max."""
-
-    def __init__(self, capacity: int = 100_000):
-        self.capacity = capacity
-        self.samples = {name: np.zeros(capacity) for name in SECTIONS}
-        self.count = 0
-
-    def record(self, durations: tuple[float, ...]) -> None:
-        index = self.count % self.capacity
-        for name, value in zip(SECTIONS, durations):
-            self.samples[name][index] = value
-        self.count += 1
-
-    def tick_samples(self) -> np.ndarray:
-        """Whole-tick durations (s) of the last `capacity` ticks, oldest first."""
-        filled = min(self.count, self.capacity)
-        start = self.count % self.capacity if self.count > self.capacity else 0
-        return np.roll(self.samples["tick"][:filled], -start)
-
-    def summary(self, last: int | None = None) -> dict[str, float]:
-        """p50/p99/max per section over every sample held, or over the `last` ticks only (cheap enough for the
-        control thread: the whole 100k-sample ring costs ~13 ms of percentiles)."""
-        filled = min(self.count, self.capacity)
-        if filled == 0:
-            return {}
-        if last is not None and last < filled:
-            end = self.count % self.capacity
-            window = np.arange(end - last, end) % self.capacity  # the ring's newest `last` entries
-        else:
-            window = slice(0, filled)
-        result = {}
-        for name, ring in self.samples.items():
-            values = ring[window]
-            result[f"{name}_p50_s"] = float(np.percentile(values, 50))
-            result[f"{name}_p99_s"] = float(np.percentile(values, 99))
-            result[f"{name}_max_s"] = float(values.max())
-        return result
-
-
-class _TransitionBatcher:
-    """Fills preallocated arrays; `flush` turns them into one TransitionBatch with the next sequence number, which
-    goes to the durable log (when on) and to the learner (when connected), whose acknowledgements `service` reads
-    and answers with resends."""
-
-    def __init__(
-        self,
-        stream_id: str,
-        size: int,
-        obs_dim: int,
-        action_dim: int,
-        sender: TransitionClient | None,
-        log: TransitionLog | None,
-        window: ResendWindow,
-    ):
-        self.stream_id, self.size, self.sender, self.log, self.window = stream_id, size, sender, log, window
-        self.obs = np.zeros((size, obs_dim), np.float32)
-        self.next_obs = np.zeros((size, obs_dim), np.float32)
-        self.action = np.zeros((size, action_dim), np.float32)
-        self.policy_action = np.zeros((size, action_dim), np.float32)
-        self.reward = np.zeros(size, np.float32)
-        self.terminated = np.zeros(size, bool)
-        self.truncated = np.zeros(size, bool)
-        self.version = np.zeros(size, np.int64)
-        self.flags = np.zeros(size, np.int32)
-        self.timestamp_s = np.zeros(size, np.float64)  # wall clock (time.time()) when the step reply arrived
-        self.filled = 0
-        self.seq = 0
-        self.sent_batches = 0
-        self.dropped_batches = 0
-        self._next_ack_poll = 0.0
-
-    def add(self, obs, policy_action, action, reward, next_obs, terminated, truncated, version, flags) -> None:
-        i = self.filled
-        self.obs[i], self.policy_action[i], self.action[i], self.next_obs[i] = obs, policy_action, action, next_obs
-        self.reward[i], self.terminated[i], self.truncated[i] = reward, terminated, truncated
-        self.version[i], self.flags[i], self.timestamp_s[i] = version, flags, time.time()
-        self.filled += 1
-        if self.filled == self.size:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.filled == 0:
-            return
-        n, self.filled = self.filled, 0
-        if self.sender is None and self.log is None:
-            return
-        batch = p.TransitionBatch(
-            stream_id=self.stream_id,
-            seq=self.seq,
-            policy_version=self.version[:n].copy(),
-            obs=self.obs[:n].copy(),
-            action=self.action[:n].copy(),
-            reward=self.reward[:n].copy(),
-            next_obs=self.next_obs[:n].copy(),
-            terminated=self.terminated[:n].copy(),
-            truncated=self.truncated[:n].copy(),
-            extras={"policy_action": self.policy_action[:n].copy(), "safety_flags": self.flags[:n].copy()},
-            resend_from=self.window.oldest(self.seq),  # what the learner lacks below it is gone: it writes it off
-        )
-        self.seq += 1
-        if self.log is not None:
-            self.log.write(batch, self.timestamp_s[:n].copy())
-        if self.sender is None:
-            return
-        if self.sender.send(batch):
-            self.sent_batches += 1
-        else:
-            self.dropped_batches += 1
-        self.window.record(batch, time.perf_counter())
-
-    def service(self, now: float) -> None:
-        """Between ticks (`now`: perf_counter): read the learner's acks every ACK_POLL_S, resend at most one batch."""
-        if self.sender is None:
-            return
-        if now >= self._next_ack_poll:
-            self._next_ack_poll = now + ACK_POLL_S
-            self._take_acks(now)
-        self._resend_one(now)
-
-    def deliver_rest(self, timeout_s: float) -> bool:
-        """At exit: keep answering acks until the learner holds every batch or `timeout_s` passed; True if it does."""
-        if self.sender is None or self.seq == 0:
-            return True
-        deadline = time.perf_counter() + timeout_s
-        while self.window.received_through < self.seq - 1 and (now := time.perf_counter()) < deadline:
-            self._take_acks(now, wait_s=min(0.05, deadline - now))
-            while self._resend_one(time.perf_counter()):
-                pass
-        return self.window.received_through >= self.seq - 1
-
-    def _take_acks(self, now: float, wait_s: float = 0.0) -> None:
-        """Hand every queued TransitionAck of this stream to the window (waiting up to wait_s for the first)."""
-        message = self.sender.recv(wait_s)
-        while isinstance(message, p.TransitionAck):
-            if message.stream_id == self.stream_id:
-                self.window.acknowledge(message, now)
-            message = self.sender.recv(0.0)
-
-    def _resend_one(self, now: float) -> bool:
-        """Resend the next batch the learner lacks; False when none is due or the channel is full."""
-        batch = self.window.next_due(now)
-        if batch is None:
-            return False
-        if self.sender.send(batch):
-            return True
-        self.window.retry_later(batch)
-        return False
-
-
-class IdleWindows:
-    """When the control thread sleeps before its next deadline: the only time the hot-swap thread may do its work.
-
-    Both threads share one GIL. Building an onnxruntime session holds it (~1 ms) and so does Python code (up to the
-    5 ms switch interval), so a validation running while the control thread wakes up delays that tick by as much:
-    measured, ticks just before a swap took 2 ms instead of 0.7 (bench/hot_swap.py). The control loop `open`s a
-    window each time it goes to sleep, until its deadline, and `close`s it on waking; the swapper runs each step of
-    its work only in a window with room for that step (PolicySwapper._when_idle), so the GIL is free when the control
-    thread needs it.
-    """
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._until = 0.0  # perf_counter() at which the current window ends; 0: no window
-        self._recent = collections.deque(maxlen=64)  # lengths of the latest windows, seconds
-
-    def open(self, until: float) -> None:
-        with self._changed:
-            self._until = until
-            self._recent.append(until - time.perf_counter())
-            self._changed.notify_all()
-
-    def typical_long(self) -> float:
-        """The 75th percentile of the latest 64 window lengths (0 before the first): a window a step can expect."""
-        lengths = sorted(self._recent)
-        return lengths[int(0.75 * len(lengths))] if lengths else 0.0
-
-    def close(self) -> None:
-        self._until = 0.0
-
-    def wait(self, need_s: float, timeout_s: float) -> bool:
-        """Block until a window has at least `need_s` left; False if none came within `timeout_s`."""
-        give_up = time.monotonic() + timeout_s
-        with self._changed:
-            while self._until - time.perf_counter() < need_s:
-                left = give_up - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(left)
-        return True
-
-
-class PolicySwapper:
-    """Receives policies on its own thread, judges each in the control loop's idle time (IdleWindows), and offers
-    the next runner to the control loop.
-
-    Nothing received holds the GIL against the control thread outside an idle window: the thread waits for a frame
-    with a poll (no GIL) and takes a view of it (no copy); copying it out of ZeroMQ's buffer and decoding it (16 MiB:
-    ~5 ms each) are steps of their own, each in a window with room for the frame's size.
-
-    The gate, in order; each failure is a rejection counted by its reason, and each artifact (wire version, claimed
-    sha256) is judged once:
-        version    the wire version must be the manifest's (else every re-publish would look new)
-        artifact   manifest, sha256, spaces, graph contract ((batch, obs_dim) with a dynamic batch), one probe
-        latency    the candidate's batch-1 inference (the control loop's call, on recent observations; median of
-                   LATENCY_CALLS) within `max_inference_fraction` of the control period, or, where the machine is
-                   so loaded that the running policy measures over that budget too (timed alongside), within twice
-                   the running policy's; the probe batch then runs in chunks that the budget holds at the batch-1
-                   rate (PROBE_MAX_CHUNKS at most), one per window, beside the running policy's
-        nonfinite  finite actions on the probe batch of recent observations
-        saturated  every probe action at a bound (e.g. a mean offset of 1e30) where the current policy's are not
-        deviation  max |a_new - a_cur| / (high - low) on the probe batch above `max_policy_deviation`
-        error      anything else a candidate raises: counted, reported in `last_rejection`, and the next version
-                   is considered as usual
-    A version at or below the newest one accepted (or one refused after a rollback) is never considered again, so
-    no version is swapped in twice. Should the thread itself die (its transport failing), `alive` and `error` say so
-    in the controller's status; control goes on with the current policy.
-    """
-
-    # A step waits at most this long for a window it fits in; then it takes the next window of any size (a loop
-    # whose idle time never fits a step still gets new versions, at the cost of that tick's latency).
-    MAX_WAIT_S = 1.0
-    LATENCY_CALLS = 5  # batch-1 inferences timed per candidate in one window, each beside one of the running policy
-    PROBE_MAX_CHUNKS = 4  # windows the probe batch takes at most (a call's overhead is most of its cost here)
-    JUDGED_MEMORY = 64  # artifacts remembered as judged, so that a re-published one is not validated again
-    # What copying or decoding a frame costs per byte, for the room those steps ask of a window: 0.3-0.35 ns/byte
-    # measured here for 16 MiB (fresh pages included), taken as 1 ns/byte; a window never needs more than 0.9x the
-    # typical long one.
-    FRAME_S_PER_BYTE = 1e-9
-
-    def __init__(self, subscriber: PolicyReceiver, controller: Controller):
-        self.subscriber = subscriber
-        self.controller = controller
-        self.ready: PolicyRunner | None = None  # the one-slot mailbox, taken by the control loop
-        # Runners the control loop swapped out: released here, because destroying an onnxruntime session costs
-        # ~0.1-0.3 ms that the control thread would otherwise pay on the swap tick.
-        self.retired: list[PolicyRunner] = []
-        self.accepted = 0
-        self.newest_accepted = 0  # the newest version put in the mailbox
-        self.rejections: dict[str, int] = {}
-        self.last_rejection = ""
-        self.last_publish_to_ready_s = 0.0
-        self.last_inference_s: float | None = None  # the latest candidate's batch-1 inference (median), seconds
-        self.last_reference_s: float | None = None  # the running policy's, timed alongside it
-        self.error: str | None = None  # why the thread died, if it did
-        self._judged: collections.deque[tuple[int, str]] = collections.deque(maxlen=self.JUDGED_MEMORY)
-        # The latest durations of each step of the work; their minimum (a run not stretched by preemption) is the
-        # room the step asks of a window.
-        self.step_seconds: dict[str, collections.deque[float]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="policy-swapper", daemon=True)
-
-    @property
-    def alive(self) -> bool:
-        """False once the thread died (see `error`); a thread not started yet or stopped on request is not dead."""
-        return self.error is None and (self._thread.is_alive() or self._thread.ident is None or self._stop.is_set())
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2.0)
-        self.subscriber.close()
-
-    def _reject(self, reason: str, detail: str) -> None:
-        self.rejections[reason] = self.rejections.get(reason, 0) + 1
-        self.last_rejection = f"{reason}: {detail}"[:300]
-
-    def _run(self) -> None:
-        try:
-            realtime.leave_realtime()  # off the control path: never ahead of the control thread
-            while not self._stop.is_set():
-                if self.retired:
-                    self._when_idle("release", self.retired.clear)
-                if not self.subscriber.wait(0.1):  # a poll: the GIL stays free while nothing, or a frame, arrives
-                    continue
-                frame = self.subscriber.take()
-                if frame is None or isinstance(frame, p.ProtocolError):
-                    self._consider(frame)
-                    continue
-                need_s = len(frame) * self.FRAME_S_PER_BYTE
-                frame = self._when_idle("copy", functools.partial(bytes, frame), need_s)  # bytes: as it is
-                self._consider(self._when_idle("decode", functools.partial(self.subscriber.decode, frame), need_s))
-        except BaseException as exc:  # noqa: BLE001 - recorded for the status, then the thread ends as it would
-            self.error = f"{type(exc).__name__}: {exc}"[:300]
-            raise
-
-    def _consider(self, message: p.Message | p.ProtocolError | None) -> None:
-        received = time.perf_counter()
-        if message is None:
-            return
-        if isinstance(message, p.ProtocolError):
-            self._reject("protocol", str(message))
-            return
-        held = max(self.controller.runner.manifest.version, self.controller.refused_through_version)
-        if message.version <= max(held, self.newest_accepted):
-            return  # what we run or already accepted, older, or refused after a rollback: nothing to do
-        onnx = message.manifest.get("onnx")
-        key = (message.version, str(onnx.get("sha256") if isinstance(onnx, dict) else None))
-        if key in self._judged:
-            return  # a re-publish of an artifact already refused
-        self._judged.append(key)
-        try:
-            runner = self._validate(message)
-        except Exception as exc:  # any failure of a candidate: onnxruntime's own exception types, or a bug here
-            self._reject("error", f"version {message.version}: {type(exc).__name__}: {exc}")
-            return
-        if runner is not None:
-            self.ready = runner
-            self.accepted += 1
-            self.newest_accepted = runner.manifest.version
-            self.last_publish_to_ready_s = time.perf_counter() - received
-
-    def _when_idle(self, step: str, work: Callable[[], Any], need_s: float | None = None) -> Any:
-        """Run `work` in an idle window of the control loop with room for it: `need_s`, or else the step's shortest
-        recent duration; at most 0.9x the 75th percentile of recent windows."""
-        windows = self.controller.idle
-        durations = self.step_seconds.setdefault(step, collections.deque(maxlen=8))
-        if need_s is None:
-            need_s = min(durations, default=0.0)
-        # A step longer than the usual window (e.g. a session build at 1 kHz) takes a long one of the usual ones.
-        need = min(need_s, 0.9 * windows.typical_long())
-        if not windows.wait(need, self.MAX_WAIT_S):
-            windows.wait(0.0, self.MAX_WAIT_S)
-        started = time.perf_counter()
-        try:
-            return work()
-        finally:
-            durations.append(time.perf_counter() - started)
-
-    def _load_when_idle(self, stages: Generator[str, None, PolicyRunner]) -> PolicyRunner:
-        """Run PolicyRunner.in_stages one stage per idle window; the runner it returns."""
-        stage = 0
-        while True:
-            try:
-                self._when_idle(f"load-{stage}", lambda: next(stages))
-            except StopIteration as loaded:
-                return loaded.value
-            stage += 1
-
-    def _validate(self, message: p.Policy) -> PolicyRunner | None:
-        """The gate (see the class docstring); the runner, warmed up, or None after a counted rejection."""
-        version, config, spec = message.version, self.controller.config, self.controller.spec
-        if message.manifest.get("version") != version:
-            self._reject("version", f"wire version {version}, manifest version {message.manifest.get('version')!r}")
-            return None
-        stages = PolicyRunner.in_stages(
-            message.onnx,
-            message.manifest,
-            obs_dim=spec.observation_space.shape[0],
-            action_dim=spec.action_space.shape[0],
-            action_low=spec.action_space.low,
-            action_high=spec.action_space.high,
-            provider=config.provider,
-            seed=self.controller.rng,
-        )
-        try:
-            runner = self._load_when_idle(stages)
-        except (PolicyError, ValueError) as exc:
-            self._reject("artifact", str(exc))
-            return None
-        probe = self.controller.recent_observations()
-        budget_s = config.max_inference_fraction * self.controller.period_s
-        try:
-            inference_s, reference_s = self._inference_seconds(runner, probe)
-            self.last_inference_s, self.last_reference_s = inference_s, reference_s
-            if inference_s > max(budget_s, 2 * reference_s):
-                self._reject(
-                    "latency",
-                    f"version {version} takes {inference_s * 1e3:.2f} ms per tick (the running policy "
-                    f"{reference_s * 1e3:.2f} ms), the budget is {budget_s * 1e3:.2f} ms "
-                    f"({config.max_inference_fraction:g} of the period)",
-                )
-                return None
-            chunk = max(-(-len(probe) // self.PROBE_MAX_CHUNKS), int(budget_s / max(inference_s, 1e-6)))
-            new_action, current_action = self._probe_actions(runner, probe, chunk)
-            self._when_idle("warm-up", runner.warm_up)  # onnxruntime's first-run setup, not on the swap tick
-        except PolicyError as exc:  # inference failed on these inputs
-            self._reject("artifact", str(exc))
-            return None
-        if not np.all(np.isfinite(new_action)):
-            self._reject("nonfinite", f"version {version} gives non-finite actions on the probe batch")
-            return None
-        low, high = spec.action_space.low, spec.action_space.high
-        span = high - low
-        if _all_at_bounds(new_action, low, high) and not _all_at_bounds(current_action, low, high):
-            self._reject("saturated", f"version {version} puts every probe action at a bound")
-            return None
-        deviation = float(np.max(np.abs(new_action - current_action) / span))
-        if deviation > config.max_policy_deviation:
-            self._reject("deviation", f"version {version} moves actions by {deviation:.2f} of the range")
-            return None
-        return runner
-
-    def _inference_seconds(self, runner: PolicyRunner, probe: np.ndarray) -> tuple[float, float]:
-        """Medians of LATENCY_CALLS batch-1 inferences on probe observations, in one window: the candidate's, as
-        `act` calls its graph, and the running policy's (a one-row `act_batch`: its batch-1 buffer is the control
-        thread's), alternating so that both see the same load."""
-
-        def pairs() -> list[tuple[float, float]]:
-            explore, current = self.controller.config.explore, self.controller.runner
-            return [
-                (runner.inference_seconds(obs, explore), _timed(current.act_batch, obs[None])[0])
-                for obs in probe[np.arange(self.LATENCY_CALLS) % len(probe)]
-            ]
-
-        candidate, reference = zip(*self._when_idle("latency", pairs))
-        return float(np.median(candidate)), float(np.median(reference))
-
-    def _probe_actions(self, runner: PolicyRunner, probe: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-        """Deterministic actions (B, action_dim) of the candidate and of the running policy on the probe batch,
-        `chunk` observations of both per idle window."""
-        current = self.controller.runner
-
-        def both(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return runner.act_batch(part)[0], current.act_batch(part)[0]
-
-        parts = [
-            self._when_idle("probe", functools.partial(both, probe[start : start + chunk]))
-            for start in range(0, len(probe), chunk)
-        ]
-        return np.concatenate([new for new, _ in parts]), np.concatenate([cur for _, cur in parts])
-
-
-def _timed(work: Callable[[np.ndarray], Any], argument: np.ndarray) -> tuple[float, Any]:
-    started = time.perf_counter()
-    result = work(argument)
-    return time.perf_counter() - started, result
-
-
-def _all_at_bounds(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> bool:
-    """Whether every action (B, action_dim) sits at its low or high bound (to 1e-6 of the range)."""
-    return bool(np.all(np.minimum(action - low, high - action) <= 1e-6 * (high - low)))
-
-
 class Controller:
     """The control loop. Construct with transport endpoints (real or in-memory), then `run()`."""
 
@@ -607,7 +138,6 @@ class Controller:
     ):
         self.config = config
         self.client = client
-        self.rng = np.random.default_rng(config.seed)
         reply = client.request(p.Hello(client_name=config.controller_id, role="controller"), 5.0)
         if not isinstance(reply, p.HelloReply):
             raise PolicyError(f"driver at {config.driver_endpoint} answered Hello with {type(reply).__name__}")
@@ -636,7 +166,7 @@ class Controller:
             )
         # A stream per process start: a restarted controller's batches (seq from 0 again) are new data to the
         # learner, not duplicates of the previous run's.
-        self.batcher = _TransitionBatcher(
+        self.batcher = TransitionBatcher(
             f"{config.controller_id}@{os.getpid()}",
             config.transition_batch,
             reply.observation_space.shape[0],
@@ -647,8 +177,22 @@ class Controller:
         )
         self.transitions = transitions
         # Only a controller that hot-swaps marks its idle time (it costs the tick a lock and a notify).
-        self.idle: IdleWindows | None = IdleWindows() if policies is not None else None
-        self.swapper = PolicySwapper(policies, self) if policies is not None else None
+        self.idle: IdleWindows | None = None
+        self.swapper: PolicySwapper | None = None
+        if policies is not None:
+            self.idle = IdleWindows()
+            gate = GateSettings(
+                obs_dim=reply.observation_space.shape[0],
+                action_low=action_space.low,
+                action_high=action_space.high,
+                control_period_s=self.period_s,
+                explore=config.explore,
+                provider=config.provider,
+                max_policy_deviation=config.max_policy_deviation,
+                max_inference_fraction=config.max_inference_fraction,
+                seed=config.seed,
+            )
+            self.swapper = PolicySwapper(policies, gate, self.idle, self)  # self: its ControlLoopState
         self._recent = np.zeros((config.probe_observations, reply.observation_space.shape[0]), np.float32)
         self._recent_count = 0
         self._recent_lock = threading.Lock()
@@ -669,10 +213,9 @@ class Controller:
         self.released = False  # at exit: the driver acknowledged the Release (its watchdog is disarmed)
         self._last_reply_s = time.monotonic()  # the last StepReply: the start of any fault's reaction time
         self.safe_reaction_s: float | None = None  # last reply before the fault -> SAFE latched
+        self.rollback_monitor = RollbackMonitor(config.rollback, runner)
         self.refused_through_version = 0  # after a rollback: versions up to the bad one are never swapped in again
         self.rollbacks: list[tuple[int, int]] = []  # (from version, to version)
-        self._good_runner = runner  # the newest version whose returns held up
-        self._below = 0  # consecutive episodes with the moving average under the threshold
         self.learner_has_every_batch: bool | None = None  # at exit, with a learner: did it acknowledge every batch
 
     def stop(self) -> None:
@@ -693,25 +236,15 @@ class Controller:
         if self.filter.safe and self.safe_reaction_s is None:
             self.safe_reaction_s = self.filter.latched_at_s - self._last_reply_s
 
-    def _check_rollback(self) -> None:
-        settings = self.config.rollback
-        returns = self.episode_returns
-        if len(returns) < settings.baseline_episodes:
+    def _roll_back_if_returns_collapsed(self, episode_return: float) -> None:
+        """After an episode: swap the last good version back in if the monitor says so, and tell the learner."""
+        good_runner = self.rollback_monitor.after_episode(episode_return, self.runner)
+        if good_runner is None:
             return
-        baseline = float(np.mean(returns[: settings.baseline_episodes]))
-        threshold = baseline - (1.0 - settings.fraction) * abs(baseline)
-        if float(np.mean(returns[-settings.window :])) >= threshold:
-            self._below = 0
-            self._good_runner = self.runner
-            return
-        self._below += 1
-        if self._below < settings.patience or self.runner is self._good_runner:
-            return
-        bad, good = self.runner.manifest.version, self._good_runner.manifest.version
-        self.runner = self._good_runner  # between ticks, like a swap
+        bad, good = self.runner.manifest.version, good_runner.manifest.version
+        self.runner = good_runner  # between ticks, like a swap
         self.refused_through_version = max(self.refused_through_version, bad)
         self.rollbacks.append((bad, good))
-        self._below = 0
         if self.transitions is not None:
             self.transitions.send(
                 p.Stats(source=self.config.controller_id, values={"rollback_from": bad, "rollback_to": good})
@@ -802,7 +335,8 @@ class Controller:
                 obs, episode_return = restarted, 0.0
             swapped = self.swapper is not None and self.swapper.ready is not None
             if swapped:
-                if self.runner is not self._good_runner:  # the rollback target stays alive; others are released
+                # The rollback target stays alive; the swapper's thread releases the others.
+                if self.runner is not self.rollback_monitor.good_runner:
                     self.swapper.retired.append(self.runner)
                 self.runner, self.swapper.ready = self.swapper.ready, None  # the swap: one reference assignment
                 self.swaps += 1
@@ -853,8 +387,7 @@ class Controller:
                     self.episode_log.append(
                         (self.ticks, time.monotonic() - started, episode_return, runner.manifest.version)
                     )
-                    if cfg.rollback.enabled:
-                        self._check_rollback()
+                    self._roll_back_if_returns_collapsed(episode_return)
                     episode_return = 0.0
                     self.batcher.flush()
                     obs = self._reset()  # None: the session is lost, and restarted at the top of the loop

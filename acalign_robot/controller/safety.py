@@ -1,21 +1,30 @@
-"""The controller's action filter: what stands between a policy's output and the driver.
+"""The controller's safeguards: the action filter on every tick, and the rollback monitor after every episode.
 
-Layers, in order, for every tick: finite check (NaN/inf -> the safe action and a fault that latches SAFE) ->
-clip to the action bounds -> per-tick rate limit (|a_t - a_(t-1)| <= max_delta * (high - low), per dimension).
-While SAFE is latched the filter returns the driver's safe action until `clear()`. Each intervention is counted
-and reported in the returned flags, which travel with the transition.
+The action filter stands between a policy's output and the driver. Layers, in order, for every tick: finite check
+(NaN/inf -> the safe action and a fault that latches SAFE) -> clip to the action bounds -> per-tick rate limit
+(|a_t - a_(t-1)| <= max_delta * (high - low), per dimension). While SAFE is latched the filter returns the driver's
+safe action until `clear()`. Each intervention is counted and reported in the returned flags, which travel with the
+transition.
+
+The rollback monitor (RollbackConfig) watches the returns of finished episodes and names the policy to go back to
+when they collapse under a fine-tuned version; the controller does the swap.
 """
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from acalign_robot.config import FieldError
 
-__all__ = ["ActionFilter", "FilterFlags", "SafetyConfig"]
+if TYPE_CHECKING:  # for the hints only: the filter's importers (log tools, tests) need no onnxruntime
+    from acalign_robot.policy.runner import PolicyRunner
+
+__all__ = ["ActionFilter", "FilterFlags", "RollbackConfig", "RollbackMonitor", "SafetyConfig"]
 
 
 @dataclass(frozen=True)
@@ -91,3 +100,65 @@ class ActionFilter:
             flags |= FilterFlags.RATE_LIMITED
         self._previous = limited.astype(np.float32, copy=False)
         return self._previous, flags
+
+
+@dataclass(frozen=True)
+class RollbackConfig:
+    """Revert to the last good policy when online returns collapse (off by default in sim, on for hardware).
+
+    The baseline is the mean return of the first `baseline_episodes` episodes (the policy the session started with,
+    before any fine-tuned version). After each episode, the mean of the last `window` returns is compared with
+    `fraction` * baseline (for negative baselines: the baseline minus (1 - fraction) * |baseline|); `patience`
+    episodes in a row below it roll back to the last version whose window was above it, and newer versions up to
+    the bad one are refused from then on. The learner is told with a Stats message.
+    """
+
+    enabled: bool = False
+    baseline_episodes: int = 5
+    window: int = 5
+    fraction: float = 0.5
+    patience: int = 3
+
+    def validate(self) -> None:
+        if min(self.baseline_episodes, self.window, self.patience) < 1:
+            raise FieldError("window", "baseline_episodes, window and patience must be >= 1")
+        if not 0.0 < self.fraction < 1.0:
+            raise FieldError("fraction", f"must be in (0, 1), got {self.fraction}")
+
+
+class RollbackMonitor:
+    """The rollback decision (RollbackConfig): fed each finished episode's return, it names the runner to go back to.
+
+    It keeps the runner to go back to alive: `good_runner`, the newest one whose returns held up (the one the
+    session started with until then, and for ever when rollback is off).
+    """
+
+    def __init__(self, config: RollbackConfig, runner: PolicyRunner):
+        self.config = config
+        self.good_runner = runner
+        self._baseline_returns: list[float] = []  # the first `baseline_episodes` returns
+        self._recent_returns: collections.deque[float] = collections.deque(maxlen=config.window)
+        self._below = 0  # consecutive episodes with the moving average under the threshold
+
+    def after_episode(self, episode_return: float, runner: PolicyRunner) -> PolicyRunner | None:
+        """Record the return of an episode that ended under `runner` (the one running now); the runner to roll back
+        to, or None to keep `runner`."""
+        settings = self.config
+        if not settings.enabled:
+            return None
+        if len(self._baseline_returns) < settings.baseline_episodes:
+            self._baseline_returns.append(episode_return)
+        self._recent_returns.append(episode_return)
+        if len(self._baseline_returns) < settings.baseline_episodes:
+            return None
+        baseline = float(np.mean(self._baseline_returns))
+        threshold = baseline - (1.0 - settings.fraction) * abs(baseline)
+        if float(np.mean(self._recent_returns)) >= threshold:
+            self._below = 0
+            self.good_runner = runner
+            return None
+        self._below += 1
+        if self._below < settings.patience or runner is self.good_runner:
+            return None
+        self._below = 0
+        return self.good_runner

@@ -737,7 +737,7 @@ class ZmqPolicySubscriber(_ZmqEndpoint):
     The controller's hot-swap thread `wait`s for a frame (a poll: ZeroMQ's I/O thread assembles it, and the GIL is
     free), `take`s it (a view, no copy), then copies and `decode`s it each in an idle window of the control loop
     with room for its size, because both hold the GIL for as long as the frame is big (16 MiB: ~5 ms each;
-    runtime.controller.PolicySwapper). Nothing on this socket ever waits on the learner.
+    controller/hot_swap.py: PolicySwapper). Nothing on this socket ever waits on the learner.
     """
 
     def __init__(

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from acalign_robot.algo.networks import TanhGaussianActor
-from acalign_robot.controller.process import Controller, ControllerConfig, IdleWindows, RollbackConfig
+from acalign_robot.controller.hot_swap import IdleWindows
+from acalign_robot.controller.process import Controller, ControllerConfig
+from acalign_robot.controller.safety import RollbackConfig, RollbackMonitor
 from acalign_robot.drivers.loopback import LoopbackDriver
 from acalign_robot.drivers.server import DriverServer
 from acalign_robot.export.onnx_export import build_artifact
@@ -116,6 +118,20 @@ def test_rollback_is_off_by_default(driver_thread):
     assert stats["rollbacks"] == [] and stats["episodes"] == 3
 
 
+def test_the_rollback_monitor_names_the_last_version_whose_returns_held_up():
+    started, tuned, bad = object(), object(), object()  # runners: only their identity matters to the monitor
+    settings = RollbackConfig(enabled=True, baseline_episodes=3, window=2, fraction=0.5, patience=2)
+    monitor = RollbackMonitor(settings, started)
+    for _ in range(3):
+        assert monitor.after_episode(10.0, started) is None  # baseline 10: the threshold is 5
+    assert monitor.after_episode(10.0, tuned) is None and monitor.good_runner is tuned
+    assert monitor.after_episode(-10.0, bad) is None  # the window's mean is 0: below once, patience 2
+    assert monitor.after_episode(-10.0, bad) is tuned  # below twice: back to the last good one
+    for _ in range(settings.patience):  # still below, but on the last good one: nothing to go back to
+        assert monitor.after_episode(-10.0, tuned) is None
+    assert RollbackMonitor(RollbackConfig(), started).after_episode(-1e9, bad) is None  # off by default
+
+
 def test_a_latched_controller_sends_the_safe_action_every_tick(driver_thread):
     config, *_, runner = make_controller(driver_thread, ticks=30)
     controller = Controller(config, MemoryControlClient(driver_thread), runner)
@@ -127,7 +143,7 @@ def test_a_latched_controller_sends_the_safe_action_every_tick(driver_thread):
 
 
 def test_section_timer_summarises_the_newest_ticks_of_its_ring():
-    from acalign_robot.controller.process import SectionTimer
+    from acalign_robot.controller.timing import SectionTimer
 
     timer = SectionTimer(capacity=10)
     for tick in range(25):

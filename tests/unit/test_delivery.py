@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from acalign_robot.controller.process import _TransitionBatcher
+from acalign_robot.controller.streaming import TransitionBatcher
 from acalign_robot.wire import delivery
 from acalign_robot.wire.delivery import ResendWindow, SequenceLedger, StreamOwners
 from acalign_robot.wire.protocol import TransitionAck, decode, encode
@@ -139,7 +139,7 @@ def test_window_evicts_the_oldest_beyond_capacity_and_retries_a_full_channel_fir
 
 def test_a_batch_dropped_by_a_full_queue_reaches_the_learner_once_it_asks():
     learner = MemoryTransitionReceiver(queue_messages=1)
-    batcher = _TransitionBatcher(
+    batcher = TransitionBatcher(
         "c",
         size=2,
         obs_dim=11,

@@ -20,7 +20,7 @@ import torch
 
 from acalign_robot.algo.checkpoint import load_checkpoint
 from acalign_robot.cli import main
-from acalign_robot.controller.process import _TransitionBatcher
+from acalign_robot.controller.streaming import TransitionBatcher
 from acalign_robot.errors import InputError
 from acalign_robot.learner import process
 from acalign_robot.learner.config import LearnerConfig
@@ -347,7 +347,7 @@ def test_stats_are_kept_bounded_per_source(make_config, fake_export):
 def test_a_fresh_learner_writes_off_what_the_controller_forgot_and_gets_the_rest(make_config, fake_export):
     rig = Rig(make_config())
     window = ResendWindow(capacity_bytes=10**6, resend_after_s=0.0)
-    batcher = _TransitionBatcher("c@1", 2, 11, 3, MemoryTransitionSender(rig.receiver), None, window)
+    batcher = TransitionBatcher("c@1", 2, 11, 3, MemoryTransitionSender(rig.receiver), None, window)
     step = (np.zeros(11), np.zeros(3), np.zeros(3), 1.0, np.zeros(11), False, False, 1, 0)
     batcher.seq = 5000  # mid-session: the learner before this one held 0..4989 durably, then was replaced
     for seq in range(4990, 5000):

@@ -1,0 +1,146 @@
+"""The controller's outgoing transitions: batched on the control thread, written to the durable log, streamed to
+the learner.
+
+Losing the learner never stops control: batches that do not fit the bounded queue are counted as drops, and every
+batch stays in a resend window (wire/delivery.py: ResendWindow) until the learner acknowledges it as checkpointed;
+what the learner reports missing (after a drop, or after it was killed and restarted) is resent, one batch per tick
+at most. At exit the controller waits up to `final_delivery_s` for the learner to acknowledge its last batch.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from acalign_robot.robot_log.transition_log import TransitionLog
+from acalign_robot.wire import protocol as p
+from acalign_robot.wire.delivery import ResendWindow
+from acalign_robot.wire.transport import TransitionClient
+
+__all__ = ["TransitionBatcher"]
+
+ACK_POLL_S = 0.02  # how often the control loop looks for the learner's acknowledgements
+
+
+class TransitionBatcher:
+    """Fills preallocated arrays; `flush` turns them into one TransitionBatch with the next sequence number, which
+    goes to the durable log (when on) and to the learner (when connected), whose acknowledgements `service` reads
+    and answers with resends."""
+
+    def __init__(
+        self,
+        stream_id: str,
+        size: int,
+        obs_dim: int,
+        action_dim: int,
+        sender: TransitionClient | None,
+        log: TransitionLog | None,
+        window: ResendWindow,
+    ):
+        self.stream_id, self.size, self.sender, self.log, self.window = stream_id, size, sender, log, window
+        self.obs = np.zeros((size, obs_dim), np.float32)
+        self.next_obs = np.zeros((size, obs_dim), np.float32)
+        self.action = np.zeros((size, action_dim), np.float32)
+        self.policy_action = np.zeros((size, action_dim), np.float32)
+        self.reward = np.zeros(size, np.float32)
+        self.terminated = np.zeros(size, bool)
+        self.truncated = np.zeros(size, bool)
+        self.version = np.zeros(size, np.int64)
+        self.flags = np.zeros(size, np.int32)
+        self.timestamp_s = np.zeros(size, np.float64)  # wall clock (time.time()) when the step reply arrived
+        self.filled = 0
+        self.seq = 0
+        self.sent_batches = 0
+        self.dropped_batches = 0
+        self._next_ack_poll = 0.0
+
+    def add(
+        self,
+        obs: np.ndarray,
+        policy_action: np.ndarray,
+        action: np.ndarray,
+        reward: float,
+        next_obs: np.ndarray,
+        terminated: bool,
+        truncated: bool,
+        version: int,
+        flags: int,
+    ) -> None:
+        """One executed transition (`version`: the policy's that chose `policy_action`; `flags`: FilterFlags); a
+        full batch is flushed."""
+        i = self.filled
+        self.obs[i], self.policy_action[i], self.action[i], self.next_obs[i] = obs, policy_action, action, next_obs
+        self.reward[i], self.terminated[i], self.truncated[i] = reward, terminated, truncated
+        self.version[i], self.flags[i], self.timestamp_s[i] = version, flags, time.time()
+        self.filled += 1
+        if self.filled == self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.filled == 0:
+            return
+        n, self.filled = self.filled, 0
+        if self.sender is None and self.log is None:
+            return
+        batch = p.TransitionBatch(
+            stream_id=self.stream_id,
+            seq=self.seq,
+            policy_version=self.version[:n].copy(),
+            obs=self.obs[:n].copy(),
+            action=self.action[:n].copy(),
+            reward=self.reward[:n].copy(),
+            next_obs=self.next_obs[:n].copy(),
+            terminated=self.terminated[:n].copy(),
+            truncated=self.truncated[:n].copy(),
+            extras={"policy_action": self.policy_action[:n].copy(), "safety_flags": self.flags[:n].copy()},
+            resend_from=self.window.oldest(self.seq),  # what the learner lacks below it is gone: it writes it off
+        )
+        self.seq += 1
+        if self.log is not None:
+            self.log.write(batch, self.timestamp_s[:n].copy())
+        if self.sender is None:
+            return
+        if self.sender.send(batch):
+            self.sent_batches += 1
+        else:
+            self.dropped_batches += 1
+        self.window.record(batch, time.perf_counter())
+
+    def service(self, now: float) -> None:
+        """Between ticks (`now`: perf_counter): read the learner's acks every ACK_POLL_S, resend at most one batch."""
+        if self.sender is None:
+            return
+        if now >= self._next_ack_poll:
+            self._next_ack_poll = now + ACK_POLL_S
+            self._take_acks(now)
+        self._resend_one(now)
+
+    def deliver_rest(self, timeout_s: float) -> bool:
+        """At exit: keep answering acks until the learner holds every batch or `timeout_s` passed; True if it does."""
+        if self.sender is None or self.seq == 0:
+            return True
+        deadline = time.perf_counter() + timeout_s
+        while self.window.received_through < self.seq - 1 and (now := time.perf_counter()) < deadline:
+            self._take_acks(now, wait_s=min(0.05, deadline - now))
+            while self._resend_one(time.perf_counter()):
+                pass
+        return self.window.received_through >= self.seq - 1
+
+    def _take_acks(self, now: float, wait_s: float = 0.0) -> None:
+        """Hand every queued TransitionAck of this stream to the window (waiting up to wait_s for the first)."""
+        message = self.sender.recv(wait_s)
+        while isinstance(message, p.TransitionAck):
+            if message.stream_id == self.stream_id:
+                self.window.acknowledge(message, now)
+            message = self.sender.recv(0.0)
+
+    def _resend_one(self, now: float) -> bool:
+        """Resend the next batch the learner lacks; False when none is due or the channel is full."""
+        batch = self.window.next_due(now)
+        if batch is None:
+            return False
+        if self.sender.send(batch):
+            return True
+        self.window.retry_later(batch)
+        return False
