@@ -11,9 +11,10 @@ final name, fsync of the directory. A process killed at any moment (kill -9, pow
 disk) loses at most the open chunk (and the batches still queued) and leaves every closed chunk whole; a
 half-written temp file is never read. A full queue (the disk stalled for minutes: 1024 batches of 64 are over 2 minutes
 at 500 Hz) drops the batch and counts it, never waits; a writer that hit an I/O error stops writing and counts every
-later batch as dropped (`stats()["log_error"]`). The writer shares the GIL with the control thread: closing a
-4096-transition chunk costs it about 1 ms of CPU in pieces (concatenation, npz encoding; the file writes and fsync
-release the GIL), once every 8 s at 500 Hz, which is the most a tick can wait for it.
+later batch as dropped (`stats()["log_error"]`). The writer shares the GIL with the control thread: closing a chunk
+costs it CPU in proportion to the chunk's size, in pieces (concatenation, npz encoding; the file writes and fsync
+release the GIL): about 1 ms for 4096 transitions. The controller closes chunks of 1024 transitions or 5 s
+(controller/process.py), once every ~2 s at 500 Hz; that is the most a tick can wait for the writer.
 
 The writer keeps a reference to each batch: its arrays must not change after `write` (TransitionBatch is frozen and
 the controller's batcher sends copies).

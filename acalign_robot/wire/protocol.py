@@ -247,7 +247,7 @@ class TransitionBatch:
     next_obs: np.ndarray  # (batch, obs_dim)
     terminated: np.ndarray  # (batch,) bool
     truncated: np.ndarray  # (batch,) bool
-    extras: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. raw_action, executed_action: (batch, ...)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # policy_action, safety_flags: (batch, ...)
     # The oldest seq the controller can still resend (its ResendWindow's first); the learner writes off what it lacks
     # below it at once. None: a sender that resends nothing (every missing seq below `seq` is gone).
     resend_from: int | None = None
