@@ -85,8 +85,9 @@ def make_env(env_id: str, seed: int | None = None) -> gym.Env:
 
 
 @torch.no_grad()
-def evaluate(actor: TanhGaussianActor, env_id: str, episodes: int, seed: int) -> list[float]:
-    """Deterministic returns (tanh of the mean) over `episodes` episodes on a fresh env."""
+def evaluate(actor: TanhGaussianActor, env_id: str, episodes: int, seed: int, sampled: bool = False) -> list[float]:
+    """Returns over `episodes` episodes on a fresh env: deterministic (tanh of the mean), or with `sampled` actions
+    drawn from the policy (how a stochastic behaviour policy's data scores)."""
     env = make_env(env_id)
     device = _device_of(actor)
     returns = []
@@ -95,8 +96,8 @@ def evaluate(actor: TanhGaussianActor, env_id: str, episodes: int, seed: int) ->
         total, done = 0.0, False
         while not done:
             obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
-            action = actor.act_deterministic(obs_t)[0].cpu().numpy()
-            obs, reward, terminated, truncated, _ = env.step(action)
+            action = actor.sample(obs_t)[0] if sampled else actor.act_deterministic(obs_t)
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
             total += float(reward)
             done = terminated or truncated
         returns.append(total)

@@ -3,8 +3,12 @@
 Kinds (Fu et al. 2020, "D4RL", section 5):
 - random: uniform-random actions.
 - expert: rollouts of the fully trained SAC behaviour policy (its best evaluated snapshot).
-- medium: rollouts of the behaviour policy stopped at about 1/3 of the expert's return (the snapshot whose
-  evaluation return is closest to R_random + (R_expert - R_random) / 3, the earliest on ties).
+- medium: rollouts of the behaviour policy stopped at about 1/3 of the expert's return. As in D4RL, the *data*
+  scores a third: the snapshot is the one whose sampled-action episodes (MEDIUM_EPISODES of each snapshot, the way
+  its rollouts will act) return closest to R_random + (R_expert - R_random) / 3, the earliest on ties. Picking it by
+  its deterministic evaluation instead (one noisy evaluation of tanh(mean)) gave a HalfCheetah dataset that scored
+  50 and an offline actor that scored 90: online states then lay outside the data the critic was trained on.
+  The dataset's own mean normalised score is recorded, with whether it lies within MEDIUM_TOLERANCE of a third.
 - medium-replay: every episode the behaviour agent experienced during training up to that medium snapshot.
 - medium-expert: medium + expert rollouts.
 Rollouts sample from the stochastic policy, as D4RL's did.
@@ -30,6 +34,9 @@ __all__ = ["BehaviourRun", "KINDS", "collect_random_episodes", "collect_sac_data
 
 KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 REFERENCE_EPISODES = 10
+MEDIUM_FRACTION = 1 / 3  # of the expert's normalised score (D4RL's "medium")
+MEDIUM_EPISODES = 5  # sampled-action episodes per snapshot when choosing the medium one
+MEDIUM_TOLERANCE = 0.1  # the medium dataset's mean normalised score should lie within +-10% of MEDIUM_FRACTION
 
 
 class _EpisodeRecorder:
@@ -230,18 +237,38 @@ def _rollouts(actor, env_id: str, transitions: int, seed: int, desc: str) -> lis
     recorder = _EpisodeRecorder()
     obs, _ = env.reset(seed=seed)
     episode = 0
-    for _ in tqdm(range(transitions), desc=desc, unit="step"):
-        with torch.no_grad():
-            action = actor.sample(torch.as_tensor(obs, dtype=torch.float32)[None])[0][0].numpy()
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        recorder.add(obs, action, reward, next_obs, terminated, truncated)
-        obs = next_obs
-        if terminated or truncated:
-            episode += 1
-            obs, _ = env.reset(seed=seed + episode)
+    # The same data whether the behaviour run was trained in this process or reused from disk.
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for _ in tqdm(range(transitions), desc=desc, unit="step"):
+            with torch.no_grad():
+                action = actor.sample(torch.as_tensor(obs, dtype=torch.float32)[None])[0][0].numpy()
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            recorder.add(obs, action, reward, next_obs, terminated, truncated)
+            obs = next_obs
+            if terminated or truncated:
+                episode += 1
+                obs, _ = env.reset(seed=seed + episode)
     recorder.flush()
     env.close()
     return recorder.episodes
+
+
+def _choose_medium_snapshot(run: BehaviourRun, env_id: str, steps: list[int], score, seed: int) -> dict:
+    """The snapshot whose sampled-action episodes score closest to MEDIUM_FRACTION of the expert (normalised), the
+    earliest on ties: {"step", "score"}."""
+    import torch
+
+    from acalign_robot.algo.train import evaluate
+
+    target = 100.0 * MEDIUM_FRACTION
+    scored = []
+    for step in tqdm(steps, desc=f"medium snapshot {env_id}", unit="snapshot"):
+        with torch.random.fork_rng():  # the same draws for every snapshot, whatever ran before in this process
+            torch.manual_seed(seed)
+            returns = evaluate(run.load_actor(step), env_id, MEDIUM_EPISODES, seed, sampled=True)
+        scored.append({"step": step, "score": score(float(np.mean(returns)))})
+    return min(scored, key=lambda s: (abs(s["score"] - target), s["step"]))
 
 
 def collect_sac_dataset(
@@ -272,12 +299,15 @@ def collect_sac_dataset(
     evals = run.evaluations()
     expert = max(evals, key=lambda e: e["return_mean"])
     random_return = random_policy_return(env_id, seed)
-    third = random_return + (expert["return_mean"] - random_return) / 3.0
-    medium = min(evals, key=lambda e: (abs(e["return_mean"] - third), e["step"]))
 
     from acalign_robot.algo.train import evaluate
 
     expert_return = float(np.mean(evaluate(run.load_actor(expert["step"]), env_id, REFERENCE_EPISODES, seed + 2000)))
+
+    def score(episode_return: float) -> float:
+        return 100.0 * (episode_return - random_return) / (expert_return - random_return)
+
+    medium = None if kind == "expert" else _choose_medium_snapshot(run, env_id, [e["step"] for e in evals], score, seed)
     episodes: list[EpisodeRecord] = []
     if kind in ("medium", "medium-expert"):
         episodes += _rollouts(
@@ -289,16 +319,24 @@ def collect_sac_dataset(
         )
     if kind == "medium-replay":
         episodes = run.training_episodes(medium["step"])
+    # Complete episodes only: a rollout's last, cut episode would pull the mean down.
+    whole = [e for e in episodes if e.terminations[-1] or e.truncations[-1]] or episodes
+    dataset_score = float(np.mean([score(e.episode_return) for e in whole]))
     metadata = {
         "kind": kind,
         "seed": seed,
         "behaviour_run": str(run.directory),
         "behaviour_steps": run.summary()["steps"],
-        "medium_snapshot_step": medium["step"],
         "expert_snapshot_step": expert["step"],
         "random_return": random_return,
         "expert_return": expert_return,
+        "dataset_mean_score": dataset_score,
     }
+    if medium is not None:
+        metadata |= {"medium_snapshot_step": medium["step"], "medium_snapshot_score": medium["score"]}
+    if kind == "medium":
+        target = 100.0 * MEDIUM_FRACTION
+        metadata["medium_within_tolerance"] = abs(dataset_score - target) <= MEDIUM_TOLERANCE * target
     return write_dataset(
         dataset_id,
         episodes,

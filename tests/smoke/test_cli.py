@@ -73,6 +73,39 @@ def test_collect_random_writes_a_loadable_dataset_and_refuses_overwrite(minari_s
     assert minari.load_dataset("hopper-random-test-v0").total_episodes == 3
 
 
+def test_collect_medium_scores_its_own_data_and_repeats_it_from_the_stored_behaviour_run(minari_store, tmp_path):
+    """The medium snapshot is chosen by how its sampled-action episodes score (as its data will), the dataset records
+    its own mean score, and collecting again from the stored behaviour run writes the same data."""
+    import minari
+    import numpy as np
+
+    args = (
+        *("collect", "--env", "InvertedPendulum-v5", "--policy", "sac", "--kind", "medium", "--name", "ip-medium"),
+        *("--behaviour-steps", "1000", "--warmup", "500", "--eval-every", "250", "--transitions", "300"),
+        *("--runs-dir", str(tmp_path / "runs")),
+    )
+    first = acalign(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+
+    def written() -> tuple[dict, np.ndarray]:
+        dataset = minari.load_dataset("ip-medium-v0")
+        actions = np.concatenate([episode.actions for episode in dataset.iterate_episodes()])
+        ours = {k.removeprefix("acalign_"): v for k, v in dataset.storage.metadata.items() if k.startswith("acalign_")}
+        return ours, actions
+
+    metadata, actions = written()
+    assert metadata["medium_snapshot_step"] in (250, 500, 750, 1000)
+    assert np.isfinite(metadata["medium_snapshot_score"]) and np.isfinite(metadata["dataset_mean_score"])
+    third = 100 / 3
+    assert metadata["medium_within_tolerance"] == (abs(metadata["dataset_mean_score"] - third) <= 0.1 * third)
+    again = acalign(*args, "--force", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "behaviour SAC" not in again.stderr  # the stored run was reused, not trained again
+    metadata_again, actions_again = written()
+    assert np.array_equal(actions, actions_again)
+    assert metadata_again["medium_snapshot_step"] == metadata["medium_snapshot_step"]
+
+
 def _returns(run_dir) -> list[float]:
     with open(run_dir / "eval.csv") as handle:
         return [float(row["return_mean"]) for row in csv.DictReader(handle)]
