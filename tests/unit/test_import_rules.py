@@ -27,6 +27,22 @@ ALLOWED_IMPORTS = {
     "export": {"algo", "policy"},
     "learner": {"wire", "policy", "algo", "data", "export"},
     "session": {"wire", "policy", "drivers", "controller", "learner"},
+    # The command line runs every step and process (each handler imports what it runs) and prints the version.
+    "cli": {
+        "wire",
+        "policy",
+        "robot_log",
+        "drivers",
+        "controller",
+        "algo",
+        "data",
+        "export",
+        "learner",
+        "session",
+        "demo",
+        "doctor",
+        "__version__",
+    },
 }
 BASE_MODULES = {"config", "errors", "realtime"}
 # The robot computer installs these without torch (deploy/requirements-controller.txt).
