@@ -114,6 +114,13 @@ def _cmd_collect(args) -> int:
         f"wrote {dataset_id}: {dataset.total_episodes} episodes, {dataset.total_steps} steps "
         f"-> {Path(dataset.storage.data_path).parent}"
     )
+    metadata = dataset.storage.metadata
+    if "acalign_dataset_mean_score" in metadata:
+        print(f"mean normalised score of its episodes: {metadata['acalign_dataset_mean_score']:.1f}", end="")
+        if "acalign_medium_within_tolerance" in metadata:
+            held = metadata["acalign_medium_within_tolerance"]
+            print(f" ({'within' if held else 'NOT within'} 10% of a third of the expert's)", end="")
+        print()
     return EXIT_OK
 
 

@@ -86,6 +86,7 @@ def test_collect_medium_scores_its_own_data_and_repeats_it_from_the_stored_behav
     )
     first = acalign(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
+    assert "mean normalised score of its episodes:" in first.stdout
 
     def written() -> tuple[dict, np.ndarray]:
         dataset = minari.load_dataset("ip-medium-v0")
