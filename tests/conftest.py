@@ -107,6 +107,18 @@ def aligned_hopper_checkpoint(tmp_path, make_checkpoint):
 
 
 @pytest.fixture
+def context():
+    """A ZeroMQ context of the test's own; destroying it at teardown closes any socket the test left open."""
+    import zmq
+
+    ctx = zmq.Context()
+    try:
+        yield ctx
+    finally:
+        ctx.destroy(linger=0)
+
+
+@pytest.fixture
 def client_context():
     """The connecting side's own ZeroMQ context (a robot computer's process); destroying it closes the test's
     clients."""

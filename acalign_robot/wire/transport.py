@@ -1,4 +1,4 @@
-"""The runtime's three ZeroMQ channels behind a small interface, with an in-memory fake of each.
+"""The runtime's three ZeroMQ channels behind a small interface (`wire.memory` has an in-memory fake of each).
 
 Channels (the binding side owns the endpoint named in the launch file):
 
@@ -18,8 +18,9 @@ the driver, the process nearest the actuators, latches its safe action, acknowle
 
 Socket options every socket gets (`_COMMON_OPTIONS`, plus MAXMSGSIZE = the channel's frame limit, so an oversized
 frame makes ZeroMQ drop that connection before any byte reaches Python): LINGER 0, IPV6 off, ZMTP heartbeats.
-Each channel adds its high-water marks. Counters (`Counters`) on every endpoint report messages and bytes sent and
-received, protocol errors, timeouts, drops and stale replies.
+Each channel end's socket type, bind or connect, and its own options (its high-water marks among them) are one row
+of a table (`_SocketSetup`: `_CONTROL_CLIENT` ... `_POLICY_SUBSCRIBER`). Counters (`Counters`) on every endpoint
+report messages and bytes sent and received, protocol errors, timeouts, drops and stale replies.
 
 CURVE: every constructor takes `curve=` keys (`CurveServerKeys` on the binding side, `CurveClientKeys` on the
 connecting side), which encrypt the link and authenticate the server to its clients. Clients are allow-listed by a
@@ -29,23 +30,18 @@ gives a context with the authenticator running (only public keys in `authorized_
 `allow_insecure`); `client_keys(security)` gives a client's keys. These constructors enforce neither by themselves:
 a CURVE server socket on a context without the authenticator accepts any client that knows its public key.
 
-An endpoint belongs to one thread (ZeroMQ sockets are not thread-safe). The in-memory fakes (`Memory*`) have the
-same methods and counters, go through the same codec and size limits, and may be used across threads; a fake
-receiver reports an oversized frame as ProtocolError("size") where ZeroMQ silently drops the connection.
+An endpoint belongs to one thread (ZeroMQ sockets are not thread-safe).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import secrets
 import socket
 import struct
-import threading
 import time
-from collections import deque
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import zmq
 
@@ -75,12 +71,6 @@ __all__ = [
     "Counters",
     "CurveClientKeys",
     "CurveServerKeys",
-    "MemoryControlClient",
-    "MemoryControlServer",
-    "MemoryPolicyPublisher",
-    "MemoryPolicySubscriber",
-    "MemoryTransitionReceiver",
-    "MemoryTransitionSender",
     "Peer",
     "PolicyReceiver",
     "Receiver",
@@ -122,6 +112,30 @@ _NO_HEARTBEAT_KEEPALIVE: dict[int, int] = {
     zmq.TCP_KEEPALIVE_INTVL: 5,
     zmq.TCP_KEEPALIVE_CNT: 3,
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class _SocketSetup:
+    """How one channel end opens its socket; `_ZmqEndpoint` adds `_COMMON_OPTIONS` and the frame limit."""
+
+    socket_type: int
+    attach: Literal["bind", "connect"]
+    options: dict[int, int | bytes]
+
+
+# Every channel end's socket, in one table (the module docstring draws the channels). The class that opens each one
+# says why each option is there; options that follow a constructor argument (a queue length, a routing id) are added
+# by that constructor.
+_CONTROL_CLIENT = _SocketSetup(zmq.DEALER, "connect", {zmq.IMMEDIATE: 1, zmq.SNDHWM: 4, zmq.RCVHWM: 16})
+_CONTROL_SERVER = _SocketSetup(
+    zmq.ROUTER, "bind", {zmq.ROUTER_MANDATORY: 1, zmq.SNDHWM: 64, zmq.RCVHWM: 64, **_NO_HEARTBEAT_KEEPALIVE}
+)
+_TRANSITION_SENDER = _SocketSetup(zmq.DEALER, "connect", {zmq.RCVHWM: 0})  # + SNDHWM (queue_messages), ROUTING_ID
+_TRANSITION_RECEIVER = _SocketSetup(  # + RCVHWM (queue_messages)
+    zmq.ROUTER, "bind", {zmq.SNDHWM: 16, zmq.ROUTER_MANDATORY: 1, zmq.ROUTER_HANDOVER: 1, **_NO_HEARTBEAT_KEEPALIVE}
+)
+_POLICY_PUBLISHER = _SocketSetup(zmq.PUB, "bind", {zmq.CONFLATE: 1})
+_POLICY_SUBSCRIBER = _SocketSetup(zmq.SUB, "connect", {zmq.CONFLATE: 1, zmq.SUBSCRIBE: b""})
 
 # Control envelope: DEALER sends [request id, frame]; ROUTER sees [identity, request id, frame] and echoes the id.
 _REQUEST_ID = struct.Struct("<Q")
@@ -259,6 +273,9 @@ def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
         return f"tcp://{host}:{probe.getsockname()[1]}"
 
 
+# The codec and counting steps of every endpoint, the in-memory fakes' (wire.memory) included.
+
+
 def _outgoing(message: Message, allowed: tuple[type, ...], channel: str, max_bytes: int) -> bytes:
     """The frame for `message`; refuses a type the channel does not carry and a frame its receiver would drop."""
     if not isinstance(message, allowed):
@@ -292,36 +309,39 @@ def _count_sent(counters: Counters, frame: bytes) -> None:
 
 
 class _ZmqEndpoint:
-    """One socket with the options all channels share, bound or connected; subclasses add a channel's semantics."""
+    """One channel end's socket, opened as its `_SocketSetup` says; subclasses add the channel's semantics.
+
+    `options`: what the constructor adds to the setup's options from its own arguments (a queue length, a routing id).
+    """
 
     def __init__(
         self,
-        socket_type: int,
+        setup: _SocketSetup,
         endpoint: str,
-        *,
-        bind: bool,
-        options: dict[int, int | bytes],
-        max_message_bytes: int,
         context: zmq.Context | None,
         curve: CurveServerKeys | CurveClientKeys | None,
+        max_message_bytes: int,
+        *,
+        options: dict[int, int | bytes] | None = None,
         spin: bool = False,
     ):
         self.endpoint = endpoint
         self.spin = spin
         self.max_message_bytes = max_message_bytes
         self.counters = Counters()
-        self._socket = (context if context is not None else zmq.Context.instance()).socket(socket_type)
+        every_option = {**_COMMON_OPTIONS, zmq.MAXMSGSIZE: max_message_bytes, **setup.options, **(options or {})}
+        self._socket = (context if context is not None else zmq.Context.instance()).socket(setup.socket_type)
         try:
-            for option, value in {**_COMMON_OPTIONS, zmq.MAXMSGSIZE: max_message_bytes, **options}.items():
+            for option, value in every_option.items():
                 self._socket.setsockopt(option, value)
             _apply_curve(self._socket, curve)
-            if bind:
+            if setup.attach == "bind":
                 self._socket.bind(endpoint)
             else:
                 self._socket.connect(endpoint)
         except zmq.ZMQError as exc:
             self._socket.close(linger=0)
-            raise InputError(f"cannot {'bind' if bind else 'connect'} {endpoint!r}: {exc}") from exc
+            raise InputError(f"cannot {setup.attach} {endpoint!r}: {exc}") from exc
 
     def close(self, linger_s: float = 0.0) -> None:
         """Close the socket; `linger_s` > 0 lets queued messages go out for that long (a sender's last batch)."""
@@ -416,17 +436,7 @@ class ZmqControlClient(_ZmqEndpoint):
         curve: CurveClientKeys | None = None,
         spin: bool = False,
     ):
-        options = {zmq.IMMEDIATE: 1, zmq.SNDHWM: 4, zmq.RCVHWM: 16}
-        super().__init__(
-            zmq.DEALER,
-            endpoint,
-            bind=False,
-            options=options,
-            max_message_bytes=max_message_bytes,
-            context=context,
-            curve=curve,
-            spin=spin,
-        )
+        super().__init__(_CONTROL_CLIENT, endpoint, context, curve, max_message_bytes, spin=spin)
         self._last_request_id = 0
         self._unanswered: bytes | None = None  # the id of a request that timed out and is still in flight
         self._disconnects = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
@@ -522,17 +532,7 @@ class ZmqControlServer(_ZmqEndpoint):
         curve: CurveServerKeys | None = None,
         spin: bool = False,
     ):
-        options = {zmq.ROUTER_MANDATORY: 1, zmq.SNDHWM: 64, zmq.RCVHWM: 64, **_NO_HEARTBEAT_KEEPALIVE}
-        super().__init__(
-            zmq.ROUTER,
-            endpoint,
-            bind=True,
-            options=options,
-            max_message_bytes=max_message_bytes,
-            context=context,
-            curve=curve,
-            spin=spin,
-        )
+        super().__init__(_CONTROL_SERVER, endpoint, context, curve, max_message_bytes, spin=spin)
 
     def recv(self, timeout_s: float) -> tuple[Peer, Message | ProtocolError] | None:
         deadline = time.monotonic() + timeout_s
@@ -583,15 +583,8 @@ class ZmqTransitionSender(_ZmqEndpoint):
     ):
         # A routing id starting with a zero byte is reserved for the ones ZeroMQ generates.
         self.routing_id = routing_id if routing_id is not None else b"t" + secrets.token_bytes(15)
-        super().__init__(
-            zmq.DEALER,
-            endpoint,
-            bind=False,
-            options={zmq.SNDHWM: queue_messages, zmq.RCVHWM: 0, zmq.ROUTING_ID: self.routing_id},
-            max_message_bytes=max_message_bytes,
-            context=context,
-            curve=curve,
-        )
+        options = {zmq.SNDHWM: queue_messages, zmq.ROUTING_ID: self.routing_id}
+        super().__init__(_TRANSITION_SENDER, endpoint, context, curve, max_message_bytes, options=options)
 
     def send(self, message: Message) -> bool:
         frame = _outgoing(message, TRANSITION_MESSAGES, "transitions", self.max_message_bytes)
@@ -634,21 +627,8 @@ class ZmqTransitionReceiver(_ZmqEndpoint):
         max_message_bytes: int = TRANSITIONS_MAX_BYTES,
         curve: CurveServerKeys | None = None,
     ):
-        super().__init__(
-            zmq.ROUTER,
-            endpoint,
-            bind=True,
-            options={
-                zmq.RCVHWM: queue_messages,
-                zmq.SNDHWM: 16,
-                zmq.ROUTER_MANDATORY: 1,
-                zmq.ROUTER_HANDOVER: 1,
-                **_NO_HEARTBEAT_KEEPALIVE,
-            },
-            max_message_bytes=max_message_bytes,
-            context=context,
-            curve=curve,
-        )
+        options = {zmq.RCVHWM: queue_messages}
+        super().__init__(_TRANSITION_RECEIVER, endpoint, context, curve, max_message_bytes, options=options)
         self.owners = StreamOwners()
 
     def recv(self, timeout_s: float) -> Message | ProtocolError | StreamRefused | None:
@@ -714,15 +694,7 @@ class ZmqPolicyPublisher(_ZmqEndpoint):
         max_message_bytes: int = POLICY_MAX_BYTES,
         curve: CurveServerKeys | None = None,
     ):
-        super().__init__(
-            zmq.PUB,
-            endpoint,
-            bind=True,
-            options={zmq.CONFLATE: 1},
-            max_message_bytes=max_message_bytes,
-            context=context,
-            curve=curve,
-        )
+        super().__init__(_POLICY_PUBLISHER, endpoint, context, curve, max_message_bytes)
 
     def send(self, message: Message) -> bool:
         frame = _outgoing(message, POLICY_MESSAGES, "policy", self.max_message_bytes)
@@ -748,15 +720,7 @@ class ZmqPolicySubscriber(_ZmqEndpoint):
         max_message_bytes: int = POLICY_MAX_BYTES,
         curve: CurveClientKeys | None = None,
     ):
-        super().__init__(
-            zmq.SUB,
-            endpoint,
-            bind=False,
-            options={zmq.CONFLATE: 1, zmq.SUBSCRIBE: b""},
-            max_message_bytes=max_message_bytes,
-            context=context,
-            curve=curve,
-        )
+        super().__init__(_POLICY_SUBSCRIBER, endpoint, context, curve, max_message_bytes)
 
     def wait(self, timeout_s: float) -> bool:
         return self._wait(zmq.POLLIN, time.monotonic() + timeout_s)
@@ -777,242 +741,3 @@ class ZmqPolicySubscriber(_ZmqEndpoint):
 
     def recv(self, timeout_s: float) -> Message | ProtocolError | None:
         return self._recv_single(POLICY_MESSAGES, "policy", timeout_s)
-
-
-# --- In-memory fakes: the same interface without sockets, for unit tests of controller, driver and learner logic ----
-
-
-class _Mailbox:
-    """A thread-safe FIFO of at most `capacity` items; `conflate` keeps only the newest (ZeroMQ's CONFLATE)."""
-
-    def __init__(self, capacity: int, conflate: bool = False):
-        self._items: deque[Any] = deque()
-        self._capacity = 1 if conflate else capacity
-        self._conflate = conflate
-        self._ready = threading.Condition()
-
-    def put(self, item: Any) -> bool:
-        with self._ready:
-            if self._conflate:
-                self._items.clear()
-            elif len(self._items) >= self._capacity:
-                return False
-            self._items.append(item)
-            self._ready.notify()
-            return True
-
-    def get(self, timeout_s: float) -> Any | None:
-        with self._ready:
-            if not self._ready.wait_for(lambda: self._items, timeout=max(0.0, timeout_s)):
-                return None
-            return self._items.popleft()
-
-
-def _get_counted(mailbox: _Mailbox, counters: Counters, timeout_s: float) -> Any | None:
-    """The next item, or None after timeout_s (a receive that waited and got nothing counts as a timeout)."""
-    item = mailbox.get(timeout_s)
-    if item is None and timeout_s > 0:
-        counters.timeouts += 1
-    return item
-
-
-def _recv_mailbox(
-    mailbox: _Mailbox, allowed: tuple[type, ...], channel: str, max_bytes: int, counters: Counters, timeout_s: float
-) -> Message | ProtocolError | None:
-    frame = _get_counted(mailbox, counters, timeout_s)
-    return None if frame is None else _incoming(frame, allowed, channel, max_bytes, counters)
-
-
-class MemoryControlServer:
-    """In-memory ZmqControlServer; clients attach with `MemoryControlClient(server)`."""
-
-    def __init__(self, *, max_message_bytes: int = CONTROL_MAX_BYTES, queue_messages: int = 64):
-        self.max_message_bytes = max_message_bytes
-        self.counters = Counters()
-        self._inbox = _Mailbox(queue_messages)
-        self._clients: dict[bytes, _Mailbox] = {}
-        self._identities = itertools.count()
-
-    def _attach(self, replies: _Mailbox) -> bytes:
-        identity = b"client-%d" % next(self._identities)
-        self._clients[identity] = replies
-        return identity
-
-    def recv(self, timeout_s: float) -> tuple[Peer, Message | ProtocolError] | None:
-        item = _get_counted(self._inbox, self.counters, timeout_s)
-        if item is None:
-            return None
-        peer, frame = item
-        return peer, _incoming(frame, CONTROL_REQUESTS, "control", self.max_message_bytes, self.counters)
-
-    def send(self, peer: Peer, message: Message) -> bool:
-        frame = _outgoing(message, CONTROL_REPLIES, "control", self.max_message_bytes)
-        replies = self._clients.get(peer.identity)
-        if replies is None or not replies.put((peer.request_id, frame)):
-            self.counters.drops += 1
-            return False
-        _count_sent(self.counters, frame)
-        return True
-
-    def close(self, linger_s: float = 0.0) -> None:
-        self._clients.clear()  # like a closed ROUTER: later replies go nowhere and clients time out
-
-
-class MemoryControlClient:
-    """In-memory ZmqControlClient attached to a MemoryControlServer (request ids and stale replies included)."""
-
-    def __init__(self, server: MemoryControlServer, *, max_message_bytes: int = CONTROL_MAX_BYTES):
-        self.max_message_bytes = max_message_bytes
-        self.counters = Counters()
-        self._server = server
-        self._replies = _Mailbox(16)
-        self._identity = server._attach(self._replies)
-        self._last_request_id = 0
-
-    def request(self, message: Message, timeout_s: float) -> Message:
-        frame = _outgoing(message, CONTROL_REQUESTS, "control", self.max_message_bytes)
-        deadline = time.monotonic() + timeout_s
-        self._last_request_id += 1
-        request_id = _REQUEST_ID.pack(self._last_request_id)
-        if not self._server._inbox.put((Peer(self._identity, request_id), frame)):
-            self.counters.timeouts += 1
-            raise TransportTimeout("the server's queue is full")
-        _count_sent(self.counters, frame)
-        while (item := self._replies.get(deadline - time.monotonic())) is not None:
-            reply_id, reply_frame = item
-            if reply_id != request_id:
-                self.counters.stale += 1
-                continue
-            reply = _incoming(reply_frame, CONTROL_REPLIES, "control", self.max_message_bytes, self.counters)
-            if isinstance(reply, ProtocolError):
-                raise reply
-            return reply
-        self.counters.timeouts += 1
-        raise TransportTimeout(f"no reply within {timeout_s} s")
-
-    def close(self, linger_s: float = 0.0) -> None:
-        self._server._clients.pop(self._identity, None)
-
-
-class MemoryTransitionReceiver:
-    """In-memory ZmqTransitionReceiver; senders attach with `MemoryTransitionSender(receiver)`.
-
-    One bounded queue shared by all senders (ZeroMQ has one per sender): a full queue is a counted drop at the sender.
-    Streams are bound as on ZeroMQ (`owners`): a sender's connection is its ack mailbox, its key the `key` it was
-    made with (a CURVE User-Id stand-in).
-    """
-
-    def __init__(self, *, queue_messages: int = 256, max_message_bytes: int = TRANSITIONS_MAX_BYTES):
-        self.max_message_bytes = max_message_bytes
-        self.counters = Counters()
-        self._queue = _Mailbox(queue_messages)
-        self.owners = StreamOwners()
-
-    def recv(self, timeout_s: float) -> Message | ProtocolError | StreamRefused | None:
-        item = _get_counted(self._queue, self.counters, timeout_s)
-        if item is None:
-            return None
-        acks, frame = item
-        message = _incoming(frame, TRANSITION_MESSAGES, "transitions", self.max_message_bytes, self.counters)
-        return _check_owner(self.owners, message, getattr(acks, "key", None), acks)
-
-    def acknowledge(self, ack: TransitionAck) -> bool:
-        frame = _outgoing(ack, TRANSITION_REPLIES, "transitions", self.max_message_bytes)
-        acks = self.owners.connection(ack.stream_id)
-        if acks is None or not acks.put(frame):
-            self.counters.drops += 1
-            return False
-        _count_sent(self.counters, frame)
-        return True
-
-    def close(self, linger_s: float = 0.0) -> None:
-        self.owners = StreamOwners()  # like a closed ROUTER: later acks go nowhere
-
-
-class _AckMailbox(_Mailbox):
-    """A fake sender's connection: where its acks go, and the key a CURVE link would report for it."""
-
-    def __init__(self, capacity: int, key: str | None):
-        super().__init__(capacity)
-        self.key = key
-
-
-class MemoryTransitionSender:
-    """In-memory ZmqTransitionSender: `send` never blocks and returns False (a counted drop) when the queue is full.
-
-    `key`: what a CURVE link would report as this sender's User-Id (None: no CURVE)."""
-
-    def __init__(
-        self,
-        receiver: MemoryTransitionReceiver,
-        *,
-        max_message_bytes: int = TRANSITIONS_MAX_BYTES,
-        key: str | None = None,
-    ):
-        self.max_message_bytes = max_message_bytes
-        self.counters = Counters()
-        self._receiver = receiver
-        self._acks = _AckMailbox(16, key)
-
-    def send(self, message: Message) -> bool:
-        frame = _outgoing(message, TRANSITION_MESSAGES, "transitions", self.max_message_bytes)
-        if not self._receiver._queue.put((self._acks, frame)):
-            self.counters.drops += 1
-            return False
-        _count_sent(self.counters, frame)
-        return True
-
-    def recv(self, timeout_s: float) -> Message | ProtocolError | None:
-        return _recv_mailbox(
-            self._acks, TRANSITION_REPLIES, "transitions", self.max_message_bytes, self.counters, timeout_s
-        )
-
-    def close(self, linger_s: float = 0.0) -> None:
-        """Nothing to release or deliver late; present for the interface."""
-
-
-class MemoryPolicyPublisher:
-    """In-memory ZmqPolicyPublisher; subscribers attach with `MemoryPolicySubscriber(publisher)`."""
-
-    def __init__(self, *, max_message_bytes: int = POLICY_MAX_BYTES):
-        self.max_message_bytes = max_message_bytes
-        self.counters = Counters()
-        self._subscribers: list[_Mailbox] = []
-
-    def send(self, message: Message) -> bool:
-        frame = _outgoing(message, POLICY_MESSAGES, "policy", self.max_message_bytes)
-        for latest in self._subscribers:
-            latest.put(frame)
-        _count_sent(self.counters, frame)
-        return True
-
-    def close(self, linger_s: float = 0.0) -> None:
-        self._subscribers.clear()
-
-
-class MemoryPolicySubscriber:
-    """In-memory ZmqPolicySubscriber: latest-only, like CONFLATE; it sees policies published after it attached."""
-
-    def __init__(self, publisher: MemoryPolicyPublisher, *, max_message_bytes: int = POLICY_MAX_BYTES):
-        self.max_message_bytes = max_message_bytes
-        self.counters = Counters()
-        self._publisher = publisher
-        self._latest = _Mailbox(1, conflate=True)
-        publisher._subscribers.append(self._latest)
-
-    def wait(self, timeout_s: float) -> bool:
-        with self._latest._ready:
-            return bool(self._latest._ready.wait_for(lambda: self._latest._items, timeout=max(0.0, timeout_s)))
-
-    def take(self) -> bytes | None:
-        return self._latest.get(0.0)
-
-    def decode(self, frame: bytes | memoryview) -> Message | ProtocolError:
-        return _incoming(frame, POLICY_MESSAGES, "policy", self.max_message_bytes, self.counters)
-
-    def recv(self, timeout_s: float) -> Message | ProtocolError | None:
-        return _recv_mailbox(self._latest, POLICY_MESSAGES, "policy", self.max_message_bytes, self.counters, timeout_s)
-
-    def close(self, linger_s: float = 0.0) -> None:
-        if self._latest in self._publisher._subscribers:
-            self._publisher._subscribers.remove(self._latest)

@@ -19,7 +19,7 @@ from acalign_robot.export.onnx_export import build_artifact
 from acalign_robot.policy.manifest import PolicyError
 from acalign_robot.policy.runner import PolicyRunner
 from acalign_robot.wire import protocol as p
-from acalign_robot.wire.transport import (
+from acalign_robot.wire.memory import (
     MemoryControlClient,
     MemoryControlServer,
     MemoryPolicyPublisher,

@@ -10,8 +10,8 @@ import pytest
 from acalign_robot.controller.streaming import TransitionBatcher
 from acalign_robot.wire import delivery
 from acalign_robot.wire.delivery import ResendWindow, SequenceLedger, StreamOwners
+from acalign_robot.wire.memory import MemoryTransitionReceiver, MemoryTransitionSender
 from acalign_robot.wire.protocol import TransitionAck, decode, encode
-from acalign_robot.wire.transport import MemoryTransitionReceiver, MemoryTransitionSender
 from tests.learner_helpers import transition_batch
 
 

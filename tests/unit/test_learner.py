@@ -27,14 +27,14 @@ from acalign_robot.learner.config import LearnerConfig
 from acalign_robot.learner.process import Learner
 from acalign_robot.policy.runner import PolicyRunner
 from acalign_robot.wire.delivery import MAX_STREAMS, ResendWindow
-from acalign_robot.wire.protocol import Policy, Stats
-from acalign_robot.wire.transport import (
+from acalign_robot.wire.memory import (
     MemoryPolicyPublisher,
     MemoryPolicySubscriber,
     MemoryTransitionReceiver,
     MemoryTransitionSender,
-    free_tcp_endpoint,
 )
+from acalign_robot.wire.protocol import Policy, Stats
+from acalign_robot.wire.transport import free_tcp_endpoint
 from tests.learner_helpers import ACTION_HIGH, ACTION_LOW, transition_batch, write_aligned_checkpoint
 
 BATCH = 32

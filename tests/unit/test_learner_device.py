@@ -18,7 +18,7 @@ from acalign_robot.config import ConfigError
 from acalign_robot.learner import process
 from acalign_robot.learner.config import LearnerConfig
 from acalign_robot.learner.process import Learner
-from acalign_robot.wire.transport import MemoryPolicyPublisher, MemoryTransitionReceiver, MemoryTransitionSender
+from acalign_robot.wire.memory import MemoryPolicyPublisher, MemoryTransitionReceiver, MemoryTransitionSender
 from tests.learner_helpers import transition_batch, write_aligned_checkpoint
 
 BATCH = 32

@@ -13,7 +13,7 @@ import zmq
 from acalign_robot.controller.process import Controller, ControllerConfig
 from acalign_robot.policy.runner import PolicyRunner
 from acalign_robot.wire import protocol as p
-from acalign_robot.wire.transport import MemoryControlClient, MemoryPolicyPublisher, MemoryPolicySubscriber
+from acalign_robot.wire.memory import MemoryControlClient, MemoryPolicyPublisher, MemoryPolicySubscriber
 from tests.helpers import wait_for
 from tests.policy_graphs import graph_policy
 from tests.unit.test_controller_logic import driver_thread, policy  # noqa: F401 - the fixture
