@@ -44,9 +44,9 @@ from acalign_robot.algo.checkpoint import CheckpointError, load_checkpoint
 from acalign_robot.algo.networks import TanhGaussianActor
 from acalign_robot.algo.pipeline import load_actor, reference_of
 from acalign_robot.policy.manifest import (
+    ARTIFACT_FORMAT_VERSION,
     INPUT_NAME,
     OUTPUT_NAMES,
-    PROTOCOL_VERSION,
     Normalization,
     OnnxModel,
     PolicyManifest,
@@ -171,7 +171,7 @@ def build_artifact(
     obs_dim = actor.obs_dim
     normalizer = actor.normalizer
     manifest = PolicyManifest(
-        protocol_version=PROTOCOL_VERSION,
+        protocol_version=ARTIFACT_FORMAT_VERSION,
         name=validate_name(name),
         version=version,
         env_id=meta["env_id"],

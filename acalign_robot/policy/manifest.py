@@ -45,7 +45,7 @@ from acalign_robot.errors import InputError
 __all__ = [
     "INPUT_NAME",
     "OUTPUT_NAMES",
-    "PROTOCOL_VERSION",
+    "ARTIFACT_FORMAT_VERSION",
     "Normalization",
     "OnnxModel",
     "PolicyError",
@@ -56,7 +56,10 @@ __all__ = [
     "validate_name",
 ]
 
-PROTOCOL_VERSION = 1  # the manifest schema and the graph's input/output contract; a runner refuses any other
+# The artifact's format: the manifest schema and the graph's input/output contract; a runner refuses any other.
+# Versioned apart from the wire (wire.protocol.PROTOCOL_VERSION): an artifact outlives the processes that made it.
+# The manifest stores it as `protocol_version` (the key artifacts already on disk carry).
+ARTIFACT_FORMAT_VERSION = 1
 INPUT_NAME = "obs"  # float32 (batch, obs_dim), raw observations: normalisation is inside the graph
 OUTPUT_NAMES = ("action", "mean", "log_std")  # action in the env's bounds; pre-tanh mean and clamped log std
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -152,9 +155,9 @@ class PolicyManifest:
     reference_scores: ReferenceScores | None = None  # for normalised scores in `acalign eval`
 
     def validate(self) -> None:
-        if self.protocol_version != PROTOCOL_VERSION:
+        if self.protocol_version != ARTIFACT_FORMAT_VERSION:
             raise FieldError(
-                "protocol_version", f"this runtime reads version {PROTOCOL_VERSION}, got {self.protocol_version}"
+                "protocol_version", f"this runtime reads version {ARTIFACT_FORMAT_VERSION}, got {self.protocol_version}"
             )
         if not _NAME.fullmatch(self.name):
             raise FieldError("name", f"{self.name!r} is not a valid policy name")

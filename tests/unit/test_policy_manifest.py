@@ -10,7 +10,7 @@ import pytest
 
 from acalign_robot.data.scores import ReferenceScores
 from acalign_robot.policy.manifest import (
-    PROTOCOL_VERSION,
+    ARTIFACT_FORMAT_VERSION,
     Normalization,
     OnnxModel,
     PolicyError,
@@ -27,7 +27,7 @@ INF = math.inf
 
 def sample_manifest() -> PolicyManifest:
     return PolicyManifest(
-        protocol_version=PROTOCOL_VERSION,
+        protocol_version=ARTIFACT_FORMAT_VERSION,
         name="hopper",
         version=3,
         env_id="Hopper-v5",
