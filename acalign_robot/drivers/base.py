@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from acalign_robot.wire.protocol import BoxSpace
+from acalign_robot.spaces import BoxSpace
 
 __all__ = ["BoxSpace", "Driver", "DriverSpec", "StepResult", "box"]
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from acalign_robot.drivers.base import Driver, DriverSpec, StepResult, box
 from acalign_robot.robot_log.transition_log import LogData, LogEpisode, LogError, read_log
-from acalign_robot.wire.protocol import BoxSpace
+from acalign_robot.spaces import BoxSpace
 
 __all__ = ["ReplayDriver"]
 

@@ -80,7 +80,8 @@ import numpy as np
 
 from acalign_robot.errors import InputError
 from acalign_robot.realtime import leave_realtime
-from acalign_robot.wire.protocol import BoxSpace, TransitionBatch
+from acalign_robot.spaces import BoxSpace
+from acalign_robot.wire.protocol import TransitionBatch
 
 __all__ = [
     "CHUNK_FORMAT",

@@ -42,6 +42,7 @@ import msgpack
 import numpy as np
 
 from acalign_robot.errors import InputError
+from acalign_robot.spaces import BoxSpace
 
 __all__ = [
     "CONTROL_REPLIES",
@@ -53,7 +54,6 @@ __all__ = [
     "TRANSITION_MESSAGES",
     "TRANSITION_REPLIES",
     "WIRE_DTYPES",
-    "BoxSpace",
     "Clear",
     "EStop",
     "Error",
@@ -131,19 +131,6 @@ def _short(value: Any) -> str:
         return f"<{type(value).__name__}>"
     text = repr(value)
     return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class BoxSpace:
-    """The box `low <= x <= high`: float arrays of one shape, one unit per element ("rad", "m/s"; "" if unknown)."""
-
-    low: np.ndarray
-    high: np.ndarray
-    units: tuple[str, ...]
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.low.shape
 
 
 # --- Messages -----------------------------------------------------------------------------------------------------

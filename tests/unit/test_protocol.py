@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from acalign_robot.errors import InputError
+from acalign_robot.spaces import BoxSpace
 from acalign_robot.wire import protocol
 from acalign_robot.wire.protocol import (
     CONTROL_REQUESTS,
@@ -22,7 +23,6 @@ from acalign_robot.wire.protocol import (
     PROTOCOL_VERSION,
     TRANSITION_MESSAGES,
     WIRE_DTYPES,
-    BoxSpace,
     Clear,
     Error,
     EStop,

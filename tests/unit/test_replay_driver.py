@@ -12,7 +12,7 @@ from acalign_robot.config import ConfigError
 from acalign_robot.drivers.log_playback import ReplayDriver
 from acalign_robot.drivers.server import DriverConfig, make_driver
 from acalign_robot.robot_log.transition_log import LogError, TransitionLog, read_log
-from acalign_robot.wire.protocol import BoxSpace
+from acalign_robot.spaces import BoxSpace
 from tests.log_helpers import synthetic_batch
 
 REPO = Path(__file__).resolve().parents[2]
