@@ -6,7 +6,10 @@ The dataclasses are the single source of truth; YAML is their saved form. Loadin
 - cross-field checks live in each dataclass's `validate()`, which raises `FieldError(field, message)`; the loader
   points the error at that field's line.
 
-Round trip: `load_text(cls, dump(obj)) == obj`.
+`from_dict` applies the same checks to plain Python values already in memory (a checkpoint's config, a section of a
+file read as data); its errors name the source and the key, without a line.
+
+Round trip: `load_text(cls, dump(obj)) == obj` and `from_dict(cls, to_dict(obj)) == obj`.
 
 Supported field types: bool, int, float, str, `X | None`, `Literal[...]`, `tuple[X, ...]`, `dict[str, X]` and
 nested dataclasses. Sequences load as tuples so that every config stays hashable and immutable.
@@ -23,9 +26,10 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from acalign_robot.atomic import write_text_atomic
 from acalign_robot.errors import InputError
 
-__all__ = ["ConfigError", "FieldError", "dump", "load", "load_text", "save", "to_dict"]
+__all__ = ["ConfigError", "FieldError", "dump", "from_dict", "load", "load_text", "save", "to_dict"]
 
 T = TypeVar("T")
 
@@ -50,8 +54,9 @@ class FieldError(ValueError):
 
 
 def _where(node: yaml.Node | None, source: str) -> str:
-    """`file:line` of a node; the node's own file wins (it may come from an included file)."""
-    if node is None:
+    """`file:line` of a node; the node's own file wins (it may come from an included file). A node built from
+    Python values (`from_dict`) has no mark: just `source`."""
+    if node is None or node.start_mark is None:
         return source
     name = node.start_mark.name
     return f"{name if name and not name.startswith('<') else source}:{node.start_mark.line + 1}"
@@ -220,6 +225,16 @@ def load_text(cls: type[T], text: str, source: str = "<string>", overrides: typi
     return _Builder(source).build(cls, root, "")
 
 
+def from_dict(cls: type[T], data: Any, source: str = "<dict>", overrides: typing.Sequence[str] = ()) -> T:
+    """Build `cls` from plain Python values (what `to_dict` or `yaml.safe_load` returns) with `load_text`'s checks;
+    `source` names the values in error messages."""
+    # The values become the node tree `load_text` would compose from their YAML text, without writing that text.
+    root = yaml.representer.SafeRepresenter(sort_keys=False).represent_data(data)
+    for override in overrides:
+        _apply_override(root, override)
+    return _Builder(source).build(cls, root, "")
+
+
 def load(cls: type[T], path: str | Path, overrides: typing.Sequence[str] = ()) -> T:
     """Build `cls` from a YAML file. Raises ConfigError (an InputError) naming the file and line.
 
@@ -308,8 +323,5 @@ def dump(obj: Any) -> str:
 
 
 def save(obj: Any, path: str | Path) -> None:
-    """Write a config atomically (temp file + rename), so a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dump(obj))
-    tmp.replace(path)
+    """Write a config atomically and durably (acalign_robot.atomic), so a crash never leaves half a file."""
+    write_text_atomic(path, dump(obj))

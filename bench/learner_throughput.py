@@ -72,8 +72,7 @@ def synthetic_controller(endpoint: str, index: int, rate_hz: float, stop, result
 
 
 def in_process_rate(checkpoint: Path, updates: int) -> float:
-    from acalign_robot.algo.checkpoint import load_checkpoint
-    from acalign_robot.algo.pipeline import load_online_agent
+    from acalign_robot.algo.checkpoint import load_checkpoint, load_online_agent
 
     agent, buffer, config = load_online_agent(load_checkpoint(checkpoint))
     rng = np.random.default_rng(0)

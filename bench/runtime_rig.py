@@ -54,8 +54,7 @@ def aligned_checkpoint(path: Path, seeded: int = 10_000) -> Path:
 
     from acalign_robot import config as config_io
     from acalign_robot.algo.aca import OfflineACA, align, load_preset
-    from acalign_robot.algo.checkpoint import save_checkpoint
-    from acalign_robot.algo.pipeline import buffer_state
+    from acalign_robot.algo.checkpoint import online_state, save_checkpoint
     from acalign_robot.data.replay_buffer import ReplayBuffer
 
     torch.manual_seed(0)
@@ -72,7 +71,7 @@ def aligned_checkpoint(path: Path, seeded: int = 10_000) -> Path:
     )
     agent = align(OfflineACA(obs_dim, action_dim, config, buffer.obs[:seeded]))
     meta = {**HOPPER_META, "datasets": [], "finetune": "aca"}
-    state = {"agent": agent.state_dict(), "buffer": buffer_state(buffer), "env_steps": 0}
+    state = online_state(agent, buffer, env_steps=0)
     return save_checkpoint(path, "online", state, config_io.to_dict(config), meta)
 
 

@@ -25,8 +25,7 @@ import numpy as np
 import torch
 
 from acalign_robot.algo import losses
-from acalign_robot.algo.checkpoint import load_checkpoint
-from acalign_robot.algo.pipeline import load_online_agent
+from acalign_robot.algo.checkpoint import load_checkpoint, load_online_agent
 from acalign_robot.data.datasets import load_transitions
 
 

@@ -21,8 +21,7 @@ def write_aligned_checkpoint(
 
     from acalign_robot import config as config_io
     from acalign_robot.algo.aca import OfflineACA, align, load_preset
-    from acalign_robot.algo.checkpoint import save_checkpoint
-    from acalign_robot.algo.pipeline import buffer_state
+    from acalign_robot.algo.checkpoint import online_state, save_checkpoint
     from acalign_robot.data.replay_buffer import ReplayBuffer
 
     torch.manual_seed(seed)
@@ -50,7 +49,7 @@ def write_aligned_checkpoint(
         "ref_source": "test",
         "finetune": "aca",
     }
-    state = {"agent": agent.state_dict(), "buffer": buffer_state(buffer), "env_steps": 0}
+    state = online_state(agent, buffer, env_steps=0)
     return save_checkpoint(path, "online", state, config_io.to_dict(config), meta)
 
 

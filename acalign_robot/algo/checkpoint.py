@@ -1,20 +1,29 @@
 """Checkpoints: state dicts + config + library versions, written atomically, loaded with `weights_only=True`.
 
+The one home of the checkpoint format: the pipeline's steps, the learner, the exporter and the tools read and write
+checkpoints through this module only.
+
 A checkpoint is a dict of tensors and plain Python values only (no pickled classes), so loading never executes
 code from the file. Layout:
     {"format": 1, "phase": "behaviour" | "offline" | "online", "agent": {...state dicts...},
      "config": {...}, "meta": {"env_id", "obs_dim", "action_dim", "action_low", "action_high", "dataset", ...},
      "versions": {"acalign_robot", "torch", "numpy"}}
+`agent` by phase:
+    behaviour   {"actor": ...}, a behaviour policy's snapshot (data.collect); config {"sac": SACConfig fields}
+    offline     OfflineACA.state_dict(): {"sac": SAC.state_dict(), "z", "z_optimizer"}; config ACAConfig
+    online      `online_state`: {"agent": SAC.state_dict(), "buffer": `buffer_state`, "env_steps": phase 3's env
+                steps, and in a learner's learner.pt "learner": learner.process.LearnerState}; config ACAConfig
 
 Every writer goes through `save_checkpoint`, which refuses (NonFiniteCheckpointError, nothing written, an existing
 file left as it was) a payload holding a floating-point tensor with a NaN or inf anywhere, or a non-finite Python
-float in the agent's state: a checkpoint is what the next phase, an export or a resumed learner trusts.
+float in the agent's state: a checkpoint is what the next phase, an export or a resumed learner trusts. It writes
+through `acalign_robot.atomic.write_atomic` (temp file, fsync, rename, directory fsync; the temp file
+`.NAME.PID.tmp` is removed on failure).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +31,29 @@ import numpy as np
 import torch
 
 import acalign_robot
+from acalign_robot import config as config_io
+from acalign_robot.algo.aca import ACAConfig
+from acalign_robot.algo.networks import TanhGaussianActor
+from acalign_robot.algo.sac import SAC
+from acalign_robot.atomic import write_atomic
+from acalign_robot.data.replay_buffer import ReplayBuffer
+from acalign_robot.data.scores import ReferenceScores
 from acalign_robot.errors import InputError
 
-__all__ = ["CheckpointError", "NonFiniteCheckpointError", "load_checkpoint", "nonfinite_entries", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "NonFiniteCheckpointError",
+    "buffer_from_state",
+    "buffer_state",
+    "load_actor",
+    "load_checkpoint",
+    "load_online_agent",
+    "nonfinite_entries",
+    "online_state",
+    "reference_of",
+    "sac_state",
+    "save_checkpoint",
+]
 
 FORMAT = 1
 PHASES = ("behaviour", "offline", "online")
@@ -65,7 +94,7 @@ def _versions() -> dict[str, str]:
 
 
 def save_checkpoint(path: str | Path, phase: str, agent_state: dict, config: dict, meta: dict[str, Any]) -> Path:
-    """Write atomically: a temp file in the same directory, fsync, then rename over the target.
+    """Write atomically and durably (acalign_robot.atomic), creating the directory if needed.
 
     Raises NonFiniteCheckpointError, writing nothing, when a tensor anywhere or a float of the agent's state is NaN or
     inf (config and meta may hold inf floats: an unbounded action space's bounds).
@@ -88,13 +117,7 @@ def save_checkpoint(path: str | Path, phase: str, agent_state: dict, config: dic
         "meta": meta,
         "versions": _versions(),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-    return path
+    return write_atomic(path, lambda handle: torch.save(payload, handle))
 
 
 def load_checkpoint(path: str | Path, expect_phase: str | tuple[str, ...] | None = None) -> dict:
@@ -112,3 +135,59 @@ def load_checkpoint(path: str | Path, expect_phase: str | tuple[str, ...] | None
         if payload["phase"] not in expected:
             raise CheckpointError(f"{path}: a '{payload['phase']}' checkpoint, expected {' or '.join(expected)}")
     return payload
+
+
+# --- the agent entry ---------------------------------------------------------------------------------------------
+
+
+def buffer_state(buffer: ReplayBuffer) -> dict:
+    """A replay buffer as tensors and ints (checkpoints hold no numpy arrays: weights_only loading)."""
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in buffer.state_dict().items()}
+
+
+def buffer_from_state(state: dict, obs_dim: int, action_dim: int) -> ReplayBuffer:
+    buffer = ReplayBuffer(int(state["capacity"]), obs_dim, action_dim)
+    buffer.load_state_dict({k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in state.items()})
+    return buffer
+
+
+def online_state(agent: SAC, buffer: ReplayBuffer, env_steps: int, learner: dict[str, Any] | None = None) -> dict:
+    """An 'online' checkpoint's `agent` entry; `learner` is a learner's own state (learner.pt only)."""
+    state = {"agent": agent.state_dict(), "buffer": buffer_state(buffer), "env_steps": env_steps}
+    return state if learner is None else {**state, "learner": learner}
+
+
+def load_online_agent(payload: dict, device: str | torch.device = "cpu") -> tuple[SAC, ReplayBuffer, ACAConfig]:
+    """The agent (on `device`; checkpoints always load onto the CPU first), its replay buffer and its config."""
+    meta = payload["meta"]
+    config = config_io.from_dict(ACAConfig, payload["config"], "checkpoint config")
+    agent = SAC(meta["obs_dim"], meta["action_dim"], config.sac, device)
+    agent.load_state_dict(payload["agent"]["agent"])
+    buffer = buffer_from_state(payload["agent"]["buffer"], meta["obs_dim"], meta["action_dim"])
+    return agent, buffer, config
+
+
+def sac_state(payload: dict) -> dict:
+    """The SAC state dict of any checkpoint phase (a behaviour snapshot's holds the actor only)."""
+    agent_state = payload["agent"]
+    if payload["phase"] == "offline":
+        return agent_state["sac"]
+    if payload["phase"] == "online":
+        return agent_state["agent"]
+    return agent_state
+
+
+def load_actor(payload: dict) -> TanhGaussianActor:
+    """The actor of any checkpoint phase."""
+    meta = payload["meta"]
+    hidden = tuple(payload["config"]["sac"]["hidden_sizes"])
+    actor = TanhGaussianActor(meta["obs_dim"], meta["action_dim"], hidden)
+    actor.load_state_dict(sac_state(payload)["actor"])
+    return actor.requires_grad_(False)
+
+
+def reference_of(meta: dict[str, Any]) -> ReferenceScores | None:
+    """The reference scores `meta` records (pipeline.pretrain copies the dataset's), or None."""
+    if meta.get("ref_random") is None or meta.get("ref_expert") is None:
+        return None
+    return ReferenceScores(meta["ref_random"], meta["ref_expert"], meta.get("ref_source", "dataset"))

@@ -30,9 +30,14 @@ from tqdm import tqdm
 
 from acalign_robot import config as config_io
 from acalign_robot.algo.aca import ACAConfig, OfflineACA, align, naive_finetuning, policy_entropy
-from acalign_robot.algo.checkpoint import load_checkpoint, save_checkpoint
-from acalign_robot.algo.networks import TanhGaussianActor
-from acalign_robot.algo.sac import SAC
+from acalign_robot.algo.checkpoint import (
+    load_actor,
+    load_checkpoint,
+    load_online_agent,
+    online_state,
+    reference_of,
+    save_checkpoint,
+)
 from acalign_robot.algo.train import (
     DivergenceError,
     DivergenceGuard,
@@ -44,22 +49,10 @@ from acalign_robot.algo.train import (
 )
 from acalign_robot.data.datasets import TransitionView, load_transitions
 from acalign_robot.data.replay_buffer import ReplayBuffer
-from acalign_robot.data.scores import ReferenceScores, dataset_reference
+from acalign_robot.data.scores import dataset_reference
 from acalign_robot.errors import InputError
 
-__all__ = [
-    "EvalSchedule",
-    "align_checkpoint",
-    "buffer_from_state",
-    "buffer_state",
-    "env_id_of",
-    "evaluate_checkpoint",
-    "finetune",
-    "load_actor",
-    "load_online_agent",
-    "pretrain",
-    "reference_of",
-]
+__all__ = ["EvalSchedule", "align_checkpoint", "env_id_of", "evaluate_checkpoint", "finetune", "pretrain"]
 
 
 @dataclass(frozen=True)
@@ -75,12 +68,6 @@ def env_id_of(view: TransitionView) -> str:
     if not spec:
         raise InputError(f"dataset {view.metadata.get('dataset_id')} records no env spec; pass --env")
     return json.loads(spec)["id"]
-
-
-def reference_of(meta: dict[str, Any]) -> ReferenceScores | None:
-    if meta.get("ref_random") is None or meta.get("ref_expert") is None:
-        return None
-    return ReferenceScores(meta["ref_random"], meta["ref_expert"], meta.get("ref_source", "dataset"))
 
 
 def _log_eval(
@@ -103,17 +90,6 @@ def _postfix(info: dict[str, float], last_return: float | None) -> dict[str, str
 
 def _train_stats(info: dict[str, float]) -> dict[str, float]:
     return {key: float(value) for key, value in info.items() if isinstance(value, (int, float))}
-
-
-def buffer_state(buffer: ReplayBuffer) -> dict:
-    """A replay buffer as tensors and ints (checkpoints hold no numpy arrays: weights_only loading)."""
-    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in buffer.state_dict().items()}
-
-
-def buffer_from_state(state: dict, obs_dim: int, action_dim: int) -> ReplayBuffer:
-    buffer = ReplayBuffer(int(state["capacity"]), obs_dim, action_dim)
-    buffer.load_state_dict({k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in state.items()})
-    return buffer
 
 
 def pretrain(
@@ -231,19 +207,9 @@ def align_checkpoint(offline_path: Path, out_path: Path, config: ACAConfig, buff
     if config.top_trajectories:
         seeded = buffer.seed_with_top_trajectories(dataset, config.top_trajectories)
         meta = {**meta, "seeded_transitions": seeded}
-    state = {"agent": online.state_dict(), "buffer": buffer_state(buffer), "env_steps": 0}
+    state = online_state(online, buffer, env_steps=0)
     save_checkpoint(out_path, "online", state, config_io.to_dict(config), {**meta, "finetune": config.finetune})
     return out_path
-
-
-def load_online_agent(payload: dict, device: str | torch.device = "cpu") -> tuple[SAC, ReplayBuffer, ACAConfig]:
-    """The agent (on `device`; checkpoints always load onto the CPU first), its replay buffer and its config."""
-    meta = payload["meta"]
-    config = config_io.load_text(ACAConfig, config_io.dump(payload["config"]), "checkpoint config")
-    agent = SAC(meta["obs_dim"], meta["action_dim"], config.sac, device)
-    agent.load_state_dict(payload["agent"]["agent"])
-    buffer = buffer_from_state(payload["agent"]["buffer"], meta["obs_dim"], meta["action_dim"])
-    return agent, buffer, config
 
 
 def finetune(
@@ -296,24 +262,9 @@ def finetune(
         writer = csv.writer(handle)
         writer.writerow(["step", "return"])
         writer.writerows((start_step + step, episode_return) for step, episode_return in loop.episode_returns)
-    state = {"agent": agent.state_dict(), "buffer": buffer_state(buffer), "env_steps": start_step + steps}
+    state = online_state(agent, buffer, env_steps=start_step + steps)
     save_checkpoint(out_path, "online", state, payload["config"], meta)
     return out_path
-
-
-def load_actor(payload: dict) -> TanhGaussianActor:
-    """The actor of any checkpoint phase."""
-    meta = payload["meta"]
-    hidden = tuple(payload["config"]["sac"]["hidden_sizes"])
-    actor = TanhGaussianActor(meta["obs_dim"], meta["action_dim"], hidden)
-    agent_state = payload["agent"]
-    if payload["phase"] == "offline":
-        actor.load_state_dict(agent_state["sac"]["actor"])
-    elif payload["phase"] == "online":
-        actor.load_state_dict(agent_state["agent"]["actor"])
-    else:
-        actor.load_state_dict(agent_state["actor"])
-    return actor.requires_grad_(False)
 
 
 def evaluate_checkpoint(path: Path, env_id: str | None, episodes: int, seed: int) -> dict[str, Any]:

@@ -208,7 +208,7 @@ def _cmd_align(args) -> int:
         config = load_preset(args.preset, overrides)
     else:
         saved = load_checkpoint(args.checkpoint, "offline")["config"]
-        config = config_io.load_text(ACAConfig, config_io.dump(saved), f"{args.checkpoint} (config)", overrides)
+        config = config_io.from_dict(ACAConfig, saved, f"{args.checkpoint} (config)", overrides)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"aligned-{config.finetune}.pt")
     try:
         align_checkpoint(Path(args.checkpoint), out, config)

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from acalign_robot import realtime
+from acalign_robot.atomic import write_text_atomic
 from acalign_robot.config import FieldError
 from acalign_robot.controller.hot_swap import GateSettings, IdleWindows, PolicySwapper
 from acalign_robot.controller.safety import ActionFilter, FilterFlags, RollbackConfig, RollbackMonitor, SafetyConfig
@@ -442,7 +443,7 @@ class Controller:
             stats["log"] = self.log.close()
         self._publish_stats(stats)
         if self.config.output_dir:
-            _write_json(Path(self.config.output_dir) / "stats.json", stats)
+            _write_json(Path(self.config.output_dir) / "stats.json", stats, durable=True)
             np.save(Path(self.config.output_dir) / "tick_latency_s.npy", self.timer.tick_samples())
         return stats
 
@@ -497,7 +498,9 @@ class Controller:
 
     def _publish_stats(self, stats: dict) -> None:
         if self.config.output_dir:
-            _write_json(Path(self.config.output_dir) / "status.json", stats)
+            # Mostly on the control thread, between two ticks: an fsync there could outlast a tick on a busy disk,
+            # and status.json is the supervisor's live view (stats.json is the record).
+            _write_json(Path(self.config.output_dir) / "status.json", stats, durable=False)
         if self.transitions is not None:
             flat = {k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool))}
             self.transitions.send(p.Stats(source=self.config.controller_id, values=flat))
@@ -515,12 +518,10 @@ def _same_contract(a: p.HelloReply, b: p.HelloReply) -> bool:
     )
 
 
-def _write_json(path: Path, data: dict) -> None:
-    """Atomic: a reader (the supervisor) never sees half a file."""
+def _write_json(path: Path, data: dict, *, durable: bool) -> None:
+    """Atomic (acalign_robot.atomic): a reader (the supervisor) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=1), durable=durable)
 
 
 def run_controller(config: ControllerConfig, ready_file: str | None = None) -> dict:

@@ -187,14 +187,9 @@ class BehaviourRun:
         return [episode for episode, end in zip(episodes, ends) if end <= until_step]
 
     def load_actor(self, step: int):
-        from acalign_robot.algo.checkpoint import load_checkpoint
-        from acalign_robot.algo.networks import TanhGaussianActor
+        from acalign_robot.algo.checkpoint import load_actor, load_checkpoint
 
-        payload = load_checkpoint(self.snapshot_path(step), "behaviour")
-        meta = payload["meta"]
-        actor = TanhGaussianActor(meta["obs_dim"], meta["action_dim"], tuple(payload["config"]["sac"]["hidden_sizes"]))
-        actor.load_state_dict(payload["agent"]["actor"])
-        return actor.requires_grad_(False)
+        return load_actor(load_checkpoint(self.snapshot_path(step), "behaviour"))
 
 
 def _pack_episodes(episodes: list[EpisodeRecord]) -> dict[str, np.ndarray]:

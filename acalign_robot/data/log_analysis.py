@@ -297,7 +297,7 @@ def critic_values_summary(checkpoint: str | os.PathLike, log: LogData) -> dict[s
     import torch
 
     from acalign_robot import config as config_io
-    from acalign_robot.algo.checkpoint import load_checkpoint
+    from acalign_robot.algo.checkpoint import load_checkpoint, sac_state
     from acalign_robot.algo.losses import prior_term
     from acalign_robot.algo.networks import atanh_clipped
     from acalign_robot.algo.sac import SAC, SACConfig
@@ -309,12 +309,9 @@ def critic_values_summary(checkpoint: str | os.PathLike, log: LogData) -> dict[s
             f"{checkpoint}: obs/action dims {meta['obs_dim']}/{meta['action_dim']}, the log has "
             f"{log.obs_dim}/{log.action_dim}"
         )
-    sac_config = config_io.load_text(SACConfig, config_io.dump(payload["config"]["sac"]), f"{checkpoint} (sac config)")
-    state = {"offline": lambda a: a["sac"], "online": lambda a: a["agent"]}.get(payload["phase"], lambda a: a)(
-        payload["agent"]
-    )
+    sac_config = config_io.from_dict(SACConfig, payload["config"]["sac"], f"{checkpoint} (sac config)")
     agent = SAC(meta["obs_dim"], meta["action_dim"], sac_config)
-    agent.load_state_dict(state)
+    agent.load_state_dict(sac_state(payload))
     # The learner's actions live in [-1, 1]; the log holds the env's.
     low, high = np.asarray(meta["action_low"]), np.asarray(meta["action_high"])
     scaled = 2.0 * (log.action - low) / (high - low) - 1.0

@@ -40,9 +40,8 @@ import onnx
 import torch
 from torch import nn
 
-from acalign_robot.algo.checkpoint import CheckpointError, load_checkpoint
+from acalign_robot.algo.checkpoint import CheckpointError, load_actor, load_checkpoint, reference_of
 from acalign_robot.algo.networks import TanhGaussianActor
-from acalign_robot.algo.pipeline import load_actor, reference_of
 from acalign_robot.policy.manifest import (
     ARTIFACT_FORMAT_VERSION,
     INPUT_NAME,

@@ -72,10 +72,11 @@ Files in `checkpoint_dir`: `learner.pt` (an 'online' checkpoint that `acalign fi
 `load_online_agent` read too, plus learner state: counters, update credit, per-controller sequence state, the random
 generators, so that a resumed run continues exactly where the checkpoint was taken), `status.json` (the current
 numbers, replaced atomically every second for a supervisor's status line) and `metrics.jsonl` (unless `metrics`
-names another path). Checkpoints are written atomically when a fresh run starts, on the schedule and when the
-learner stops; a failure (an exception) writes no checkpoint, so the last good one stays, and removes its temp file.
-At start, temp files left by dead processes (`.learner.pt.PID.tmp`, `.status.json.PID.tmp`: a SIGKILL mid-write)
-are removed.
+names another path). learner.pt's own entry, `LearnerState`, is the one list of what a resume restores. Checkpoints
+are written when a fresh run starts, on the schedule and when the learner stops; they and status.json are written
+atomically and durably (acalign_robot.atomic). A failed checkpoint (an exception) writes nothing, so the last good
+one stays, and leaves no temp file. At start, temp files left by dead processes (`.learner.pt.PID.tmp`,
+`.status.json.PID.tmp`: a SIGKILL mid-write) are removed.
 
 The configuration, `LearnerConfig`, lives in `learner.config` (torch-free, for launch files) and is re-exported here.
 """
@@ -100,9 +101,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from acalign_robot.algo.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from acalign_robot.algo.pipeline import buffer_state, load_online_agent
+from acalign_robot.algo.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_online_agent,
+    online_state,
+    save_checkpoint,
+)
 from acalign_robot.algo.train import DivergenceGuard, resolve_device, set_torch_threads
+from acalign_robot.atomic import remove_stale_temp_files, write_text_atomic
 from acalign_robot.errors import InputError
 from acalign_robot.export.onnx_export import build_artifact
 from acalign_robot.learner.config import LearnerConfig
@@ -119,6 +126,7 @@ __all__ = [
     "ControllerStream",
     "Learner",
     "LearnerConfig",
+    "LearnerState",
     "serve",
 ]
 
@@ -136,7 +144,6 @@ MAX_STATS_KEPT = 128  # values kept from one source's Stats (runtime.controller 
 MAX_STAT_CHARS = 256  # a longer string value is cut to this
 # Totals that stay in the snapshot after a stream is evicted.
 _STREAM_TOTALS = ("recovered", "lost", "duplicates", "refused_ahead", "rejected")
-_TEMP_FILE = re.compile(r"^\.(?:learner\.pt|status\.json)\.(\d+)\.tmp$")  # _temp_path's names (and save_checkpoint's)
 _FLOOR_TOLERANCE = 1e-9  # credits are sums of utd * n: 10 * 0.1 must make one whole update, not 0.999...
 _log = logging.getLogger(__name__)
 
@@ -182,6 +189,37 @@ class ControllerStream:
 
 
 @dataclass
+class LearnerState:
+    """learner.pt's `learner` entry: what a resumed learner restores beyond the agent, its buffer and env_steps.
+
+    `Learner.save` writes it and a resuming `Learner` restores it (a fresh start from a learner.pt takes only its
+    published_version); its field names are the keys in the file, listed here once.
+    """
+
+    updates: int
+    update_credit: float
+    start_env_steps: int
+    published_version: int
+    streams: dict[str, dict[str, Any]]  # ControllerStream.state(durable=True) by stream id
+    retired_streams: dict[str, int]  # the _STREAM_TOTALS of evicted streams
+    streams_evicted: int
+    numpy_rng: dict[str, Any]  # the batch sampler's bit_generator.state
+    torch_rng: torch.Tensor
+    cuda_rng: torch.Tensor | None = None  # only a learner on a GPU saves it: the policy's noise is drawn there
+
+    def to_dict(self) -> dict[str, Any]:
+        saved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.cuda_rng is None:
+            del saved["cuda_rng"]
+        return saved
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> LearnerState:
+        # Checkpoints written before streams were evicted (issue 16) lack the eviction counters.
+        return cls(**{"retired_streams": {}, "streams_evicted": 0, **saved})
+
+
+@dataclass
 class _SourceStats:
     """The latest Stats of one source (bounded: MAX_STATS_KEPT values, strings cut to MAX_STAT_CHARS)."""
 
@@ -206,46 +244,6 @@ class _RateMeter:
         self._last = (now, updates, env_steps)
         elapsed = max(now - then, 1e-9)
         return (updates - last_updates) / elapsed, (env_steps - last_steps) / elapsed
-
-
-def _temp_path(path: Path) -> Path:
-    """Where `path` is written before its rename (algo.checkpoint.save_checkpoint names its temp file the same)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _write_json_atomic(path: Path, record: dict[str, Any]) -> None:
-    """Temp file + rename: a reader sees the previous or the new file, never half of one."""
-    tmp = _temp_path(path)
-    try:
-        tmp.write_text(json.dumps(record) + "\n")
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def remove_stale_temp_files(directory: Path) -> list[Path]:
-    """Remove the temp files of learners that died mid-write (SIGKILL) from `directory`; returns what was removed.
-
-    A file of a live process other than this one is kept: it may be writing it now.
-    """
-    removed = []
-    for path in directory.glob(".*.tmp"):
-        match = _TEMP_FILE.match(path.name)
-        if match and (int(match[1]) == os.getpid() or not _pid_alive(int(match[1]))):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
 
 
 class Learner:
@@ -294,7 +292,8 @@ class Learner:
         )
 
         self.env_steps = int(payload["agent"]["env_steps"])
-        saved = payload["agent"].get("learner")
+        entry = payload["agent"].get("learner")  # absent from an aligned checkpoint
+        saved = LearnerState.from_dict(entry) if entry is not None else None
         self.rng = np.random.default_rng(config.seed)
         self.streams: OrderedDict[str, ControllerStream]  # least recently sending first; at most MAX_STREAMS
         self._retired = dict.fromkeys(_STREAM_TOTALS, 0)  # totals of evicted streams
@@ -302,26 +301,13 @@ class Learner:
         if resume:
             if saved is None:
                 raise CheckpointError(f"{source}: an 'online' checkpoint without learner state: cannot resume from it")
-            self.updates = int(saved["updates"])
-            self.update_credit = float(saved["update_credit"])
-            self.start_env_steps = int(saved["start_env_steps"])
-            # Versions published after the checkpoint was taken must not be reused: status.json saw them.
-            self.published_version = max(int(saved["published_version"]), self._version_in_status())
-            self.streams = OrderedDict(
-                (cid, ControllerStream.from_state(state)) for cid, state in saved["streams"].items()
-            )
-            self._retired.update(saved.get("retired_streams", {}))
-            self.streams_evicted = int(saved.get("streams_evicted", 0))
-            self.rng.bit_generator.state = saved["numpy_rng"]
-            torch.set_rng_state(saved["torch_rng"])
-            if self.device.type == "cuda" and "cuda_rng" in saved:  # the policy's noise is drawn on the GPU there
-                torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
+            self._restore(saved)
         else:
             torch.manual_seed(config.seed)  # seeds the CUDA generators too
             self.updates = 0
             self.update_credit = 0.0
             self.start_env_steps = self.env_steps
-            self.published_version = int(saved["published_version"]) if saved else 0
+            self.published_version = saved.published_version if saved else 0
             self.streams = OrderedDict()
 
         self._sources: OrderedDict[str, _SourceStats] = OrderedDict()  # least recently heard first; MAX_STREAMS
@@ -337,7 +323,7 @@ class Learner:
         self._state = "starting"
 
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        for stale in remove_stale_temp_files(checkpoint_dir):
+        for stale in remove_stale_temp_files(checkpoint_dir, (CHECKPOINT_FILE, STATUS_FILE)):
             _log.info("removed %s, left by a process that died while writing it", stale)
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         self._metrics_file = open(self.metrics_path, "a")  # open for the learner's lifetime
@@ -350,6 +336,34 @@ class Learner:
         if not resume:
             self.save()  # before the first status.json: a restart with `resume` always finds a checkpoint
         self.write_status()
+
+    def _restore(self, state: LearnerState) -> None:
+        self.updates = state.updates
+        self.update_credit = state.update_credit
+        self.start_env_steps = state.start_env_steps
+        # Versions published after the checkpoint was taken must not be reused: status.json saw them.
+        self.published_version = max(state.published_version, self._version_in_status())
+        self.streams = OrderedDict((cid, ControllerStream.from_state(kept)) for cid, kept in state.streams.items())
+        self._retired.update(state.retired_streams)
+        self.streams_evicted = state.streams_evicted
+        self.rng.bit_generator.state = state.numpy_rng
+        torch.set_rng_state(state.torch_rng)
+        if self.device.type == "cuda" and state.cuda_rng is not None:
+            torch.cuda.set_rng_state(state.cuda_rng, self.device)
+
+    def _learner_state(self) -> LearnerState:
+        return LearnerState(
+            updates=self.updates,
+            update_credit=self.update_credit,
+            start_env_steps=self.start_env_steps,
+            published_version=self.published_version,
+            streams={cid: stream.state(durable=True) for cid, stream in self.streams.items()},
+            retired_streams=dict(self._retired),
+            streams_evicted=self.streams_evicted,
+            numpy_rng=self.rng.bit_generator.state,
+            torch_rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        )
 
     def _version_in_status(self) -> int:
         """The last version published from this checkpoint_dir as status.json recorded it (0 when unreadable)."""
@@ -562,29 +576,10 @@ class Learner:
         return policy
 
     def save(self) -> Path:
-        """Write learner.pt atomically: agent, buffer, counters, sequence state and the random generators."""
-        state = {
-            "agent": self.agent.state_dict(),
-            "buffer": buffer_state(self.buffer),
-            "env_steps": self.env_steps,
-            "learner": {
-                "updates": self.updates,
-                "update_credit": self.update_credit,
-                "start_env_steps": self.start_env_steps,
-                "published_version": self.published_version,
-                "streams": {cid: stream.state(durable=True) for cid, stream in self.streams.items()},
-                "retired_streams": dict(self._retired),
-                "streams_evicted": self.streams_evicted,
-                "numpy_rng": self.rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-                **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
-            },
-        }
-        try:
-            path = save_checkpoint(self.checkpoint_path, "online", state, self._aca_config_dict, self.meta)
-        except BaseException:
-            _temp_path(self.checkpoint_path).unlink(missing_ok=True)  # a full disk must not also leak the temp file
-            raise
+        """Write learner.pt atomically: agent, buffer, env_steps and `LearnerState` (counters, sequence state, the
+        random generators). A failure leaves the previous learner.pt and no temp file."""
+        state = online_state(self.agent, self.buffer, self.env_steps, self._learner_state().to_dict())
+        path = save_checkpoint(self.checkpoint_path, "online", state, self._aca_config_dict, self.meta)
         self.guard.saved(path, self.updates)
         for stream in self.streams.values():
             stream.ledger.mark_durable()
@@ -660,7 +655,7 @@ class Learner:
             "policy_endpoint": self.config.policy_endpoint,
             "checkpoint": str(self.checkpoint_path),
         }
-        _write_json_atomic(self.status_path, record)
+        write_text_atomic(self.status_path, json.dumps(record) + "\n")
         self._last_status_s = now
 
     def write_metrics(self) -> None:

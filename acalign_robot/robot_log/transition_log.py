@@ -6,21 +6,22 @@ offline pre-training (`acalign logs convert` -> Minari), evaluation and `acalign
 Writing never blocks the control loop. `TransitionLog.write(batch)` only checks the batch's shapes and appends a
 reference to it to a bounded queue: a deque, so the control thread takes no lock, makes no system call and wakes no
 thread (~10 us, bench/transition_logging.py). A background writer thread polls the queue every 20 ms, gathers
-transitions and writes each closed chunk durably: a temp file in the log directory, flush + fsync, rename over the
-final name, fsync of the directory. A process killed at any moment (kill -9, power loss after the rename reached the
-disk) loses at most the open chunk (and the batches still queued) and leaves every closed chunk whole; a
-half-written temp file is never read. A full queue (the disk stalled for minutes: 1024 batches of 64 are over 2 minutes
-at 500 Hz) drops the batch and counts it, never waits; a writer that hit an I/O error stops writing and counts every
-later batch as dropped (`stats()["log_error"]`). The writer shares the GIL with the control thread: closing a chunk
-costs it CPU in proportion to the chunk's size, in pieces (concatenation, npz encoding; the file writes and fsync
-release the GIL): about 1 ms for 4096 transitions. The controller closes chunks of 1024 transitions or 5 s
-(controller/process.py), once every ~2 s at 500 Hz; that is the most a tick can wait for the writer.
+transitions and writes each closed chunk durably (acalign_robot.atomic.replace_durably): a temp file in the log
+directory, flush + fsync, rename over the final name, fsync of the directory. A process killed at any moment
+(kill -9, power loss after the rename reached the disk) loses at most the open chunk (and the batches still queued) and
+leaves every closed chunk whole; a half-written temp file is never read. A full queue (the disk stalled for minutes:
+1024 batches of 64 are over 2 minutes at 500 Hz) drops the batch and counts it, never waits; a writer that hit an
+I/O error stops writing and counts every later batch as dropped (`stats()["log_error"]`). The writer shares the GIL
+with the control thread: closing a chunk costs it CPU in proportion to the chunk's size, in pieces (concatenation,
+npz encoding; the file writes and fsync release the GIL): about 1 ms for 4096 transitions. The controller closes
+chunks of 1024 transitions or 5 s (controller/process.py), once every ~2 s at 500 Hz; that is the most a tick can
+wait for the writer.
 
 The writer keeps a reference to each batch: its arrays must not change after `write` (TransitionBatch is frozen and
 the controller's batcher sends copies).
 
 Directory layout:
-    log_meta.json                 written at creation (atomically): format, controller_id, env_id, obs_dim,
+    log_meta.json                 written at creation (acalign_robot.atomic): format, controller_id, env_id, obs_dim,
                                   action_dim, observation/action spaces and control period when the caller knows
                                   them (bounds as lists, null = unbounded), created (ISO 8601) and created_unix_s
     chunk-SSSS-NNNNNN.npz         closed chunks; SSSS = segment, NNNNNN = chunk number (zero-padded: names sort
@@ -78,6 +79,7 @@ from typing import Any
 
 import numpy as np
 
+from acalign_robot.atomic import replace_durably, write_text_atomic
 from acalign_robot.errors import InputError
 from acalign_robot.realtime import leave_realtime
 from acalign_robot.spaces import BoxSpace
@@ -118,26 +120,6 @@ def _space_json(space: BoxSpace | None) -> dict[str, Any] | None:
         return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)]
 
     return {"low": bounds(space.low), "high": bounds(space.high), "units": list(space.units)}
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename durable: the directory entry itself must reach the disk."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, write: Any) -> None:
-    """`write(handle)` into a temp file beside `path`, fsync, rename over `path`, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_directory(path.parent)
 
 
 class TransitionLog:
@@ -289,7 +271,7 @@ class TransitionLog:
         return max(s for s, _ in numbers) + 1, max(c for _, c in numbers) + 1
 
     def _write_meta(self, meta: dict[str, Any]) -> None:
-        _write_durably(self._meta_path, lambda handle: handle.write(json.dumps(meta, indent=1).encode()))
+        write_text_atomic(self._meta_path, json.dumps(meta, indent=1))
 
     def _run(self) -> None:
         leave_realtime()  # a real-time controller's writer: disk I/O off the control path, never ahead of it
@@ -348,7 +330,10 @@ class TransitionLog:
             self._meta = {**self._meta, "obs_dim": first.obs.shape[1], "action_dim": first.action.shape[1]}
             self._write_meta(self._meta)
         path = self.directory / f"chunk-{self.segment:04d}-{self._next_chunk:06d}.npz"
-        _write_durably(path, lambda handle: np.savez(handle, **arrays))
+        # Not atomic.write_atomic: the temp chunk keeps its PID-free name and stays after a failure, because readers
+        # recover a whole one (a writer killed between fsync and rename) and report a partial one as lost.
+        temp = path.with_name(f".{path.name}.tmp")
+        replace_durably(path, temp, lambda handle: np.savez(handle, **arrays))
         self._next_chunk += 1
         self.written_chunks += 1
         self.written_transitions += len(arrays["seq"])

@@ -70,7 +70,7 @@ def send_to_drivers(session: str, action: Literal["estop", "clear"], reason: str
     directory = resolve_session_dir(session)
     # The supervisor's resolved copy of the launch file: endpoints filled in, so it is read as data, not re-validated.
     resolved = yaml.safe_load((directory / "session.yaml").read_text())
-    security = config_io.load_text(SecurityConfig, yaml.safe_dump(resolved.get("security") or {}), "security")
+    security = config_io.from_dict(SecurityConfig, resolved.get("security") or {}, "security")
     robots = [(robot["name"], robot["control_endpoint"]) for robot in resolved.get("robots") or ()]
     if not robots:
         raise InputError(f"{directory / 'session.yaml'}: no robot of this session runs on this host")

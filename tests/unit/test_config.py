@@ -89,6 +89,25 @@ def test_presets_load_and_round_trip(name):
     assert config.load_text(ACAConfig, config.dump(preset)) == preset
 
 
+def test_from_dict_round_trips_and_applies_overrides():
+    preset = load_preset("medium-expert")
+    assert config.from_dict(ACAConfig, config.to_dict(preset)) == preset
+    data = {"name": "x", "inner": {"rate_hz": 250.0, "names": ["a"]}, "limit": 3}
+    changed = config.from_dict(Outer, data, overrides=["inner.rate_hz=500", "mode=robot"])
+    assert changed == Outer(name="x", inner=Inner(rate_hz=500.0, names=("a",)), mode="robot", limit=3)
+    assert data["inner"]["rate_hz"] == 250.0  # the caller's values are not touched
+
+
+def test_from_dict_is_as_strict_as_the_yaml_loader_and_names_its_source():
+    expected = r"^run\.pt \(config\): unknown key 'inner\.rat' \(did you mean 'rate_hz'\?\)$"
+    with pytest.raises(ConfigError, match=expected):
+        config.from_dict(Outer, {"name": "a", "inner": {"rat": 3}}, "run.pt (config)")
+    with pytest.raises(ConfigError, match=r"^<dict>: limit: expected an integer, got True$"):
+        config.from_dict(Outer, {"name": "a", "limit": True})
+    with pytest.raises(ConfigError, match=r"^<dict>: inner: rate above 1 kHz$"):
+        config.from_dict(Outer, {"name": "a", "inner": {"rate_hz": 5000}})
+
+
 def test_preset_values_follow_algorithm_table():
     assert load_preset("medium-expert").beta == 15 and load_preset("medium-expert").w_min == 1
     assert load_preset("medium-replay").top_trajectories == 50

@@ -1,7 +1,7 @@
 """The layout's two import rules: which package may import which, and which packages run without torch.
 
-docs/architecture.md draws the same map. A package is `acalign_robot.<name>`; the top-level modules (`config`,
-`errors`, `realtime`, `spaces`) are the base every package may use.
+docs/architecture.md draws the same map. A package is `acalign_robot.<name>`; the top-level modules (`atomic`,
+`config`, `errors`, `realtime`, `spaces`) are the base every package may use.
 """
 
 import ast
@@ -44,7 +44,7 @@ ALLOWED_IMPORTS = {
         "__version__",
     },
 }
-BASE_MODULES = {"config", "errors", "realtime", "spaces"}
+BASE_MODULES = {"atomic", "config", "errors", "realtime", "spaces"}
 # The robot computer installs these without torch (deploy/requirements-controller.txt).
 TORCH_FREE_PACKAGES = ("wire", "policy", "robot_log", "drivers", "controller")
 

@@ -247,6 +247,19 @@ def test_checkpoint_and_resume_continue_identically(make_config, fake_export):
     np.testing.assert_array_equal(learner.buffer.obs, first.learner.buffer.obs)
 
 
+def test_learner_state_is_learner_pts_entry_and_older_checkpoints_still_resume(make_config, fake_export):
+    config = make_config()
+    learner = Rig(config).learner
+    payload = load_checkpoint(learner.save(), "online")
+    entry = payload["agent"]["learner"]
+    assert list(entry) == [f.name for f in dataclasses.fields(process.LearnerState) if f.name != "cuda_rng"]  # CPU
+    # A learner.pt written before streams were evicted (issue 16) has no eviction counters.
+    del entry["retired_streams"], entry["streams_evicted"]
+    torch.save(payload, learner.checkpoint_path)
+    resumed = Rig(config, resume=True).learner
+    assert (resumed.updates, resumed.streams_evicted, resumed.published_version) == (0, 0, 0)
+
+
 def test_stop_request_finishes_and_writes_checkpoint_status_and_metrics(make_config, fake_export):
     rig = Rig(make_config(metrics_every_s=0.01))
     learner = rig.learner

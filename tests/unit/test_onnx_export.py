@@ -218,8 +218,7 @@ def test_provider_choice(plain, caplog):
 
 
 def test_write_artifact_numbers_versions_and_never_overwrites(tmp_path, make_checkpoint, monkeypatch):
-    from acalign_robot.algo.checkpoint import load_checkpoint
-    from acalign_robot.algo.pipeline import load_actor
+    from acalign_robot.algo.checkpoint import load_actor, load_checkpoint
 
     checkpoint = make_checkpoint("Hopper-v5")
     store = tmp_path / "policies"
