@@ -155,15 +155,21 @@ def add_pretrain_command(commands: Subcommands) -> None:
     p.set_defaults(handler=_cmd_pretrain)
 
 
+def _new_checkpoint(args, name: str) -> Path:
+    """Where a training command writes: `--out`/NAME, refused if it exists without --force (nothing is lost)."""
+    out = Path(args.out) / name
+    if out.exists() and not args.force:
+        raise InputError(f"{out} already exists (use --force to overwrite, or another --out)")
+    return out
+
+
 def _cmd_pretrain(args) -> int:
     from acalign_robot.algo.checkpoint import NonFiniteCheckpointError
     from acalign_robot.algo.pipeline import EvalSchedule, pretrain
     from acalign_robot.algo.train import DivergenceError
 
     set_threads(args.threads)
-    out = Path(args.out) / "offline.pt"
-    if out.exists() and not args.force:
-        raise InputError(f"{out} already exists (use --force to overwrite, or another --out)")
+    out = _new_checkpoint(args, "offline.pt")
     try:
         pretrain(
             args.datasets,
@@ -242,9 +248,7 @@ def _cmd_finetune(args) -> int:
     from acalign_robot.algo.train import DivergenceError
 
     set_threads(args.threads)
-    out = Path(args.out) / "finetuned.pt"
-    if out.exists() and not args.force:
-        raise InputError(f"{out} already exists (use --force to overwrite, or another --out)")
+    out = _new_checkpoint(args, "finetuned.pt")
     try:
         finetune(
             Path(args.checkpoint),
