@@ -64,10 +64,18 @@ def random_transitions(rng: np.random.Generator, count: int) -> tuple[np.ndarray
     )
 
 
-def transition_batch(stream_id: str, seq: int, count: int, seed: int = 0, resend_from: int | None = 0):
+def transition_batch(
+    stream_id: str,
+    seq: int,
+    count: int,
+    seed: int = 0,
+    resend_from: int | None = 0,
+    episode_return: float | None = None,
+):
     """A TransitionBatch as a controller sends it: actions in the env's units (within ACTION_LOW..ACTION_HIGH).
 
     `resend_from` 0: from a controller that can still resend every batch of its stream (None: one that resends none).
+    `episode_return`: the batch's last transition ends an episode (truncated) with this return.
     """
     from acalign_robot.wire.protocol import TransitionBatch
 
@@ -82,6 +90,7 @@ def transition_batch(stream_id: str, seq: int, count: int, seed: int = 0, resend
         reward=rng.normal(size=count).astype(np.float32),
         next_obs=rng.normal(size=(count, OBS_DIM)).astype(np.float32),
         terminated=np.zeros(count, bool),
-        truncated=np.zeros(count, bool),
+        truncated=np.arange(count) == count - 1 if episode_return is not None else np.zeros(count, bool),
         resend_from=resend_from,
+        episode_return=episode_return,
     )

@@ -368,6 +368,8 @@ class Controller:
                 next_obs = np.asarray(reply.obs, dtype=np.float32)
                 if reply.safe_action_applied:
                     flags |= FilterFlags.SAFE
+                episode_return += reply.reward
+                episode_ends = reply.terminated or reply.truncated
                 self.batcher.add(
                     obs,
                     policy_action,
@@ -378,11 +380,11 @@ class Controller:
                     reply.truncated,
                     runner.manifest.version,
                     flags,
+                    episode_return if episode_ends else None,
                 )
                 self._remember(obs)
-                episode_return += reply.reward
                 obs = next_obs
-                if reply.terminated or reply.truncated:
+                if episode_ends:
                     self.episodes += 1
                     self.episode_returns.append(episode_return)
                     self.episode_log.append(
@@ -390,7 +392,6 @@ class Controller:
                     )
                     self._roll_back_if_returns_collapsed(episode_return)
                     episode_return = 0.0
-                    self.batcher.flush()
                     obs = self._reset()  # None: the session is lost, and restarted at the top of the loop
             self.batcher.service(t3)
             t4 = time.perf_counter()

@@ -66,18 +66,20 @@ class TransitionBatcher:
         truncated: bool,
         version: int,
         flags: int,
+        episode_return: float | None = None,
     ) -> None:
-        """One executed transition (`version`: the policy's that chose `policy_action`; `flags`: FilterFlags); a
-        full batch is flushed."""
+        """One executed transition (`version`: the policy's that chose `policy_action`; `flags`: FilterFlags;
+        `episode_return`: the episode's return when this transition ends it). A full batch is flushed, and so is the
+        batch an episode ends in: its last transition is the episode's, and it carries the return."""
         i = self.filled
         self.obs[i], self.policy_action[i], self.action[i], self.next_obs[i] = obs, policy_action, action, next_obs
         self.reward[i], self.terminated[i], self.truncated[i] = reward, terminated, truncated
         self.version[i], self.flags[i], self.timestamp_s[i] = version, flags, time.time()
         self.filled += 1
-        if self.filled == self.size:
-            self.flush()
+        if self.filled == self.size or episode_return is not None:
+            self.flush(episode_return)
 
-    def flush(self) -> None:
+    def flush(self, episode_return: float | None = None) -> None:
         if self.filled == 0:
             return
         n, self.filled = self.filled, 0
@@ -95,6 +97,7 @@ class TransitionBatcher:
             truncated=self.truncated[:n].copy(),
             extras={"policy_action": self.policy_action[:n].copy(), "safety_flags": self.flags[:n].copy()},
             resend_from=self.window.oldest(self.seq),  # what the learner lacks below it is gone: it writes it off
+            episode_return=episode_return,
         )
         self.seq += 1
         if self.log is not None:

@@ -27,10 +27,8 @@ Channels (semantics of the sockets: acalign_robot.wire.transport):
   than MAX_AHEAD above its stream's contiguous mark is refused (`refused_ahead`), never a reason to write off the
   past. A batch whose shapes do not fit the checkpoint or that holds a non-finite value is counted in `rejected`
   (with the reason) and not inserted: one NaN would poison the critic.
-  Stats messages are recorded into the metrics; a controller's `episode_return` (or `last_episode_return`, as
-  runtime.controller sends it) is taken as a new episode's return when its `episodes` counter grew since its
-  previous Stats (on every Stats that carries no `episodes`); episodes that ended between two Stats but the last
-  are not seen here (the controller's own stats have them all).
+  A batch that ends an episode carries its return (`episode_return`): delivered exactly once, so the learner's
+  metrics and status see every episode once. Stats messages are recorded into the status as they come.
   Per-peer state is bounded: the receiver binds each stream to the connection (and CURVE key) that opened it and
   keeps Stats only from a stream's owner (runtime.delivery.StreamOwners: at most MAX_STREAMS streams, refusals
   counted in status `binding`); the learner keeps the MAX_STREAMS streams that sent most recently (older ones are
@@ -157,6 +155,8 @@ class ControllerStream:
     transitions: int = 0  # transitions inserted
     rejected: int = 0  # batches with wrong shapes or non-finite values, not inserted
     last_rejection: str = ""
+    episodes: int = 0  # episodes that ended in this stream's batches (TransitionBatch.episode_return)
+    last_episode_return: float | None = None
     last_batch_s: float = field(default=-math.inf, compare=False)  # monotonic; not saved (-inf after a resume)
 
     def summary(self) -> dict[str, Any]:
@@ -174,6 +174,8 @@ class ControllerStream:
             "refused_ahead": ledger.refused_ahead,
             "rejected": self.rejected,
             "last_rejection": self.last_rejection,
+            "episodes": self.episodes,
+            "last_episode_return": self.last_episode_return,
         }
 
     def total(self, name: str) -> int:
@@ -217,15 +219,6 @@ class LearnerState:
     def from_dict(cls, saved: dict[str, Any]) -> LearnerState:
         # Checkpoints written before streams were evicted (issue 16) lack the eviction counters.
         return cls(**{"retired_streams": {}, "streams_evicted": 0, **saved})
-
-
-@dataclass
-class _SourceStats:
-    """The latest Stats of one source (bounded: MAX_STATS_KEPT values, strings cut to MAX_STAT_CHARS)."""
-
-    values: dict[str, Any]
-    episodes_seen: int = 0
-    last_return: float | None = None
 
 
 def _bounded_values(values: dict[str, Any]) -> dict[str, Any]:
@@ -310,7 +303,9 @@ class Learner:
             self.published_version = saved.published_version if saved else 0
             self.streams = OrderedDict()
 
-        self._sources: OrderedDict[str, _SourceStats] = OrderedDict()  # least recently heard first; MAX_STREAMS
+        # The latest Stats values of each source, least recently heard first (MAX_STREAMS sources; MAX_STATS_KEPT
+        # values each, strings cut to MAX_STAT_CHARS).
+        self._sources: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.stats_evicted = 0
         self._refusals_logged: set[str] = set()  # StreamRefused reasons already logged once
         self._new_returns: list[float] = []  # since the last metrics record
@@ -476,6 +471,10 @@ class Learner:
         if not stream.ledger.take(batch.seq, batch.resend_from):
             return  # a duplicate or too far ahead (counted by the ledger)
         stream.batches += 1
+        if batch.episode_return is not None:
+            stream.episodes += 1
+            stream.last_episode_return = batch.episode_return
+            self._new_returns.append(batch.episode_return)
         problem = self._content_problem(batch)
         if problem:
             if not stream.rejected:
@@ -507,25 +506,12 @@ class Learner:
 
     def _take_stats(self, stats: Stats) -> None:
         values, name = stats.values, stats.source[:MAX_STAT_CHARS]
-        source = self._sources.get(name)
-        if source is None:
-            if len(self._sources) >= MAX_STREAMS:
-                self._sources.popitem(last=False)
-                self.stats_evicted += 1
-            source = self._sources[name] = _SourceStats(values={})
-        else:
+        if name in self._sources:
             self._sources.move_to_end(name)
-        source.values = _bounded_values(values)
-        episode_return = values.get("episode_return", values.get("last_episode_return"))
-        episodes = values.get("episodes")
-        if type(episode_return) not in (int, float):
-            return
-        if type(episodes) is int:
-            if episodes <= source.episodes_seen:
-                return  # the same episode reported again by a periodic Stats
-            source.episodes_seen = episodes
-        source.last_return = float(episode_return)
-        self._new_returns.append(float(episode_return))
+        elif len(self._sources) >= MAX_STREAMS:
+            self._sources.popitem(last=False)
+            self.stats_evicted += 1
+        self._sources[name] = _bounded_values(values)
 
     # --- training and publishing ------------------------------------------------------------------------------------
 
@@ -599,7 +585,7 @@ class Learner:
     @property
     def controller_stats(self) -> dict[str, dict[str, Any]]:
         """The latest Stats values per source (the MAX_STREAMS sources heard most recently)."""
-        return {name: source.values for name, source in self._sources.items()}
+        return dict(self._sources)
 
     def _housekeeping(self, now: float) -> None:
         if now - self._last_ack_s >= ACK_EVERY_S:
@@ -634,7 +620,9 @@ class Learner:
             "w": self.agent.prior.w if self.agent.prior is not None else None,
             "controllers": {cid: stream.summary() for cid, stream in self.streams.items()},
             "last_episode_return": {
-                name: source.last_return for name, source in self._sources.items() if source.last_return is not None
+                sid: stream.last_episode_return
+                for sid, stream in self.streams.items()
+                if stream.last_episode_return is not None
             },
         }
 

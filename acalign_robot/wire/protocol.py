@@ -77,7 +77,8 @@ __all__ = [
     "error_message",
 ]
 
-PROTOCOL_VERSION = 2  # 2: transition batches and acks name their stream `stream_id` (was `controller_id`)
+PROTOCOL_VERSION = 3  # 2: batches and acks name their stream `stream_id` (was `controller_id`); 3: TransitionBatch
+# carries `episode_return` (was a Stats key the learner parsed, and lost episodes between two Stats)
 # Upper bound for any frame; each channel passes its own, smaller limit (a policy is the largest message).
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_NDIM = 8
@@ -238,6 +239,10 @@ class TransitionBatch:
     # The oldest seq the controller can still resend (its ResendWindow's first); the learner writes off what it lacks
     # below it at once. None: a sender that resends nothing (every missing seq below `seq` is gone).
     resend_from: int | None = None
+    # The return (sum of rewards since the driver's reset) of the episode that ends with this batch's last transition;
+    # None when no episode ends here. A controller sends a batch at each episode's end, so each batch ends at most
+    # one, and delivery exactly once gives the learner every episode once.
+    episode_return: float | None = None
 
     def __len__(self) -> int:
         return self.reward.shape[0]
@@ -266,6 +271,11 @@ class TransitionBatch:
         for name, value in arrays.items():
             if value.ndim < 1 or value.shape[0] != batch:
                 raise ProtocolError("field", f"transitions.{name}: first axis must be the batch ({batch})")
+        if self.episode_return is not None:
+            if not math.isfinite(self.episode_return):
+                raise ProtocolError("field", f"transitions.episode_return: must be finite, got {self.episode_return}")
+            if batch == 0 or not (self.terminated[-1] or self.truncated[-1]):
+                raise ProtocolError("field", "transitions.episode_return: the batch's last transition ends no episode")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -453,6 +463,10 @@ def _dec_float(raw: Any, where: str) -> float:
     raise ProtocolError("field", f"{where}: expected a number, got {type(raw).__name__}")
 
 
+def _dec_optional_float(raw: Any, where: str) -> float | None:
+    return None if raw is None else _dec_float(raw, where)
+
+
 def _exact(kind: type) -> Callable[[Any, str], Any]:
     def decode_exact(raw: Any, where: str) -> Any:
         if type(raw) is not kind:
@@ -564,6 +578,7 @@ _CODECS: dict[str, _Codec] = {
     "int": _Codec(operator.index, _dec_int, 1),  # index(): numpy integers pass, a float is refused, not truncated
     "int | None": _Codec(lambda value: None if value is None else operator.index(value), _dec_optional_int, 1),
     "float": _Codec(float, _dec_float, 1),
+    "float | None": _Codec(lambda value: None if value is None else float(value), _dec_optional_float, 1),
     "bool": _Codec(bool, _exact(bool), 1),
     "str": _Codec(_same, _exact(str), 1),
     "bytes": _Codec(bytes, _exact(bytes), 1),

@@ -118,6 +118,26 @@ def test_rollback_is_off_by_default(driver_thread):
     assert stats["rollbacks"] == [] and stats["episodes"] == 3
 
 
+def test_each_episode_ends_a_batch_that_carries_its_return(driver_thread):
+    """The learner sees every episode's return once, in the batch its last transition is in (not from Stats)."""
+    config, *_, runner = make_controller(driver_thread, episodes=3, transition_batch=16)  # 50-step episodes
+    learner = MemoryTransitionReceiver()
+    stats = Controller(config, MemoryControlClient(driver_thread), runner, MemoryTransitionSender(learner)).run()
+    batches = []
+    while (message := learner.recv(0.0)) is not None:
+        if isinstance(message, p.TransitionBatch):
+            batches.append(message)
+    ending = [batch for batch in batches if batch.episode_return is not None]
+    assert [batch.episode_return for batch in ending] == pytest.approx(stats["episode_returns"])
+    assert len(ending) == 3 and all(batch.truncated[-1] or batch.terminated[-1] for batch in ending)
+    rewards = 0.0  # since the last episode's end: the return is the sum over the batches the episode spans
+    for batch in batches:
+        rewards += float(batch.reward.sum())
+        if batch.episode_return is not None:
+            assert rewards == pytest.approx(batch.episode_return, rel=1e-5)
+            rewards = 0.0
+
+
 def test_the_rollback_monitor_names_the_last_version_whose_returns_held_up():
     started, tuned, bad = object(), object(), object()  # runners: only their identity matters to the monitor
     settings = RollbackConfig(enabled=True, baseline_episodes=3, window=2, fraction=0.5, patience=2)

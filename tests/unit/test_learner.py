@@ -264,10 +264,10 @@ def test_stop_request_finishes_and_writes_checkpoint_status_and_metrics(make_con
     rig = Rig(make_config(metrics_every_s=0.01))
     learner = rig.learner
     rig.push(
-        transition_batch("a", 0, 20),
-        Stats(source="a", values={"episodes": 1, "last_episode_return": 12.5}),
-        Stats(source="a", values={"episodes": 1, "last_episode_return": 12.5}),  # the same episode again
-        Stats(source="a", values={"episodes": 2, "last_episode_return": 20.0}),
+        transition_batch("a", 0, 10, episode_return=12.5),
+        transition_batch("a", 0, 10, episode_return=12.5),  # the same batch again: a duplicate, not an episode
+        transition_batch("a", 1, 10, episode_return=20.0),
+        Stats(source="a", values={"episodes": 2, "last_episode_return": 20.0}),  # recorded, not counted as episodes
     )
     timer = threading.Timer(0.5, learner.request_stop)  # what the SIGTERM handler does
     timer.start()
@@ -278,8 +278,9 @@ def test_stop_request_finishes_and_writes_checkpoint_status_and_metrics(make_con
     assert path.exists() and learner.updates == 20
     state = load_checkpoint(path, "online")["agent"]
     assert state["learner"]["updates"] == 20 and state["env_steps"] == 20
-    assert state["learner"]["streams"]["a"]["ledger"]["received_through"] == 0
+    assert state["learner"]["streams"]["a"]["ledger"]["received_through"] == 1
     status = json.loads(learner.status_path.read_text())
+    assert status["last_episode_return"] == {"a": 20.0} and status["controllers"]["a"]["episodes"] == 2
     assert status["state"] == "stopped" and status["updates"] == 20 and status["published_version"] == 1
     assert status["updates_per_s"] == pytest.approx(20 / status["uptime_s"], rel=0.05)  # the run's average
     records = [json.loads(line) for line in learner.metrics_path.read_text().splitlines()]

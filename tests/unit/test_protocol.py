@@ -279,6 +279,15 @@ def test_cross_field_rules():
     assert code_of(packed({**raw_of(Reset(seed=1)), "seed": -1})) == "field"
 
 
+def test_an_episode_return_travels_only_with_the_batch_its_episode_ends_in():
+    ending = dataclasses.replace(transition_batch(), episode_return=-12.5)  # its last transition is terminated
+    assert decode(encode(ending)).episode_return == -12.5 and decode(encode(transition_batch())).episode_return is None
+    raw = raw_of(ending)
+    assert code_of(packed({**raw, "episode_return": float("nan")})) == "field"
+    assert code_of(packed({**raw, "episode_return": "12"})) == "field"
+    assert code_of(packed({**raw_of(transition_batch(batch=3)), "episode_return": 1.0})) == "field"  # none ends
+
+
 def test_manifest_must_be_json_like_and_shallow():
     raw = raw_of(Policy(version=1, onnx=b"x", manifest={}))
     assert code_of(packed({**raw, "manifest": {"blob": b"\x00"}})) == "field"
