@@ -36,7 +36,7 @@ import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 import msgpack
 import numpy as np
@@ -617,23 +617,7 @@ def _compile(cls: type) -> _Schema:
     )
 
 
-_MESSAGE_TYPES = (
-    Hello,
-    HelloReply,
-    Reset,
-    ResetReply,
-    Step,
-    StepReply,
-    TransitionBatch,
-    TransitionAck,
-    Policy,
-    Release,
-    Heartbeat,
-    EStop,
-    Clear,
-    Stats,
-    Error,
-)
+_MESSAGE_TYPES: tuple[type, ...] = get_args(Message)  # every message type, listed once (in `Message`)
 _SCHEMA_BY_CLASS: dict[type, _Schema] = {cls: _compile(cls) for cls in _MESSAGE_TYPES}
 _SCHEMA_BY_TAG: dict[str, _Schema] = {schema.tag: schema for schema in _SCHEMA_BY_CLASS.values()}
 
