@@ -64,17 +64,19 @@ def start_drivers(directory: Path, count: int) -> tuple[list[subprocess.Popen], 
     return drivers, robots
 
 
-def timed_estop(session_dir: Path, robots: list[str]) -> tuple[dict[str, float], float, int]:
-    """(ms from the CLI's start to each robot's acknowledgement line, ms to its exit, exit code)."""
+def timed_estop(session_dir: Path, robots: list[str]) -> tuple[dict[str, float], float, int, str]:
+    """(ms from the CLI's start to each robot's acknowledgement line, ms to its exit, exit code, its stderr: the
+    robots that did not acknowledge)."""
     started = time.monotonic()
-    cli = subprocess.Popen([*CLI, "estop", str(session_dir)], stdout=subprocess.PIPE, text=True)
+    cli = subprocess.Popen([*CLI, "estop", str(session_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     acknowledged = {}
     for line in cli.stdout:
         name = line.split(":", 1)[0]
         if name in robots and line.startswith(f"{name}: estop acknowledged"):
             acknowledged[name] = 1000 * (time.monotonic() - started)
+    stderr = cli.stderr.read()  # a line at most: it cannot fill its pipe while stdout is read
     code = cli.wait()
-    return acknowledged, 1000 * (time.monotonic() - started), code
+    return acknowledged, 1000 * (time.monotonic() - started), code, stderr
 
 
 def clear(session_dir: Path) -> None:
@@ -104,7 +106,7 @@ def main() -> None:
 
             acks, exits = [], []
             for _ in range(args.runs):
-                acknowledged, exit_ms, code = timed_estop(one, ["robot1"])
+                acknowledged, exit_ms, code, _ = timed_estop(one, ["robot1"])
                 assert code == 0 and "robot1" in acknowledged, (code, acknowledged)
                 acks.append(acknowledged["robot1"])
                 exits.append(exit_ms)
@@ -115,8 +117,9 @@ def main() -> None:
             os.kill(drivers[0].pid, signal.SIGSTOP)
             acks, exits = [], []
             for _ in range(args.runs):
-                acknowledged, exit_ms, code = timed_estop(two, ["robot0", "robot1"])
+                acknowledged, exit_ms, code, stderr = timed_estop(two, ["robot0", "robot1"])
                 assert code != 0 and "robot0" not in acknowledged and "robot1" in acknowledged, (code, acknowledged)
+                assert "not acknowledged by robot0" in stderr, stderr
                 acks.append(acknowledged["robot1"])
                 exits.append(exit_ms)
                 clear(one)
