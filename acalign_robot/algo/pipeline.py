@@ -38,15 +38,9 @@ from acalign_robot.algo.checkpoint import (
     reference_of,
     save_checkpoint,
 )
-from acalign_robot.algo.train import (
-    DivergenceError,
-    DivergenceGuard,
-    MetricsWriter,
-    OnlineLoop,
-    evaluate,
-    make_env,
-    resolve_device,
-)
+from acalign_robot.algo.env_loop import OnlineLoop, evaluate, make_env
+from acalign_robot.algo.metrics import MetricsWriter
+from acalign_robot.algo.train import DivergenceError, DivergenceGuard, resolve_device
 from acalign_robot.data.datasets import TransitionView, load_transitions
 from acalign_robot.data.replay_buffer import ReplayBuffer
 from acalign_robot.data.scores import dataset_reference

@@ -1,39 +1,27 @@
-"""Training loops shared by every algorithm: in-process gymnasium envs, evaluation, metrics.
-
-The agent works in actions in [-1, 1]^|A|; `make_env` rescales to the env's bounds so that the same actor is what
-gets exported (the export scales to the bounds inside the ONNX graph).
+"""What every training run needs around its updates, in-process or in the learner process: where it runs (the torch
+device and thread count) and when it must stop (the divergence guard).
 
 `DivergenceGuard` stops a run whose update statistics diverge (bounds in `DivergenceBounds`): the caller checks every
 update's info, raises `DivergenceError` naming the quantity and the step, and never writes the diverged state.
+
+The in-process gymnasium side (env factory, evaluation, the online loop) is in env_loop.py, the metrics files in
+metrics.py.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import gymnasium as gym
-import numpy as np
 import torch
-
-from acalign_robot.algo.networks import TanhGaussianActor
-from acalign_robot.data.replay_buffer import ReplayBuffer
 
 __all__ = [
     "DivergenceBounds",
     "DivergenceError",
     "DivergenceGuard",
-    "MetricsWriter",
-    "OnlineLoop",
-    "evaluate",
-    "make_env",
     "resolve_device",
     "set_torch_threads",
 ]
@@ -64,45 +52,6 @@ def resolve_device(requested: str) -> torch.device:
         reason = "a CPU-only build of torch" if torch.version.cuda is None else "no CUDA device visible"
         _log.warning("device cuda requested but torch sees no GPU (%s): running on the CPU", reason)
     return torch.device("cpu")
-
-
-def _device_of(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
-def make_env(env_id: str, seed: int | None = None) -> gym.Env:
-    """A gymnasium env whose action space is rescaled to [-1, 1] (a no-op for envs already there)."""
-    env = gym.make(env_id)
-    space = env.action_space
-    if not isinstance(space, gym.spaces.Box):
-        raise ValueError(f"{env_id}: only Box action spaces are supported, got {space}")
-    if not (np.allclose(space.low, -1.0) and np.allclose(space.high, 1.0)):
-        env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
-    if seed is not None:
-        env.reset(seed=seed)
-        env.action_space.seed(seed)
-    return env
-
-
-@torch.no_grad()
-def evaluate(actor: TanhGaussianActor, env_id: str, episodes: int, seed: int, sampled: bool = False) -> list[float]:
-    """Returns over `episodes` episodes on a fresh env: deterministic (tanh of the mean), or with `sampled` actions
-    drawn from the policy (how a stochastic behaviour policy's data scores)."""
-    env = make_env(env_id)
-    device = _device_of(actor)
-    returns = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        total, done = 0.0, False
-        while not done:
-            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
-            action = actor.sample(obs_t)[0] if sampled else actor.act_deterministic(obs_t)
-            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    env.close()
-    return returns
 
 
 @dataclass(frozen=True)
@@ -179,117 +128,3 @@ class DivergenceGuard:
         else:
             kept = f"the last good checkpoint is {self.last_good[0]} ({self.unit} {self.last_good[1]})"
         raise DivergenceError(f"{self.phase} diverged at {self.unit} {step}: {what}; {kept}", step, what)
-
-
-class MetricsWriter:
-    """Metrics as JSON lines (`metrics.jsonl`), the evaluation curve as CSV (`eval.csv`), optional TensorBoard."""
-
-    def __init__(self, run_dir: str | Path, tensorboard: bool = False):
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a")
-        eval_path = self.run_dir / "eval.csv"
-        new_file = not eval_path.exists()
-        self._eval_file = open(eval_path, "a", newline="")
-        self._eval_csv = csv.writer(self._eval_file)
-        if new_file:
-            self._eval_csv.writerow(
-                ["phase", "step", "return_mean", "return_std", "normalized_score", "wall_s", "alpha", "q_mean"]
-            )
-        self._tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.run_dir / "tb"))
-        self._start = time.monotonic()
-
-    def log(self, step: int, values: dict[str, Any]) -> None:
-        self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
-        if self._tb is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)):
-                    self._tb.add_scalar(key, value, step)
-
-    def log_eval(
-        self,
-        phase: str,
-        step: int,
-        returns: list[float],
-        normalized: float | None,
-        alpha: float | None = None,
-        q_mean: float | None = None,
-    ) -> None:
-        """One eval.csv row; `alpha` and `q_mean` from the latest update (empty before the first one)."""
-        row = [phase, step, float(np.mean(returns)), float(np.std(returns)), normalized, time.monotonic() - self._start]
-        row += ["" if alpha is None else alpha, "" if q_mean is None else q_mean]
-        self._eval_csv.writerow(row)
-        self._eval_file.flush()
-        self._jsonl.flush()
-
-    def close(self) -> None:
-        self._jsonl.close()
-        self._eval_file.close()
-        if self._tb is not None:
-            self._tb.close()
-
-
-@dataclass
-class OnlineLoop:
-    """Act in an env with the stochastic policy, store every transition, update at UTD 1 once the buffer holds
-    more than a batch. `random_warmup_steps` uniform-random actions first (behaviour agents only; ACA and the
-    naive baseline use none). `on_transition` sees every step (for dataset recording)."""
-
-    env_id: str
-    seed: int
-    random_warmup_steps: int = 0
-    on_transition: Callable[[dict[str, Any]], None] | None = None
-    episode_returns: list[tuple[int, float]] = field(default_factory=list)
-
-    def run(
-        self,
-        agent,
-        buffer: ReplayBuffer,
-        steps: int,
-        on_step: Callable[[int, dict[str, float]], None] | None = None,
-        progress=None,
-    ) -> None:
-        env = make_env(self.env_id, self.seed)
-        rng = np.random.default_rng(self.seed)
-        obs, _ = env.reset(seed=self.seed)
-        episode_return, info = 0.0, {}
-        batch_size = agent.config.batch_size
-        device = _device_of(agent.actor)
-        for step in range(1, steps + 1):
-            if step <= self.random_warmup_steps:
-                action = rng.uniform(-1.0, 1.0, size=env.action_space.shape).astype(np.float32)
-            else:
-                with torch.no_grad():
-                    obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
-                    action = agent.actor.sample(obs_t)[0][0].cpu().numpy()
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            buffer.add(obs, action, reward, next_obs, float(terminated))
-            if self.on_transition is not None:
-                self.on_transition(
-                    {
-                        "obs": obs,
-                        "action": action,
-                        "reward": reward,
-                        "next_obs": next_obs,
-                        "terminated": terminated,
-                        "truncated": truncated,
-                        "step": step,
-                    }
-                )
-            episode_return += float(reward)
-            obs = next_obs
-            if terminated or truncated:
-                self.episode_returns.append((step, episode_return))
-                obs, _ = env.reset()
-                episode_return = 0.0
-            if len(buffer) > batch_size:
-                info = agent.update(buffer.sample(batch_size, rng))
-            if on_step is not None:
-                on_step(step, info)
-            if progress is not None:
-                progress.update(1)
-        env.close()

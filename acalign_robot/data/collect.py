@@ -76,7 +76,7 @@ class _EpisodeRecorder:
 
 
 def collect_random_episodes(env_id: str, episodes: int, seed: int, progress: bool = True) -> list[EpisodeRecord]:
-    from acalign_robot.algo.train import make_env
+    from acalign_robot.algo.env_loop import make_env
 
     env = make_env(env_id, seed)
     recorder = _EpisodeRecorder()
@@ -126,8 +126,9 @@ class BehaviourRun:
         import torch
 
         from acalign_robot.algo.checkpoint import save_checkpoint
+        from acalign_robot.algo.env_loop import OnlineLoop, evaluate, make_env
+        from acalign_robot.algo.metrics import MetricsWriter
         from acalign_robot.algo.sac import SAC, SACConfig
-        from acalign_robot.algo.train import MetricsWriter, OnlineLoop, evaluate, make_env
         from acalign_robot.data.replay_buffer import ReplayBuffer
 
         torch.manual_seed(seed)
@@ -226,7 +227,7 @@ def _rollouts(actor, env_id: str, transitions: int, seed: int, desc: str) -> lis
     """Stochastic-policy rollouts until `transitions` steps (the last episode is cut as a partial one)."""
     import torch
 
-    from acalign_robot.algo.train import make_env
+    from acalign_robot.algo.env_loop import make_env
 
     env = make_env(env_id, seed)
     recorder = _EpisodeRecorder()
@@ -254,7 +255,7 @@ def _choose_medium_snapshot(run: BehaviourRun, env_id: str, steps: list[int], sc
     earliest on ties: {"step", "score"}."""
     import torch
 
-    from acalign_robot.algo.train import evaluate
+    from acalign_robot.algo.env_loop import evaluate
 
     target = 100.0 * MEDIUM_FRACTION
     scored = []
@@ -295,7 +296,7 @@ def collect_sac_dataset(
     expert = max(evals, key=lambda e: e["return_mean"])
     random_return = random_policy_return(env_id, seed)
 
-    from acalign_robot.algo.train import evaluate
+    from acalign_robot.algo.env_loop import evaluate
 
     expert_return = float(np.mean(evaluate(run.load_actor(expert["step"]), env_id, REFERENCE_EPISODES, seed + 2000)))
 

@@ -2,7 +2,7 @@
 
 This evaluates exactly what a robot would run: the ONNX graph with its baked-in normalisation and action scaling.
 The graph already outputs actions in the env's bounds, so the env is the raw gymnasium env (no RescaleAction, unlike
-the learner's `make_env`), and its spaces must match the manifest's. Episodes are seeded `seed + episode`, as in
+`algo.env_loop.make_env`), and its spaces must match the manifest's. Episodes are seeded `seed + episode`, as in
 `acalign eval` of a checkpoint, so the two evaluations of the same actor see the same initial states.
 """
 

@@ -316,7 +316,7 @@ def test_reload_keeps_optimizer_references_and_continues_identically():
 
 
 def test_utd_one_update_per_env_step_once_buffer_exceeds_batch():
-    from acalign_robot.algo.train import OnlineLoop
+    from acalign_robot.algo.env_loop import OnlineLoop
     from acalign_robot.data.replay_buffer import ReplayBuffer
 
     agent = SAC(4, 1, SACConfig(batch_size=16, hidden_sizes=(16,)))

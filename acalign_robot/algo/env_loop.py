@@ -1,0 +1,122 @@
+"""Training and evaluation in an in-process gymnasium env: the env factory, evaluation and the online loop.
+
+The agent works in actions in [-1, 1]^|A|; `make_env` rescales to the env's bounds so that the same actor is what
+gets exported (the export scales to the bounds inside the ONNX graph).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from acalign_robot.algo.networks import TanhGaussianActor
+from acalign_robot.data.replay_buffer import ReplayBuffer
+
+__all__ = ["OnlineLoop", "evaluate", "make_env"]
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    """Where a module's parameters are, so that the observations fed to it are put there too."""
+    return next(module.parameters()).device
+
+
+def make_env(env_id: str, seed: int | None = None) -> gym.Env:
+    """A gymnasium env whose action space is rescaled to [-1, 1] (a no-op for envs already there)."""
+    env = gym.make(env_id)
+    space = env.action_space
+    if not isinstance(space, gym.spaces.Box):
+        raise ValueError(f"{env_id}: only Box action spaces are supported, got {space}")
+    if not (np.allclose(space.low, -1.0) and np.allclose(space.high, 1.0)):
+        env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
+    if seed is not None:
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+    return env
+
+
+@torch.no_grad()
+def evaluate(actor: TanhGaussianActor, env_id: str, episodes: int, seed: int, sampled: bool = False) -> list[float]:
+    """Returns over `episodes` episodes on a fresh env: deterministic (tanh of the mean), or with `sampled` actions
+    drawn from the policy (how a stochastic behaviour policy's data scores)."""
+    env = make_env(env_id)
+    device = _device_of(actor)
+    returns = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        total, done = 0.0, False
+        while not done:
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+            action = actor.sample(obs_t)[0] if sampled else actor.act_deterministic(obs_t)
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return returns
+
+
+@dataclass
+class OnlineLoop:
+    """Act in an env with the stochastic policy, store every transition, update at UTD 1 once the buffer holds
+    more than a batch. `random_warmup_steps` uniform-random actions first (behaviour agents only; ACA and the
+    naive baseline use none). `on_transition` sees every step (for dataset recording)."""
+
+    env_id: str
+    seed: int
+    random_warmup_steps: int = 0
+    on_transition: Callable[[dict[str, Any]], None] | None = None
+    episode_returns: list[tuple[int, float]] = field(default_factory=list)
+
+    def run(
+        self,
+        agent,
+        buffer: ReplayBuffer,
+        steps: int,
+        on_step: Callable[[int, dict[str, float]], None] | None = None,
+        progress=None,
+    ) -> None:
+        env = make_env(self.env_id, self.seed)
+        rng = np.random.default_rng(self.seed)
+        obs, _ = env.reset(seed=self.seed)
+        episode_return, info = 0.0, {}
+        batch_size = agent.config.batch_size
+        device = _device_of(agent.actor)
+        for step in range(1, steps + 1):
+            if step <= self.random_warmup_steps:
+                action = rng.uniform(-1.0, 1.0, size=env.action_space.shape).astype(np.float32)
+            else:
+                with torch.no_grad():
+                    obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+                    action = agent.actor.sample(obs_t)[0][0].cpu().numpy()
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            buffer.add(obs, action, reward, next_obs, float(terminated))
+            if self.on_transition is not None:
+                self.on_transition(
+                    {
+                        "obs": obs,
+                        "action": action,
+                        "reward": reward,
+                        "next_obs": next_obs,
+                        "terminated": terminated,
+                        "truncated": truncated,
+                        "step": step,
+                    }
+                )
+            episode_return += float(reward)
+            obs = next_obs
+            if terminated or truncated:
+                self.episode_returns.append((step, episode_return))
+                obs, _ = env.reset()
+                episode_return = 0.0
+            if len(buffer) > batch_size:
+                info = agent.update(buffer.sample(batch_size, rng))
+            if on_step is not None:
+                on_step(step, info)
+            if progress is not None:
+                progress.update(1)
+        env.close()
