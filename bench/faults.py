@@ -139,7 +139,8 @@ class Rig:
         return read_json(self.dir / "learner" / "status.json")
 
     def logged(self) -> int:
-        from acalign_robot.robot_log.transition_log import LogError, read_log
+        from acalign_robot.robot_log.format import LogError
+        from acalign_robot.robot_log.reader import read_log
 
         try:
             return len(read_log(self.dir / "ctl" / "log").reward)

@@ -41,7 +41,8 @@ import torch
 from acalign_robot.algo.networks import TanhGaussianActor
 from acalign_robot.export.onnx_export import build_artifact
 from acalign_robot.policy.runner import PolicyRunner
-from acalign_robot.robot_log.transition_log import TransitionLog, read_log
+from acalign_robot.robot_log.reader import read_log
+from acalign_robot.robot_log.transition_log import TransitionLog
 from acalign_robot.wire.protocol import TransitionBatch
 
 OBS_DIM, ACTION_DIM, BATCH = 11, 3, 64

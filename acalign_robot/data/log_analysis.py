@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from acalign_robot.errors import InputError
-from acalign_robot.robot_log.transition_log import LogData, find_logs, read_log
+from acalign_robot.robot_log.reader import LogData, find_logs, read_log
 
 __all__ = [
     "ReplayError",

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from acalign_robot.drivers.base import Driver, DriverSpec, StepResult, box
-from acalign_robot.robot_log.transition_log import LogData, LogEpisode, LogError, read_log
+from acalign_robot.robot_log.format import LogError
+from acalign_robot.robot_log.reader import LogData, LogEpisode, read_log
 from acalign_robot.spaces import BoxSpace
 
 __all__ = ["ReplayDriver"]

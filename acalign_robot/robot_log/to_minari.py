@@ -1,6 +1,6 @@
 """Controller transition logs -> Minari datasets (`acalign logs convert`), so robot data feeds offline training.
 
-One EpisodeRecord per logged episode (robot_log/transition_log.py derives them): the executed action (after the
+One EpisodeRecord per logged episode (robot_log/reader.py derives them): the executed action (after the
 safety filter) is the dataset's action, because it is what the robot did. Everything else the controller recorded
 survives as Minari step infos, with Minari's layout of T + 1 entries per episode of T steps: entry 0 belongs to the
 reset (no step was taken: NaN for floats, 0 / False otherwise), entry t + 1 to step t:
@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from acalign_robot.data.datasets import DatasetError, EpisodeRecord, dataset_id_from_name, write_dataset
-from acalign_robot.robot_log.transition_log import LogData, LogEpisode, LogError, find_logs, read_log
+from acalign_robot.robot_log.format import LogError
+from acalign_robot.robot_log.reader import LogData, LogEpisode, find_logs, read_log
 
 __all__ = ["LogGapError", "convert_logs", "episode_infos", "finite_episodes", "log_episodes", "nonfinite_report"]
 

@@ -7,7 +7,7 @@ import pytest
 
 from acalign_robot.data.log_analysis import ReplayError, evaluate_on_log, open_loop, render_log
 from acalign_robot.drivers.mujoco import RealismConfig
-from acalign_robot.robot_log.transition_log import read_log
+from acalign_robot.robot_log.reader import read_log
 from tests.log_helpers import record_sim_log
 
 pytestmark = pytest.mark.integration

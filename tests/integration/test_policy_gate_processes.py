@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from acalign_robot.robot_log.transition_log import read_log
+from acalign_robot.robot_log.reader import read_log
 from acalign_robot.wire.transport import ZmqPolicyPublisher, free_tcp_endpoint
 from tests.helpers import acalign_command, wait_for
 from tests.integration.test_runtime_processes import _write, start_driver

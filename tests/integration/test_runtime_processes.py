@@ -13,7 +13,7 @@ import pytest
 import yaml
 import zmq
 
-from acalign_robot.robot_log.transition_log import read_log
+from acalign_robot.robot_log.reader import read_log
 from acalign_robot.wire import protocol as p
 from acalign_robot.wire.transport import ZmqControlClient, free_tcp_endpoint
 from tests.helpers import acalign_command, wait_for

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from acalign_robot.robot_log.transition_log import read_log
+from acalign_robot.robot_log.reader import read_log
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration

@@ -87,7 +87,7 @@ def _chunked(tmp_path, **faults):
 def test_convert_refuses_a_damaged_chunk_unless_allow_gaps_and_never_touches_a_good_one(tmp_path, minari_store):
     import minari
 
-    from acalign_robot.robot_log.transition_log import read_log
+    from acalign_robot.robot_log.reader import read_log
 
     session, log_dir = _chunked(tmp_path)
     whole = read_log(log_dir)
@@ -115,7 +115,7 @@ def test_convert_refuses_a_damaged_chunk_unless_allow_gaps_and_never_touches_a_g
 def test_convert_names_a_deleted_chunk_nan_rewards_and_reads_an_orphaned_whole_temp_chunk(tmp_path, minari_store):
     import minari
 
-    from acalign_robot.robot_log.transition_log import read_log
+    from acalign_robot.robot_log.reader import read_log
 
     session, log_dir = _chunked(tmp_path, nan_reward_ticks=frozenset({3, 50}))
     last = sorted(log_dir.glob("chunk-*.npz"))[-1]
@@ -148,7 +148,7 @@ def test_convert_names_a_deleted_chunk_nan_rewards_and_reads_an_orphaned_whole_t
 def test_nan_observations_from_a_sensor_never_reach_an_offline_checkpoint(tmp_path, minari_store):
     """Issue 16 item 6: durable log -> logs convert -> pretrain with a failed sensor's NaN observations."""
     from acalign_robot.algo.checkpoint import load_checkpoint, nonfinite_entries
-    from acalign_robot.robot_log.transition_log import read_log
+    from acalign_robot.robot_log.reader import read_log
 
     session, log_dir = _chunked(tmp_path, nan_obs_ticks=frozenset({7, 30}))
     log = read_log(log_dir)

@@ -11,7 +11,9 @@ from acalign_robot import config as config_io
 from acalign_robot.config import ConfigError
 from acalign_robot.drivers.log_playback import ReplayDriver
 from acalign_robot.drivers.server import DriverConfig, make_driver
-from acalign_robot.robot_log.transition_log import LogError, TransitionLog, read_log
+from acalign_robot.robot_log.format import LogError
+from acalign_robot.robot_log.reader import read_log
+from acalign_robot.robot_log.transition_log import TransitionLog
 from acalign_robot.spaces import BoxSpace
 from tests.log_helpers import synthetic_batch
 

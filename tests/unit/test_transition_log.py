@@ -10,7 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from acalign_robot.robot_log.transition_log import META_FILE, LogError, TransitionLog, find_logs, read_log
+from acalign_robot.robot_log.format import META_FILE, LogError
+from acalign_robot.robot_log.reader import find_logs, read_log
+from acalign_robot.robot_log.transition_log import TransitionLog
 from tests.log_helpers import synthetic_batch
 
 
