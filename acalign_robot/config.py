@@ -7,7 +7,8 @@ The dataclasses are the single source of truth; YAML is their saved form. Loadin
   points the error at that field's line.
 
 `from_dict` applies the same checks to plain Python values already in memory (a checkpoint's config, a section of a
-file read as data); its errors name the source and the key, without a line.
+file read as data); its errors name the source and the key, without a line. `validate` runs every `validate()` of a
+config object built in code, as the loader does on load, so such a config is checked before it is used.
 
 Round trip: `load_text(cls, dump(obj)) == obj` and `from_dict(cls, to_dict(obj)) == obj`.
 
@@ -29,7 +30,7 @@ import yaml
 from acalign_robot.atomic import write_text_atomic
 from acalign_robot.errors import InputError
 
-__all__ = ["ConfigError", "FieldError", "dump", "from_dict", "load", "load_text", "save", "to_dict"]
+__all__ = ["ConfigError", "FieldError", "dump", "from_dict", "load", "load_text", "save", "to_dict", "validate"]
 
 T = TypeVar("T")
 
@@ -161,9 +162,44 @@ class _Builder:
                 validate()
             except FieldError as exc:
                 head = exc.field.split(".")[0]
-                dotted = f"{path}.{exc.field}" if path else exc.field
-                raise self.error(key_nodes.get(head, node), f"{dotted}: {exc.message}") from None
+                raise self.error(key_nodes.get(head, node), _dotted_message(path, exc)) from None
         return obj
+
+
+def _dotted_message(path: str, exc: FieldError) -> str:
+    """The message of a `validate()` error of the config at `path`, its field dotted from the root config."""
+    dotted = f"{path}.{exc.field}" if path else exc.field
+    return f"{dotted}: {exc.message}"
+
+
+def _configs_in(value: Any, path: str) -> typing.Iterator[tuple[str, Any]]:
+    """(path, dataclass) for every dataclass in `value`, innermost first: the order the loader builds them in."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from _configs_in(getattr(value, field.name), f"{path}.{field.name}" if path else field.name)
+        yield path, value
+    elif isinstance(value, (tuple, list)):
+        for index, item in enumerate(value):
+            yield from _configs_in(item, f"{path}[{index}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _configs_in(item, f"{path}.{key}")
+
+
+def validate(obj: Any, source: str = "<code>") -> None:
+    """Check a config built in code as the loader checks a loaded one: every nested dataclass's `validate()`.
+
+    Raises ConfigError `source: dotted.field: message` (the loader's message, without a line). Only the `validate()`
+    checks run: field types are what the code passed.
+    """
+    for path, config in _configs_in(obj, ""):
+        check = getattr(config, "validate", None)
+        if check is None:
+            continue
+        try:
+            check()
+        except FieldError as exc:
+            raise ConfigError(f"{source}: {_dotted_message(path, exc)}") from None
 
 
 def _compose(text: str, source: str) -> yaml.Node:

@@ -83,6 +83,7 @@ def run_demo(out_dir: Path, config: DemoConfig = DemoConfig()) -> dict:
 def _launch(config: DemoConfig, aligned: Path, artifact: Path, out_dir: Path) -> dict:
     import time
 
+    from acalign_robot import config as config_io
     from acalign_robot.controller.process import ControllerConfig
     from acalign_robot.drivers.server import DriverConfig
     from acalign_robot.learner.config import LearnerConfig
@@ -102,6 +103,7 @@ def _launch(config: DemoConfig, aligned: Path, artifact: Path, out_dir: Path) ->
         ),
         learner=LearnerConfig(checkpoint=str(aligned), publish_every=config.publish_every, seed=config.seed),
     )
+    config_io.validate(session, "the demo's launch config")  # the checks a launch file gets when it is loaded
     problems = check_session(session)
     if problems:
         raise RuntimeError("the demo session does not validate: " + "; ".join(problems))

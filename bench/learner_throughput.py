@@ -86,6 +86,7 @@ def in_process_rate(checkpoint: Path, updates: int) -> float:
 
 def streaming_stage(checkpoint: Path, work_dir: Path, controllers: int, rate_hz: float, seconds: float) -> dict:
     """The learner loop fed by `controllers` processes for a `seconds` window that opens at their first batch."""
+    from acalign_robot import config as config_io
     from acalign_robot.learner.config import LearnerConfig
     from acalign_robot.learner.process import Learner
     from acalign_robot.wire.transport import ZmqPolicyPublisher, ZmqTransitionReceiver
@@ -98,6 +99,7 @@ def streaming_stage(checkpoint: Path, work_dir: Path, controllers: int, rate_hz:
         publish_every=500,
         checkpoint_every_updates=1_000_000,  # a checkpoint of the 10k buffer is not what is measured here
     )
+    config_io.validate(config, "the bench's learner config")
     context = multiprocessing.get_context("spawn")
     results, stop = context.Queue(), context.Event()
     with (

@@ -59,6 +59,7 @@ def in_process(demo, aligned: Path, steps: int, seed: int, out: Path) -> list[tu
 
 
 def through_runtime(demo, aligned: Path, artifact: Path, steps: int, seed: int, out: Path) -> list[tuple[int, float]]:
+    from acalign_robot import config as config_io
     from acalign_robot.controller.process import ControllerConfig
     from acalign_robot.drivers.server import DriverConfig
     from acalign_robot.learner.config import LearnerConfig
@@ -78,6 +79,7 @@ def through_runtime(demo, aligned: Path, artifact: Path, steps: int, seed: int, 
         ),
         learner=LearnerConfig(checkpoint=str(aligned), publish_every=demo.publish_every, seed=seed),
     )
+    config_io.validate(session, "the parity session's launch config")
     session_dir = out / f"runtime-seed{seed}" / time.strftime("%Y%m%d-%H%M%S")
     Supervisor(session, session_dir, live=False).run()
     stats = json.loads((session_dir / "pendulum-0" / "stats.json").read_text())

@@ -11,7 +11,8 @@
     include: [fragments/hopper_limits.yaml]              # shared fragments, merged under this file
 
 The supervisor fills in every endpoint (each robot's control endpoint, the learner's transitions and policy
-endpoints), each process's output directory and the session's `security:` block; process sections must not set them.
+endpoints), each process's output directory and name, and the session's `security:` block; process sections must not
+set them (session/wiring.py lists those fields, what a launch file sets instead, and the value each gets).
 
 Across machines (`host:` per robot, `learner_host:`), each machine runs `acalign launch --host NAME FILE` on the same
 file and starts only its own processes. Such a session names every endpoint explicitly (`auto` would pick a
@@ -26,7 +27,6 @@ each host can bind and reach. `acalign validate` prints them all.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,7 @@ from acalign_robot.config import FieldError
 from acalign_robot.controller.process import ControllerConfig
 from acalign_robot.drivers.server import DriverConfig
 from acalign_robot.learner.config import LearnerConfig
+from acalign_robot.session.wiring import owned_field_refusal
 from acalign_robot.wire.security import SecurityConfig
 
 __all__ = [
@@ -112,19 +113,14 @@ class LaunchConfig:
         if len(set(names)) != len(names):
             raise FieldError("robots", f"robot names must be unique, got {names}")
         for index, robot in enumerate(self.robots):
-            if robot.driver.endpoint != DriverConfig.endpoint:
-                raise FieldError("robots", f"robots[{index}].driver.endpoint: set robots[{index}].control_endpoint")
-            if robot.controller.driver_endpoint != ControllerConfig.driver_endpoint:
-                raise FieldError("robots", f"robots[{index}].controller.driver_endpoint: set control_endpoint instead")
-            if robot.controller.learner_endpoint or robot.controller.policy_endpoint:
-                raise FieldError("robots", f"robots[{index}].controller: learner endpoints come from `endpoints:`")
-            if robot.controller.output_dir:
-                raise FieldError("robots", f"robots[{index}].controller.output_dir: the session directory is used")
-            for role in ("driver", "controller"):
-                if getattr(robot, role).security != SecurityConfig():
-                    raise FieldError("robots", f"robots[{index}].{role}.security: set the session's `security:` block")
-        if self.learner is not None and self.learner.security != SecurityConfig():
-            raise FieldError("learner", "learner.security: set the session's `security:` block")
+            for section in ("driver", "controller"):
+                refusal = owned_field_refusal(getattr(robot, section), section, robot=f"robots[{index}]")
+                if refusal is not None:
+                    raise FieldError("robots", refusal)
+        if self.learner is not None:
+            refusal = owned_field_refusal(self.learner, "learner")
+            if refusal is not None:
+                raise FieldError("learner", refusal)
         if self.duration_s is not None and self.duration_s <= 0:
             raise FieldError("duration_s", f"must be positive, got {self.duration_s}")
 
@@ -331,28 +327,3 @@ def _multi_host_problems(config: LaunchConfig, host: str | None) -> list[str]:
                     "controller share a host, bind the control endpoint on 127.0.0.1"
                 )
     return problems
-
-
-def with_endpoints(
-    robot: Robot,
-    control: str,
-    transitions: str | None,
-    policy: str | None,
-    output_dir: Path,
-    security: SecurityConfig,
-) -> Robot:
-    """The robot's process configs with the endpoints, output directory and security block the supervisor chose."""
-    return dataclasses.replace(
-        robot,
-        control_endpoint=control,
-        driver=dataclasses.replace(robot.driver, endpoint=control, name=f"{robot.name}-driver", security=security),
-        controller=dataclasses.replace(
-            robot.controller,
-            driver_endpoint=control,
-            learner_endpoint=transitions,
-            policy_endpoint=policy,
-            output_dir=str(output_dir),
-            controller_id=robot.name,
-            security=security,
-        ),
-    )

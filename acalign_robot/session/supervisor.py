@@ -34,7 +34,8 @@ from pathlib import Path
 
 from acalign_robot import config as config_io
 from acalign_robot.session.lifeline import SUPERVISOR_ENV
-from acalign_robot.session.schema import AUTO, LaunchConfig, RestartPolicy, with_endpoints
+from acalign_robot.session.schema import AUTO, LaunchConfig, RestartPolicy
+from acalign_robot.session.wiring import Wiring, fill_owned_fields
 
 __all__ = ["ManagedProcess", "SessionFailed", "Supervisor"]
 
@@ -132,7 +133,8 @@ class Supervisor:
         )
 
     def prepare(self) -> None:
-        """Resolve endpoints and write each process's config into the session directory."""
+        """Resolve endpoints, fill in the fields each process's config leaves to the supervisor (session/wiring.py),
+        check each config and write it into the session directory."""
         from acalign_robot.wire.transport import free_tcp_endpoint
 
         cfg = self.config
@@ -145,22 +147,20 @@ class Supervisor:
         transitions = policy = None
         if cfg.learner is not None:
             transitions, policy = resolve(cfg.endpoints.transitions), resolve(cfg.endpoints.policy)
-        robots = [
-            with_endpoints(
-                robot, resolve(robot.control_endpoint), transitions, policy, self.session_dir / robot.name, cfg.security
+        session = Wiring(self.session_dir, cfg.security, transitions, policy)
+        robots = []
+        for robot in cfg.robots:
+            wiring = dataclasses.replace(session, robot=robot.name, control_endpoint=resolve(robot.control_endpoint))
+            robots.append(
+                dataclasses.replace(
+                    robot,
+                    control_endpoint=wiring.control_endpoint,
+                    driver=fill_owned_fields(robot.driver, "driver", wiring),
+                    controller=fill_owned_fields(robot.controller, "controller", wiring),
+                )
             )
-            for robot in cfg.robots
-        ]
-        self.resolved = dataclasses.replace(cfg, robots=tuple(robots))
-        if cfg.learner is not None:
-            learner = dataclasses.replace(
-                cfg.learner,
-                transitions_endpoint=transitions,
-                policy_endpoint=policy,
-                checkpoint_dir=str(self.session_dir / "learner"),
-                security=cfg.security,
-            )
-            self.resolved = dataclasses.replace(self.resolved, learner=learner)
+        learner = None if cfg.learner is None else fill_owned_fields(cfg.learner, "learner", session)
+        self.resolved = dataclasses.replace(cfg, robots=tuple(robots), learner=learner)
         # A host's part of a multi-host session records only the robots that run here: `acalign estop` reads this file,
         # and another host's loopback control endpoint would name a port of this machine.
         robots_here = tuple(robot for robot in self.resolved.robots if self._runs_here(robot.host))
@@ -179,6 +179,7 @@ class Supervisor:
 
     def _add(self, name: str, role: str, process_config, restart: RestartPolicy) -> None:
         path = self.session_dir / f"{name}.yaml"
+        config_io.validate(process_config, f"the config for {path}")  # as the process will when it loads the file
         config_io.save(process_config, path)
         self.processes.append(ManagedProcess(name, role, path, self.session_dir, restart))
 

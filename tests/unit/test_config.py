@@ -108,6 +108,36 @@ def test_from_dict_is_as_strict_as_the_yaml_loader_and_names_its_source():
         config.from_dict(Outer, {"name": "a", "inner": {"rate_hz": 5000}})
 
 
+@dataclass(frozen=True)
+class Arm:
+    rate_hz: float = 100.0
+
+    def validate(self) -> None:
+        if self.rate_hz <= 0:
+            raise FieldError("rate_hz", f"must be positive, got {self.rate_hz}")
+
+
+@dataclass(frozen=True)
+class Cell:
+    arms: tuple[Arm, ...]
+    spares: dict[str, Arm] = field(default_factory=dict)
+
+
+def test_a_config_built_in_code_is_validated_as_the_loader_validates_it():
+    config.validate(Outer(name="a"))
+    config.validate(Cell(arms=(Arm(), Arm(5.0))))
+    with pytest.raises(ConfigError, match=r"^<code>: inner: rate above 1 kHz$"):
+        config.validate(Outer(name="a", inner=Inner(rate_hz=5000.0)))
+    with pytest.raises(ConfigError, match=r"^<code>: spares\.left\.rate_hz: must be positive, got 0\.0$"):
+        config.validate(Cell(arms=(), spares={"left": Arm(0.0)}))
+    cell = Cell(arms=(Arm(), Arm(rate_hz=-1.0)))
+    with pytest.raises(ConfigError, match=r"^demo cell: arms\[1\]\.rate_hz: must be positive, got -1\.0$") as built:
+        config.validate(cell, "demo cell")
+    with pytest.raises(ConfigError) as loaded:
+        config.from_dict(Cell, config.to_dict(cell), "demo cell")
+    assert str(built.value) == str(loaded.value)
+
+
 def test_preset_values_follow_algorithm_table():
     assert load_preset("medium-expert").beta == 15 and load_preset("medium-expert").w_min == 1
     assert load_preset("medium-replay").top_trajectories == 50
