@@ -40,8 +40,8 @@ def _step(title: str, done: bool) -> bool:
 
 def run_demo(out_dir: Path, config: DemoConfig = DemoConfig()) -> dict:
     from acalign_robot.algo.aca import load_preset
+    from acalign_robot.algo.device import set_torch_threads
     from acalign_robot.algo.pipeline import EvalSchedule, align_checkpoint, pretrain
-    from acalign_robot.algo.train import set_torch_threads
     from acalign_robot.data.collect import collect_random_episodes
     from acalign_robot.data.datasets import dataset_exists, write_dataset
 

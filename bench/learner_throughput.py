@@ -186,7 +186,7 @@ def main() -> None:
 
     import torch
 
-    from acalign_robot.algo.train import set_torch_threads
+    from acalign_robot.algo.device import set_torch_threads
 
     set_torch_threads(1)  # the learner's default (LearnerConfig.torch_threads)
     with tempfile.TemporaryDirectory() as tmp:

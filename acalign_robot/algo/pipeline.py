@@ -7,7 +7,7 @@ Checkpoint `meta` carries what later steps need: env id, spaces and the env's ac
 dataset ids and reference scores (for normalised scores), the phase-1 step count, the dataset's largest |reward| and
 the statistics of the update that vouched for the checkpoint (`train_stats`).
 
-No silent divergence: every update's statistics go through a `DivergenceGuard` (train.py: non-finite, or beyond
+No silent divergence: every update's statistics go through a `DivergenceGuard` (divergence.py: non-finite, or beyond
 generous bounds scaled by the data's rewards), which stops the run with `DivergenceError` naming the quantity and
 the step. An update's statistics describe the parameters it started from, so `pretrain` writes the checkpoint of an
 evaluation only after the next update passed: the checkpoint left behind is the last good one. `finetune` writes
@@ -38,9 +38,10 @@ from acalign_robot.algo.checkpoint import (
     reference_of,
     save_checkpoint,
 )
+from acalign_robot.algo.device import resolve_device
+from acalign_robot.algo.divergence import DivergenceError, DivergenceGuard
 from acalign_robot.algo.env_loop import OnlineLoop, evaluate, make_env
 from acalign_robot.algo.metrics import MetricsWriter
-from acalign_robot.algo.train import DivergenceError, DivergenceGuard, resolve_device
 from acalign_robot.data.datasets import TransitionView, load_transitions
 from acalign_robot.data.replay_buffer import ReplayBuffer
 from acalign_robot.data.scores import dataset_reference

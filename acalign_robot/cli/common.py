@@ -58,7 +58,7 @@ def add_data_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def set_threads(threads: int) -> None:
-    from acalign_robot.algo.train import set_torch_threads
+    from acalign_robot.algo.device import set_torch_threads
 
     set_torch_threads(threads)
 

@@ -89,7 +89,7 @@ def add_learner_command(commands: Subcommands) -> None:
 def _cmd_learner(args) -> int:
     from acalign_robot import config as config_io
     from acalign_robot.algo.checkpoint import NonFiniteCheckpointError
-    from acalign_robot.algo.train import DivergenceError
+    from acalign_robot.algo.divergence import DivergenceError
     from acalign_robot.learner.config import LearnerConfig
     from acalign_robot.learner.process import serve
 

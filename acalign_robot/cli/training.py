@@ -165,8 +165,8 @@ def _new_checkpoint(args, name: str) -> Path:
 
 def _cmd_pretrain(args) -> int:
     from acalign_robot.algo.checkpoint import NonFiniteCheckpointError
+    from acalign_robot.algo.divergence import DivergenceError
     from acalign_robot.algo.pipeline import EvalSchedule, pretrain
-    from acalign_robot.algo.train import DivergenceError
 
     set_threads(args.threads)
     out = _new_checkpoint(args, "offline.pt")
@@ -206,8 +206,8 @@ def _cmd_align(args) -> int:
     from acalign_robot import config as config_io
     from acalign_robot.algo.aca import ACAConfig, load_preset
     from acalign_robot.algo.checkpoint import NonFiniteCheckpointError, load_checkpoint
+    from acalign_robot.algo.divergence import DivergenceError
     from acalign_robot.algo.pipeline import align_checkpoint
-    from acalign_robot.algo.train import DivergenceError
 
     overrides = tuple(args.set or ()) + ((f"finetune={args.finetune}",) if args.finetune else ())
     if args.preset:
@@ -244,8 +244,8 @@ def add_finetune_command(commands: Subcommands) -> None:
 
 def _cmd_finetune(args) -> int:
     from acalign_robot.algo.checkpoint import NonFiniteCheckpointError
+    from acalign_robot.algo.divergence import DivergenceError
     from acalign_robot.algo.pipeline import EvalSchedule, finetune
-    from acalign_robot.algo.train import DivergenceError
 
     set_threads(args.threads)
     out = _new_checkpoint(args, "finetuned.pt")

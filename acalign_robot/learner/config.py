@@ -34,7 +34,7 @@ class LearnerConfig:
     metrics_every_s: float = 2.0
     torch_threads: int = 1  # 1: a controller on the same cores keeps its latency (ENVIRONMENT.md)
     # auto: CUDA when torch sees a GPU (pick one with CUDA_VISIBLE_DEVICES), else the CPU; cuda without a GPU runs on
-    # the CPU with a logged warning (algo.train.resolve_device). Fixed seed + cpu: bit-identical runs.
+    # the CPU with a logged warning (algo.device.resolve_device). Fixed seed + cpu: bit-identical runs.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_affinity: tuple[int, ...] | None = None  # cores for this process (os.sched_setaffinity); null: all
     max_updates: int | None = None  # stop after this many updates

@@ -58,7 +58,7 @@ Choices:
 - Actions: the controller sends the executed action (after its safety filter) in the env's units; the agent works
   in [-1, 1]^|A| (the exported graph scales by the checkpoint's action bounds), so the learner maps it back with
   those bounds (clipped to [-1, 1]). Truncations are not terminals: targets bootstrap through them.
-- Device: `device: auto|cpu|cuda` (algo.train.resolve_device). The agent, its updates and its noise run there; the
+- Device: `device: auto|cpu|cuda` (algo.device.resolve_device). The agent, its updates and its noise run there; the
   replay buffer stays in host memory (batches are copied per update) and exports copy the actor to the CPU. `cuda`
   without a GPU logs a warning and runs on the CPU. On the CPU a fixed seed gives bit-identical updates; on a GPU,
   cuBLAS and atomics may reorder sums, so runs are close, not bit-identical.
@@ -106,7 +106,8 @@ from acalign_robot.algo.checkpoint import (
     online_state,
     save_checkpoint,
 )
-from acalign_robot.algo.train import DivergenceGuard, resolve_device, set_torch_threads
+from acalign_robot.algo.device import resolve_device, set_torch_threads
+from acalign_robot.algo.divergence import DivergenceGuard
 from acalign_robot.atomic import remove_stale_temp_files, write_text_atomic
 from acalign_robot.errors import InputError
 from acalign_robot.export.onnx_export import build_artifact
@@ -270,7 +271,7 @@ class Learner:
         self.device = resolve_device(config.device)
         self.agent, self.buffer, aca_config = load_online_agent(payload, self.device)
         # Stops the learner (DivergenceError, exit 1) when an update's statistics diverge; bounds scale with the
-        # largest |reward| seen (algo.train.DivergenceBounds).
+        # largest |reward| seen (algo.divergence.DivergenceBounds).
         self.guard = DivergenceGuard("online fine-tuning (learner)", "update", aca_config.sac.gamma)
         self.reward_abs_max = float(np.abs(self.buffer.reward[: len(self.buffer)]).max(initial=0.0))
         self.batch_size = aca_config.sac.batch_size

@@ -401,7 +401,7 @@ def test_stale_temp_files_are_removed_at_start_and_a_failed_save_leaves_none(mak
 
 
 def test_a_diverged_update_stops_the_learner_and_keeps_the_last_checkpoint(make_config, fake_export):
-    from acalign_robot.algo.train import DivergenceError
+    from acalign_robot.algo.divergence import DivergenceError
 
     rig = Rig(make_config(checkpoint_every_updates=5))
     learner = rig.learner

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from acalign_robot import config as config_io
-from acalign_robot.algo.train import resolve_device
+from acalign_robot.algo.device import resolve_device
 from acalign_robot.config import ConfigError
 from acalign_robot.learner import process
 from acalign_robot.learner.config import LearnerConfig
@@ -85,7 +85,7 @@ def test_a_fixed_seed_on_the_cpu_gives_bit_identical_updates(checkpoint, tmp_pat
 
 def test_cuda_without_a_gpu_runs_on_the_cpu_with_a_warning(checkpoint, tmp_path, stub_export, monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="acalign_robot.algo.train"):
+    with caplog.at_level(logging.WARNING, logger="acalign_robot.algo.device"):
         learner = train_on_fixed_batches(checkpoint, tmp_path / "learner", "cuda")
     assert learner.device == torch.device("cpu") and learner.updates > 0
     assert all(p.device.type == "cpu" for p in learner.agent.actor.parameters())
@@ -96,7 +96,7 @@ def test_cuda_without_a_gpu_runs_on_the_cpu_with_a_warning(checkpoint, tmp_path,
 
 def test_auto_takes_the_cpu_quietly_without_a_gpu_and_bad_names_are_refused(monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="acalign_robot.algo.train"):
+    with caplog.at_level(logging.WARNING, logger="acalign_robot.algo.device"):
         assert resolve_device("auto") == resolve_device("cpu") == torch.device("cpu")
     assert caplog.records == []
     with pytest.raises(ValueError, match="'auto', 'cpu' or 'cuda'"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from acalign_robot.algo.checkpoint import NonFiniteCheckpointError, load_checkpoint, nonfinite_entries, save_checkpoint
-from acalign_robot.algo.train import DivergenceBounds, DivergenceError, DivergenceGuard
+from acalign_robot.algo.divergence import DivergenceBounds, DivergenceError, DivergenceGuard
 from acalign_robot.data.replay_buffer import ReplayBuffer
 
 

@@ -1,57 +1,15 @@
-"""What every training run needs around its updates, in-process or in the learner process: where it runs (the torch
-device and thread count) and when it must stop (the divergence guard).
-
-`DivergenceGuard` stops a run whose update statistics diverge (bounds in `DivergenceBounds`): the caller checks every
-update's info, raises `DivergenceError` naming the quantity and the step, and never writes the diverged state.
-
-The in-process gymnasium side (env factory, evaluation, the online loop) is in env_loop.py, the metrics files in
-metrics.py.
-"""
+"""When a training run must stop: `DivergenceGuard` stops a run whose update statistics diverge (bounds in
+`DivergenceBounds`); the caller checks every update's info, raises `DivergenceError` naming the quantity and the step,
+and never writes the diverged state."""
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-__all__ = [
-    "DivergenceBounds",
-    "DivergenceError",
-    "DivergenceGuard",
-    "resolve_device",
-    "set_torch_threads",
-]
-
-_log = logging.getLogger(__name__)
-
-
-def set_torch_threads(threads: int) -> None:
-    """Learner processes default to 1 thread: a 2-thread learner disturbs a controller on the same 2 cores."""
-    torch.set_num_threads(threads)
-
-
-def resolve_device(requested: str) -> torch.device:
-    """The torch device for `requested` ('auto', 'cpu' or 'cuda'): 'auto' takes CUDA when torch sees a GPU.
-
-    'cuda' on a machine where torch sees none (a CPU build of torch, no driver, CUDA_VISIBLE_DEVICES empty) runs on
-    the CPU with a warning instead of failing: a learner keeps working, and its log says why it is slow.
-    """
-    if requested not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {requested!r}")
-    if requested == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        device = torch.device("cuda")
-        _log.info("device %s: %s (%s)", requested, device, torch.cuda.get_device_name(device))
-        return device
-    if requested == "cuda":
-        reason = "a CPU-only build of torch" if torch.version.cuda is None else "no CUDA device visible"
-        _log.warning("device cuda requested but torch sees no GPU (%s): running on the CPU", reason)
-    return torch.device("cpu")
+__all__ = ["DivergenceBounds", "DivergenceError", "DivergenceGuard"]
 
 
 @dataclass(frozen=True)
