@@ -23,9 +23,9 @@ from acalign_robot.wire.transport import ControlServer
 PING = Heartbeat(sender="test", time_s=0.0, state="running")
 
 
-def batch(seq: int, size: int = 4, obs_dim: int = 11) -> TransitionBatch:
+def batch(seq: int, size: int = 4, obs_dim: int = 11, stream_id: str = "c0") -> TransitionBatch:
     return TransitionBatch(
-        stream_id="c0",
+        stream_id=stream_id,
         seq=seq,
         policy_version=np.zeros(size, np.int64),
         obs=np.zeros((size, obs_dim), np.float32),

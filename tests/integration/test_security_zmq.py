@@ -12,12 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zmq
 
 from acalign_robot.errors import InputError
-from acalign_robot.wire.protocol import Heartbeat, Policy, TransitionBatch
+from acalign_robot.wire.protocol import Heartbeat, Policy
 from acalign_robot.wire.security import SecurityConfig, client_keys, generate_keys, secure_context
 from acalign_robot.wire.transport import (
     CurveClientKeys,
@@ -30,6 +29,7 @@ from acalign_robot.wire.transport import (
     ZmqTransitionSender,
     free_tcp_endpoint,
 )
+from tests.transport_helpers import batch
 
 pytestmark = [
     pytest.mark.integration,
@@ -58,21 +58,6 @@ def link(keys: Path, client: str = "robot1") -> SecurityConfig:
         server_key="learner",
         client_key=client,
         authorized_clients_dir=str(keys / "clients"),
-    )
-
-
-def batch(stream_id: str, seq: int) -> TransitionBatch:
-    size, obs_dim = 2, 3
-    return TransitionBatch(
-        stream_id=stream_id,
-        seq=seq,
-        policy_version=np.zeros(size, np.int64),
-        obs=np.zeros((size, obs_dim), np.float32),
-        action=np.zeros((size, 1), np.float32),
-        reward=np.zeros(size, np.float32),
-        next_obs=np.zeros((size, obs_dim), np.float32),
-        terminated=np.zeros(size, bool),
-        truncated=np.zeros(size, bool),
     )
 
 
@@ -134,7 +119,7 @@ def test_transitions_from_unlisted_clients_never_arrive(keys, client_context):
         }
         for seq in range(5):
             for name, sender in senders.items():
-                assert sender.send(batch(name, seq))  # queued locally: PUSH never blocks
+                assert sender.send(batch(seq, stream_id=name))  # queued locally: PUSH never blocks
         arrived = []
         while (message := receiver.recv(REFUSED_WAIT_S * 2)) is not None:
             arrived.append((message.stream_id, message.seq))
