@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from acalign_robot.wire.transport import free_tcp_endpoint
+from acalign_robot.wire.channels import free_tcp_endpoint
 
 CLI = [sys.executable, "-m", "acalign_robot.cli"]
 OUT = Path(__file__).parent / "out" / "estop_latency.json"

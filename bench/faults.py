@@ -60,7 +60,7 @@ class Rig:
     def __init__(
         self, workdir: Path, policy: Path, name: str, driver_fields=None, controller_fields=None, learner_fields=None
     ):
-        from acalign_robot.wire.transport import free_tcp_endpoint
+        from acalign_robot.wire.channels import free_tcp_endpoint
 
         self.dir = workdir / name
         self.dir.mkdir()
@@ -394,7 +394,7 @@ def policy_frame_expansion(workdir: Path, policy: Path) -> dict:
     import msgpack
     import zmq
 
-    from acalign_robot.wire.transport import free_tcp_endpoint
+    from acalign_robot.wire.channels import free_tcp_endpoint
 
     nested = msgpack.packb([[]] * 16_000_000)  # 15.3 MiB of empty lists
     manifest = {"v": 1, "t": "policy", "version": 9, "onnx": b"x", "manifest": {str(i): i for i in range(10**6)}}
@@ -533,7 +533,8 @@ def clean_stops(workdir: Path, policy: Path) -> dict:
 def gated_controller(workdir: Path, policy: Path, name: str):
     """A Rig whose controller (status every 0.2 s) subscribes to a policy publisher in this process, where its learner
     would be. Yields (rig, the running controller process, the publisher, the artifact's manifest)."""
-    from acalign_robot.wire.transport import ZmqPolicyPublisher, free_tcp_endpoint
+    from acalign_robot.wire.channels import free_tcp_endpoint
+    from acalign_robot.wire.transport import ZmqPolicyPublisher
 
     endpoint = free_tcp_endpoint()
     fields = {"policy_endpoint": endpoint, "duration_s": 60, "stats_every_s": 0.2}

@@ -77,7 +77,7 @@ def publish(endpoint: str, versions: list[tuple[bytes, dict]], period_s: float, 
 
 
 def run(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path, versions, swap_every_s: float | None):
-    from acalign_robot.wire.transport import free_tcp_endpoint
+    from acalign_robot.wire.channels import free_tcp_endpoint
 
     label = "swaps" if swap_every_s else "none"
     policy_endpoint = free_tcp_endpoint()
@@ -145,7 +145,7 @@ def hostile_frames(kind: str, manifest: dict):
 def run_hostile(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path, manifest: dict, kind: str) -> dict:
     import zmq
 
-    from acalign_robot.wire.transport import free_tcp_endpoint
+    from acalign_robot.wire.channels import free_tcp_endpoint
 
     policy_endpoint = free_tcp_endpoint()
     stop, sent = threading.Event(), [0]

@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 from runtime_rig import aligned_checkpoint
 
+from acalign_robot.wire.channels import free_tcp_endpoint
 from acalign_robot.wire.protocol import TransitionBatch
-from acalign_robot.wire.transport import ZmqTransitionSender, free_tcp_endpoint
+from acalign_robot.wire.transport import ZmqTransitionSender
 
 OBS, ACT, BATCH, HIDDEN = 11, 3, 256, 256
 TRANSITIONS_PER_MESSAGE = 10

@@ -77,7 +77,7 @@ def aligned_checkpoint(path: Path, seeded: int = 10_000) -> Path:
 
 def bench_endpoint(workdir: Path, transport: str = "tcp") -> str:
     """A free loopback TCP endpoint, or a fresh Unix socket path under `workdir` (`transport` "ipc")."""
-    from acalign_robot.wire.transport import free_tcp_endpoint
+    from acalign_robot.wire.channels import free_tcp_endpoint
 
     if transport == "tcp":
         return free_tcp_endpoint()

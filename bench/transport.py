@@ -31,6 +31,7 @@ import msgpack
 import numpy as np
 import zmq
 
+from acalign_robot.wire.channels import free_tcp_endpoint
 from acalign_robot.wire.protocol import (
     Policy,
     Step,
@@ -39,13 +40,7 @@ from acalign_robot.wire.protocol import (
     decode,
     encode,
 )
-from acalign_robot.wire.transport import (
-    ZmqControlClient,
-    ZmqControlServer,
-    ZmqTransitionReceiver,
-    ZmqTransitionSender,
-    free_tcp_endpoint,
-)
+from acalign_robot.wire.transport import ZmqControlClient, ZmqControlServer, ZmqTransitionReceiver, ZmqTransitionSender
 
 OBS_DIM, ACTION_DIM, BATCH = 11, 3, 64
 OUT = Path(__file__).parent / "out" / "transport.json"

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from acalign_robot.wire.channels import ControlServer
 from acalign_robot.wire.protocol import (
     Heartbeat,
     Message,
@@ -18,7 +19,6 @@ from acalign_robot.wire.protocol import (
     TransitionBatch,
     error_message,
 )
-from acalign_robot.wire.transport import ControlServer
 
 PING = Heartbeat(sender="test", time_s=0.0, state="running")
 

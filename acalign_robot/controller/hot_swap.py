@@ -31,7 +31,7 @@ from acalign_robot import realtime
 from acalign_robot.policy.manifest import PolicyError
 from acalign_robot.policy.runner import PolicyRunner
 from acalign_robot.wire import protocol as p
-from acalign_robot.wire.transport import PolicyReceiver
+from acalign_robot.wire.channels import PolicyReceiver
 
 __all__ = ["ControlLoopState", "GateSettings", "IdleWindows", "PolicySwapper"]
 

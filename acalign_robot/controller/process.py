@@ -53,9 +53,9 @@ from acalign_robot.policy.runner import PolicyRunner
 from acalign_robot.realtime import RealtimeConfig
 from acalign_robot.robot_log.transition_log import TransitionLog
 from acalign_robot.wire import protocol as p
+from acalign_robot.wire.channels import ControlClient, PolicyReceiver, TransitionClient, TransportTimeout
 from acalign_robot.wire.delivery import ResendWindow
 from acalign_robot.wire.security import SecurityConfig, client_keys, is_local_endpoint
-from acalign_robot.wire.transport import ControlClient, PolicyReceiver, TransitionClient, TransportTimeout
 
 __all__ = ["Controller", "ControllerConfig", "run_controller"]
 

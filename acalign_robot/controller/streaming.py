@@ -15,8 +15,8 @@ import numpy as np
 
 from acalign_robot.robot_log.transition_log import TransitionLog
 from acalign_robot.wire import protocol as p
+from acalign_robot.wire.channels import TransitionClient
 from acalign_robot.wire.delivery import ResendWindow
-from acalign_robot.wire.transport import TransitionClient
 
 __all__ = ["TransitionBatcher"]
 

@@ -16,7 +16,8 @@ import gymnasium as gym
 import numpy as np
 
 from acalign_robot.wire import protocol as p
-from acalign_robot.wire.transport import ControlClient, TransportTimeout, ZmqControlClient
+from acalign_robot.wire.channels import ControlClient, TransportTimeout
+from acalign_robot.wire.transport import ZmqControlClient
 
 __all__ = ["RemoteEnv"]
 

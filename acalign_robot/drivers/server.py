@@ -37,8 +37,9 @@ from acalign_robot.config import FieldError
 from acalign_robot.drivers.base import Driver
 from acalign_robot.realtime import RealtimeConfig
 from acalign_robot.wire import protocol as p
+from acalign_robot.wire.channels import ControlServer
 from acalign_robot.wire.security import SecurityConfig, is_local_endpoint, secure_context
-from acalign_robot.wire.transport import ControlServer, ZmqControlServer
+from acalign_robot.wire.transport import ZmqControlServer
 
 __all__ = ["DriverConfig", "DriverServer", "make_driver", "serve"]
 

@@ -16,8 +16,8 @@ channels, and repeats `Learner.step` until a stop condition or SIGTERM/SIGINT:
 Channels (semantics of the sockets: acalign_robot.wire.transport):
 - transitions, ROUTER (bind) <-> DEALER (connect) from every controller: TransitionBatch and the controllers' Stats
   up, TransitionAck back. Bounded at both ends; a controller counts what it could not queue. Each controller stream
-  numbers its batches 0, 1, 2, ... (`seq`, per stream_id; runtime.controller starts a new stream per process
-  start). A `SequenceLedger` per stream (runtime.delivery) records which seqs were taken: a batch taken before is
+  numbers its batches 0, 1, 2, ... (`seq`, per stream_id; controller.process starts a new stream per process
+  start). A `SequenceLedger` per stream (wire.delivery) records which seqs were taken: a batch taken before is
   counted in `duplicates` and never inserted twice; a seq skipped is a gap until its batch arrives (then it counts
   as `recovered`). Every ACK_EVERY_S, and right after each checkpoint, each active stream gets a TransitionAck with
   what was received and what the last checkpoint holds; the controller resends what is missing and forgets what is
@@ -30,7 +30,7 @@ Channels (semantics of the sockets: acalign_robot.wire.transport):
   A batch that ends an episode carries its return (`episode_return`): delivered exactly once, so the learner's
   metrics and status see every episode once. Stats messages are recorded into the status as they come.
   Per-peer state is bounded: the receiver binds each stream to the connection (and CURVE key) that opened it and
-  keeps Stats only from a stream's owner (runtime.delivery.StreamOwners: at most MAX_STREAMS streams, refusals
+  keeps Stats only from a stream's owner (wire.delivery.StreamOwners: at most MAX_STREAMS streams, refusals
   counted in status `binding`); the learner keeps the MAX_STREAMS streams that sent most recently (older ones are
   evicted: `streams_evicted`, their counters stay in the totals) and the Stats of the MAX_STREAMS sources heard
   most recently (`stats_evicted`), at most MAX_STATS_KEPT values each, strings cut to MAX_STAT_CHARS. So status.json,
@@ -45,7 +45,7 @@ Channels (semantics of the sockets: acalign_robot.wire.transport):
 Choices:
 - Initial publication: the checkpoint's actor is published at start (for an aligned checkpoint: version 1, the
   offline actor). A controller started from the first `acalign export` of that checkpoint (also version 1, the same
-  actor) keeps what it runs, as runtime.controller ignores versions it already has, and swaps at version 2; a
+  actor) keeps what it runs, as controller.process ignores versions it already has, and swaps at version 2; a
   controller waiting for a first policy gets one; a resumed learner re-announces where it stands. The policy
   store's numbers and the learner's are separate counters: a controller started from a store version above 1 ignores
   the learner's versions up to its own.
@@ -113,10 +113,11 @@ from acalign_robot.errors import InputError
 from acalign_robot.export.onnx_export import build_artifact
 from acalign_robot.learner.config import LearnerConfig
 from acalign_robot.realtime import pin_to_cores
+from acalign_robot.wire.channels import Sender, TransitionServer
 from acalign_robot.wire.delivery import MAX_STREAMS, STREAM_IDLE_S, SequenceLedger, StreamRefused
 from acalign_robot.wire.protocol import Policy, Stats, TransitionBatch
 from acalign_robot.wire.security import secure_context
-from acalign_robot.wire.transport import Sender, TransitionServer, ZmqPolicyPublisher, ZmqTransitionReceiver
+from acalign_robot.wire.transport import ZmqPolicyPublisher, ZmqTransitionReceiver
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -139,7 +140,7 @@ IDLE_WAIT_S = 0.05  # wait for a message when no update is owed; also bounds how
 STATUS_EVERY_S = 1.0
 ACK_EVERY_S = 0.1  # how often each active controller stream is told what the learner holds
 ACTIVE_STREAM_S = STREAM_IDLE_S  # a stream that sent no batch for this long is not acknowledged any more
-MAX_STATS_KEPT = 128  # values kept from one source's Stats (runtime.controller sends ~60)
+MAX_STATS_KEPT = 128  # values kept from one source's Stats (controller.process sends ~60)
 MAX_STAT_CHARS = 256  # a longer string value is cut to this
 # Totals that stay in the snapshot after a stream is evicted.
 _STREAM_TOTALS = ("recovered", "lost", "duplicates", "refused_ahead", "rejected")
@@ -574,7 +575,7 @@ class Learner:
         return path
 
     def acknowledge(self) -> None:
-        """Tell each active controller stream what this learner holds (runtime.delivery)."""
+        """Tell each active controller stream what this learner holds (wire.delivery)."""
         now = time.monotonic()
         for cid, stream in self.streams.items():
             if now - stream.last_batch_s <= ACTIVE_STREAM_S:

@@ -107,8 +107,9 @@ def ask_drivers(
     the answers in the order of `robots`. Never raises for one driver's fault: it becomes that robot's answer.
     """
     from acalign_robot.wire import protocol as p
+    from acalign_robot.wire.channels import TransportTimeout
     from acalign_robot.wire.security import client_keys, is_local_endpoint
-    from acalign_robot.wire.transport import TransportTimeout, ZmqControlClient
+    from acalign_robot.wire.transport import ZmqControlClient
 
     message = p.EStop(reason=reason, source="acalign-cli") if action == "estop" else p.Clear(source="acalign-cli")
     expected = _EXPECTED_STATE[action]

@@ -229,7 +229,7 @@ def check_session(config: LaunchConfig, host: str | None = None) -> list[str]:
 
 
 def _bind_policy_problems(config: LaunchConfig) -> list[str]:
-    """The bind policy (`runtime.security.check_bind`) on every endpoint a process of the session will bind.
+    """The bind policy (`wire.security.check_bind`) on every endpoint a process of the session will bind.
 
     The same call the driver and the learner make as they bind, so that whatever they would refuse at launch is
     refused here first. An automatic endpoint is a free port on `endpoints.bind_host`, chosen at launch; the policy

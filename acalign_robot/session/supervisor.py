@@ -135,7 +135,7 @@ class Supervisor:
     def prepare(self) -> None:
         """Resolve endpoints, fill in the fields each process's config leaves to the supervisor (session/wiring.py),
         check each config and write it into the session directory."""
-        from acalign_robot.wire.transport import free_tcp_endpoint
+        from acalign_robot.wire.channels import free_tcp_endpoint
 
         cfg = self.config
         self.session_dir.mkdir(parents=True, exist_ok=True)
@@ -307,7 +307,8 @@ class Supervisor:
 
     def _query_driver_stats(self) -> None:
         from acalign_robot.wire import protocol as p
-        from acalign_robot.wire.transport import TransportTimeout, ZmqControlClient
+        from acalign_robot.wire.channels import TransportTimeout
+        from acalign_robot.wire.transport import ZmqControlClient
 
         for robot in self.resolved.robots:
             if not self._runs_here(robot.host):

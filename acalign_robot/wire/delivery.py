@@ -30,7 +30,7 @@ controllers' windows (they forget only durable batches) and is resent, and the l
 twice on the way into a counted duplicate. Exactly-once insertion thus holds across learner kills for as long as a
 window holds what the learner lost (by default 64 MB: ~500k Hopper transitions).
 
-Stream binding, `StreamOwners` (the learner's receiver, runtime.transport, keeps one): the first batch of a stream
+Stream binding, `StreamOwners` (the learner's receiver, wire.transport, keeps one): the first batch of a stream
 binds its id to the connection that carried it (the ROUTER routing identity, which ZmqTransitionSender draws at
 random per process and keeps across reconnects) and, on a CURVE link, to the client's public key (ZAP User-Id).
 A batch for that stream from any other key, or without CURVE from any other connection, is refused and counted

@@ -1,12 +1,14 @@
-"""In-memory fakes of the three channels of `wire.transport`: the same interface without sockets.
+"""In-memory fakes of the three channels (`wire.channels`): the interface `wire.transport` implements, without
+sockets.
 
 For unit tests of controller, driver and learner logic (STYLE.md rule 7); tests/unit/test_transport_contract.py runs
 one set of behaviour tests over these and the ZeroMQ endpoints. Each fake has the same methods and counters as its
-ZeroMQ counterpart and goes through the same codec, size limits and stream binding: it calls `wire.transport`'s own
-helpers for them, so the two cannot drift apart. Unlike ZeroMQ sockets, a fake may be used across threads. Where
-the two differ: a fake receiver reports an oversized frame as ProtocolError("size") where ZeroMQ silently drops the
-connection; all senders to one fake transition receiver share its one bounded queue (ZeroMQ has one per sender); a
-fake control client does not hold back a request while an earlier one is unanswered (ZmqControlClient does).
+ZeroMQ counterpart and goes through the same codec, size limits and stream binding: it calls the helpers in
+`wire.channels` that the ZeroMQ endpoints call, so the two cannot drift apart. Unlike ZeroMQ sockets, a fake may be
+used across threads. Where the two differ: a fake receiver reports an oversized frame as ProtocolError("size") where
+ZeroMQ silently drops the connection; all senders to one fake transition receiver share its one bounded queue
+(ZeroMQ has one per sender); a fake control client does not hold back a request while an earlier one is unanswered
+(ZmqControlClient does).
 """
 
 from __future__ import annotations
@@ -17,6 +19,19 @@ import time
 from collections import deque
 from typing import Any
 
+from acalign_robot.wire.channels import (
+    CONTROL_MAX_BYTES,
+    POLICY_MAX_BYTES,
+    REQUEST_ID,
+    TRANSITIONS_MAX_BYTES,
+    Counters,
+    Peer,
+    TransportTimeout,
+    check_owner,
+    count_sent,
+    incoming_message,
+    outgoing_frame,
+)
 from acalign_robot.wire.delivery import StreamOwners, StreamRefused
 from acalign_robot.wire.protocol import (
     CONTROL_REPLIES,
@@ -27,19 +42,6 @@ from acalign_robot.wire.protocol import (
     Message,
     ProtocolError,
     TransitionAck,
-)
-from acalign_robot.wire.transport import (
-    _REQUEST_ID,
-    CONTROL_MAX_BYTES,
-    POLICY_MAX_BYTES,
-    TRANSITIONS_MAX_BYTES,
-    Counters,
-    Peer,
-    TransportTimeout,
-    _check_owner,
-    _count_sent,
-    _incoming,
-    _outgoing,
 )
 
 __all__ = [
@@ -90,7 +92,7 @@ def _recv_mailbox(
     mailbox: _Mailbox, allowed: tuple[type, ...], channel: str, max_bytes: int, counters: Counters, timeout_s: float
 ) -> Message | ProtocolError | None:
     frame = _get_counted(mailbox, counters, timeout_s)
-    return None if frame is None else _incoming(frame, allowed, channel, max_bytes, counters)
+    return None if frame is None else incoming_message(frame, allowed, channel, max_bytes, counters)
 
 
 class MemoryControlServer:
@@ -113,15 +115,15 @@ class MemoryControlServer:
         if item is None:
             return None
         peer, frame = item
-        return peer, _incoming(frame, CONTROL_REQUESTS, "control", self.max_message_bytes, self.counters)
+        return peer, incoming_message(frame, CONTROL_REQUESTS, "control", self.max_message_bytes, self.counters)
 
     def send(self, peer: Peer, message: Message) -> bool:
-        frame = _outgoing(message, CONTROL_REPLIES, "control", self.max_message_bytes)
+        frame = outgoing_frame(message, CONTROL_REPLIES, "control", self.max_message_bytes)
         replies = self._clients.get(peer.identity)
         if replies is None or not replies.put((peer.request_id, frame)):
             self.counters.drops += 1
             return False
-        _count_sent(self.counters, frame)
+        count_sent(self.counters, frame)
         return True
 
     def close(self, linger_s: float = 0.0) -> None:
@@ -140,20 +142,20 @@ class MemoryControlClient:
         self._last_request_id = 0
 
     def request(self, message: Message, timeout_s: float) -> Message:
-        frame = _outgoing(message, CONTROL_REQUESTS, "control", self.max_message_bytes)
+        frame = outgoing_frame(message, CONTROL_REQUESTS, "control", self.max_message_bytes)
         deadline = time.monotonic() + timeout_s
         self._last_request_id += 1
-        request_id = _REQUEST_ID.pack(self._last_request_id)
+        request_id = REQUEST_ID.pack(self._last_request_id)
         if not self._server._inbox.put((Peer(self._identity, request_id), frame)):
             self.counters.timeouts += 1
             raise TransportTimeout("the server's queue is full")
-        _count_sent(self.counters, frame)
+        count_sent(self.counters, frame)
         while (item := self._replies.get(deadline - time.monotonic())) is not None:
             reply_id, reply_frame = item
             if reply_id != request_id:
                 self.counters.stale += 1
                 continue
-            reply = _incoming(reply_frame, CONTROL_REPLIES, "control", self.max_message_bytes, self.counters)
+            reply = incoming_message(reply_frame, CONTROL_REPLIES, "control", self.max_message_bytes, self.counters)
             if isinstance(reply, ProtocolError):
                 raise reply
             return reply
@@ -183,16 +185,16 @@ class MemoryTransitionReceiver:
         if item is None:
             return None
         acks, frame = item
-        message = _incoming(frame, TRANSITION_MESSAGES, "transitions", self.max_message_bytes, self.counters)
-        return _check_owner(self.owners, message, getattr(acks, "key", None), acks)
+        message = incoming_message(frame, TRANSITION_MESSAGES, "transitions", self.max_message_bytes, self.counters)
+        return check_owner(self.owners, message, getattr(acks, "key", None), acks)
 
     def acknowledge(self, ack: TransitionAck) -> bool:
-        frame = _outgoing(ack, TRANSITION_REPLIES, "transitions", self.max_message_bytes)
+        frame = outgoing_frame(ack, TRANSITION_REPLIES, "transitions", self.max_message_bytes)
         acks = self.owners.connection(ack.stream_id)
         if acks is None or not acks.put(frame):
             self.counters.drops += 1
             return False
-        _count_sent(self.counters, frame)
+        count_sent(self.counters, frame)
         return True
 
     def close(self, linger_s: float = 0.0) -> None:
@@ -225,11 +227,11 @@ class MemoryTransitionSender:
         self._acks = _AckMailbox(16, key)
 
     def send(self, message: Message) -> bool:
-        frame = _outgoing(message, TRANSITION_MESSAGES, "transitions", self.max_message_bytes)
+        frame = outgoing_frame(message, TRANSITION_MESSAGES, "transitions", self.max_message_bytes)
         if not self._receiver._queue.put((self._acks, frame)):
             self.counters.drops += 1
             return False
-        _count_sent(self.counters, frame)
+        count_sent(self.counters, frame)
         return True
 
     def recv(self, timeout_s: float) -> Message | ProtocolError | None:
@@ -250,10 +252,10 @@ class MemoryPolicyPublisher:
         self._subscribers: list[_Mailbox] = []
 
     def send(self, message: Message) -> bool:
-        frame = _outgoing(message, POLICY_MESSAGES, "policy", self.max_message_bytes)
+        frame = outgoing_frame(message, POLICY_MESSAGES, "policy", self.max_message_bytes)
         for latest in self._subscribers:
             latest.put(frame)
-        _count_sent(self.counters, frame)
+        count_sent(self.counters, frame)
         return True
 
     def close(self, linger_s: float = 0.0) -> None:
@@ -278,7 +280,7 @@ class MemoryPolicySubscriber:
         return self._latest.get(0.0)
 
     def decode(self, frame: bytes | memoryview) -> Message | ProtocolError:
-        return _incoming(frame, POLICY_MESSAGES, "policy", self.max_message_bytes, self.counters)
+        return incoming_message(frame, POLICY_MESSAGES, "policy", self.max_message_bytes, self.counters)
 
     def recv(self, timeout_s: float) -> Message | ProtocolError | None:
         return _recv_mailbox(self._latest, POLICY_MESSAGES, "policy", self.max_message_bytes, self.counters, timeout_s)

@@ -51,7 +51,7 @@ from zmq.utils.z85 import Z85CHARS
 
 from acalign_robot.config import FieldError
 from acalign_robot.errors import InputError
-from acalign_robot.wire.transport import CurveClientKeys, CurveServerKeys
+from acalign_robot.wire.channels import CurveClientKeys, CurveServerKeys
 
 if TYPE_CHECKING:
     from zmq.auth.thread import ThreadAuthenticator

@@ -1,4 +1,4 @@
-"""The runtime's three ZeroMQ channels behind a small interface (`wire.memory` has an in-memory fake of each).
+"""The runtime's three channels over ZeroMQ: the implementation of `wire.channels` (`wire.memory` fakes it).
 
 Channels (the binding side owns the endpoint named in the launch file):
 
@@ -24,7 +24,7 @@ report messages and bytes sent and received, protocol errors, timeouts, drops an
 
 CURVE: every constructor takes `curve=` keys (`CurveServerKeys` on the binding side, `CurveClientKeys` on the
 connecting side), which encrypt the link and authenticate the server to its clients. Clients are allow-listed by a
-ZAP authenticator on the binding side's context, which `runtime.security` provides: `secure_context(security)`
+ZAP authenticator on the binding side's context, which `wire.security` provides: `secure_context(security)`
 gives a context with the authenticator running (only public keys in `authorized_clients_dir` get in) and, through
 `server_keys(endpoint)`, the server keys after the bind policy (no non-loopback bind without CURVE unless
 `allow_insecure`); `client_keys(security)` gives a client's keys. These constructors enforce neither by themselves:
@@ -38,14 +38,27 @@ from __future__ import annotations
 import dataclasses
 import math
 import secrets
-import socket
-import struct
 import time
-from typing import Any, Literal, Protocol
+from typing import Literal
 
 import zmq
 
 from acalign_robot.errors import InputError
+from acalign_robot.wire.channels import (
+    CONTROL_MAX_BYTES,
+    POLICY_MAX_BYTES,
+    REQUEST_ID,
+    TRANSITIONS_MAX_BYTES,
+    Counters,
+    CurveClientKeys,
+    CurveServerKeys,
+    Peer,
+    TransportTimeout,
+    check_owner,
+    count_sent,
+    incoming_message,
+    outgoing_frame,
+)
 from acalign_robot.wire.delivery import StreamOwners, StreamRefused
 from acalign_robot.wire.protocol import (
     CONTROL_REPLIES,
@@ -55,44 +68,17 @@ from acalign_robot.wire.protocol import (
     TRANSITION_REPLIES,
     Message,
     ProtocolError,
-    Stats,
     TransitionAck,
-    TransitionBatch,
-    decode,
-    encode,
 )
 
 __all__ = [
-    "CONTROL_MAX_BYTES",
-    "POLICY_MAX_BYTES",
-    "TRANSITIONS_MAX_BYTES",
-    "ControlClient",
-    "ControlServer",
-    "Counters",
-    "CurveClientKeys",
-    "CurveServerKeys",
-    "Peer",
-    "PolicyReceiver",
-    "Receiver",
-    "Sender",
-    "TransportError",
-    "TransitionClient",
-    "TransitionServer",
-    "TransportTimeout",
     "ZmqControlClient",
     "ZmqControlServer",
     "ZmqPolicyPublisher",
     "ZmqPolicySubscriber",
     "ZmqTransitionReceiver",
     "ZmqTransitionSender",
-    "free_tcp_endpoint",
 ]
-
-# Frame limits per channel (bytes). Control messages are tiny; a transition batch of image observations is not;
-# a policy is the largest message.
-CONTROL_MAX_BYTES = 1024 * 1024
-TRANSITIONS_MAX_BYTES = 16 * 1024 * 1024
-POLICY_MAX_BYTES = 64 * 1024 * 1024
 
 _COMMON_OPTIONS: dict[int, int] = {
     zmq.LINGER: 0,  # close() returns at once and discards what is queued: a stopping process never hangs on a peer
@@ -136,174 +122,6 @@ _TRANSITION_RECEIVER = _SocketSetup(  # + RCVHWM (queue_messages)
 )
 _POLICY_PUBLISHER = _SocketSetup(zmq.PUB, "bind", {zmq.CONFLATE: 1})
 _POLICY_SUBSCRIBER = _SocketSetup(zmq.SUB, "connect", {zmq.CONFLATE: 1, zmq.SUBSCRIBE: b""})
-
-# Control envelope: DEALER sends [request id, frame]; ROUTER sees [identity, request id, frame] and echoes the id.
-_REQUEST_ID = struct.Struct("<Q")
-
-
-class TransportError(Exception):
-    """A channel could not do what was asked."""
-
-
-class TransportTimeout(TransportError, TimeoutError):
-    """No reply, or no connected peer, within the timeout."""
-
-
-@dataclasses.dataclass
-class Counters:
-    """What one endpoint has done since it was created; `as_dict` feeds a Stats message."""
-
-    sent: int = 0
-    received: int = 0  # valid messages
-    bytes_sent: int = 0
-    bytes_received: int = 0  # every frame, valid or not
-    protocol_errors: int = 0  # frames that did not decode (or travel on the wrong channel), malformed envelopes
-    timeouts: int = 0  # requests without a reply; receives that waited (timeout_s > 0) and got nothing
-    drops: int = 0  # messages not sent because the queue was full or the peer had gone
-    stale: int = 0  # control replies to an earlier, timed-out request, discarded
-
-    def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class CurveServerKeys:
-    """The binding side's CURVE key pair (z85 bytes, from `zmq.curve_keypair()`)."""
-
-    secret_key: bytes
-    public_key: bytes
-
-
-@dataclasses.dataclass(frozen=True)
-class CurveClientKeys:
-    """The connecting side's CURVE key pair and the public key of the server it trusts (z85 bytes)."""
-
-    secret_key: bytes
-    public_key: bytes
-    server_public_key: bytes
-
-
-@dataclasses.dataclass(frozen=True)
-class Peer:
-    """Where a control reply goes: the client's routing identity and the request id to echo."""
-
-    identity: bytes
-    request_id: bytes
-
-
-# --- The interface: what controller, driver and learner code may rely on -------------------------------------------
-
-
-class ControlClient(Protocol):
-    counters: Counters
-
-    def request(self, message: Message, timeout_s: float) -> Message:
-        """The reply to `message`, or TransportTimeout; a reply that does not decode raises ProtocolError."""
-
-    def close(self, linger_s: float = 0.0) -> None: ...
-
-
-class ControlServer(Protocol):
-    counters: Counters
-
-    def recv(self, timeout_s: float) -> tuple[Peer, Message | ProtocolError] | None:
-        """The next request and who sent it (ProtocolError for a bad frame: answer it), or None on timeout."""
-
-    def send(self, peer: Peer, message: Message) -> bool:
-        """Reply to `peer`; False (a counted drop) when that client is gone or not reading."""
-
-    def close(self, linger_s: float = 0.0) -> None: ...
-
-
-class Sender(Protocol):
-    counters: Counters
-
-    def send(self, message: Message) -> bool:
-        """Queue `message` without blocking; False (a counted drop) when it could not be queued."""
-
-    def close(self, linger_s: float = 0.0) -> None: ...
-
-
-class Receiver(Protocol):
-    counters: Counters
-
-    def recv(self, timeout_s: float) -> Message | ProtocolError | None:
-        """The next message (ProtocolError for a bad frame), or None when none came within timeout_s."""
-
-    def close(self, linger_s: float = 0.0) -> None: ...
-
-
-class TransitionClient(Sender, Receiver, Protocol):
-    """The controller's end of the transitions channel: `send` batches and Stats, `recv` the learner's acks."""
-
-
-class PolicyReceiver(Receiver, Protocol):
-    """The controller's end of the policy channel. Besides `recv`, its three steps apart, so that the hot-swap thread
-    can run the two that hold the GIL (in proportion to the frame's size) when the control thread sleeps."""
-
-    def wait(self, timeout_s: float) -> bool:
-        """True once a frame is waiting (within timeout_s); nothing is taken, and the GIL is free while it waits."""
-
-    def take(self) -> bytes | memoryview | ProtocolError | None:
-        """The waiting frame, not copied and not decoded (microseconds whatever its size); None if none waits."""
-
-    def decode(self, frame: bytes | memoryview) -> Message | ProtocolError:
-        """A frame from `take` as a policy-channel message, or the ProtocolError saying why not (counted)."""
-
-
-class TransitionServer(Receiver, Protocol):
-    """The learner's end of the transitions channel: `recv` batches and Stats from every controller.
-
-    `recv` also returns a StreamRefused (runtime.delivery) for a batch or Stats that the stream binding refused;
-    `owners` holds that binding and its counters."""
-
-    owners: StreamOwners
-
-    def recv(self, timeout_s: float) -> Message | ProtocolError | StreamRefused | None: ...
-
-    def acknowledge(self, ack: TransitionAck) -> bool:
-        """Send `ack` to the connection that owns its stream; False (a counted drop) when none does, or that
-        controller is gone or not reading."""
-
-
-def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
-    """`tcp://host:port` on a port that was free a moment ago (another process could take it before a bind)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return f"tcp://{host}:{probe.getsockname()[1]}"
-
-
-# The codec and counting steps of every endpoint, the in-memory fakes' (wire.memory) included.
-
-
-def _outgoing(message: Message, allowed: tuple[type, ...], channel: str, max_bytes: int) -> bytes:
-    """The frame for `message`; refuses a type the channel does not carry and a frame its receiver would drop."""
-    if not isinstance(message, allowed):
-        raise ProtocolError("type", f"{type(message).__name__} does not travel on the {channel} channel")
-    frame = encode(message)
-    if len(frame) > max_bytes:
-        raise ProtocolError("size", f"{type(message).__name__} of {len(frame)} bytes exceeds the {channel} limit")
-    return frame
-
-
-def _incoming(
-    frame: bytes, allowed: tuple[type, ...], channel: str, max_bytes: int, counters: Counters
-) -> Message | ProtocolError:
-    """A received frame as a message of this channel, or the ProtocolError saying why not (counted)."""
-    counters.bytes_received += len(frame)
-    try:
-        message = decode(frame, max_bytes, accept=allowed)
-    except ProtocolError as exc:
-        counters.protocol_errors += 1
-        return exc
-    counters.received += 1
-    return message
-
-
-def _count_sent(counters: Counters, frame: bytes) -> None:
-    counters.sent += 1
-    counters.bytes_sent += len(frame)
-
 
 # --- ZeroMQ --------------------------------------------------------------------------------------------------------
 
@@ -380,7 +198,7 @@ class _ZmqEndpoint:
                 raise
             self.counters.drops += 1
             return False
-        _count_sent(self.counters, frames[-1])
+        count_sent(self.counters, frames[-1])
         return True
 
     def _recv_single(self, allowed: tuple[type, ...], channel: str, timeout_s: float) -> Message | ProtocolError | None:
@@ -392,7 +210,7 @@ class _ZmqEndpoint:
         if len(frames) != 1:
             self.counters.protocol_errors += 1
             return ProtocolError("malformed", f"a {channel} message is one frame, got {len(frames)}")
-        return _incoming(frames[0], allowed, channel, self.max_message_bytes, self.counters)
+        return incoming_message(frames[0], allowed, channel, self.max_message_bytes, self.counters)
 
 
 def _apply_curve(sock: zmq.Socket, keys: CurveServerKeys | CurveClientKeys | None) -> None:
@@ -447,13 +265,13 @@ class ZmqControlClient(_ZmqEndpoint):
         super().close(linger_s)
 
     def request(self, message: Message, timeout_s: float) -> Message:
-        frame = _outgoing(message, CONTROL_REQUESTS, "control", self.max_message_bytes)
+        frame = outgoing_frame(message, CONTROL_REQUESTS, "control", self.max_message_bytes)
         deadline = time.monotonic() + timeout_s
         if self._unanswered is not None and not self._settle_unanswered(deadline):
             self.counters.timeouts += 1
             raise TransportTimeout(f"{self.endpoint} has not answered an earlier request (nothing sent)")
         self._last_request_id += 1
-        request_id = _REQUEST_ID.pack(self._last_request_id)
+        request_id = REQUEST_ID.pack(self._last_request_id)
         queued = self._wait(zmq.POLLOUT, deadline)  # with IMMEDIATE, writable means connected
         if queued:
             try:
@@ -463,7 +281,7 @@ class ZmqControlClient(_ZmqEndpoint):
         if not queued:
             self.counters.timeouts += 1
             raise TransportTimeout(f"no driver connected at {self.endpoint} within {timeout_s} s")
-        _count_sent(self.counters, frame)
+        count_sent(self.counters, frame)
         self._unanswered = request_id
         while self._wait(zmq.POLLIN, deadline):
             reply = self._take_reply()
@@ -473,7 +291,7 @@ class ZmqControlClient(_ZmqEndpoint):
                 self.counters.stale += 1
                 continue
             self._unanswered = None
-            decoded = _incoming(reply[1], CONTROL_REPLIES, "control", self.max_message_bytes, self.counters)
+            decoded = incoming_message(reply[1], CONTROL_REPLIES, "control", self.max_message_bytes, self.counters)
             if isinstance(decoded, ProtocolError):
                 raise decoded
             return decoded
@@ -483,7 +301,7 @@ class ZmqControlClient(_ZmqEndpoint):
     def _take_reply(self) -> tuple[bytes, bytes] | None:
         """The next reply as (request id, frame); None for one without that envelope (counted)."""
         frames = self._socket.recv_multipart(zmq.NOBLOCK)
-        if len(frames) != 2 or len(frames[0]) != _REQUEST_ID.size:
+        if len(frames) != 2 or len(frames[0]) != REQUEST_ID.size:
             self.counters.protocol_errors += 1
             return None
         return frames[0], frames[1]
@@ -538,17 +356,17 @@ class ZmqControlServer(_ZmqEndpoint):
         deadline = time.monotonic() + timeout_s
         while self._wait(zmq.POLLIN, deadline):
             frames = self._socket.recv_multipart(zmq.NOBLOCK)
-            if len(frames) != 3 or len(frames[1]) != _REQUEST_ID.size:
+            if len(frames) != 3 or len(frames[1]) != REQUEST_ID.size:
                 self.counters.protocol_errors += 1
                 continue
             peer = Peer(identity=frames[0], request_id=frames[1])
-            return peer, _incoming(frames[2], CONTROL_REQUESTS, "control", self.max_message_bytes, self.counters)
+            return peer, incoming_message(frames[2], CONTROL_REQUESTS, "control", self.max_message_bytes, self.counters)
         if timeout_s > 0:
             self.counters.timeouts += 1
         return None
 
     def send(self, peer: Peer, message: Message) -> bool:
-        frame = _outgoing(message, CONTROL_REPLIES, "control", self.max_message_bytes)
+        frame = outgoing_frame(message, CONTROL_REPLIES, "control", self.max_message_bytes)
         return self._route((peer.identity, peer.request_id, frame))
 
 
@@ -559,11 +377,11 @@ class ZmqTransitionSender(_ZmqEndpoint):
     queue is full (learner slow, gone, or not started yet) `send` returns False and counts a drop instead of
     stalling the control loop. IMMEDIATE stays off, so batches queue (bounded) while the learner starts, and the
     socket reconnects by itself to a restarted learner. `recv` takes the learner's TransitionAcks, from which the
-    controller (runtime.delivery) resends what a drop or a learner restart lost; the durable log keeps every
+    controller (wire.delivery) resends what a drop or a learner restart lost; the durable log keeps every
     transition in any case. Several controllers may connect to one learner.
 
     ROUTING_ID: 16 random bytes per sender (`routing_id`), the same on every reconnect. The learner binds each stream
-    to the connection that opened it (runtime.delivery.StreamOwners), so a reconnect after a network blip is still
+    to the connection that opened it (wire.delivery.StreamOwners), so a reconnect after a network blip is still
     its owner, and a peer that knows only the stream id is not.
     RCVHWM 0 (acks are not capped here): libzmq 4.3.5 aborts the whole process (assertion `!_io_error`,
     stream_engine_base.cpp) when a heartbeat fires on a connection whose receive queue was full as its peer went
@@ -587,13 +405,13 @@ class ZmqTransitionSender(_ZmqEndpoint):
         super().__init__(_TRANSITION_SENDER, endpoint, context, curve, max_message_bytes, options=options)
 
     def send(self, message: Message) -> bool:
-        frame = _outgoing(message, TRANSITION_MESSAGES, "transitions", self.max_message_bytes)
+        frame = outgoing_frame(message, TRANSITION_MESSAGES, "transitions", self.max_message_bytes)
         try:
             self._socket.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             self.counters.drops += 1
             return False
-        _count_sent(self.counters, frame)
+        count_sent(self.counters, frame)
         return True
 
     def recv(self, timeout_s: float) -> Message | ProtocolError | None:
@@ -606,7 +424,7 @@ class ZmqTransitionReceiver(_ZmqEndpoint):
     `queue_messages` bounds what waits on this side; beyond it the senders' queues fill and they count drops.
     Each stream is bound to the connection that opened it (its routing identity, stable across the sender's
     reconnects) and, on CURVE, to the client's public key (the ZAP User-Id of its frames): `owners`, a bounded
-    runtime.delivery.StreamOwners. A batch or Stats the binding refuses comes out of `recv` as a StreamRefused
+    wire.delivery.StreamOwners. A batch or Stats the binding refuses comes out of `recv` as a StreamRefused
     (counted there), and `acknowledge` reaches the stream's owner. A restarted controller opens a new stream (its id
     holds the PID). ROUTER_HANDOVER: a sender that reconnects (same routing id) while this side still holds its old
     connection (a network blip, until heartbeats notice) takes that identity over at once; without it libzmq 4.3
@@ -638,16 +456,16 @@ class ZmqTransitionReceiver(_ZmqEndpoint):
             if len(frames) != 2:
                 self.counters.protocol_errors += 1
                 return ProtocolError("malformed", f"a transitions message is one frame, got {len(frames) - 1}")
-            message = _incoming(
+            message = incoming_message(
                 frames[1].bytes, TRANSITION_MESSAGES, "transitions", self.max_message_bytes, self.counters
             )
-            return _check_owner(self.owners, message, _curve_user_id(frames[1]), frames[0].bytes)
+            return check_owner(self.owners, message, _curve_user_id(frames[1]), frames[0].bytes)
         if timeout_s > 0:
             self.counters.timeouts += 1
         return None
 
     def acknowledge(self, ack: TransitionAck) -> bool:
-        frame = _outgoing(ack, TRANSITION_REPLIES, "transitions", self.max_message_bytes)
+        frame = outgoing_frame(ack, TRANSITION_REPLIES, "transitions", self.max_message_bytes)
         identity = self.owners.connection(ack.stream_id)
         if identity is None:
             self.counters.drops += 1
@@ -656,24 +474,13 @@ class ZmqTransitionReceiver(_ZmqEndpoint):
 
 
 def _curve_user_id(frame: zmq.Frame) -> str | None:
-    """The ZAP User-Id of a received frame: runtime.security's authenticator sets the client's z85 public key on a
+    """The ZAP User-Id of a received frame: wire.security's authenticator sets the client's z85 public key on a
     CURVE link; None without ZAP (no CURVE), where libzmq has no such property."""
     try:
         user_id = frame.get("User-Id")
     except zmq.ZMQError:
         return None
     return user_id or None
-
-
-def _check_owner(
-    owners: StreamOwners, message: Message | ProtocolError, key: str | None, connection: Any
-) -> Message | ProtocolError | StreamRefused:
-    """`message`, or the StreamRefused saying why its sender may not speak for its stream (counted in `owners`)."""
-    if isinstance(message, TransitionBatch):
-        return owners.admit(message.stream_id, key, connection, time.monotonic()) or message
-    if isinstance(message, Stats):
-        return owners.check_stats(message.source, key, connection) or message
-    return message
 
 
 class ZmqPolicyPublisher(_ZmqEndpoint):
@@ -697,9 +504,9 @@ class ZmqPolicyPublisher(_ZmqEndpoint):
         super().__init__(_POLICY_PUBLISHER, endpoint, context, curve, max_message_bytes)
 
     def send(self, message: Message) -> bool:
-        frame = _outgoing(message, POLICY_MESSAGES, "policy", self.max_message_bytes)
+        frame = outgoing_frame(message, POLICY_MESSAGES, "policy", self.max_message_bytes)
         self._socket.send(frame, zmq.NOBLOCK)
-        _count_sent(self.counters, frame)
+        count_sent(self.counters, frame)
         return True
 
 
@@ -737,7 +544,7 @@ class ZmqPolicySubscriber(_ZmqEndpoint):
         return frames[0].buffer
 
     def decode(self, frame: bytes | memoryview) -> Message | ProtocolError:
-        return _incoming(frame, POLICY_MESSAGES, "policy", self.max_message_bytes, self.counters)
+        return incoming_message(frame, POLICY_MESSAGES, "policy", self.max_message_bytes, self.counters)
 
     def recv(self, timeout_s: float) -> Message | ProtocolError | None:
         return self._recv_single(POLICY_MESSAGES, "policy", timeout_s)

@@ -13,7 +13,8 @@ import pytest
 import zmq
 
 from acalign_robot.wire import protocol as p
-from acalign_robot.wire.transport import ZmqControlClient, free_tcp_endpoint
+from acalign_robot.wire.channels import free_tcp_endpoint
+from acalign_robot.wire.transport import ZmqControlClient
 from tests.helpers import acalign_command, wait_for
 from tests.integration.test_runtime_processes import _write, driver_stats, start_driver
 

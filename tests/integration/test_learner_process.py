@@ -15,9 +15,10 @@ import yaml
 
 from acalign_robot.algo.checkpoint import load_checkpoint
 from acalign_robot.policy.runner import PolicyRunner
+from acalign_robot.wire.channels import free_tcp_endpoint
 from acalign_robot.wire.delivery import MAX_STREAMS
 from acalign_robot.wire.protocol import Policy, Stats, TransitionAck
-from acalign_robot.wire.transport import ZmqPolicySubscriber, ZmqTransitionSender, free_tcp_endpoint
+from acalign_robot.wire.transport import ZmqPolicySubscriber, ZmqTransitionSender
 from tests.helpers import Processes, acalign_command, wait_for
 from tests.learner_helpers import transition_batch, write_aligned_checkpoint
 

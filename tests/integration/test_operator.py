@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from acalign_robot.wire import protocol as p
-from acalign_robot.wire.transport import ZmqControlClient, free_tcp_endpoint
+from acalign_robot.wire.channels import free_tcp_endpoint
+from acalign_robot.wire.transport import ZmqControlClient
 from tests.helpers import acalign_command, wait_for
 
 pytestmark = pytest.mark.integration

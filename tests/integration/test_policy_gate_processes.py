@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from acalign_robot.robot_log.reader import read_log
-from acalign_robot.wire.transport import ZmqPolicyPublisher, free_tcp_endpoint
+from acalign_robot.wire.channels import free_tcp_endpoint
+from acalign_robot.wire.transport import ZmqPolicyPublisher
 from tests.helpers import acalign_command, wait_for
 from tests.integration.test_runtime_processes import _write, start_driver
 from tests.policy_graphs import graph_policy

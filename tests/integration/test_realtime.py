@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from acalign_robot.wire.transport import free_tcp_endpoint
+from acalign_robot.wire.channels import free_tcp_endpoint
 from tests.helpers import acalign_command, wait_for
 
 pytestmark = pytest.mark.integration

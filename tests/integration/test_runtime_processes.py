@@ -15,7 +15,8 @@ import zmq
 
 from acalign_robot.robot_log.reader import read_log
 from acalign_robot.wire import protocol as p
-from acalign_robot.wire.transport import ZmqControlClient, free_tcp_endpoint
+from acalign_robot.wire.channels import free_tcp_endpoint
+from acalign_robot.wire.transport import ZmqControlClient
 from tests.helpers import acalign_command, wait_for
 
 pytestmark = pytest.mark.integration

@@ -16,18 +16,16 @@ import pytest
 import zmq
 
 from acalign_robot.errors import InputError
+from acalign_robot.wire.channels import CurveClientKeys, TransportTimeout, free_tcp_endpoint
 from acalign_robot.wire.protocol import Heartbeat, Policy
 from acalign_robot.wire.security import SecurityConfig, client_keys, generate_keys, secure_context
 from acalign_robot.wire.transport import (
-    CurveClientKeys,
-    TransportTimeout,
     ZmqControlClient,
     ZmqControlServer,
     ZmqPolicyPublisher,
     ZmqPolicySubscriber,
     ZmqTransitionReceiver,
     ZmqTransitionSender,
-    free_tcp_endpoint,
 )
 from tests.transport_helpers import batch
 

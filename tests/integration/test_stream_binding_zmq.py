@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import zmq
 
+from acalign_robot.wire.channels import free_tcp_endpoint
 from acalign_robot.wire.delivery import StreamRefused
 from acalign_robot.wire.protocol import Stats, TransitionAck, TransitionBatch
 from acalign_robot.wire.security import client_keys, generate_keys, load_public_key, secure_context
-from acalign_robot.wire.transport import ZmqTransitionReceiver, ZmqTransitionSender, free_tcp_endpoint
+from acalign_robot.wire.transport import ZmqTransitionReceiver, ZmqTransitionSender
 from tests.integration.test_security_zmq import link
 from tests.learner_helpers import transition_batch
 

@@ -16,13 +16,9 @@ import numpy as np
 import pytest
 import zmq
 
+from acalign_robot.wire.channels import TransportTimeout, free_tcp_endpoint
 from acalign_robot.wire.protocol import Step, TransitionAck, encode
-from acalign_robot.wire.transport import (
-    TransportTimeout,
-    ZmqControlClient,
-    ZmqTransitionReceiver,
-    free_tcp_endpoint,
-)
+from acalign_robot.wire.transport import ZmqControlClient, ZmqTransitionReceiver
 from tests.learner_helpers import transition_batch
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

@@ -17,15 +17,9 @@ import pytest
 import zmq
 
 from acalign_robot.errors import InputError
+from acalign_robot.wire.channels import CurveClientKeys, CurveServerKeys, TransportTimeout, free_tcp_endpoint
 from acalign_robot.wire.protocol import Heartbeat, ProtocolError, Stats
-from acalign_robot.wire.transport import (
-    CurveClientKeys,
-    CurveServerKeys,
-    TransportTimeout,
-    ZmqControlClient,
-    ZmqControlServer,
-    free_tcp_endpoint,
-)
+from acalign_robot.wire.transport import ZmqControlClient, ZmqControlServer
 from tests.transport_helpers import PING, serving
 
 pytestmark = pytest.mark.integration

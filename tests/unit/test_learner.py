@@ -26,6 +26,7 @@ from acalign_robot.learner import process
 from acalign_robot.learner.config import LearnerConfig
 from acalign_robot.learner.process import Learner
 from acalign_robot.policy.runner import PolicyRunner
+from acalign_robot.wire.channels import free_tcp_endpoint
 from acalign_robot.wire.delivery import MAX_STREAMS, ResendWindow
 from acalign_robot.wire.memory import (
     MemoryPolicyPublisher,
@@ -34,7 +35,6 @@ from acalign_robot.wire.memory import (
     MemoryTransitionSender,
 )
 from acalign_robot.wire.protocol import Policy, Stats
-from acalign_robot.wire.transport import free_tcp_endpoint
 from tests.learner_helpers import ACTION_HIGH, ACTION_LOW, transition_batch, write_aligned_checkpoint
 
 BATCH = 32

@@ -1,4 +1,4 @@
-"""runtime.security without sockets: the bind policy, the config's checks and the key files' handling."""
+"""wire.security without sockets: the bind policy, the config's checks and the key files' handling."""
 
 from __future__ import annotations
 

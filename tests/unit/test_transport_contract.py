@@ -18,6 +18,18 @@ import pytest
 import zmq
 
 from acalign_robot.wire import transport
+from acalign_robot.wire.channels import (
+    CONTROL_MAX_BYTES,
+    ControlClient,
+    ControlServer,
+    Peer,
+    PolicyReceiver,
+    Sender,
+    TransitionClient,
+    TransitionServer,
+    TransportTimeout,
+    free_tcp_endpoint,
+)
 from acalign_robot.wire.memory import (
     MemoryControlClient,
     MemoryControlServer,
@@ -40,22 +52,12 @@ from acalign_robot.wire.protocol import (
     error_message,
 )
 from acalign_robot.wire.transport import (
-    CONTROL_MAX_BYTES,
-    ControlClient,
-    ControlServer,
-    Peer,
-    PolicyReceiver,
-    Sender,
-    TransitionClient,
-    TransitionServer,
-    TransportTimeout,
     ZmqControlClient,
     ZmqControlServer,
     ZmqPolicyPublisher,
     ZmqPolicySubscriber,
     ZmqTransitionReceiver,
     ZmqTransitionSender,
-    free_tcp_endpoint,
 )
 from tests.helpers import wait_for
 from tests.transport_helpers import PING, batch, serving
