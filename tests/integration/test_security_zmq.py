@@ -156,7 +156,8 @@ def test_a_process_exits_promptly_with_or_without_closing(keys, tmp_path):
         """
         import sys
         from acalign_robot.wire.security import SecurityConfig, secure_context
-        from acalign_robot.wire.transport import ZmqControlServer, free_tcp_endpoint
+        from acalign_robot.wire.channels import free_tcp_endpoint
+        from acalign_robot.wire.transport import ZmqControlServer
 
         keys, close = sys.argv[1], sys.argv[2] == "close"
         security = SecurityConfig(curve=True, keys_dir=keys, server_key="learner",
