@@ -21,6 +21,10 @@ the driver and controller processes inherit it) and once after.
 
     PYTHONPATH=/tmp/old python bench/hot_swap.py --hostile before --rate 125 --seconds 6
     python bench/hot_swap.py --hostile after --rate 125 --seconds 6
+
+`--priority 50` runs driver and controller under SCHED_FIFO (`realtime.priority`, as a robot's launch file asks):
+the swapper thread steps back to the normal scheduler, so its GIL-free work (hashing, onnxruntime) cannot take the
+control thread's core.
 """
 
 from __future__ import annotations
@@ -142,7 +146,9 @@ def hostile_frames(kind: str, manifest: dict):
             yield None
 
 
-def run_hostile(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path, manifest: dict, kind: str) -> dict:
+def run_hostile(
+    rate_hz: float, seconds: float, policy_dir: Path, workdir: Path, manifest: dict, kind: str, priority: int
+) -> dict:
     import zmq
 
     from acalign_robot.wire.channels import free_tcp_endpoint
@@ -171,7 +177,8 @@ def run_hostile(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path,
     thread = threading.Thread(target=publish)
     thread.start()
     try:
-        with hopper_driver(workdir, f"hostile-{kind}") as control:
+        realtime = {"priority": priority} if priority else {}
+        with hopper_driver(workdir, f"hostile-{kind}", realtime=realtime) as control:
             fields = {
                 "driver_endpoint": control,
                 "policy": str(policy_dir),
@@ -179,6 +186,7 @@ def run_hostile(rate_hz: float, seconds: float, policy_dir: Path, workdir: Path,
                 "duration_s": seconds,
                 "policy_endpoint": policy_endpoint,
                 "log": False,
+                "realtime": realtime,
             }
             stats = run_controller(workdir, f"hostile-{kind}", fields, seconds + 120)
     finally:
@@ -205,11 +213,11 @@ def main_hostile(args: argparse.Namespace) -> None:
         workdir = Path(tmp)
         policy_dir, _, manifest = export_hopper_policy(workdir / "policies")
         rows = [
-            run_hostile(args.rate, args.seconds, policy_dir, workdir, manifest, kind)
+            run_hostile(args.rate, args.seconds, policy_dir, workdir, manifest, kind, args.priority)
             for _ in range(args.repeats)
             for kind in ("none", "big-bin", "tiny-objects")
         ]
-    record[args.hostile] = {"rate_hz": args.rate, "seconds": args.seconds, "rows": rows}
+    record[args.hostile] = {"rate_hz": args.rate, "seconds": args.seconds, "priority": args.priority, "rows": rows}
     print(f"controller at {args.rate:g} Hz for {args.seconds:g} s, MuJoCo Hopper driver; a hostile frame every 0.5 s\n")
     print(
         f"{'code':>8} {'frames (16 MiB)':>16} {'sent':>5} {'ticks':>6} {'p50 us':>7} {'p99 us':>7} {'max ms':>7} "
@@ -234,6 +242,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each condition")
     parser.add_argument("--out", default="bench/out/hot_swap.json")
     parser.add_argument("--hostile", metavar="LABEL", help="the hostile-frame rows instead, saved under LABEL")
+    parser.add_argument(
+        "--priority", type=int, default=0, help="with --hostile: SCHED_FIFO priority of driver and controller (0: none)"
+    )
     args = parser.parse_args()
     if args.hostile:
         main_hostile(args)
