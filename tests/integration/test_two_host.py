@@ -199,8 +199,16 @@ def write_launch(tmp_path: Path, robots: list[str], policy: Path, checkpoint: Pa
                 "host": host,
                 "control_endpoint": f"tcp://127.0.0.1:{CONTROL_PORT}",
                 "driver": {"kind": "mujoco", "env_id": "Hopper-v5", "watchdog_ms": 500},
-                # Generous timeouts: 5+ processes share 2 busy cores here; a driver timeout would latch SAFE.
-                "controller": {"policy": str(policy), "explore": True, "driver_timeout_ms": 400},
+                # Generous timeouts: 5+ processes share 2 busy cores here; a driver timeout would latch SAFE, and a
+                # learner that the load (and its ONNX exports) keeps from its socket for over resend_after_s (2 s by
+                # default) is sent again what is still in its queue: refused as duplicates, which this test counts as
+                # a fault of the fleet's wiring. Resends are tested in test_learner_process.py and test_delivery.py.
+                "controller": {
+                    "policy": str(policy),
+                    "explore": True,
+                    "driver_timeout_ms": 400,
+                    "resend_after_s": 10.0,
+                },
             }
             for host in robots
         ],
