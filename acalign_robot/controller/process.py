@@ -324,6 +324,7 @@ class Controller:
         episode_return = 0.0
         started = time.monotonic()
         self._last_stats_s = started
+        self._publish_stats(self.stats(0.0))  # status.json exists from the first tick, not a period later
         deadline = time.perf_counter() + self.period_s
         while not self._done(started):
             t0 = time.perf_counter()
