@@ -24,6 +24,12 @@ Deliberate deviations and switches (all in `ACAConfig`):
   measured at alignment, so that auto-tuning starts at its equilibrium instead of raising alpha when pi_0 is
   narrower than -c|A| (HalfCheetah); `online_initial_alpha: offline` starts from phase 1's alpha instead of 1;
   `carry_temperature_optimizer` keeps phase 1's Adam moments for log_alpha (the reference does).
+- `actor_warmup_updates: N` (not in ALGORITHM.md; default 0): the first N phase-3 updates fit R alone while the
+  actor stays pi_0 and alpha and w are held, so that R has learned some action dependence from online data before
+  the actor follows it (the HalfCheetah runs fall when R's action gradient takes over from the prior's).
+- `measure_action_gradients` (diagnostic): each update also reports the mean norms of the actor objective's two
+  action gradients at its samples, |d min_i R_i / du| and |d (w L) / du| (u pre-tanh), to see which one moves the
+  actor.
 - `fidelity: reference` reproduces the authors' code where this project deviates by default (ALGORITHM.md,
   "Deviations"), in one switch: raw observations into every network (no normaliser from dataset statistics), R
   starts with the offline critic's Adam moments, log_alpha keeps phase 1's Adam moments. It overrides
@@ -71,6 +77,8 @@ class ACAConfig:
     online_target_entropy: Literal["fixed", "prior"] = "fixed"  # phase 3: -c|A|, or pi_0's entropy on the data
     online_initial_alpha: Literal["one", "offline"] = "one"  # phase 3 starts at alpha = 1, or at phase 1's alpha
     carry_temperature_optimizer: bool = False  # phase 3's log_alpha keeps phase 1's Adam state (the reference)
+    actor_warmup_updates: int = 0  # phase 3: the first N updates train R only (actor = pi_0, alpha and w held)
+    measure_action_gradients: bool = False  # phase 3 diagnostic: log |dR/du| and |d(wL)/du| at the actor's samples
     normalize_observations: bool = True  # phase 1: a normaliser from the dataset's statistics in every network
     fidelity: Literal["project", "reference"] = "project"  # "reference": the authors' choices for the three above
     finetune: Literal["aca", "naive"] = "aca"
@@ -86,6 +94,8 @@ class ACAConfig:
             raise FieldError("w_min", f"must be in [0, w0 = {self.w0}], got {self.w_min}")
         if self.top_trajectories < 0:
             raise FieldError("top_trajectories", f"must be >= 0, got {self.top_trajectories}")
+        if self.actor_warmup_updates < 0:
+            raise FieldError("actor_warmup_updates", f"must be >= 0, got {self.actor_warmup_updates}")
         if self.online_actor_grad_clip <= 0:
             raise FieldError("online_actor_grad_clip", f"must be positive, got {self.online_actor_grad_clip}")
 
@@ -224,7 +234,14 @@ def align(offline: OfflineACA, prior_entropy: float | None = None) -> SAC:
     if not cfg.reset_residual_optimizer:
         online.critic_optimizer.load_state_dict(source.critic_optimizer.state_dict())
     online.prior = AlignmentPrior(
-        prior_actor, cfg.beta, cfg.w0, cfg.w_step, cfg.w_min, temperature_follows_w=cfg.online_temperature == "w"
+        prior_actor,
+        cfg.beta,
+        cfg.w0,
+        cfg.w_step,
+        cfg.w_min,
+        temperature_follows_w=cfg.online_temperature == "w",
+        actor_warmup_updates=cfg.actor_warmup_updates,
+        measure_action_gradients=cfg.measure_action_gradients,
     )
     online.actor_grad_clip = cfg.online_actor_grad_clip
     return online

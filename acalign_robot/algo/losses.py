@@ -228,9 +228,23 @@ def aligned_actor_loss(
     draw: Draw,
     alpha: torch.Tensor,
     w: float,
+    *,
+    measure_action_gradients: bool = False,
 ) -> tuple[torch.Tensor, Info]:
-    """Phase 3 actor: mean[alpha log pi(a~|s) - (min_i R_i(s,a~) + w L(s,a~))], gradient through a~ into L."""
+    """Phase 3 actor: mean[alpha log pi(a~|s) - (min_i R_i(s,a~) + w L(s,a~))], gradient through a~ into L.
+
+    `measure_action_gradients`: also report the mean per-sample norms of d min_i R_i / du and d (w L) / du at the
+    actor's samples (u pre-tanh): which of the two terms moves the actor.
+    """
     prior_value = prior_at_obs.soft_clipped(draw.u)
-    q = residual(obs, draw.action).min(0).values + w * prior_value
+    residual_value = residual(obs, draw.action).min(0).values
+    q = residual_value + w * prior_value
     loss = (alpha.detach() * draw.log_prob - q).mean()
-    return loss, {"loss/actor": loss.item(), "actor/prior": prior_value.mean().item()}
+    info = {"loss/actor": loss.item(), "actor/prior": prior_value.mean().item()}
+    if measure_action_gradients:
+        # Samples are independent, so the gradient of the batch sum holds each sample's own gradient in its row.
+        (residual_gradient,) = torch.autograd.grad(residual_value.sum(), draw.u, retain_graph=True)
+        (prior_gradient,) = torch.autograd.grad(w * prior_value.sum(), draw.u, retain_graph=True)
+        info["actor/residual_action_gradient"] = residual_gradient.norm(dim=-1).mean().item()
+        info["actor/prior_action_gradient"] = prior_gradient.norm(dim=-1).mean().item()
+    return loss, info

@@ -68,6 +68,8 @@ class AlignmentPrior:
     w_step: float  # w0 / (K * 1000): the decay per gradient step
     w_min: float
     temperature_follows_w: bool = False  # ACAConfig.online_temperature "w": alpha = w instead of auto-tuning
+    actor_warmup_updates: int = 0  # ACAConfig.actor_warmup_updates: updates that train R alone
+    measure_action_gradients: bool = False  # ACAConfig.measure_action_gradients
 
     def decay(self) -> None:
         self.w = max(self.w - self.w_step, self.w_min)
@@ -148,7 +150,11 @@ class SAC:
         with torch.no_grad():
             next_draw = losses.Draw(self.actor, next_obs)
 
-        if self.prior is not None and self.prior.temperature_follows_w:
+        warming_up = self.prior is not None and self.updates < self.prior.actor_warmup_updates
+        if warming_up:  # R alone is fitted: the actor, alpha and w wait (aca.py, actor_warmup_updates)
+            alpha = self.log_alpha.detach().exp()
+            info = {"alpha": float(alpha), "entropy": -draw.log_prob.mean().item()}
+        elif self.prior is not None and self.prior.temperature_follows_w:
             alpha = torch.tensor(self.prior.w, device=self.device)  # a diagnostic switch: not tuned, see aca.py
             info = {"alpha": self.prior.w, "entropy": -draw.log_prob.mean().item()}
         else:
@@ -182,17 +188,28 @@ class SAC:
             loss, critic_info = losses.aligned_critic_loss(*terms)
         self._step(self.critic_optimizer, loss)
 
-        with frozen(self.critic):
-            if self.prior is None:
-                loss, actor_info = losses.sac_actor_loss(self.critic, obs, draw, alpha)
-            else:
-                loss, actor_info = losses.aligned_actor_loss(self.critic, prior_at_obs, obs, draw, alpha, self.prior.w)
-        self._step(self.actor_optimizer, loss, self.actor.parameters() if self.actor_grad_clip else None)
+        actor_info: dict[str, float] = {}
+        if not warming_up:
+            with frozen(self.critic):
+                if self.prior is None:
+                    loss, actor_info = losses.sac_actor_loss(self.critic, obs, draw, alpha)
+                else:
+                    loss, actor_info = losses.aligned_actor_loss(
+                        self.critic,
+                        prior_at_obs,
+                        obs,
+                        draw,
+                        alpha,
+                        self.prior.w,
+                        measure_action_gradients=self.prior.measure_action_gradients,
+                    )
+            self._step(self.actor_optimizer, loss, self.actor.parameters() if self.actor_grad_clip else None)
 
         polyak_update(self.target_critic, self.critic, cfg.tau)
         if self.prior is not None:
             info["w"] = self.prior.w
-            self.prior.decay()
+            if not warming_up:
+                self.prior.decay()
         self.updates += 1
         return info | critic_info | actor_info
 
@@ -228,6 +245,8 @@ class SAC:
                 "w_step": self.prior.w_step,
                 "w_min": self.prior.w_min,
                 "temperature_follows_w": self.prior.temperature_follows_w,
+                "actor_warmup_updates": self.prior.actor_warmup_updates,
+                "measure_action_gradients": self.prior.measure_action_gradients,
             }
         return state
 
@@ -254,5 +273,8 @@ class SAC:
                 float(prior_state["w"]),
                 float(prior_state["w_step"]),
                 float(prior_state["w_min"]),
-                bool(prior_state.get("temperature_follows_w", False)),  # absent from checkpoints made before it
+                # Each absent from checkpoints made before it:
+                bool(prior_state.get("temperature_follows_w", False)),
+                int(prior_state.get("actor_warmup_updates", 0)),
+                bool(prior_state.get("measure_action_gradients", False)),
             )

@@ -203,6 +203,33 @@ def test_the_temperature_can_follow_w_instead_of_being_tuned():
     assert not align(_offline()).prior.temperature_follows_w  # the default: ALGORITHM.md's auto-tuning
 
 
+def test_actor_warmup_fits_the_residual_alone_then_hands_over():
+    """ACAConfig.actor_warmup_updates: R moves from the first update; actor, alpha and w wait N; kept on reload."""
+    config = ACAConfig(sac=SMALL, w0=1.0, w_decay_k=0.01, w_min=0.5, actor_warmup_updates=2)
+    online = align(_offline(config))
+    actor_at_switch = copy.deepcopy(online.actor.state_dict())
+    critic_at_switch = copy.deepcopy(online.critic.state_dict())
+    seen = [online.update(_batch(i)) for i in range(2)]
+    assert [info["w"] for info in seen] == [1.0, 1.0] and online.alpha == 1.0
+    assert all(torch.equal(actor_at_switch[k], v) for k, v in online.actor.state_dict().items())
+    assert not all(torch.equal(critic_at_switch[k], v) for k, v in online.critic.state_dict().items())
+    restored = SAC(OBS, ACT, SMALL)
+    restored.load_state_dict(copy.deepcopy(online.state_dict()))
+    assert restored.prior.actor_warmup_updates == 2
+    after = online.update(_batch(2))
+    assert after["w"] == 1.0 and online.prior.w == pytest.approx(0.9) and online.alpha != 1.0
+    assert not all(torch.equal(actor_at_switch[k], v) for k, v in online.actor.state_dict().items())
+
+
+def test_measured_action_gradients_are_the_two_terms_of_the_actor_objective():
+    """|d min R / du| and |d (w L) / du| at the actor's samples. R(s, a) = Z(s) at the switch, so after the first
+    update (one critic step before the actor's) R's action gradient is still tiny beside the prior's."""
+    online = align(_offline(ACAConfig(sac=SMALL, measure_action_gradients=True)))
+    info = online.update(_batch())
+    assert 0.0 < info["actor/residual_action_gradient"] < 1e-2 * info["actor/prior_action_gradient"]
+    assert "actor/prior_action_gradient" not in align(_offline()).update(_batch())  # off by default
+
+
 def test_alignment_resets_alpha_and_keeps_actor():
     agent = _offline()
     with torch.no_grad():
