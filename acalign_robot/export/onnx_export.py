@@ -12,7 +12,8 @@ Exporter: `torch.onnx.export(dynamo=True, external_data=False)`, opset 18. Both 
 its graph is a plain Split where the TorchScript one computes the split points with Shape/Gather/Slice, which
 measured ~2 us faster per batch-1 call on onnxruntime. `external_data=False` is required: by default it writes the
 weights to a separate `.onnx.data` file, and an artifact must be one file whose sha256 covers the weights. Its cost
-is the export time, ~1 s warm and ~3 s for the first export in a process (the TorchScript exporter: ~20 ms).
+is the export time, ~1 s warm and ~3 s for the first export in a process (the TorchScript exporter: ~20 ms), paid
+once per `ArtifactBuilder`: later versions write new weights into the same graph.
 
 Every export is checked before it is returned: `onnx.checker` (full check) and parity with the torch actor on a
 probe batch through onnxruntime with the controller's own settings.
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 from acalign_robot.algo.checkpoint import CheckpointError, load_actor, load_checkpoint, reference_of
@@ -56,7 +58,7 @@ from acalign_robot.policy.manifest import (
 from acalign_robot.policy.runner import PolicyRunner
 from acalign_robot.policy.store import MANIFEST_FILE, POLICY_FILE, versions
 
-__all__ = ["OPSET", "build_artifact", "export_actor_onnx", "parity_error", "write_artifact"]
+__all__ = ["OPSET", "ArtifactBuilder", "build_artifact", "export_actor_onnx", "parity_error", "write_artifact"]
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-4  # max |onnx - torch| accepted at export; float32 kernels differ by ~1e-7 in practice
@@ -145,6 +147,76 @@ def parity_error(
     return max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected))
 
 
+class ArtifactBuilder:
+    """Artifacts of one actor, the graph exported once: each version writes the actor's current weights into the
+    graph's initializers (`onnx.numpy_helper`) instead of re-running the torch exporter (~1 s, 3 s for a process's
+    first; a version then costs milliseconds). The learner keeps one per session and builds off its training thread.
+
+    `meta` is a checkpoint's meta: env_id, obs_dim, action_dim, action_low, action_high; optional obs_low/obs_high
+    (unbounded when absent) and ref_random/ref_expert/ref_source (reference scores).
+    """
+
+    def __init__(self, actor: TanhGaussianActor, meta: dict[str, Any], source: str, *, name: str, algorithm: str):
+        if (actor.obs_dim, actor.action_dim) != (meta["obs_dim"], meta["action_dim"]):
+            raise ValueError(
+                f"actor is {actor.obs_dim} -> {actor.action_dim}, meta says {meta['obs_dim']} -> {meta['action_dim']}"
+            )
+        self._meta, self._source, self._name, self._algorithm = meta, source, validate_name(name), algorithm
+        self._action_low, self._action_high = meta["action_low"], meta["action_high"]
+        self._model = onnx.load_from_string(export_actor_onnx(actor, self._action_low, self._action_high))
+        self._initializers = {initializer.name: initializer for initializer in self._model.graph.initializer}
+        # Every tensor of the deployed module must be one initializer, or a rewritten version would keep stale
+        # weights: the exporter names them by the module's state_dict keys (checked here, once per session).
+        missing = set(self._deployed(actor).state_dict()) - set(self._initializers)
+        if missing:
+            raise RuntimeError(f"the exported graph holds no initializer for {sorted(missing)}")
+
+    def _deployed(self, actor: TanhGaussianActor) -> _DeployedActor:
+        return _DeployedActor(actor, self._action_low, self._action_high)
+
+    def build(self, actor: TanhGaussianActor, training_step: int, version: int) -> tuple[bytes, dict[str, Any]]:
+        """(ONNX bytes, manifest dict) of `actor` (same architecture as the exported one) as `version`. Raises
+        RuntimeError when the graph with the new weights does not reproduce the torch actor."""
+        deployed = self._deployed(actor)
+        for key, tensor in deployed.state_dict().items():
+            self._initializers[key].CopyFrom(numpy_helper.from_array(tensor.numpy(), key))
+        onnx_bytes = self._model.SerializeToString()
+        manifest_dict = self._manifest(actor, onnx_bytes, training_step, version).to_dict()
+        # Through the strict parser and the runner's own checks: what is returned is what a controller accepts.
+        runner = PolicyRunner(onnx_bytes, PolicyManifest.from_dict(manifest_dict, "exported manifest"))
+        error = parity_error(actor, runner, self._action_low, self._action_high)
+        if error > PARITY_TOLERANCE:
+            raise RuntimeError(f"exported graph differs from the torch actor by {error:.3g} (> {PARITY_TOLERANCE})")
+        return onnx_bytes, manifest_dict
+
+    def _manifest(self, actor: TanhGaussianActor, onnx_bytes: bytes, training_step: int, version: int):
+        meta, obs_dim, normalizer = self._meta, actor.obs_dim, actor.normalizer
+        return PolicyManifest(
+            protocol_version=ARTIFACT_FORMAT_VERSION,
+            name=self._name,
+            version=version,
+            env_id=meta["env_id"],
+            algorithm=self._algorithm,
+            training_step=int(training_step),
+            source=self._source,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            onnx=OnnxModel(sha256=sha256_hex(onnx_bytes), opset=OPSET),
+            observation_space=Space(
+                obs_dim,
+                tuple(float(v) for v in meta.get("obs_low", [-np.inf] * obs_dim)),
+                tuple(float(v) for v in meta.get("obs_high", [np.inf] * obs_dim)),
+            ),
+            action_space=Space(
+                actor.action_dim, tuple(map(float, self._action_low)), tuple(map(float, self._action_high))
+            ),
+            normalization=Normalization(
+                tuple(normalizer.mean.detach().cpu().double().tolist()),
+                tuple(normalizer.std.detach().cpu().double().tolist()),
+            ),
+            reference_scores=reference_of(meta),
+        )
+
+
 def build_artifact(
     actor: TanhGaussianActor,
     meta: dict[str, Any],
@@ -155,49 +227,8 @@ def build_artifact(
     version: int,
     algorithm: str = "ACA phase 3 (online)",
 ) -> tuple[bytes, dict[str, Any]]:
-    """An artifact in memory: (ONNX bytes, manifest dict), e.g. for the learner to publish.
-
-    `meta` is a checkpoint's meta: env_id, obs_dim, action_dim, action_low, action_high; optional obs_low/obs_high
-    (unbounded when absent) and ref_random/ref_expert/ref_source (reference scores). Raises RuntimeError when the
-    exported graph does not reproduce the torch actor.
-    """
-    if (actor.obs_dim, actor.action_dim) != (meta["obs_dim"], meta["action_dim"]):
-        raise ValueError(
-            f"actor is {actor.obs_dim} -> {actor.action_dim}, meta says {meta['obs_dim']} -> {meta['action_dim']}"
-        )
-    action_low, action_high = meta["action_low"], meta["action_high"]
-    onnx_bytes = export_actor_onnx(actor, action_low, action_high)
-    obs_dim = actor.obs_dim
-    normalizer = actor.normalizer
-    manifest = PolicyManifest(
-        protocol_version=ARTIFACT_FORMAT_VERSION,
-        name=validate_name(name),
-        version=version,
-        env_id=meta["env_id"],
-        algorithm=algorithm,
-        training_step=int(training_step),
-        source=source,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        onnx=OnnxModel(sha256=sha256_hex(onnx_bytes), opset=OPSET),
-        observation_space=Space(
-            obs_dim,
-            tuple(float(v) for v in meta.get("obs_low", [-np.inf] * obs_dim)),
-            tuple(float(v) for v in meta.get("obs_high", [np.inf] * obs_dim)),
-        ),
-        action_space=Space(actor.action_dim, tuple(map(float, action_low)), tuple(map(float, action_high))),
-        normalization=Normalization(
-            tuple(normalizer.mean.detach().cpu().double().tolist()),
-            tuple(normalizer.std.detach().cpu().double().tolist()),
-        ),
-        reference_scores=reference_of(meta),
-    )
-    manifest_dict = manifest.to_dict()
-    # Through the strict parser and the runner's own checks: what is returned is what a controller accepts.
-    runner = PolicyRunner(onnx_bytes, PolicyManifest.from_dict(manifest_dict, "exported manifest"))
-    error = parity_error(actor, runner, action_low, action_high)
-    if error > PARITY_TOLERANCE:
-        raise RuntimeError(f"exported graph differs from the torch actor by {error:.3g} (> {PARITY_TOLERANCE})")
-    return onnx_bytes, manifest_dict
+    """One artifact in memory: (ONNX bytes, manifest dict); `ArtifactBuilder` for a stream of versions."""
+    return ArtifactBuilder(actor, meta, source, name=name, algorithm=algorithm).build(actor, training_step, version)
 
 
 def _algorithm_and_step(payload: dict) -> tuple[str, int]:

@@ -36,7 +36,12 @@ Channels (semantics of the sockets: acalign_robot.wire.transport):
   most recently (`stats_evicted`), at most MAX_STATS_KEPT values each, strings cut to MAX_STAT_CHARS. So status.json,
   every metrics record and the checkpoint stay a bounded size whatever peers send.
 - policy, PUB (bind) -> SUB (connect, conflated) on each controller: latest-only. A Policy carries the ONNX bytes
-  and manifest of `export.onnx_export.build_artifact`, built in memory, and `version` (also in the manifest).
+  and manifest of an `export.onnx_export.ArtifactBuilder`, built in memory, and `version` (also in the manifest).
+  The graph is exported once per session (the first publication, ~1-3 s); each later version writes the actor's
+  weights into it (tens of ms) on a build thread, from a copy of the actor taken between two updates, so training
+  never waits for an export: the training thread pays the copy and the send (`publish_blocking_s` in the metrics).
+  A publication due while the previous one is still building is skipped (`publishes_coalesced`): the next one
+  carries newer weights.
   Versions strictly increase: 1 + the checkpoint's last published version, then +1 per publication; a resumed
   learner also skips versions it published after its checkpoint (status.json records each one). PUB/SUB drops
   what is sent before a subscriber joins, so the latest policy is re-sent every `republish_every_s`; a controller
@@ -82,6 +87,7 @@ The configuration, `LearnerConfig`, lives in `learner.config` (torch-free, for l
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import itertools
 import json
@@ -92,6 +98,7 @@ import re
 import signal
 import time
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,7 +117,7 @@ from acalign_robot.algo.device import resolve_device, set_torch_threads
 from acalign_robot.algo.divergence import DivergenceGuard
 from acalign_robot.atomic import remove_stale_temp_files, write_text_atomic
 from acalign_robot.errors import InputError
-from acalign_robot.export.onnx_export import build_artifact
+from acalign_robot.export.onnx_export import ArtifactBuilder
 from acalign_robot.learner.config import LearnerConfig
 from acalign_robot.realtime import pin_to_cores
 from acalign_robot.wire.channels import Sender, TransitionServer
@@ -315,7 +322,12 @@ class Learner:
         self._info_count = 0
         self._latest_policy: Policy | None = None
         self._last_publish_s = -math.inf
-        self.publish_seconds = 0.0  # how long the latest export + send took
+        self._builder: ArtifactBuilder | None = None  # the exported graph: made at the first publication
+        self._build_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
+        self._building: Future | None = None  # the next version, building off the training thread
+        self.publish_seconds = 0.0  # how long the latest build took (export or weight rewrite, and parity check)
+        self.publish_blocking_s = 0.0  # training-thread time spent on publications: the actor copies and the sends
+        self.publishes_coalesced = 0  # publications skipped while the previous one was still building
         self._stop_requested = False
         self._state = "starting"
 
@@ -408,6 +420,7 @@ class Learner:
             self._state = "failed"
             self.write_status()
             self._metrics_file.close()
+            self._build_thread.shutdown(wait=False, cancel_futures=True)
             raise
         return self.shutdown()
 
@@ -415,10 +428,13 @@ class Learner:
         """One turn: receive (waiting briefly only when idle), train a slice, housekeeping."""
         self.receive(0.0 if self.owed_updates else IDLE_WAIT_S)
         self.train()
+        self.finish_publication()
         self._housekeeping(time.monotonic())
 
     def shutdown(self) -> Path:
-        """Checkpoint, write the last metrics record and a 'stopped' status."""
+        """Send a version still building, checkpoint, write the last metrics record and a 'stopped' status."""
+        self.finish_publication(wait=True)
+        self._build_thread.shutdown()
         path = self.save()
         self.write_metrics()
         self._state = "stopped"
@@ -534,7 +550,7 @@ class Learner:
                 self._info_sums[key] = self._info_sums.get(key, 0.0) + value
             self._info_count += 1
             if self.updates % self.config.publish_every == 0:
-                self.publish()
+                self.publish_in_background()
             if self.updates % self.config.checkpoint_every_updates == 0:
                 self.save()
             if time.monotonic() >= deadline:
@@ -542,26 +558,52 @@ class Learner:
         return ran
 
     def publish(self) -> Policy:
-        """Export the current actor in memory and publish it as the next version."""
+        """Build the current actor's artifact on this thread and publish it as the next version (at start: the
+        session's first export)."""
+        self.finish_publication(wait=True)
+        policy, self.publish_seconds = self._build(self._actor_copy(), self.env_steps, self.published_version + 1)
+        self._send(policy)
+        return policy
+
+    def publish_in_background(self) -> None:
+        """Start building the current actor's artifact on the build thread; `finish_publication` sends it."""
+        if self._building is not None:
+            self.publishes_coalesced += 1
+            return
         started = time.monotonic()
-        version = self.published_version + 1
-        onnx_bytes, manifest = build_artifact(
-            self.agent.actor,
-            self.meta,
-            self.env_steps,
-            str(self.checkpoint_path.resolve()),
-            name=self.policy_name,
-            version=version,
-            algorithm=self._algorithm,
-        )
-        policy = Policy(version=version, onnx=onnx_bytes, manifest=manifest)
+        actor = self._actor_copy()
+        self._building = self._build_thread.submit(self._build, actor, self.env_steps, self.published_version + 1)
+        self.publish_blocking_s += time.monotonic() - started
+
+    def finish_publication(self, wait: bool = False) -> None:
+        """Send the version built on the build thread once it is ready (or wait for it); its errors raise here."""
+        if self._building is None or not (wait or self._building.done()):
+            return
+        building, self._building = self._building, None
+        policy, self.publish_seconds = building.result()
+        started = time.monotonic()
+        self._send(policy)
+        self.publish_blocking_s += time.monotonic() - started
+
+    def _actor_copy(self) -> torch.nn.Module:
+        """The actor as it is now, detached from training (the build thread reads it while updates go on)."""
+        return copy.deepcopy(self.agent.actor).to("cpu")
+
+    def _build(self, actor: torch.nn.Module, training_step: int, version: int) -> tuple[Policy, float]:
+        """(the policy, seconds taken). On the build thread, or on the training thread when none is building."""
+        started = time.monotonic()
+        if self._builder is None:
+            source = str(self.checkpoint_path.resolve())
+            self._builder = ArtifactBuilder(actor, self.meta, source, name=self.policy_name, algorithm=self._algorithm)
+        onnx_bytes, manifest = self._builder.build(actor, training_step, version)
+        return Policy(version=version, onnx=onnx_bytes, manifest=manifest), time.monotonic() - started
+
+    def _send(self, policy: Policy) -> None:
         self.publisher.send(policy)
-        self.published_version = version
+        self.published_version = policy.version
         self._latest_policy = policy
         self._last_publish_s = time.monotonic()
-        self.publish_seconds = self._last_publish_s - started
         self.write_status()  # at once: a resumed learner reads the last version from it, never to reuse it
-        return policy
 
     def save(self) -> Path:
         """Write learner.pt atomically: agent, buffer, env_steps and `LearnerState` (counters, sequence state, the
@@ -661,6 +703,8 @@ class Learner:
             "updates_per_s": updates_per_s,
             "transitions_per_s": transitions_per_s,
             "publish_s": self.publish_seconds,
+            "publish_blocking_s": self.publish_blocking_s,
+            "publishes_coalesced": self.publishes_coalesced,
             "episode_returns": self._new_returns,
             "episode_return_mean": float(np.mean(self._new_returns)) if self._new_returns else None,
             "controller_stats": self.controller_stats,  # bounded: MAX_STREAMS sources x MAX_STATS_KEPT values

@@ -1,7 +1,7 @@
 """The learner's logic on the in-memory transport: sequence numbers, UTD, publishing, checkpoint and resume, stop.
 
 Networks are 2x16 with batch 32. ONNX export costs ~1 s (3 s for a process's first), so only the publishing test
-exports for real; the others replace `build_artifact` with a stub (`fake_export`).
+exports for real; the others replace `ArtifactBuilder` with a stub (`fake_export`).
 """
 
 from __future__ import annotations
@@ -51,14 +51,18 @@ def one_torch_thread():
 
 @pytest.fixture
 def fake_export(monkeypatch):
-    """build_artifact replaced by a stub: (b'onnx', {'version': n}); returns the versions it was asked for."""
+    """ArtifactBuilder replaced by a stub building (b'onnx', {'version': n}); returns the versions it was asked for."""
     versions = []
 
-    def stub(actor, meta, training_step, source, *, name, version, algorithm):
-        versions.append(version)
-        return b"onnx", {"version": version}
+    class StubBuilder:
+        def __init__(self, actor, meta, source, *, name, algorithm):
+            pass
 
-    monkeypatch.setattr(process, "build_artifact", stub)
+        def build(self, actor, training_step, version):
+            versions.append(version)
+            return b"onnx", {"version": version}
+
+    monkeypatch.setattr(process, "ArtifactBuilder", StubBuilder)
     return versions
 
 
@@ -77,10 +81,11 @@ class Rig:
             assert self.sender.send(message)
 
     def catch_up(self) -> None:
-        """Receive everything queued and run every owed update."""
+        """Receive everything queued, run every owed update and send what they published."""
         self.learner.receive()
         while self.learner.owed_updates:
             self.learner.train()
+        self.learner.finish_publication(wait=True)
 
 
 @pytest.fixture

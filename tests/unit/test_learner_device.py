@@ -33,9 +33,19 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+class StubBuilder:
+    """Stands in for ArtifactBuilder: an export costs ~1-3 s and these tests compare devices, not artifacts."""
+
+    def __init__(self, actor, meta, source, *, name, algorithm):
+        pass
+
+    def build(self, actor, training_step, version):
+        return b"onnx", {"version": version}
+
+
 @pytest.fixture
 def stub_export(monkeypatch):
-    monkeypatch.setattr(process, "build_artifact", lambda *args, version, **kwargs: (b"onnx", {"version": version}))
+    monkeypatch.setattr(process, "ArtifactBuilder", StubBuilder)
 
 
 @pytest.fixture
