@@ -28,8 +28,8 @@ Deliberate deviations and switches (all in `ACAConfig`):
   actor stays pi_0 and alpha and w are held, so that R has learned some action dependence from online data before
   the actor follows it (the HalfCheetah runs fall when R's action gradient takes over from the prior's).
 - `measure_action_gradients` (diagnostic): each update also reports the mean norms of the actor objective's two
-  action gradients at its samples, |d min_i R_i / du| and |d (w L) / du| (u pre-tanh), to see which one moves the
-  actor.
+  action gradients at the actor's mean action, |d min_i R_i / du| and |d (w L) / du| (u pre-tanh), and the actor
+  mean's distance from pi_0's in pi_0's standard deviations: which term moves the actor, and how far.
 - `fidelity: reference` reproduces the authors' code where this project deviates by default (ALGORITHM.md,
   "Deviations"), in one switch: raw observations into every network (no normaliser from dataset statistics), R
   starts with the offline critic's Adam moments, log_alpha keeps phase 1's Adam moments. It overrides

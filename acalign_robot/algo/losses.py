@@ -48,6 +48,7 @@ class Draw:
 
     def __init__(self, actor: TanhGaussianActor, obs: torch.Tensor, dataset_action: torch.Tensor | None = None):
         mean, log_std = actor(obs)
+        self.mean = mean  # pre-tanh
         self.action, self.log_prob, self.u = tanh_gaussian_sample(mean, log_std)
         self.dataset_log_prob = (
             None if dataset_action is None else tanh_gaussian_log_prob(atanh_clipped(dataset_action), mean, log_std)
@@ -56,6 +57,7 @@ class Draw:
     def detached(self) -> Draw:
         copy = object.__new__(Draw)
         copy.action, copy.log_prob, copy.u = self.action.detach(), self.log_prob.detach(), self.u.detach()
+        copy.mean = self.mean.detach()
         copy.dataset_log_prob = None if self.dataset_log_prob is None else self.dataset_log_prob.detach()
         return copy
 
@@ -233,18 +235,29 @@ def aligned_actor_loss(
 ) -> tuple[torch.Tensor, Info]:
     """Phase 3 actor: mean[alpha log pi(a~|s) - (min_i R_i(s,a~) + w L(s,a~))], gradient through a~ into L.
 
-    `measure_action_gradients`: also report the mean per-sample norms of d min_i R_i / du and d (w L) / du at the
-    actor's samples (u pre-tanh): which of the two terms moves the actor.
+    `measure_action_gradients`: also report, at the actor's mean action u = mu(s) (pre-tanh), the mean norms of
+    d min_i R_i / du and d (w L) / du, which of the two pulls the actor's mean, and how far mu(s) is from pi_0's
+    mean in pi_0's standard deviations (root mean square over the action's dimensions).
     """
     prior_value = prior_at_obs.soft_clipped(draw.u)
-    residual_value = residual(obs, draw.action).min(0).values
-    q = residual_value + w * prior_value
+    q = residual(obs, draw.action).min(0).values + w * prior_value
     loss = (alpha.detach() * draw.log_prob - q).mean()
     info = {"loss/actor": loss.item(), "actor/prior": prior_value.mean().item()}
     if measure_action_gradients:
-        # Samples are independent, so the gradient of the batch sum holds each sample's own gradient in its row.
-        (residual_gradient,) = torch.autograd.grad(residual_value.sum(), draw.u, retain_graph=True)
-        (prior_gradient,) = torch.autograd.grad(w * prior_value.sum(), draw.u, retain_graph=True)
-        info["actor/residual_action_gradient"] = residual_gradient.norm(dim=-1).mean().item()
-        info["actor/prior_action_gradient"] = prior_gradient.norm(dim=-1).mean().item()
+        info |= _action_gradients_at_the_mean(residual, prior_at_obs, obs, draw.mean.detach(), w)
     return loss, info
+
+
+def _action_gradients_at_the_mean(
+    residual: EnsembleMLP, prior_at_obs: PriorAt, obs: torch.Tensor, mean: torch.Tensor, w: float
+) -> Info:
+    u = mean.clone().requires_grad_(True)
+    # Each row's value depends on its own u only, so the gradient of the batch sum holds each row's own gradient.
+    (residual_gradient,) = torch.autograd.grad(residual(obs, torch.tanh(u)).min(0).values.sum(), u)
+    (prior_gradient,) = torch.autograd.grad(w * prior_at_obs.soft_clipped(u).sum(), u)
+    distance = (mean - prior_at_obs.mean) / prior_at_obs.log_std.exp()
+    return {
+        "actor/residual_action_gradient": residual_gradient.norm(dim=-1).mean().item(),
+        "actor/prior_action_gradient": prior_gradient.norm(dim=-1).mean().item(),
+        "actor/prior_distance_std": distance.pow(2).mean(-1).sqrt().mean().item(),
+    }

@@ -222,11 +222,15 @@ def test_actor_warmup_fits_the_residual_alone_then_hands_over():
 
 
 def test_measured_action_gradients_are_the_two_terms_of_the_actor_objective():
-    """|d min R / du| and |d (w L) / du| at the actor's samples. R(s, a) = Z(s) at the switch, so after the first
-    update (one critic step before the actor's) R's action gradient is still tiny beside the prior's."""
+    """At the actor's mean action: |d min R / du|, |d (w L) / du| and the distance to pi_0's mean. R(s, a) = Z(s) at
+    the switch and the actor is pi_0, so after the first update (one critic step, then the actor's) all are small."""
     online = align(_offline(ACAConfig(sac=SMALL, measure_action_gradients=True)))
     info = online.update(_batch())
-    assert 0.0 < info["actor/residual_action_gradient"] < 1e-2 * info["actor/prior_action_gradient"]
+    assert 0.0 < info["actor/residual_action_gradient"] < 1e-2
+    assert info["actor/prior_distance_std"] == 0.0  # measured before this update's actor step
+    for _ in range(20):
+        info = online.update(_batch())
+    assert info["actor/prior_distance_std"] > 0.0 and info["actor/prior_action_gradient"] > 0.0
     assert "actor/prior_action_gradient" not in align(_offline()).update(_batch())  # off by default
 
 
