@@ -28,6 +28,12 @@ class LearnerConfig:
     transitions_endpoint: str = "tcp://127.0.0.1:5556"  # ROUTER, bind (batches in, acks out)
     policy_endpoint: str = "tcp://127.0.0.1:5557"  # PUB, bind
     utd: float = 1.0  # gradient updates per env step received
+    # When transitions arrive faster than updates run (a CPU learner behind a fast robot): `catch_up` keeps the ratio
+    # and works the backlog off later (the published policy lags the robot by the backlog, and a stop on
+    # max_env_steps waits for it); `skip` forgives updates owed beyond `max_owed_updates` (the policy stays current,
+    # the achieved UTD falls below `utd`; status: `utd_achieved`, `updates_skipped`).
+    when_behind: Literal["catch_up", "skip"] = "catch_up"
+    max_owed_updates: int = 1000  # with when_behind: skip
     publish_every: int = 500  # updates between two published policies
     republish_every_s: float = 2.0  # re-send the latest policy for subscribers that joined after it was sent
     checkpoint_every_updates: int = 10_000
@@ -53,7 +59,7 @@ class LearnerConfig:
             raise FieldError("policy_endpoint", "must differ from transitions_endpoint")
         if not (self.utd > 0 and math.isfinite(self.utd)):
             raise FieldError("utd", f"must be positive, got {self.utd}")
-        for name in ("publish_every", "checkpoint_every_updates", "torch_threads"):
+        for name in ("publish_every", "checkpoint_every_updates", "torch_threads", "max_owed_updates"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("republish_every_s", "metrics_every_s"):

@@ -57,9 +57,10 @@ Choices:
 - UTD: every env step received while the buffer holds more than a batch (as in ALGORITHM.md phase 3, counted
   transition by transition within a batch) adds `utd` update credits; an update spends one. So after the buffer
   first exceeds a batch, updates == floor(utd * env steps received) whenever the learner has caught up. When
-  controllers produce faster than the learner can update, the owed updates (`owed_updates` in the status) grow and
-  are worked off later: the ratio is kept, not the wall-clock pace. A stop on `max_env_steps` stops receiving and
-  finishes the owed updates first.
+  controllers produce faster than the learner can update, the owed updates (`owed_updates` in the status) grow.
+  `when_behind: catch_up` (the default) works them off later: the ratio is kept, not the wall-clock pace, and a stop
+  on `max_env_steps` stops receiving and finishes the owed updates first. `when_behind: skip` forgives what is owed
+  beyond `max_owed_updates` (`updates_skipped`): the pace is kept, not the ratio. `utd_achieved` says which held.
 - Actions: the controller sends the executed action (after its safety filter) in the env's units; the agent works
   in [-1, 1]^|A| (the exported graph scales by the checkpoint's action bounds), so the learner maps it back with
   those bounds (clipped to [-1, 1]). Truncations are not terminals: targets bootstrap through them.
@@ -217,6 +218,7 @@ class LearnerState:
     numpy_rng: dict[str, Any]  # the batch sampler's bit_generator.state
     torch_rng: torch.Tensor
     cuda_rng: torch.Tensor | None = None  # only a learner on a GPU saves it: the policy's noise is drawn there
+    updates_skipped: int = 0  # LearnerConfig.when_behind "skip" (absent from checkpoints made before it)
 
     def to_dict(self) -> dict[str, Any]:
         saved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -308,6 +310,7 @@ class Learner:
             torch.manual_seed(config.seed)  # seeds the CUDA generators too
             self.updates = 0
             self.update_credit = 0.0
+            self.updates_skipped = 0
             self.start_env_steps = self.env_steps
             self.published_version = saved.published_version if saved else 0
             self.streams = OrderedDict()
@@ -349,6 +352,7 @@ class Learner:
     def _restore(self, state: LearnerState) -> None:
         self.updates = state.updates
         self.update_credit = state.update_credit
+        self.updates_skipped = state.updates_skipped
         self.start_env_steps = state.start_env_steps
         # Versions published after the checkpoint was taken must not be reused: status.json saw them.
         self.published_version = max(state.published_version, self._version_in_status())
@@ -364,6 +368,7 @@ class Learner:
         return LearnerState(
             updates=self.updates,
             update_credit=self.update_credit,
+            updates_skipped=self.updates_skipped,
             start_env_steps=self.start_env_steps,
             published_version=self.published_version,
             streams={cid: stream.state(durable=True) for cid, stream in self.streams.items()},
@@ -508,6 +513,11 @@ class Learner:
         self.reward_abs_max = max(self.reward_abs_max, float(np.abs(batch.reward).max()))
         self.env_steps += count
         self.update_credit += self.config.utd * earning
+        if self.config.when_behind == "skip":
+            excess = self.owed_updates - self.config.max_owed_updates
+            if excess > 0:
+                self.update_credit -= excess
+                self.updates_skipped += excess
         stream.transitions += count
 
     def _content_problem(self, batch: TransitionBatch) -> str:
@@ -650,6 +660,9 @@ class Learner:
             "env_steps": self.env_steps,
             "transitions_received": self.transitions_received,
             "owed_updates": self.owed_updates,
+            "updates_skipped": self.updates_skipped,
+            # Updates per env step received in this run (UTD counts from the first step with more than a batch).
+            "utd_achieved": self.updates / max(1, self.env_steps - self.start_env_steps),
             "buffer_size": len(self.buffer),
             "device": str(self.device),
             "published_version": self.published_version,

@@ -158,6 +158,21 @@ def test_bad_batches_are_rejected_and_actions_are_mapped_to_the_unit_box(make_co
     assert np.abs(stored).max() <= 1.0
 
 
+@pytest.mark.parametrize("when_behind", ["catch_up", "skip"])
+def test_a_learner_behind_keeps_the_ratio_or_the_pace_as_configured(make_config, fake_export, when_behind):
+    """50 transitions arrive before any update runs: catch_up owes all of them, skip forgives beyond 8 (and says so)."""
+    rig = Rig(make_config(seeded=64, when_behind=when_behind, max_owed_updates=8))
+    learner = rig.learner
+    rig.push(*(transition_batch("a", seq, 10, seed=seq) for seq in range(5)))
+    learner.receive()
+    assert learner.owed_updates == (50 if when_behind == "catch_up" else 8)
+    assert learner.updates_skipped == (0 if when_behind == "catch_up" else 42)
+    rig.catch_up()
+    status = learner.snapshot()
+    assert status["utd_achieved"] == pytest.approx(1.0 if when_behind == "catch_up" else 8 / 50)
+    assert status["updates_skipped"] == learner.updates_skipped
+
+
 @pytest.mark.parametrize("utd", [1.0, 0.5, 2.0])
 def test_updates_track_utd_times_env_steps_once_the_buffer_exceeds_a_batch(make_config, fake_export, utd):
     rig = Rig(make_config(seeded=20, utd=utd))
