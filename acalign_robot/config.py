@@ -13,7 +13,9 @@ config object built in code, as the loader does on load, so such a config is che
 Round trip: `load_text(cls, dump(obj)) == obj` and `from_dict(cls, to_dict(obj)) == obj`.
 
 Supported field types: bool, int, float, str, `X | None`, `Literal[...]`, `tuple[X, ...]`, `dict[str, X]` and
-nested dataclasses. Sequences load as tuples so that every config stays hashable and immutable.
+nested dataclasses. Sequences load as tuples so that every config stays hashable and immutable. `Any` loads plain YAML
+values as they are, for a section whose type only the code that reads it knows (a plugin driver's `args`, typed by
+the driver's own config dataclass when the driver is made: drivers/plugins.py).
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ class _Builder:
 
     def build(self, tp: Any, node: yaml.Node, path: str) -> Any:
         origin = typing.get_origin(tp)
+        if tp is Any:
+            return self._scalar_loader.construct_object(node, deep=True)
         if dataclasses.is_dataclass(tp):
             return self._build_dataclass(tp, node, path)
         if origin in (typing.Union, types.UnionType):

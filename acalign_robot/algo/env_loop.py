@@ -16,6 +16,7 @@ import torch
 
 from acalign_robot.algo.networks import TanhGaussianActor
 from acalign_robot.data.replay_buffer import ReplayBuffer
+from acalign_robot.errors import EnvError
 
 __all__ = ["OnlineLoop", "evaluate", "make_env"]
 
@@ -30,7 +31,7 @@ def make_env(env_id: str, seed: int | None = None) -> gym.Env:
     env = gym.make(env_id)
     space = env.action_space
     if not isinstance(space, gym.spaces.Box):
-        raise ValueError(f"{env_id}: only Box action spaces are supported, got {space}")
+        raise EnvError(f"env {env_id!r}: only Box action spaces are supported, got {space}")
     if not (np.allclose(space.low, -1.0) and np.allclose(space.high, 1.0)):
         env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
     if seed is not None:

@@ -5,7 +5,7 @@ Heavy modules (torch, mujoco, minari) are imported inside the handlers so that `
 controller-side commands never import torch.
 
 One module per group of commands: training (datasets, training, evaluation, the demo), policies (artifacts),
-processes (driver, controller, learner, doctor), sessions (launch files, keys, e-stop) and logs (conversion and
+processes (driver, drivers, controller, learner, doctor), sessions (launch files, keys, e-stop) and logs (conversion and
 replay). In each, a command's `add_<command>_command` declares its arguments directly above the `_cmd_<command>`
 handler that runs it; options that commands in several modules take are declared once, in common.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 from acalign_robot import __version__
 from acalign_robot.cli import logs, policies, processes, sessions, training
 from acalign_robot.cli.common import EXIT_BAD_INPUT, EXIT_FAILURE, Parser
-from acalign_robot.errors import InputError
+from acalign_robot.errors import input_error_from
 
 __all__ = ["build_parser", "main"]
 
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     policies.add_policies_command(commands)
     training.add_demo_command(commands)
     processes.add_driver_command(commands)
+    processes.add_drivers_command(commands)
     processes.add_controller_command(commands)
     processes.add_learner_command(commands)
     sessions.add_validate_command(commands)
@@ -65,13 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         start_lifeline()  # under a supervisor: stop safely if it dies
     try:
         return args.handler(args)
-    except InputError as exc:
-        print(f"acalign {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"acalign {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception:
+    except Exception as exc:
+        # The one place where errors become exit codes: bad input (ours, or a library's about a value the user gave,
+        # such as an unknown env id) is one line and exit 2, anything else a traceback and exit 1.
+        bad_input = input_error_from(exc)
+        if bad_input is not None:
+            print(f"acalign {args.command}: error: {bad_input}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         traceback.print_exc()
         print(f"acalign {args.command}: failed (see the traceback above)", file=sys.stderr)
         return EXIT_FAILURE

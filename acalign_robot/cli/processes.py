@@ -1,12 +1,13 @@
-"""The runtime's processes, one command each (what a launch file starts: driver, controller, learner), and `doctor`,
-which checks that this machine's install can run them."""
+"""The runtime's processes, one command each (what a launch file starts: driver, controller, learner), `drivers`,
+which lists the driver kinds this install can serve, and `doctor`, which checks that this machine's install can run
+them."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from acalign_robot.cli.common import EXIT_FAILURE, EXIT_OK, Subcommands, add_set, training_stopped
+from acalign_robot.cli.common import EXIT_FAILURE, EXIT_OK, Subcommands, add_actions, add_set, training_stopped
 
 
 def _add_config_file(parser: argparse.ArgumentParser, help_text: str, metavar: str | None = None) -> None:
@@ -20,9 +21,10 @@ def _add_ready_file(parser: argparse.ArgumentParser, when: str) -> None:
 def add_driver_command(commands: Subcommands) -> None:
     p = commands.add_parser(
         "driver",
-        help="serve a driver (MuJoCo, loopback, template) on the control channel",
+        help="serve a driver (MuJoCo, log replay, loopback, template, your own plugin) on the control channel",
         description="Run one driver process: the driver behind a ZeroMQ ROUTER, with a watchdog "
-        "and an e-stop latch. Stops on SIGTERM/SIGINT after applying the safe action.",
+        "and an e-stop latch. Stops on SIGTERM/SIGINT after applying the safe action. "
+        "`acalign drivers list` shows the kinds it can serve.",
     )
     _add_config_file(p, "YAML file of DriverConfig fields")
     add_set(p)
@@ -34,7 +36,41 @@ def _cmd_driver(args) -> int:
     from acalign_robot import config as config_io
     from acalign_robot.drivers.server import DriverConfig, serve
 
-    serve(config_io.load(DriverConfig, args.config, tuple(args.set or ())), ready_file=args.ready_file)
+    config = config_io.load(DriverConfig, args.config, tuple(args.set or ()))
+    serve(config, ready_file=args.ready_file, source=args.config)
+    return EXIT_OK
+
+
+def add_drivers_command(commands: Subcommands) -> None:
+    p = commands.add_parser(
+        "drivers",
+        help="the driver kinds this install can serve: built-ins and installed plugins",
+        description="Driver kinds a driver config's `kind:` can name (drivers/plugins.py): the built-ins, and the "
+        "entry points that installed packages register in the `acalign.drivers` group. `kind: python` with "
+        "`target: package.module:Class` serves any other Driver subclass.",
+    )
+    _add_drivers_list_action(add_actions(p, "drivers_command"))
+
+
+def _add_drivers_list_action(actions: Subcommands) -> None:
+    p = actions.add_parser(
+        "list",
+        help="list each kind, its class and where it comes from",
+        description="List each driver kind, the class it names and where it comes from (built in, or the "
+        "distribution that registers it). Nothing is imported: `acalign validate` checks that a plugin loads.",
+    )
+    p.set_defaults(handler=_cmd_drivers_list)
+
+
+def _cmd_drivers_list(args) -> int:
+    from acalign_robot.drivers.plugins import PYTHON, driver_sources
+
+    rows = [("KIND", "CLASS", "FROM")]
+    rows += [(source.kind, source.target, source.origin) for source in driver_sources()]
+    rows.append((PYTHON, "the config's `target: package.module:Class`", "any importable Driver subclass"))
+    widths = [max(len(row[column]) for row in rows) for column in range(2)]
+    for kind, target, origin in rows:
+        print(f"{kind:<{widths[0]}}  {target:<{widths[1]}}  {origin}")
     return EXIT_OK
 
 

@@ -6,13 +6,23 @@ what the driver server applies when commands stop arriving (watchdog) and what t
 
 Drivers are synchronous and single-threaded; the driver server (drivers/server.py) serves one over ZeroMQ.
 Nothing here imports torch.
+
+Your own driver is a plugin (drivers/plugins.py), never an edit of this package. The convention it follows:
+- it subclasses `Driver`;
+- its settings are one dataclass, declared as the class attribute `Config`, and `__init__` takes an instance of it
+  as its only argument. A driver config's `args:` block is loaded into `Config` as strictly as any config file
+  (unknown keys, wrong types, its `validate()`). A driver without settings leaves `Config` as None and is built
+  with no arguments (and refuses any `args:`);
+- a launch file names it by `kind: python` with `target: package.module:Class`, or, once its package registers it in
+  the `acalign.drivers` entry-point group, by the entry point's name (`kind: my_arm`).
+deploy/example_driver/ is a complete plugin package to copy.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -58,6 +68,7 @@ class StepResult:
 class Driver(ABC):
     """A simulator or robot behind the control channel. Implementations: mujoco.py, loopback.py, template.py."""
 
+    Config: ClassVar[type | None] = None  # the settings dataclass `__init__` takes (the plugin convention, above)
     spec: DriverSpec
 
     @abstractmethod

@@ -22,6 +22,7 @@ import numpy as np
 
 from acalign_robot.config import FieldError
 from acalign_robot.drivers.base import Driver, DriverSpec, StepResult, box
+from acalign_robot.errors import EnvError
 
 __all__ = ["MujocoDriver", "RealismConfig", "SimConfig", "physics_substeps"]
 
@@ -68,10 +69,18 @@ def physics_substeps(control_period_s: float, timestep_s: float) -> int:
 class MujocoDriver(Driver):
     def __init__(self, config: SimConfig):
         import gymnasium as gym
+        from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 
         self.config = config
         realism = config.realism
         probe = gym.make(config.env_id)
+        if not isinstance(probe.unwrapped, MujocoEnv):
+            probe.close()
+            raise EnvError(f"env {config.env_id!r} is not a gymnasium MuJoCo env (the mujoco driver serves only those)")
+        boxes = (probe.observation_space, probe.action_space)
+        if not all(isinstance(space, gym.spaces.Box) and len(space.shape) == 1 for space in boxes):
+            probe.close()
+            raise EnvError(f"env {config.env_id!r}: only flat Box observation and action spaces are supported")
         timestep_s = float(probe.unwrapped.model.opt.timestep)
         default_substeps = int(probe.unwrapped.frame_skip)
         probe.close()

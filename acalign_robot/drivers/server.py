@@ -25,16 +25,18 @@ SIGTERM/SIGINT: apply the safe action, close the driver, exit 0.
 from __future__ import annotations
 
 import collections
+import re
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any
 
 import numpy as np
 
 from acalign_robot import realtime
 from acalign_robot.config import FieldError
 from acalign_robot.drivers.base import Driver
+from acalign_robot.drivers.plugins import FIELD_CONFIGURED, PYTHON, make_plugin_driver
 from acalign_robot.realtime import RealtimeConfig
 from acalign_robot.wire import protocol as p
 from acalign_robot.wire.channels import ControlServer
@@ -43,12 +45,19 @@ from acalign_robot.wire.transport import ZmqControlServer
 
 __all__ = ["DriverConfig", "DriverServer", "make_driver", "serve"]
 
+_TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
 
 @dataclass(frozen=True)
 class DriverConfig:
     """One driver process. Saved form: the `driver:` section of a launch file, or a file for `acalign driver`."""
 
-    kind: Literal["mujoco", "loopback", "template", "replay"] = "mujoco"
+    # A built-in (mujoco, loopback, template, replay), `python` (with `target`) or an installed plugin's entry point
+    # name: drivers/plugins.py. It is resolved when the driver is made, so that a launch file may name drivers that
+    # only their own host has installed.
+    kind: str = "mujoco"
+    target: str | None = None  # kind python: the driver class, `package.module:Class`
+    args: dict[str, Any] = field(default_factory=dict)  # a plugin's (and template's) settings: its Config's fields
     sim: str | None = None  # sim/ task YAML (kind mujoco)
     env_id: str | None = None  # kind mujoco without a sim file: the env with default realism (kind replay: below)
     log: str | None = None  # kind replay: the log directory to serve; env_id only if the log lacks spaces/period
@@ -65,6 +74,12 @@ class DriverConfig:
     realtime: RealtimeConfig = field(default_factory=RealtimeConfig)  # SCHED_FIFO and cores (realtime.py)
 
     def validate(self) -> None:
+        if (self.kind == PYTHON) != (self.target is not None):
+            raise FieldError("target", "kind python needs `target: package.module:Class`; other kinds take none")
+        if self.target is not None and not _TARGET.fullmatch(self.target):
+            raise FieldError("target", f"expected package.module:Class, got {self.target!r}")
+        if self.kind in FIELD_CONFIGURED and self.args:
+            raise FieldError("args", f"a {self.kind} driver takes no args (it is set up by this config's own fields)")
         if self.kind == "mujoco" and (self.sim is None) == (self.env_id is None):
             raise FieldError("kind", "a mujoco driver needs exactly one of `sim` (a sim/ YAML file) or `env_id`")
         if (self.kind == "replay") != (self.log is not None):
@@ -73,24 +88,24 @@ class DriverConfig:
             raise FieldError("watchdog_ms", f"must be positive, got {self.watchdog_ms}")
 
 
-def make_driver(config: DriverConfig) -> Driver:
+def make_driver(config: DriverConfig, source: str = "") -> Driver:
+    """The driver `config` describes. A plugin that is not installed, or `args` its Config refuses, is a ConfigError
+    (drivers/plugins.py) that names the field, after `source` (the config's file) if given."""
     if config.kind == "loopback":
         from acalign_robot.drivers.loopback import LoopbackDriver
 
         return LoopbackDriver(seed=config.seed)
-    if config.kind == "template":
-        from acalign_robot.drivers.template import TemplateDriver
-
-        return TemplateDriver()
     if config.kind == "replay":
         from acalign_robot.drivers.log_playback import ReplayDriver
 
         return ReplayDriver(config.log, env_id=config.env_id)
-    from acalign_robot import config as config_io
-    from acalign_robot.drivers.mujoco import MujocoDriver, SimConfig
+    if config.kind == "mujoco":
+        from acalign_robot import config as config_io
+        from acalign_robot.drivers.mujoco import MujocoDriver, SimConfig
 
-    sim = config_io.load(SimConfig, config.sim) if config.sim else SimConfig(env_id=config.env_id, seed=config.seed)
-    return MujocoDriver(sim)
+        sim = config_io.load(SimConfig, config.sim) if config.sim else SimConfig(env_id=config.env_id, seed=config.seed)
+        return MujocoDriver(sim)
+    return make_plugin_driver(config.kind, config.target, config.args, source)
 
 
 @dataclass
@@ -317,8 +332,9 @@ class DriverServer:
         return values | {f"transport_{k}": v for k, v in self.server.counters.as_dict().items()}
 
 
-def serve(config: DriverConfig, ready_file: str | None = None) -> DriverServer:
-    """Run a driver server until SIGTERM/SIGINT; `ready_file` is written once the socket is bound."""
+def serve(config: DriverConfig, ready_file: str | None = None, source: str = "") -> DriverServer:
+    """Run a driver server until SIGTERM/SIGINT; `ready_file` is written once the socket is bound. `source` names
+    the config in error messages (make_driver)."""
     realtime.apply(config.realtime, "driver.realtime")  # first: ZeroMQ's I/O thread inherits it
     # Refuses a non-loopback bind without CURVE; a local endpoint needs no keys (DriverConfig.security).
     secure = secure_context(SecurityConfig() if is_local_endpoint(config.endpoint) else config.security)
@@ -332,7 +348,12 @@ def serve(config: DriverConfig, ready_file: str | None = None) -> DriverServer:
     except BaseException:
         secure.close()
         raise
-    driver = make_driver(config)
+    try:
+        driver = make_driver(config, source)
+    except BaseException:  # a driver that cannot be made (bad input included) leaves no socket behind
+        server.close()
+        secure.close()
+        raise
     instance = DriverServer(driver, server, config.watchdog_ms / 1000.0, config.name)
 
     def request_stop(signum, frame):

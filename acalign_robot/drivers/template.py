@@ -36,16 +36,38 @@ Timing: the driver server measures how long `step` takes; keep SDK calls non-all
 Safety: hardware e-stops stay wired to the robot's own controller; this software layer is in addition to them.
 
 `TemplateDriver` below is a working example of the shape (a position-controlled arm whose "SDK" is a first-order
-lag in memory), so the template itself runs in tests and can be launched from launch/robot_template.yaml.
+lag in memory), so the template itself runs in tests and can be launched from launch/robot_template.yaml. Its
+settings follow the plugin convention of drivers/base.py (`Config`, set by `args:` under `kind: template`); to serve
+your own driver without editing this package, start from the plugin package deploy/example_driver/.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from acalign_robot.config import FieldError
 from acalign_robot.drivers.base import Driver, DriverSpec, StepResult, box
 
-__all__ = ["TemplateDriver"]
+__all__ = ["TemplateArmConfig", "TemplateDriver"]
+
+
+@dataclass(frozen=True)
+class TemplateArmConfig:
+    """The template arm's settings: the `args:` of a `kind: template` driver."""
+
+    joints: int = 3
+    control_period_s: float = 0.01
+    episode_steps: int = 500
+
+    def validate(self) -> None:
+        if self.joints < 1:
+            raise FieldError("joints", f"must be at least 1, got {self.joints}")
+        if self.control_period_s <= 0:
+            raise FieldError("control_period_s", f"must be positive, got {self.control_period_s}")
+        if self.episode_steps < 1:
+            raise FieldError("episode_steps", f"must be at least 1, got {self.episode_steps}")
 
 
 class _InMemoryArmSDK:
@@ -63,12 +85,15 @@ class _InMemoryArmSDK:
 
 
 class TemplateDriver(Driver):
-    """A position-controlled arm with `joints` joints; the task is to reach `goal` (rad)."""
+    """A position-controlled arm with `config.joints` joints; the task is to reach `goal` (rad)."""
 
-    def __init__(self, joints: int = 3, control_period_s: float = 0.01, episode_steps: int = 500):
+    Config = TemplateArmConfig
+
+    def __init__(self, config: TemplateArmConfig):
+        joints, control_period_s = config.joints, config.control_period_s
         self.joint_limit_rad = 1.5
         self.goal = np.linspace(-0.5, 0.5, joints)
-        self.episode_steps = episode_steps
+        self.episode_steps = config.episode_steps
         self.sdk = _InMemoryArmSDK(joints, control_period_s)
         limit = self.joint_limit_rad
         self.spec = DriverSpec(

@@ -152,6 +152,7 @@ def _robot_count(path: Path) -> int:
 def check_session(config: LaunchConfig, host: str | None = None) -> list[str]:
     """Every problem that needs more than types: a list of one-line messages (empty when the session is sane)."""
     from acalign_robot.drivers.server import make_driver
+    from acalign_robot.errors import input_error_from
     from acalign_robot.policy.manifest import PolicyError
     from acalign_robot.policy.runner import PolicyRunner
 
@@ -179,7 +180,10 @@ def check_session(config: LaunchConfig, host: str | None = None) -> list[str]:
         try:
             driver = make_driver(robot.driver)
         except Exception as exc:
-            problems.append(f"{where}.driver: cannot be created: {exc}")
+            # Bad input (an unknown env id, a plugin that is not installed) names its field; anything else is the
+            # driver failing to start.
+            bad_input = input_error_from(exc)
+            problems.append(f"{where}.driver: {bad_input if bad_input is not None else f'cannot be created: {exc}'}")
             continue
         spec = driver.spec
         # Hardware, and a sim paced in real time, run at their own period; an unpaced sim runs at the controller's.
