@@ -336,8 +336,13 @@ def serve(config: DriverConfig, ready_file: str | None = None, source: str = "")
     """Run a driver server until SIGTERM/SIGINT; `ready_file` is written once the socket is bound. `source` names
     the config in error messages (make_driver)."""
     realtime.apply(config.realtime, "driver.realtime")  # first: ZeroMQ's I/O thread inherits it
-    # Refuses a non-loopback bind without CURVE; a local endpoint needs no keys (DriverConfig.security).
-    secure = secure_context(SecurityConfig() if is_local_endpoint(config.endpoint) else config.security)
+    driver = make_driver(config, source)  # before the bind: a config it refuses is named whatever the port's state
+    try:
+        # Refuses a non-loopback bind without CURVE; a local endpoint needs no keys (DriverConfig.security).
+        secure = secure_context(SecurityConfig() if is_local_endpoint(config.endpoint) else config.security)
+    except BaseException:
+        driver.close()
+        raise
     try:
         server = ZmqControlServer(
             config.endpoint,
@@ -346,12 +351,7 @@ def serve(config: DriverConfig, ready_file: str | None = None, source: str = "")
             spin=config.spin_wait,
         )
     except BaseException:
-        secure.close()
-        raise
-    try:
-        driver = make_driver(config, source)
-    except BaseException:  # a driver that cannot be made (bad input included) leaves no socket behind
-        server.close()
+        driver.close()
         secure.close()
         raise
     instance = DriverServer(driver, server, config.watchdog_ms / 1000.0, config.name)
