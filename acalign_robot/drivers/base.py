@@ -54,6 +54,10 @@ class DriverSpec:
     safe_action: np.ndarray  # (action_dim,) for "zero"; a "hold" driver overrides Driver.safe_action()
     safe_action_kind: Literal["zero", "hold"] = "zero"
     env_id: str | None = None  # the gymnasium env this driver stands for, when there is one
+    # A simulator whose time stops between steps: a client may ask for pauses (Reset.pause_s) in which the watchdog
+    # steps nothing. Never for a robot: its time goes on, and only the safe action keeps it safe (docs/safety.md).
+    can_pause: bool = False
+    can_render: bool = False  # `render()` returns an RGB frame
 
 
 @dataclass
@@ -62,6 +66,9 @@ class StepResult:
     reward: float
     terminated: bool  # the task ended (no bootstrap)
     truncated: bool  # time limit
+    # The driver's own report on the step, passed to the client in StepReply.info and logged: at most 8 names, each a
+    # number, bool, string (<= 64 UTF-8 bytes) or numpy array (<= 64 elements); protocol.check_info says what fails.
+    # Report the same keys every step: the controller's log fixes its columns at the first step.
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,6 +89,10 @@ class Driver(ABC):
     def safe_action(self) -> np.ndarray:
         """The action applied when commands stop (watchdog) or the controller is in SAFE state."""
         return np.asarray(self.spec.safe_action, dtype=np.float32)
+
+    def render(self) -> np.ndarray:
+        """An RGB image of the scene now, (height, width, 3) uint8; only drivers whose spec says `can_render`."""
+        raise NotImplementedError(f"driver {self.spec.name} cannot render")
 
     def close(self) -> None:  # noqa: B027 - optional hook: drivers without resources need not override it
         """Release the hardware or simulation (idempotent)."""

@@ -66,6 +66,7 @@ class ReplayDriver(Driver):
             safe_action=safe,
             safe_action_kind="zero",
             env_id=env_id,
+            can_pause=True,  # no hardware behind it: time stops between steps
         )
         self._next_episode = 0
         self._episode: LogEpisode | None = None

@@ -29,6 +29,7 @@ class LoopbackDriver(Driver):
             control_period_s=control_period_s,
             safe_action=np.zeros(action_dim, dtype=np.float32),
             safe_action_kind="zero",
+            can_pause=True,  # no hardware behind it: time stops between steps
         )
         self._rng = np.random.default_rng(seed)
         self._position = np.zeros(action_dim)

@@ -9,7 +9,9 @@ Realism settings (SimConfig):
 - `realtime`: pace steps to the control period in wall-clock time (as hardware would), or run as fast as possible.
 - `nan_observation_probability`: fault injection: each observation is all NaN with this probability (a sensor
   dropout), to test what the layers above do with it.
-Actions arrive in the env's own bounds (the exported policy scales to them).
+Actions arrive in the env's own bounds (the exported policy scales to them). Each step reports
+`info["applied_action"]`: the action the physics applied, which differs from the commanded one under
+`action_delay_ticks`.
 """
 
 from __future__ import annotations
@@ -93,9 +95,10 @@ class MujocoDriver(Driver):
                 from acalign_robot.config import ConfigError
 
                 raise ConfigError(f"realism.control_period_s: {exc}") from None
-        self.env = (
-            gym.make(config.env_id, frame_skip=substeps) if substeps != default_substeps else gym.make(config.env_id)
-        )
+        # rgb_array costs nothing until the first render() (gymnasium opens the GL context then); MUJOCO_GL=egl renders
+        # without a display.
+        options = {"render_mode": "rgb_array"} | ({"frame_skip": substeps} if substeps != default_substeps else {})
+        self.env = gym.make(config.env_id, **options)
         self.control_period_s = substeps * timestep_s
         space = self.env.action_space
         self.spec = DriverSpec(
@@ -106,6 +109,8 @@ class MujocoDriver(Driver):
             safe_action=np.zeros(space.shape[0], dtype=np.float32),
             safe_action_kind="zero",
             env_id=config.env_id,
+            can_pause=True,  # a simulation: its time stops between steps
+            can_render=True,
         )
         self._rng = np.random.default_rng(config.seed)
         self._pending: collections.deque[np.ndarray] = collections.deque()
@@ -130,6 +135,9 @@ class MujocoDriver(Driver):
         return StepResult(
             self._observe(obs), float(reward), bool(terminated), bool(truncated), {"applied_action": applied}
         )
+
+    def render(self) -> np.ndarray:
+        return self.env.render()
 
     def _pace(self) -> None:
         """Hold each step to the control period in wall-clock time (hardware cannot run faster than real time)."""

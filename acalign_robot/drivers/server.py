@@ -2,12 +2,16 @@
 
 One thread, one loop: receive a request (with a timeout), act on the driver, reply, then check the watchdog.
 Requests and replies are the control messages of protocol.py. What the server adds to a bare driver:
-- session: a Reset opens a session for the client that sent it (its connection), which alone may then Step, Reset
-  and Release. Another client's Reset, Step or Release is refused (Error "session") while the session is live,
-  so no other local process can move the tick sequence or step the robot. The session ends with the client's
-  Release (a clean stop), or when the client has sent nothing for longer than the watchdog timeout (it crashed or
-  hung: the watchdog holds the robot, and the next client's Reset takes over). A Step with no session (e.g. after a
-  driver restart) is refused with Error "session", which tells the controller to start again with a Reset.
+- session: a Reset opens a session for the client that sent it (its connection), which alone may then Step, Reset,
+  Render and Release. Another client's Reset, Step, Render or Release is refused (Error "session", one line saying
+  that another session holds the driver) while the session is live, so no other local process can move the tick
+  sequence or step the robot. The session ends with the client's Release (a clean stop), or when the client has sent
+  nothing for longer than its lease: the watchdog timeout (it crashed or hung: the watchdog holds the robot, and the
+  next client's Reset takes over), or the `pause_s` its Reset asked for. A Step with no session (e.g. after a driver
+  restart) is refused with Error "session", which tells the controller to start again with a Reset.
+- pauses: a Reset with `pause_s` > 0 (a gymnasium caller, drivers/remote_env.py) on a driver that can pause (a
+  simulator) disarms the watchdog for the session: the sim's time stops while the client thinks, instead of being
+  stepped with the safe action. A driver that cannot pause (a robot) refuses such a Reset (Error "pause").
 - watchdog: once the session's client has started stepping an episode, if no Step *from that client* arrives
   within `watchdog_ms`, the server applies the driver's safe action, and keeps applying it every control period
   until a Step, Reset or Release arrives; the next StepReply says `watchdog_fired`. It is driven by time, checked
@@ -18,6 +22,8 @@ Requests and replies are the control messages of protocol.py. What the server ad
 - last-line checks on every action: wrong shape -> Error reply; non-finite -> safe action; outside bounds -> clipped;
 - a stale Step (tick not after the session's last one) is refused: it is a late duplicate of a request that timed
   out;
+- the driver's StepResult.info goes to the client in StepReply.info once protocol.check_info accepts it; a driver
+  that reports anything else gets an Error "driver" reply naming the key (and a line on the driver's stderr);
 - every bad frame is answered with an Error and counted; nothing a client sends can stop the loop.
 SIGTERM/SIGINT: apply the safe action, close the driver, exit 0.
 """
@@ -27,6 +33,7 @@ from __future__ import annotations
 import collections
 import re
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,6 +132,8 @@ class DriverStats:
     session_refusals: int = 0  # Reset / Step / Release from a client that does not hold the session
     bad_requests: int = 0
     driver_errors: int = 0
+    bad_infos: int = 0  # steps whose StepResult.info protocol.check_info refused (a driver bug)
+    renders: int = 0
     step_time_s: collections.deque = field(default_factory=lambda: collections.deque(maxlen=10_000))
 
 
@@ -141,6 +150,9 @@ class DriverServer:
         self._running = True
         self._session: bytes | None = None  # the connection that holds the session (its routing identity)
         self._session_seen_s = 0.0  # the session client's last Step / Reset: how long it has been silent
+        self._pause_s = (
+            0.0  # the session's Reset.pause_s: > 0, its silences pause the sim instead of arming the watchdog
+        )
         self._armed = False  # the session's client is stepping an episode: the watchdog may fire
         self._last_command_s = time.monotonic()
         self._watchdog_active = False
@@ -205,12 +217,14 @@ class DriverServer:
             self.stats.bad_requests += 1
             return p.error_message(request)
         try:
-            if isinstance(request, (p.Step, p.Reset, p.Release)):
+            if isinstance(request, (p.Step, p.Reset, p.Release, p.Render)):
                 refusal = self._check_session(client, request)
                 if refusal is not None:
                     return refusal
             if isinstance(request, p.Step):
                 return self._step(request)
+            if isinstance(request, p.Render):
+                return self._render()
             if isinstance(request, p.Reset):
                 return self._reset(client, request)
             if isinstance(request, p.Release):
@@ -233,16 +247,20 @@ class DriverServer:
             self.stats.driver_errors += 1
             return p.Error(code="driver", message=f"{type(exc).__name__}: {exc}"[:500])
 
-    def _check_session(self, client: bytes, request: p.Step | p.Reset | p.Release) -> p.Error | None:
+    def _check_session(self, client: bytes, request: p.Step | p.Reset | p.Release | p.Render) -> p.Error | None:
         """None if `client` may send `request` now; otherwise the refusal (counted)."""
         if self._session == client:
             return None
-        live = self._session is not None and time.monotonic() - self._session_seen_s < self.watchdog_s
+        lease_s = self._pause_s or self.watchdog_s
+        live = self._session is not None and time.monotonic() - self._session_seen_s < lease_s
         if isinstance(request, p.Reset) and not live:
             return None  # no session, or its client fell silent: this Reset takes over
         self.stats.session_refusals += 1
         if live:
-            detail = "another client holds this driver's session (it stepped within the watchdog timeout)"
+            detail = (
+                f"another session holds driver {self.driver.spec.name!r} (its client was active within the last "
+                f"{lease_s:g} s); one client drives a driver at a time"
+            )
         else:
             detail = "no session on this connection: send Reset to start one"
         return p.Error(code="session", message=f"{type(request).__name__} refused: {detail}")
@@ -250,6 +268,7 @@ class DriverServer:
     def _release(self) -> p.Heartbeat:
         """End the session: the client has stopped cleanly, so the watchdog must not take over after it."""
         self._session = None
+        self._pause_s = 0.0
         self._armed = False
         self._watchdog_active = False
         self.stats.releases += 1
@@ -264,13 +283,23 @@ class DriverServer:
             control_period_s=spec.control_period_s,
             watchdog_timeout_s=self.watchdog_s,
             safe_action=np.asarray(self.driver.safe_action(), dtype=np.float64),
+            can_render=spec.can_render,
+            can_pause=spec.can_pause,
         )
 
     def _heartbeat(self) -> p.Heartbeat:
         return p.Heartbeat(sender=self.name, time_s=time.monotonic(), state="estopped" if self.estopped else "running")
 
-    def _reset(self, client: bytes, request: p.Reset) -> p.ResetReply:
+    def _reset(self, client: bytes, request: p.Reset) -> p.ResetReply | p.Error:
+        if request.pause_s > 0 and not self.driver.spec.can_pause:
+            self.stats.bad_requests += 1
+            return p.Error(
+                code="pause",
+                message=f"Reset refused: driver {self.driver.spec.name!r} cannot pause (a robot's time goes on); reset "
+                "with pause_s=0: its watchdog applies the safe action whenever steps stop",
+            )
         obs = self.driver.reset(request.seed)
+        self._pause_s = request.pause_s
         self.stats.resets += 1
         if self._session != client:
             self._session = client
@@ -306,9 +335,17 @@ class DriverServer:
         self.stats.step_time_s.append(time.perf_counter() - started)
         self.stats.steps += 1
         self._last_command_s = time.monotonic()
-        self._armed = not (result.terminated or result.truncated)
+        # A paused session's silences stop the sim's time: nothing for the watchdog to hold.
+        self._armed = not (result.terminated or result.truncated or self._pause_s)
         self._watchdog_active = False
         fired, self._watchdog_fired_since_reply = self._watchdog_fired_since_reply, False
+        try:
+            info = p.check_info(result.info, f"driver {self.driver.spec.name!r}: StepResult.info")
+        except p.ProtocolError as exc:
+            self.stats.bad_infos += 1
+            if self.stats.bad_infos == 1:  # a driver bug: said once where its author looks, counted after that
+                print(f"{self.name}: {exc.detail}", file=sys.stderr, flush=True)
+            return p.Error(code="driver", message=exc.detail[:500])
         return p.StepReply(
             tick=request.tick,
             obs=np.asarray(result.obs, dtype=np.float32),
@@ -320,7 +357,20 @@ class DriverServer:
             safe_action_applied=safe,
             estopped=self.estopped,
             clears=self.stats.clears,
+            info=info,
         )
+
+    def _render(self) -> p.RenderReply | p.Error:
+        if not self.driver.spec.can_render:
+            self.stats.bad_requests += 1
+            return p.Error(code="render", message=f"driver {self.driver.spec.name!r} cannot render")
+        rgb = self.driver.render()
+        shape, dtype = getattr(rgb, "shape", ()), getattr(rgb, "dtype", type(rgb).__name__)
+        # Checked here, not left to the encoder: a frame the transport refused to send would take the loop down.
+        if dtype != np.uint8 or len(shape) != 3 or shape[2] != 3 or not 0 < shape[0] * shape[1] <= p.MAX_RENDER_PIXELS:
+            raise ValueError(f"render() gave {shape} {dtype}, not (h, w, 3) uint8 of <= {p.MAX_RENDER_PIXELS} pixels")
+        self.stats.renders += 1
+        return p.RenderReply(rgb=np.ascontiguousarray(rgb))
 
     def _stats_values(self) -> dict[str, p.Scalar]:
         values = {k: v for k, v in vars(self.stats).items() if not isinstance(v, collections.deque)}

@@ -19,7 +19,10 @@ Duties, method by method:
 
 `step(action)` (one control period, bounded time):
     - the action is already clipped to bounds and rate-limited by the controller's safety layer; still refuse a
-      non-finite action (apply the safe action instead and report `info["rejected_action"] = True`);
+      non-finite action (apply the safe action instead and report `info["rejected_action"] = True`; report the same
+      info keys every step, False when nothing was rejected: the controller's log fixes its columns at the first step);
+    - put in `info` what the SDK reports that the observation lacks (motor temperatures, contact flags): at most 8
+      names, each a number, bool, short string or small array (drivers/base.py StepResult);
     - send the command, wait for the next state sample (the SDK's own clock sets the period), return it;
     - `terminated`: the task ended (fall detected, goal reached); `truncated`: an episode time limit;
     - never block longer than a few control periods: raise on SDK timeouts, the server turns it into an error
@@ -113,14 +116,14 @@ class TemplateDriver(Driver):
 
     def step(self, action: np.ndarray) -> StepResult:
         action = np.asarray(action, dtype=np.float64)
-        info = {}
-        if not np.all(np.isfinite(action)):
+        rejected = not np.all(np.isfinite(action))
+        if rejected:
             action = self.safe_action().astype(np.float64)
-            info["rejected_action"] = True
         self.sdk.command_positions(np.clip(action, -self.joint_limit_rad, self.joint_limit_rad))
         self._steps += 1
         error = self.sdk.read_positions() - self.goal
-        return StepResult(self._observation(), -float(np.sum(error**2)), False, self._steps >= self.episode_steps, info)
+        done = self._steps >= self.episode_steps
+        return StepResult(self._observation(), -float(np.sum(error**2)), False, done, {"rejected_action": rejected})
 
     def safe_action(self) -> np.ndarray:
         """Hold: command the position the arm is at now."""

@@ -17,11 +17,12 @@ Messages that hold arrays compare by identity (`eq=False`): compare their fields
 
 Who sends what:
 - control channel, controller (client) -> driver (server), one reply per request:
-  Hello -> HelloReply, Reset -> ResetReply, Step -> StepReply, Release -> Heartbeat, Heartbeat -> Heartbeat,
-  Stats -> Stats, EStop -> Heartbeat and Clear -> Heartbeat (the driver's state after latching or clearing); a refused
-  request -> Error. Reset opens a session: from then on only that client's Step, Reset and Release are accepted,
-  until it sends Release or falls silent for longer than the watchdog (driver_server.py). Any process (supervisor,
-  CLI) may connect a control client to the driver to send EStop / Clear / Stats.
+  Hello -> HelloReply, Reset -> ResetReply, Step -> StepReply, Render -> RenderReply, Release -> Heartbeat,
+  Heartbeat -> Heartbeat, Stats -> Stats, EStop -> Heartbeat and Clear -> Heartbeat (the driver's state after
+  latching or clearing); a refused request -> Error. Reset opens a session: from then on only that client's Step,
+  Reset, Render and Release are accepted, until it sends Release or falls silent for longer than the watchdog (or its
+  Reset.pause_s; drivers/server.py). Any process (supervisor, CLI) may connect a control client to the driver to send
+  EStop / Clear / Stats.
 - transitions channel, controller -> learner: TransitionBatch, and the controller's periodic Stats;
   learner -> controller on the same connection: TransitionAck (which batches the learner holds, so that the
   controller resends what was lost and forgets what the learner has checkpointed).
@@ -48,7 +49,13 @@ __all__ = [
     "CONTROL_REPLIES",
     "CONTROL_REQUESTS",
     "DEFAULT_MAX_FRAME_BYTES",
+    "MAX_INFO_ARRAY_ELEMENTS",
+    "MAX_INFO_KEYS",
+    "MAX_INFO_KEY_CHARS",
+    "MAX_INFO_TEXT_BYTES",
     "MAX_NDIM",
+    "MAX_PAUSE_S",
+    "MAX_RENDER_PIXELS",
     "POLICY_MESSAGES",
     "PROTOCOL_VERSION",
     "TRANSITION_MESSAGES",
@@ -60,10 +67,13 @@ __all__ = [
     "Heartbeat",
     "Hello",
     "HelloReply",
+    "InfoValue",
     "Message",
     "Policy",
     "ProtocolError",
     "Release",
+    "Render",
+    "RenderReply",
     "Reset",
     "ResetReply",
     "Scalar",
@@ -72,13 +82,15 @@ __all__ = [
     "StepReply",
     "TransitionAck",
     "TransitionBatch",
+    "check_info",
     "decode",
     "encode",
     "error_message",
 ]
 
-PROTOCOL_VERSION = 3  # 2: batches and acks name their stream `stream_id` (was `controller_id`); 3: TransitionBatch
-# carries `episode_return` (was a Stats key the learner parsed, and lost episodes between two Stats)
+PROTOCOL_VERSION = 4  # 2: batches and acks name their stream `stream_id` (was `controller_id`); 3: TransitionBatch
+# carries `episode_return` (was a Stats key the learner parsed, and lost episodes between two Stats); 4: StepReply
+# carries the driver's `info`, Reset asks for `pause_s`, HelloReply says `can_render` / `can_pause`, Render/RenderReply
 # Upper bound for any frame; each channel passes its own, smaller limit (a policy is the largest message).
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_NDIM = 8
@@ -90,6 +102,16 @@ MAX_SPACE_ELEMENTS = 4096  # elements of an observation or action space (its uni
 MAX_EXTRAS = 16  # named extra arrays in one TransitionBatch
 MAX_STATS_VALUES = 1024  # counters in one Stats
 MAX_MANIFEST_OBJECTS = 4 * MAX_SPACE_ELEMENTS + 4096  # msgpack objects in a policy manifest (bounds, normaliser, ...)
+# StepReply.info, the driver's own per-step report (motor temperatures, contact flags, the action it applied): small
+# by design, it travels every tick and each key becomes a column of the transition log (extras, next to the two the
+# controller adds: 2 + MAX_INFO_KEYS <= MAX_EXTRAS).
+MAX_INFO_KEYS = 8
+MAX_INFO_KEY_CHARS = 32
+MAX_INFO_TEXT_BYTES = 64  # UTF-8 bytes of a string value
+MAX_INFO_ARRAY_ELEMENTS = 64
+MAX_PAUSE_S = 3600.0  # Reset.pause_s: the longest a paused session stays its client's
+MAX_RENDER_PIXELS = 512 * 512  # an RGB frame of this many pixels (768 KiB) fits the control channel's 1 MiB frames
+assert 2 + MAX_INFO_KEYS <= MAX_EXTRAS, "each info key is a column of TransitionBatch.extras"
 _MAX_REPR = 40  # characters of a peer's value quoted back in an error message
 
 # Wire name -> dtype. Little-endian on the wire whatever the host; anything else (object, float16, strings) is refused.
@@ -105,6 +127,7 @@ _WIRE_NAME = {dtype: name for name, dtype in WIRE_DTYPES.items()}
 _BOOL = WIRE_DTYPES["bool"]
 
 Scalar = int | float | str | bool
+InfoValue = int | float | bool | str | np.ndarray  # a StepReply.info value (bounds above)
 
 
 class ProtocolError(InputError):
@@ -157,6 +180,8 @@ class HelloReply:
     control_period_s: float  # the driver's tick; the controller's rate must match it
     watchdog_timeout_s: float  # no Step within this long -> the driver applies safe_action on its own
     safe_action: np.ndarray  # (action_dim,), what the driver holds in SAFE / e-stop / watchdog
+    can_render: bool = False  # the driver answers Render with an RGB frame
+    can_pause: bool = False  # a simulator whose time stops between steps: it accepts Reset.pause_s > 0
 
     def _check(self) -> None:
         for name in ("control_period_s", "watchdog_timeout_s"):
@@ -175,14 +200,24 @@ class HelloReply:
 
 @dataclass(frozen=True, slots=True)
 class Reset:
-    """Client -> driver: start a new episode, optionally seeded (simulators)."""
+    """Client -> driver: start a new episode, optionally seeded (simulators), and say how the watchdog treats pauses.
+
+    `pause_s` 0 (a controller): once stepping, no Step within the watchdog timeout -> the driver applies its safe action
+    every control period, and another client may take the session over. `pause_s` > 0 (a gymnasium caller that thinks
+    between steps): the driver's time stops while the client is silent, its watchdog never steps, and the session stays
+    the client's for up to `pause_s` of silence. Only a driver with `can_pause` (a simulator) accepts it: a robot's
+    time does not stop (docs/safety.md).
+    """
 
     TAG: ClassVar[str] = "reset"
     seed: int | None = None
+    pause_s: float = 0.0
 
     def _check(self) -> None:
         if self.seed is not None and self.seed < 0:
             raise ProtocolError("field", f"reset.seed: must be >= 0, got {self.seed}")
+        if not 0.0 <= self.pause_s <= MAX_PAUSE_S:  # also refuses NaN
+            raise ProtocolError("field", f"reset.pause_s: must be in [0, {MAX_PAUSE_S}], got {_short(self.pause_s)}")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -218,6 +253,38 @@ class StepReply:
     safe_action_applied: bool = False  # the driver applied its safe action instead of Step.action
     estopped: bool = False  # the driver is latched in e-stop until a Clear
     clears: int = 0  # Clear messages the driver has received: an increase is the operator releasing SAFE
+    # The driver's own report on the step (StepResult.info): at most MAX_INFO_KEYS names, each a number, bool, short
+    # string or small array (see `check_info`). The MuJoCo driver reports `applied_action`.
+    info: dict[str, InfoValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Render:
+    """The session's client -> driver: an RGB image of the scene now (drivers whose HelloReply says `can_render`)."""
+
+    TAG: ClassVar[str] = "render"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RenderReply:
+    """Driver -> client: the frame, (height, width, 3) uint8, at most MAX_RENDER_PIXELS pixels."""
+
+    TAG: ClassVar[str] = "render_reply"
+    rgb: np.ndarray
+
+    def _check(self) -> None:
+        shape = self.rgb.shape
+        if (
+            self.rgb.dtype != np.uint8
+            or len(shape) != 3
+            or shape[2] != 3
+            or not 0 < shape[0] * shape[1] <= MAX_RENDER_PIXELS
+        ):
+            raise ProtocolError(
+                "field",
+                f"render_reply.rgb: expected (h, w, 3) uint8 of at most {MAX_RENDER_PIXELS} pixels, got "
+                f"{shape} {self.rgb.dtype}",
+            )
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -379,6 +446,8 @@ Message = (
     | ResetReply
     | Step
     | StepReply
+    | Render
+    | RenderReply
     | TransitionBatch
     | TransitionAck
     | Policy
@@ -391,8 +460,8 @@ Message = (
 )
 
 # What each channel carries; a receiver refuses anything else with ProtocolError("type").
-CONTROL_REQUESTS: tuple[type, ...] = (Hello, Reset, Step, Release, Heartbeat, EStop, Clear, Stats)
-CONTROL_REPLIES: tuple[type, ...] = (HelloReply, ResetReply, StepReply, Heartbeat, Stats, Error)
+CONTROL_REQUESTS: tuple[type, ...] = (Hello, Reset, Step, Render, Release, Heartbeat, EStop, Clear, Stats)
+CONTROL_REPLIES: tuple[type, ...] = (HelloReply, ResetReply, StepReply, RenderReply, Heartbeat, Stats, Error)
 TRANSITION_MESSAGES: tuple[type, ...] = (TransitionBatch, Stats)
 TRANSITION_REPLIES: tuple[type, ...] = (TransitionAck,)
 POLICY_MESSAGES: tuple[type, ...] = (Policy,)
@@ -535,6 +604,82 @@ def _dec_scalars(raw: Any, where: str) -> dict[str, Scalar]:
     return raw
 
 
+def _info_value_problem(value: Any) -> str | None:
+    """Why `value` cannot be a StepReply.info value (None: it can); the same rule for a driver and a peer."""
+    kind = type(value)
+    if kind is bool or kind is float:
+        return None
+    if kind is int:
+        return None if -(2**63) <= value < 2**64 else "an integer outside 64 bits"
+    if kind is str:
+        if len(value) > MAX_INFO_TEXT_BYTES or len(value.encode("utf-8", "surrogatepass")) > MAX_INFO_TEXT_BYTES:
+            return f"a string of more than {MAX_INFO_TEXT_BYTES} UTF-8 bytes"
+        return None
+    if kind is np.ndarray:
+        if value.size > MAX_INFO_ARRAY_ELEMENTS:
+            return f"an array of {value.size} elements, more than {MAX_INFO_ARRAY_ELEMENTS}"
+        return None
+    return f"a {kind.__name__}"
+
+
+_INFO_RULE = (
+    f"an info value is a number, a bool, a string of up to {MAX_INFO_TEXT_BYTES} UTF-8 bytes or a numpy array of up to "
+    f"{MAX_INFO_ARRAY_ELEMENTS} elements ({', '.join(WIRE_DTYPES)})"
+)
+
+
+def check_info(info: Any, where: str = "info") -> dict[str, InfoValue]:
+    """A driver's StepResult.info as it goes on the wire (numpy scalars as Python numbers, arrays in a wire dtype);
+    ProtocolError("field") naming the key and the rule for anything else. The driver server calls it on every step,
+    so a driver that reports something else fails at the driver with this message, not with a malformed frame."""
+    if not isinstance(info, dict):
+        raise ProtocolError("field", f"{where}: expected a dict, got {type(info).__name__}")
+    if len(info) > MAX_INFO_KEYS:
+        raise ProtocolError("field", f"{where}: {len(info)} keys, more than {MAX_INFO_KEYS}")
+    out: dict[str, InfoValue] = {}
+    for key, value in info.items():
+        if type(key) is not str or not 0 < len(key) <= MAX_INFO_KEY_CHARS:
+            raise ProtocolError(
+                "field", f"{where}: key {_short(key)} is not a string of 1 to {MAX_INFO_KEY_CHARS} chars"
+            )
+        if isinstance(value, np.generic):
+            value = value.item()
+        elif isinstance(value, np.ndarray) and value.dtype not in _WIRE_NAME:
+            little = value.dtype.newbyteorder("<")
+            if little not in _WIRE_NAME:
+                raise ProtocolError("field", f"{where}.{key}: dtype {value.dtype}; {_INFO_RULE}")
+            value = value.astype(little)
+        problem = _info_value_problem(value)
+        if problem is not None:
+            raise ProtocolError("field", f"{where}.{key}: {problem}; {_INFO_RULE}")
+        out[key] = value
+    return out
+
+
+def _enc_info(info: dict[str, Any]) -> dict:
+    return {
+        key: _enc_array(value) if type(value) is np.ndarray else value
+        for key, value in check_info(info, "step_reply.info").items()
+    }
+
+
+def _dec_info(raw: Any, where: str) -> dict[str, InfoValue]:
+    raw = _dec_dict(raw, where)
+    if len(raw) > MAX_INFO_KEYS:
+        raise ProtocolError("field", f"{where}: {len(raw)} keys, more than {MAX_INFO_KEYS}")
+    out: dict[str, InfoValue] = {}
+    for key, value in raw.items():
+        if not 0 < len(key) <= MAX_INFO_KEY_CHARS:
+            raise ProtocolError("field", f"{where}: key {_short(key)} is not 1 to {MAX_INFO_KEY_CHARS} characters")
+        if type(value) is list:  # the only list an info value can be is an array
+            value = _dec_array(value, f"{where}.{key}")
+        problem = _info_value_problem(value)
+        if problem is not None:
+            raise ProtocolError("field", f"{where}.{key}: {problem}")
+        out[key] = value
+    return out
+
+
 def _check_json(value: Any, where: str, depth: int = 0) -> None:
     if depth > _MAX_NESTING:
         raise ProtocolError("field", f"{where}: nested deeper than {_MAX_NESTING}")
@@ -587,6 +732,7 @@ _CODECS: dict[str, _Codec] = {
     "dict[str, np.ndarray]": _Codec(_enc_arrays, _dec_arrays, 1 + MAX_EXTRAS * (1 + _ARRAY_OBJECTS)),
     "dict[str, Scalar]": _Codec(_enc_scalars, _dec_scalars, 1 + 2 * MAX_STATS_VALUES),
     "dict[str, Any]": _Codec(_same, _dec_json, MAX_MANIFEST_OBJECTS),
+    "dict[str, InfoValue]": _Codec(_enc_info, _dec_info, 1 + MAX_INFO_KEYS * (1 + _ARRAY_OBJECTS)),
 }
 
 
