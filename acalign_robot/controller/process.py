@@ -382,6 +382,7 @@ class Controller:
                     runner.manifest.version,
                     flags,
                     episode_return if episode_ends else None,
+                    reply.info,
                 )
                 self._remember(obs)
                 obs = next_obs
@@ -469,6 +470,8 @@ class Controller:
             "transition_batches": self.batcher.seq,
             "transition_batches_sent": self.batcher.sent_batches,
             "transition_batches_dropped": self.batcher.dropped_batches,
+            "info_values_missing": self.batcher.info_values_missing,  # driver info keys a step lacked (filled)
+            "info_values_dropped": self.batcher.info_values_dropped,  # new keys, other types or shapes: not logged
             "transition_batches_resent": self.batcher.window.resent,
             "transition_batches_evicted": self.batcher.window.evicted,
             "learner_received_through": self.batcher.window.received_through,

@@ -27,7 +27,13 @@ Chunk format: an uncompressed `.npz` (numpy's zip of `.npy` files, written with 
     truncated        (n,)          bool
     timestamp_s      (n,)          float64, wall-clock seconds since the epoch (time.time())
     extra.<name>     (n, ...)      each TransitionBatch.extras entry: policy_action (the raw policy output),
-                                   safety_flags (controller/safety.py FilterFlags bits), ...
+                                   safety_flags (controller/safety.py FilterFlags bits), and the driver's step info
+                                   (StepReply.info), one entry per key (controller/streaming.py fixes them at the
+                                   first step):
+    extra.info.<key>       (n, ...)  a number (float64), bool or array key; NaN / 0 / False where a step lacked it
+    extra.info_text.<key>  (n, 64)   a string key: UTF-8 bytes padded with zeros (`info_columns` decodes it)
+A log without driver info (written before protocol 4, or by a driver that reports none) has no `info` extras, and
+reads the same.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from acalign_robot.errors import InputError
 
 __all__ = [
@@ -46,10 +54,13 @@ __all__ = [
     "CHUNK_FORMAT",
     "CHUNK_NAME",
     "EXTRA_PREFIX",
+    "INFO_PREFIX",
+    "INFO_TEXT_PREFIX",
     "META_FILE",
     "TEMP_NAME",
     "LogError",
     "chunk_file_name",
+    "info_columns",
     "read_meta",
     "temp_file_name",
 ]
@@ -59,6 +70,10 @@ META_FILE = "log_meta.json"
 CHUNK_NAME = re.compile(r"^chunk-(\d{4})-(\d{6})\.npz$")  # groups: segment, chunk number
 TEMP_NAME = re.compile(r"^\.(chunk-\d{4}-\d{6}\.npz)\.tmp$")  # group: the closed chunk's name
 EXTRA_PREFIX = "extra."
+# Extras names of the driver's step info. Strings travel and are stored as fixed-width UTF-8 bytes in uint8 arrays,
+# because neither the wire (protocol.WIRE_DTYPES) nor a pickle-free npz takes object arrays.
+INFO_PREFIX = "info."
+INFO_TEXT_PREFIX = "info_text."
 BASE_FIELDS = ("seq", "policy_version", "obs", "action", "reward", "next_obs", "terminated", "truncated")
 CHUNK_FIELDS = ("format", "controller_id", "segment", "dropped_batches", *BASE_FIELDS, "timestamp_s")
 
@@ -87,3 +102,15 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise LogError(f"{path}: log metadata must be a JSON object")
     return meta
+
+
+def info_columns(extras: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The driver info in a log's (or a batch's) extras: info key -> (n, ...) column; a string key as (n,) bytes."""
+    columns = {}
+    for name, values in extras.items():
+        if name.startswith(INFO_PREFIX):
+            columns[name[len(INFO_PREFIX) :]] = values
+        elif name.startswith(INFO_TEXT_PREFIX):
+            text = np.ascontiguousarray(values, dtype=np.uint8)
+            columns[name[len(INFO_TEXT_PREFIX) :]] = text.view(f"S{text.shape[1]}").reshape(len(text))
+    return columns

@@ -9,7 +9,9 @@ reset (no step was taken: NaN for floats, 0 / False otherwise), entry t + 1 to s
     safety_flags    (T + 1,)             int32 FilterFlags bits
     timestamp_s     (T + 1,)             float64, wall-clock seconds of the step
     seq             (T + 1,)             int64, the controller's batch number
-plus any other extras the controller logged. An episode the log cut short (a gap after dropped batches, a
+plus any other extras the controller logged, and the driver's step info (StepReply.info) under its own keys
+prefixed `info.` (a number as float64, a bool, an array; a string as fixed-width bytes), e.g. `info.applied_action`
+from the MuJoCo driver. An episode the log cut short (a gap after dropped batches, a
 restart, a missing or damaged chunk, a dropped transition, the end of the data) keeps neither a termination nor a
 truncation on its last step, as `acalign collect` does with a trailing partial episode; the metadata counts them.
 
@@ -30,10 +32,13 @@ from typing import Any
 import numpy as np
 
 from acalign_robot.data.datasets import DatasetError, EpisodeRecord, dataset_id_from_name, write_dataset
-from acalign_robot.robot_log.format import LogError
+from acalign_robot.robot_log.format import INFO_PREFIX, INFO_TEXT_PREFIX, LogError, info_columns
 from acalign_robot.robot_log.reader import LogData, LogEpisode, find_logs, read_log
 
 __all__ = ["LogGapError", "convert_logs", "episode_infos", "finite_episodes", "log_episodes", "nonfinite_report"]
+
+
+_INFO_PREFIXES = (INFO_PREFIX, INFO_TEXT_PREFIX)
 
 
 class LogGapError(DatasetError):
@@ -41,8 +46,8 @@ class LogGapError(DatasetError):
 
 
 def _reset_entry(values: np.ndarray) -> np.ndarray:
-    """The reset's info entry: NaN for floats, zero (False) for integers and booleans."""
-    fill = np.nan if values.dtype.kind == "f" else 0
+    """The reset's info entry: NaN for floats, zero (False) for integers and booleans, b"" for strings."""
+    fill = {"f": np.nan, "S": b""}.get(values.dtype.kind, 0)
     return np.full((1, *values.shape[1:]), fill, dtype=values.dtype)
 
 
@@ -50,7 +55,8 @@ def episode_infos(log: LogData, episode: LogEpisode) -> dict[str, np.ndarray]:
     """The per-step fields of one episode as Minari infos: (T + 1, ...) each, entry t + 1 for step t."""
     steps = episode.slice
     per_step = {
-        **{name: values[steps] for name, values in log.extras.items()},
+        **{name: values[steps] for name, values in log.extras.items() if not name.startswith(_INFO_PREFIXES)},
+        **{INFO_PREFIX + key: values[steps] for key, values in info_columns(log.extras).items()},
         "policy_version": log.policy_version[steps],
         "timestamp_s": log.timestamp_s[steps],
         "seq": log.seq[steps],
