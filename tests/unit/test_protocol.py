@@ -13,10 +13,16 @@ from acalign_robot.errors import InputError
 from acalign_robot.spaces import BoxSpace
 from acalign_robot.wire import protocol
 from acalign_robot.wire.protocol import (
+    CONTROL_REPLIES,
     CONTROL_REQUESTS,
     MAX_EXTRAS,
+    MAX_INFO_ARRAY_ELEMENTS,
+    MAX_INFO_KEY_CHARS,
+    MAX_INFO_KEYS,
+    MAX_INFO_TEXT_BYTES,
     MAX_MANIFEST_OBJECTS,
     MAX_NDIM,
+    MAX_PAUSE_S,
     MAX_SPACE_ELEMENTS,
     MAX_STATS_VALUES,
     POLICY_MESSAGES,
@@ -31,12 +37,15 @@ from acalign_robot.wire.protocol import (
     HelloReply,
     Policy,
     ProtocolError,
+    Render,
+    RenderReply,
     Reset,
     ResetReply,
     Stats,
     Step,
     StepReply,
     TransitionBatch,
+    check_info,
     decode,
     encode,
     error_message,
@@ -74,7 +83,9 @@ def every_message() -> list:
     return [
         Hello(client_name="controller-0", role="controller"),
         hello_reply(),
+        dataclasses.replace(hello_reply(), can_render=True, can_pause=True),
         Reset(seed=3),
+        Reset(seed=1, pause_s=60.0),
         Reset(),
         ResetReply(obs=np.arange(11, dtype=np.float64), driver_time_s=12.5),
         Step(tick=42, action=np.array([0.1, -0.2, 0.3], np.float32)),
@@ -89,6 +100,17 @@ def every_message() -> list:
             safe_action_applied=True,
             estopped=False,
         ),
+        StepReply(
+            tick=43,
+            obs=np.arange(11, dtype=np.float32),
+            reward=0.5,
+            terminated=False,
+            truncated=False,
+            driver_time_s=13.5,
+            info={"applied_action": np.ones(3, np.float32), "temp_c": 41.5, "contacts": 2, "ok": True, "mode": "ö"},
+        ),
+        Render(),
+        RenderReply(rgb=np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)),
         transition_batch(),
         Policy(version=3, onnx=b"\x08\x01onnx-bytes", manifest={"obs_dim": 11, "nested": {"a": [1, 2.5, None, "x"]}}),
         Heartbeat(sender="driver", time_s=1.5, state="running"),
@@ -229,7 +251,7 @@ def test_missing_extra_and_wrongly_typed_fields():
     assert code_of(packed({**raw, "tick": "1"})) == "field"
     assert code_of(packed({**raw, "tick": True})) == "field"  # bool is not an int here
     assert code_of(packed({**raw, "tick": 1.0})) == "field"
-    reply = raw_of(every_message()[6])
+    reply = raw_of(next(m for m in every_message() if isinstance(m, StepReply)))
     assert code_of(packed({**reply, "terminated": 1})) == "field"
     assert code_of(packed({**reply, "reward": "1.0"})) == "field"
     assert decode(packed({**reply, "reward": 2})).reward == 2.0  # an integer is a fine number
@@ -456,3 +478,101 @@ def test_the_header_scan_counts_every_msgpack_type_exactly(limit_offset):
     else:
         with pytest.raises(ProtocolError, match=f"more than {limit} msgpack objects"):
             protocol._check_object_count(frame, limit)
+
+
+def step_reply_with(info) -> StepReply:
+    return StepReply(tick=1, obs=np.zeros(3, np.float32), reward=0.0, terminated=False, truncated=False,
+                     driver_time_s=0.0, info=info)  # fmt: skip
+
+
+def test_info_values_are_normalised_and_the_largest_valid_info_decodes():
+    info = {"a": np.float32(0.5), "b": np.int64(3), "c": np.bool_(True), "d": np.arange(4, dtype=">f8")}
+    decoded = decode(encode(step_reply_with(info))).info
+    assert decoded["a"] == 0.5 and type(decoded["b"]) is int and decoded["c"] is True
+    assert decoded["d"].dtype == np.dtype("<f8")
+    keys = [f"{i}".rjust(MAX_INFO_KEY_CHARS, "k") for i in range(MAX_INFO_KEYS)]
+    largest = {key: np.zeros(MAX_INFO_ARRAY_ELEMENTS, np.float64) for key in keys}
+    largest[keys[0]] = "é" * (MAX_INFO_TEXT_BYTES // 2)
+    assert len(decode(encode(step_reply_with(largest)), accept=CONTROL_REPLIES).info) == MAX_INFO_KEYS
+
+
+@pytest.mark.parametrize(
+    "info, match",
+    [
+        ({str(i): 0 for i in range(MAX_INFO_KEYS + 1)}, "9 keys"),
+        ({"k" * (MAX_INFO_KEY_CHARS + 1): 0}, "is not a string of 1 to 32"),
+        ({"": 0}, "is not a string of 1 to 32"),
+        ({"s": "x" * (MAX_INFO_TEXT_BYTES + 1)}, "more than 64 UTF-8 bytes"),
+        ({"s": "é" * (MAX_INFO_TEXT_BYTES // 2 + 1)}, "more than 64 UTF-8 bytes"),
+        ({"a": np.zeros(MAX_INFO_ARRAY_ELEMENTS + 1)}, "65 elements"),
+        ({"a": np.zeros(2, np.float16)}, "dtype float16"),
+        ({"l": [1, 2]}, "a list"),
+        ({"d": {"nested": 1}}, "a dict"),
+        ({"n": None}, "a NoneType"),
+        ({"b": b"raw"}, "a bytes"),
+        ({"i": 2**64}, "outside 64 bits"),
+        ([("a", 1)], "expected a dict"),
+    ],
+)
+def test_a_driver_info_that_breaks_a_bound_is_refused_by_name(info, match):
+    with pytest.raises(ProtocolError, match=match) as raised:
+        check_info(info, "driver x: StepResult.info")
+    assert raised.value.code == "field" and "driver x: StepResult.info" in str(raised.value)
+    if isinstance(info, dict):
+        with pytest.raises(ProtocolError, match=match):  # the encoder applies the same rule
+            encode(step_reply_with(info))
+
+
+@pytest.mark.parametrize(
+    "info, code",
+    [
+        ({str(i): 0 for i in range(MAX_INFO_KEYS + 1)}, "field"),
+        ({"k" * (MAX_INFO_KEY_CHARS + 1): 0}, "field"),
+        ({"s": "x" * (MAX_INFO_TEXT_BYTES + 1)}, "field"),
+        ({"a": ["float64", [MAX_INFO_ARRAY_ELEMENTS + 1], bytes(8 * (MAX_INFO_ARRAY_ELEMENTS + 1))]}, "field"),
+        ({"a": ["float64", [2], bytes(7)]}, "array"),
+        ({"l": [1, 2]}, "array"),  # a list is only ever an array
+        ({"d": {"x": 1}}, "field"),
+        ({"n": None}, "field"),
+        ({"b": b"raw"}, "field"),
+        ({1: 0}, "malformed"),  # msgpack's strict_map_key refuses a non-string key
+    ],
+)
+def test_a_hostile_info_from_a_peer_is_refused(info, code):
+    raw = raw_of(step_reply_with({}))
+    raw["info"] = info
+    assert code_of(packed(raw), accept=CONTROL_REPLIES) == code
+
+
+def test_an_info_of_many_objects_costs_no_more_than_its_bound():
+    raw = raw_of(step_reply_with({}))
+    raw["info"] = {str(i): 0 for i in range(100_000)}
+    frame = packed(raw)
+    assert len(frame) < 1024 * 1024  # under the control channel's frame limit
+    assert peak_allocation_while(lambda: code_of(frame, accept=CONTROL_REPLIES)) < len(frame) // 4
+    assert code_of(frame, accept=CONTROL_REPLIES) == "size"
+
+
+@pytest.mark.parametrize("pause_s", [-1.0, float("nan"), float("inf"), MAX_PAUSE_S + 1])
+def test_reset_pause_is_bounded(pause_s):
+    raw = raw_of(Reset())
+    raw["pause_s"] = pause_s
+    assert code_of(packed(raw), accept=CONTROL_REQUESTS) == "field"
+
+
+@pytest.mark.parametrize(
+    "rgb",
+    [
+        np.zeros((4, 4, 4), np.uint8),
+        np.zeros((4, 4), np.uint8),
+        np.zeros((4, 4, 3), np.float32),
+        np.zeros((0, 4, 3), np.uint8),
+        np.zeros((513, 512, 3), np.uint8),
+    ],
+    ids=["rgba", "gray", "float", "empty", "over-the-pixel-bound"],
+)
+def test_a_render_reply_is_an_rgb_frame_of_bounded_size(rgb):
+    raw = raw_of(RenderReply(rgb=np.zeros((2, 2, 3), np.uint8)))
+    raw["rgb"] = raw_of(RenderReply(rgb=np.zeros((1, 1, 3), np.uint8)))["rgb"][:1] + [list(rgb.shape), rgb.tobytes()]
+    raw["rgb"][0] = {"uint8": "uint8", "float32": "float32"}[str(rgb.dtype)]
+    assert code_of(packed(raw), accept=CONTROL_REPLIES) == "field"
