@@ -39,6 +39,9 @@ __all__ = ["ENV_ID", "DriverBusy", "PauseRefused", "RemoteEnv"]
 
 ENV_ID = "acalign/Remote-v0"
 _ENTRY_POINT = "acalign_robot.drivers.remote_env:RemoteEnv"
+# A driver's first render opens its GL context: 1.9 s with software EGL on a loaded 2-core machine, 0.5 s per frame
+# after that, far over a step's timeout.
+RENDER_TIMEOUT_S = 30.0
 
 
 class DriverBusy(RuntimeError):
@@ -95,8 +98,8 @@ class RemoteEnv(gym.Env):
             self.spec = EnvSpec(ENV_ID, _ENTRY_POINT, nondeterministic=True, kwargs=kwargs)
         self._tick = 0
 
-    def _request(self, message: p.Message, expected: type):
-        reply = self._client.request(message, self.timeout_s)
+    def _request(self, message: p.Message, expected: type, timeout_s: float | None = None):
+        reply = self._client.request(message, self.timeout_s if timeout_s is None else timeout_s)
         if isinstance(reply, p.Error):
             what = f"driver at {self.endpoint} refused {type(message).__name__}"
             if reply.code == "session":
@@ -133,7 +136,8 @@ class RemoteEnv(gym.Env):
     def render(self) -> np.ndarray | None:
         if self.render_mode is None:
             return None
-        return np.array(self._request(p.Render(), p.RenderReply).rgb)  # a writable copy of the frame's bytes
+        reply = self._request(p.Render(), p.RenderReply, max(self.timeout_s, RENDER_TIMEOUT_S))
+        return np.array(reply.rgb)  # a writable copy of the frame's bytes
 
     def close(self):
         """End the driver session (its watchdog stops holding the robot for us), then close our connection.
