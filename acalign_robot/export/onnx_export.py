@@ -58,7 +58,7 @@ from acalign_robot.policy.manifest import (
 from acalign_robot.policy.runner import PolicyRunner
 from acalign_robot.policy.store import MANIFEST_FILE, POLICY_FILE, versions
 
-__all__ = ["OPSET", "ArtifactBuilder", "build_artifact", "export_actor_onnx", "parity_error", "write_artifact"]
+__all__ = ["OPSET", "ArtifactBuilder", "build_artifact", "parity_error", "write_artifact"]
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-4  # max |onnx - torch| accepted at export; float32 kernels differ by ~1e-7 in practice
@@ -104,11 +104,9 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def export_actor_onnx(actor: TanhGaussianActor, action_low: Sequence[float], action_high: Sequence[float]) -> bytes:
-    """The actor as one self-contained ONNX model (see the module docstring for the graph); checked, then returned."""
-    _check_bounds(actor.action_dim, action_low, action_high)
-    module = _DeployedActor(actor, action_low, action_high).eval()
-    example = torch.zeros(2, actor.obs_dim)  # batch 2: torch.export specialises a batch of 1 to a constant
+def _export_graph(module: _DeployedActor) -> bytes:
+    """`module` as one self-contained ONNX model (see the module docstring for the graph); checked, then returned."""
+    example = torch.zeros(2, module.actor.obs_dim)  # batch 2: torch.export specialises a batch of 1 to a constant
     buffer = io.BytesIO()
     with _quiet_exporter():
         torch.onnx.export(
@@ -126,6 +124,18 @@ def export_actor_onnx(actor: TanhGaussianActor, action_low: Sequence[float], act
     onnx_bytes = buffer.getvalue()
     onnx.checker.check_model(onnx.load_from_string(onnx_bytes), full_check=True)
     return onnx_bytes
+
+
+def _with_random_weights(module: _DeployedActor) -> _DeployedActor:
+    """A copy whose every weight and buffer holds random values in [0.5, 1.5). The exporter's optimiser folds the
+    constants it can (a zero bias, a unit std, a unit action scale) and so drops their initializers; a graph exported
+    from this copy keeps one initializer per tensor, into which any actor of the same architecture can be written."""
+    probe = copy.deepcopy(module)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in probe.state_dict().values():  # state_dict tensors share the module's storage
+            tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+    return probe
 
 
 def parity_error(
@@ -163,11 +173,13 @@ class ArtifactBuilder:
             )
         self._meta, self._source, self._name, self._algorithm = meta, source, validate_name(name), algorithm
         self._action_low, self._action_high = meta["action_low"], meta["action_high"]
-        self._model = onnx.load_from_string(export_actor_onnx(actor, self._action_low, self._action_high))
+        _check_bounds(actor.action_dim, self._action_low, self._action_high)
+        deployed = self._deployed(actor)
+        self._model = onnx.load_from_string(_export_graph(_with_random_weights(deployed)))
         self._initializers = {initializer.name: initializer for initializer in self._model.graph.initializer}
         # Every tensor of the deployed module must be one initializer, or a rewritten version would keep stale
         # weights: the exporter names them by the module's state_dict keys (checked here, once per session).
-        missing = set(self._deployed(actor).state_dict()) - set(self._initializers)
+        missing = set(deployed.state_dict()) - set(self._initializers)
         if missing:
             raise RuntimeError(f"the exported graph holds no initializer for {sorted(missing)}")
 

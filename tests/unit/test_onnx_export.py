@@ -260,3 +260,23 @@ def test_write_artifact_numbers_versions_and_never_overwrites(tmp_path, make_che
 
     with pytest.raises(PolicyError, match="policy name"):
         write_artifact(checkpoint, "../escape", store)
+
+
+def test_a_builder_writes_each_version_into_one_graph_whatever_weights_it_was_made_from():
+    """The graph is exported once (from random weights, so no initializer is folded away: a zero actor with an
+    identity normaliser is the worst case) and each version is the same graph with that actor's weights written in."""
+    zero = TanhGaussianActor(OBS_DIM, ACTION_DIM, (64, 64)).requires_grad_(False)
+    with torch.no_grad():
+        for parameter in zero.parameters():
+            parameter.zero_()
+    builder = onnx_export.ArtifactBuilder(zero, META, "test", name="stream", algorithm="test")
+    obs = np.random.default_rng(2).normal(1.0, 3.0, size=(16, OBS_DIM)).astype(np.float32)
+    graphs = []
+    for version, actor in enumerate((zero, _actor(3), _actor(4)), start=1):
+        onnx_bytes, manifest = builder.build(actor, training_step=10 * version, version=version)
+        assert manifest["version"] == version and manifest["onnx"]["sha256"] == sha256_hex(onnx_bytes)
+        got = PolicyRunner(onnx_bytes, manifest).act_batch(obs)
+        for g, e in zip(got, _torch_reference(actor, obs)):
+            np.testing.assert_allclose(g, e, atol=1e-5)
+        graphs.append([(node.op_type, list(node.input)) for node in onnx.load_from_string(onnx_bytes).graph.node])
+    assert graphs[0] == graphs[1] == graphs[2]
