@@ -13,7 +13,7 @@ from acalign_robot.controller.streaming import TransitionBatcher
 from acalign_robot.drivers.base import StepResult
 from acalign_robot.drivers.loopback import LoopbackDriver
 from acalign_robot.drivers.server import DriverServer
-from acalign_robot.drivers.template import TemplateDriver
+from acalign_robot.drivers.template import TemplateArmConfig, TemplateDriver
 from acalign_robot.robot_log.format import info_columns
 from acalign_robot.wire import protocol as p
 from acalign_robot.wire.delivery import ResendWindow
@@ -82,7 +82,7 @@ def test_a_paused_session_is_not_stepped_by_the_watchdog_and_keeps_the_driver(se
 
 
 def test_a_robot_driver_refuses_to_pause_and_a_driver_without_a_renderer_refuses_render(serve):
-    _, server = serve(TemplateDriver())
+    _, server = serve(TemplateDriver(TemplateArmConfig()))
     client = MemoryControlClient(server)
     refused = client.request(p.Reset(pause_s=10.0), 1.0)
     assert refused.code == "pause" and "cannot pause" in refused.message
