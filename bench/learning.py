@@ -150,15 +150,10 @@ def summarize(scores: list[tuple[int, float]], online_steps: int) -> dict[str, f
 
 
 def iqm_with_ci(values: list[float], reps: int = 5000) -> tuple[float, float, float]:
-    """IQM over seeds and its 95% bootstrap confidence interval (rliable; one task, so stratified = per seed)."""
-    from rliable import library as rly
-    from rliable import metrics
+    """IQM over seeds and its 95% bootstrap confidence interval (the estimator `acalign plot` draws)."""
+    from acalign_robot.algo.plots import interval_estimate
 
-    scores = {"x": np.asarray(values, dtype=float)[:, None]}  # (runs, tasks)
-    point, interval = rly.get_interval_estimates(
-        scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps, random_state=np.random.RandomState(0)
-    )
-    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+    return interval_estimate(values, "iqm", reps)
 
 
 def markdown(runs: list[dict], datasets: list[str]) -> str:

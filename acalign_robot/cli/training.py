@@ -296,18 +296,26 @@ def _cmd_eval(args) -> int:
 def add_plot_command(commands: Subcommands) -> None:
     p = commands.add_parser(
         "plot",
-        help="PNG learning curves of run directories",
-        description="Plot eval.csv of one or more run directories into one PNG.",
+        help="PNG learning curves of run directories, with bands across seeds",
+        description="Plot eval.csv of one or more run directories into one PNG. Directories that differ only by a "
+        "trailing seed (aca-seed0, aca-seed1, ...) are one method: its IQM (or mean) over the seeds with a 95%% "
+        "bootstrap confidence band (rliable: the bench extra), each seed as a thin line.",
     )
     p.add_argument("run_dirs", nargs="+", help="run directories (each with eval.csv)")
     p.add_argument("--out", default="learning_curves.png", help="PNG path (default learning_curves.png)")
+    p.add_argument(
+        "--stat",
+        choices=("iqm", "mean"),
+        default="iqm",
+        help="the statistic over seeds: interquartile mean (default, robust to one odd seed) or mean",
+    )
     p.set_defaults(handler=_cmd_plot)
 
 
 def _cmd_plot(args) -> int:
     from acalign_robot.algo.plots import plot_runs
 
-    out = plot_runs([Path(d) for d in args.run_dirs], Path(args.out))
+    out = plot_runs([Path(d) for d in args.run_dirs], Path(args.out), statistic=args.stat)
     print(f"wrote {out}")
     return EXIT_OK
 

@@ -28,6 +28,7 @@ resent until the learner has them (streaming.py).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import json
@@ -60,6 +61,7 @@ from acalign_robot.wire.security import SecurityConfig, client_keys, is_local_en
 __all__ = ["Controller", "ControllerConfig", "run_controller"]
 
 STATUS_WINDOW_TICKS = 1000  # the periodic status line's p50/p99 cover the most recent ticks
+MAX_LOGGED = 1000  # the newest deadline misses and SAFE latches kept for stats.json (the session report)
 # How long another thread may keep running Python while the control thread waits for the GIL (CPython's default is
 # 5 ms, two whole ticks at 500 Hz). A hot-swap step that overruns its idle window then costs the tick <= 0.2 ms.
 GIL_SWITCH_INTERVAL_S = 0.0002
@@ -200,6 +202,11 @@ class Controller:
         self._stop = False
         self.ticks = 0
         self.deadline_misses = 0
+        # The ticks that missed their deadline and the SAFE latches (tick, monotonic time, reason), for the session
+        # report's markers; bounded, so a loop that misses every tick for hours keeps the newest only.
+        self.miss_ticks: collections.deque[int] = collections.deque(maxlen=MAX_LOGGED)
+        self.latch_log: collections.deque[tuple[int, float, str]] = collections.deque(maxlen=MAX_LOGGED)
+        self._started_s = time.monotonic()  # run() sets it again: the origin of the episode and latch times
         self.driver_timeouts = 0
         self.episodes = 0
         self.episode_returns: list[float] = []
@@ -233,8 +240,12 @@ class Controller:
             self._recent_count += 1
 
     def _note_latch(self) -> None:
-        """Measure the first SAFE latch's reaction time: from the last good reply (before the fault) to the latch."""
-        if self.filter.safe and self.safe_reaction_s is None:
+        """Log a new SAFE latch with its reason (the filter keeps only the current one, emptied by a clear) and
+        measure the first latch's reaction time: from the last good reply (before the fault) to the latch."""
+        if not self.filter.safe or (self.latch_log and self.latch_log[-1][1] == self.filter.latched_at_s):
+            return
+        self.latch_log.append((self.ticks, self.filter.latched_at_s, self.filter.safe_reason))
+        if self.safe_reaction_s is None:
             self.safe_reaction_s = self.filter.latched_at_s - self._last_reply_s
 
     def _roll_back_if_returns_collapsed(self, episode_return: float) -> None:
@@ -322,7 +333,7 @@ class Controller:
         if obs is None:
             raise PolicyError(f"driver at {cfg.driver_endpoint} refused to start an episode: {self._session_lost}")
         episode_return = 0.0
-        started = time.monotonic()
+        started = self._started_s = time.monotonic()
         self._last_stats_s = started
         self._publish_stats(self.stats(0.0))  # status.json exists from the first tick, not a period later
         deadline = time.perf_counter() + self.period_s
@@ -415,6 +426,7 @@ class Controller:
         now = time.perf_counter()
         if now > deadline:
             self.deadline_misses += 1
+            self.miss_ticks.append(self.ticks)
             deadline = now  # re-anchor: no burst of catch-up ticks
         else:
             if self.idle is not None:
@@ -492,6 +504,8 @@ class Controller:
             values["episode_returns"] = self.episode_returns[-1000:]
             values["episode_log"] = self.episode_log[-1000:]
             values["swap_log"] = self.swap_log[-1000:]
+            values["miss_ticks"] = list(self.miss_ticks)
+            values["safety_log"] = [[tick, at_s - self._started_s, reason] for tick, at_s, reason in self.latch_log]
         if self.swapper is not None:
             values["swap_rejections"] = dict(self.swapper.rejections)
             values["last_rejection"] = self.swapper.last_rejection

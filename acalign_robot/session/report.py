@@ -1,20 +1,31 @@
 """The session report written when a session ends: report.json, report.md and report.png in the session directory.
 
-Sources: each controller's stats.json (episodes with their policy versions, tick timing, safety filter counts,
-transition batches sent and dropped) and tick_latency_s.npy, the drivers' Stats (watchdog and e-stop counts, taken
-before they stop), the learner's status.json (updates, transitions, gaps, duplicates, published version) and the
-supervisor's event list (starts, restarts, exits). A robot computer installed without matplotlib
-(deploy/requirements-controller.txt) gets report.json and report.md, and no plot.
+Sources: each controller's stats.json (episodes with their policy versions, tick timing, the ticks that missed their
+deadline, SAFE latches with their reasons, safety filter counts, transition batches sent and dropped) and
+tick_latency_s.npy, the drivers' Stats (watchdog and e-stop counts, taken before they stop), the learner's
+status.json (updates, transitions, gaps, duplicates, published version) and metrics.jsonl (losses, alpha, w, rates,
+owed updates over time), and the supervisor's event list (starts, restarts, exits).
+
+report.json holds every number; report.md opens with a one-screen summary (what ran, how long, returns, swaps,
+deadline misses, safety events with their reasons, learner updates, then one verdict line per check) and leaves out
+what is empty; report.png draws only the panels that have data. Times on the plot are session times: each process's
+own clock is placed at its `ready` event, so they line up to within a process's start-up time.
+
+A robot computer installed without matplotlib (deploy/requirements-controller.txt) gets report.json and report.md,
+and no plot.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_report"]
+__all__ = ["Recorded", "figure", "markdown", "read_recorded", "summary", "write_report"]
 
 # What the controller's safety layer did: interventions of the filter, driver timeouts, the SAFE state and rollbacks.
 SAFETY_KEYS = (
@@ -23,11 +34,32 @@ SAFETY_KEYS = (
     "filter_rate_limited",
     "filter_safe_ticks",
     "driver_timeouts",
+    "step_errors",
+    "session_restarts",
     "safe",
     "safe_reason",
     "safe_reaction_s",
     "rollbacks",
+    "safety_log",
 )
+# The drivers' counts that are safety events (their Stats also carry steps, clears, ...).
+DRIVER_SAFETY_KEYS = ("watchdog_events", "estops", "safe_action_steps", "clipped_actions", "bad_requests")
+# More versions than this are drawn as contiguous ranges of versions, one colour each: a legend stays readable.
+MAX_VERSION_COLOURS = 10
+# The learner's curves: (title, metrics.jsonl keys). Each key is drawn when some record holds it.
+LEARNER_PANELS = (
+    ("learner: critic loss", ("loss/critic",)),
+    ("learner: temperature alpha and prior weight w", ("alpha", "w")),
+)
+
+
+@dataclass
+class Recorded:
+    """What the processes left on disk for the report."""
+
+    controllers: dict[str, dict] = field(default_factory=dict)  # robot -> stats.json
+    latency_s: dict[str, np.ndarray] = field(default_factory=dict)  # robot -> whole-tick durations, oldest first
+    learner_metrics: list[dict] = field(default_factory=list)  # metrics.jsonl records, in order
 
 
 def _read_json(path: Path) -> dict:
@@ -37,50 +69,104 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+def _read_jsonl(path: Path) -> list[dict]:
+    records = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # a line cut by a kill mid-write: the others still count
+            continue
+    return records
+
+
+def read_recorded(directory: Path, controller_names: list[str], learner_metrics: Path | None) -> Recorded:
+    recorded = Recorded()
+    for name in controller_names:
+        recorded.controllers[name] = _read_json(directory / name / "stats.json")
+        latency_path = directory / name / "tick_latency_s.npy"
+        if latency_path.exists():
+            recorded.latency_s[name] = np.load(latency_path)
+    if learner_metrics is not None:
+        recorded.learner_metrics = _read_jsonl(learner_metrics)
+    return recorded
+
+
 def _controller_row(name: str, stats: dict) -> dict:
     returns = stats.get("episode_returns") or []
+    log = stats.get("episode_log") or []
+    target_hz = stats.get("target_rate_hz")
     return {
         "robot": name,
         "ticks": stats.get("ticks", 0),
         "rate_hz": stats.get("achieved_rate_hz"),
-        "target_hz": stats.get("target_rate_hz"),
+        "target_hz": target_hz,
+        "deadline_ms": 1000 / target_hz if target_hz else None,
         "tick_p50_ms": 1000 * stats.get("tick_p50_s", 0.0),
         "tick_p99_ms": 1000 * stats.get("tick_p99_s", 0.0),
+        "tick_max_ms": 1000 * stats.get("tick_max_s", 0.0),
         "deadline_misses": stats.get("deadline_misses", 0),
         "episodes": stats.get("episodes", 0),
         "first_return": returns[0] if returns else None,
         "last_return": returns[-1] if returns else None,
+        "mean_return_first10": float(np.mean(returns[:10])) if returns else None,
         "mean_return_last10": float(np.mean(returns[-10:])) if returns else None,
+        "first_policy_version": log[0][3] if log else None,
         "policy_version": stats.get("policy_version"),
         "swaps": stats.get("swaps", 0),
         "swap_rejections": sum((stats.get("swap_rejections") or {}).values()),
+        "last_rejection": stats.get("last_rejection") or None,
         "batches_sent": stats.get("transition_batches_sent", 0),
         "batches_dropped": stats.get("transition_batches_dropped", 0),
+        "learner_has_every_batch": stats.get("learner_has_every_batch"),
         "safe": stats.get("safe", False),
     }
 
 
+def _robot_description(robot) -> dict:
+    driver = robot.driver
+    target = driver.env_id or driver.sim or driver.log
+    return {"name": robot.name, "driver": f"{driver.kind} {target}" if target else driver.kind}
+
+
 def write_report(supervisor, failure: str | None) -> dict:
     directory: Path = supervisor.session_dir
-    controllers = {
-        p.name: _read_json(directory / p.name / "stats.json") for p in supervisor.processes if p.role == "controller"
-    }
-    learner = _read_json(directory / "learner" / "status.json")
+    names = [p.name for p in supervisor.processes if p.role == "controller"]
+    learner_config = supervisor.resolved.learner
+    has_learner = any(p.role == "learner" for p in supervisor.processes)
+    metrics_path = None
+    if has_learner:
+        metrics_path = (
+            Path(learner_config.metrics) if learner_config.metrics else directory / "learner" / "metrics.jsonl"
+        )
+    recorded = read_recorded(directory, names, metrics_path)
     report = {
         "session": supervisor.config.session,
         "directory": str(directory),
         "failure": failure,
-        "controllers": [_controller_row(name, stats) for name, stats in controllers.items()],
-        "safety": {name: {key: stats.get(key) for key in SAFETY_KEYS} for name, stats in controllers.items()},
+        "duration_s": max((e["t_s"] for e in supervisor.events), default=0.0),
+        "robots": [_robot_description(robot) for robot in supervisor.resolved.robots if robot.name in names],
+        "controllers": [_controller_row(name, stats) for name, stats in recorded.controllers.items()],
+        "safety": {name: {key: stats.get(key) for key in SAFETY_KEYS} for name, stats in recorded.controllers.items()},
         "drivers": supervisor.driver_stats,
-        "learner": learner,
+        "learner": _read_json(directory / "learner" / "status.json") if has_learner else {},
         "events": supervisor.events,
     }
     (directory / "report.json").write_text(json.dumps(report, indent=1, default=str))
     (directory / "report.md").write_text(markdown(report))
-    print(markdown_table(report))
+    print("\n".join(summary(report)) + "\n\n" + markdown_table(report))
     try:
-        plot(directory, controllers, report)
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        drawn = figure(report, recorded)
+        drawn.savefig(directory / "report.png", dpi=100)
+        plt.close(drawn)
         plotted = f"plot:   {directory / 'report.png'}"
     except ImportError:
         plotted = "plot:   none (matplotlib is not installed: a controller-only install)"
@@ -88,10 +174,161 @@ def write_report(supervisor, failure: str | None) -> dict:
     return report
 
 
+# --- report.md ------------------------------------------------------------------------------------------------------
+
+
 def _fmt(value, digits: int = 1) -> str:
     if value is None:
         return "-"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _plural(count: int, word: str, plural: str | None = None) -> str:
+    return f"{count} {word if count == 1 else plural or word + 's'}"
+
+
+def _ended(report: dict) -> str:
+    if report["failure"]:
+        return "failed"
+    stops = [e["detail"] for e in report["events"] if e["event"] == "stop"]
+    return stops[-1] if stops else "stopped"
+
+
+def _safety_events(report: dict, robot: str) -> list[str]:
+    """One phrase per kind of safety event of `robot` (nothing when there was none)."""
+    safety = report["safety"].get(robot, {})
+    phrases = []
+    latches = safety.get("safety_log") or []
+    if latches:
+        reasons = Counter(reason for _, _, reason in latches)
+        first_s = {reason: t_s for _, t_s, reason in reversed(latches)}
+        phrases.append(
+            "SAFE latched "
+            + "; ".join(f"{count}x '{reason}' (first at {first_s[reason]:.1f} s)" for reason, count in reasons.items())
+        )
+    elif safety.get("safe") and safety.get("safe_reason"):  # a stats.json from before safety_log was kept
+        phrases.append(f"SAFE latched: '{safety['safe_reason']}'")
+    if safety.get("safe"):
+        phrases.append("still SAFE at the end")
+    counts = {
+        "non-finite actions": safety.get("filter_nonfinite"),
+        "clipped actions": safety.get("filter_clipped"),
+        "rate-limited actions": safety.get("filter_rate_limited"),
+        "ticks on the safe action": safety.get("filter_safe_ticks"),
+        "driver timeouts": safety.get("driver_timeouts"),
+        "driver errors": safety.get("step_errors"),
+        "new driver sessions": safety.get("session_restarts"),
+    }
+    counted = [f"{value} {what}" for what, value in counts.items() if value]
+    if counted:
+        phrases.append(", ".join(counted))
+    rollbacks = safety.get("rollbacks") or []
+    if rollbacks:
+        phrases.append("rolled back " + ", ".join(f"v{bad} -> v{good}" for bad, good in rollbacks))
+    driver = {key: value for key, value in (report["drivers"].get(robot) or {}).items() if key in DRIVER_SAFETY_KEYS}
+    driver_counted = [f"{value} {key.replace('_', ' ')}" for key, value in driver.items() if value]
+    if driver_counted:
+        phrases.append("driver: " + ", ".join(driver_counted))
+    return phrases
+
+
+def _learner_line(report: dict) -> str:
+    learner = report["learner"]
+    if not learner:
+        return "- learner: none in this session"
+    parts = [
+        f"{learner.get('updates', 0)} updates ({_fmt(learner.get('updates_per_s'))}/s)",
+        f"{learner.get('transitions_received', learner.get('env_steps', 0))} transitions",
+        f"published v{learner.get('published_version')}",
+        f"{learner.get('owed_updates', 0)} updates owed at the end",
+    ]
+    if learner.get("alpha") is not None:
+        parts.append(f"alpha {learner['alpha']:.3g}")
+    if learner.get("w") is not None:
+        parts.append(f"w {learner['w']:.3g}")
+    return "- learner: " + ", ".join(parts)
+
+
+def _verdicts(report: dict) -> list[str]:
+    """One line per check: `ok` when it holds, `CHECK` when a person should look."""
+    lines = []
+    if report["failure"]:
+        lines.append(f"CHECK the session failed: {report['failure'].splitlines()[0]}")
+    for row in report["controllers"]:
+        robot, episodes = row["robot"], row["episodes"]
+        if episodes >= 2:
+            first, last = row["mean_return_first10"], row["mean_return_last10"]
+            n = min(10, episodes)
+            word = "ok   " if last >= first else "CHECK"
+            change = "rose" if last > first else "fell" if last < first else "stayed"
+            lines.append(f"{word} {robot}: returns {change} from {first:.1f} to {last:.1f} (first/last {n} episodes)")
+        misses, ticks = row["deadline_misses"], row["ticks"]
+        if misses:
+            lines.append(
+                f"CHECK {robot}: {_plural(misses, 'deadline miss', 'deadline misses')} in {ticks} ticks "
+                f"({100 * misses / max(ticks, 1):.2f}%, tick max {row['tick_max_ms']:.2f} ms)"
+            )
+        else:
+            lines.append(f"ok    {robot}: every tick met its deadline")
+        events = _safety_events(report, robot)
+        lines.append(f"CHECK {robot}: {events[0]}" if events else f"ok    {robot}: no safety event")
+        if row["swap_rejections"]:
+            lines.append(
+                f"CHECK {robot}: the swap gate refused {_plural(row['swap_rejections'], 'version')} "
+                f"(last: {row['last_rejection'] or '?'})"
+            )
+    learner = report["learner"]
+    if learner:
+        dropped = sum(row["batches_dropped"] for row in report["controllers"])
+        gaps, undelivered = (
+            learner.get("gaps", 0),
+            [row["robot"] for row in report["controllers"] if row["learner_has_every_batch"] is False],
+        )
+        if dropped or gaps or undelivered:
+            lines.append(
+                f"CHECK transitions: {dropped} batches dropped, {gaps} gaps at the learner"
+                + (f", not every batch delivered from {', '.join(undelivered)}" if undelivered else "")
+            )
+        else:
+            lines.append("ok    transitions: every batch reached the learner")
+        owed = learner.get("owed_updates", 0)
+        lines.append(
+            f"CHECK learner: {owed} updates owed at the end (it fell behind the UTD ratio)"
+            if owed
+            else "ok    learner: kept up with the UTD ratio (no update owed at the end)"
+        )
+    return lines
+
+
+def summary(report: dict) -> list[str]:
+    """The one-screen summary at the top of report.md: each line has a value, nothing is left blank."""
+    robots = ", ".join(f"{r['name']} ({r['driver']})" for r in report["robots"]) or "no robot"
+    ran = robots + (" and a learner" if report["learner"] else "")
+    lines = [f"- ran: {ran}, {report['duration_s']:.0f} s; ended: {_ended(report)}"]
+    for row in report["controllers"]:
+        robot = row["robot"]
+        if row["episodes"]:
+            lines.append(
+                f"- {robot} returns: first {row['first_return']:.1f}, last {row['last_return']:.1f}, mean of the last "
+                f"{min(10, row['episodes'])} {row['mean_return_last10']:.1f} ({_plural(row['episodes'], 'episode')})"
+            )
+        else:
+            lines.append(f"- {robot} returns: no episode ended")
+        first = f"v{row['first_policy_version']} -> " if row["first_policy_version"] is not None else ""
+        lines.append(
+            f"- {robot} policy: {first}v{row['policy_version']}, {_plural(row['swaps'], 'swap')}, "
+            f"{row['swap_rejections']} refused"
+        )
+        deadline = f" of {row['deadline_ms']:.1f} ms ({row['target_hz']:g} Hz)" if row["deadline_ms"] else ""
+        lines.append(
+            f"- {robot} deadline: {_plural(row['deadline_misses'], 'miss', 'misses')} in "
+            f"{row['ticks']} ticks{deadline}; tick p50 {row['tick_p50_ms']:.2f} ms, p99 {row['tick_p99_ms']:.2f} ms, "
+            f"max {row['tick_max_ms']:.2f} ms"
+        )
+        events = _safety_events(report, robot)
+        lines.append(f"- {robot} safety: {'; '.join(events) if events else 'no event'}")
+    lines.append(_learner_line(report))
+    return lines + ["", "Verdict:", "", "```", *_verdicts(report), "```"]
 
 
 def markdown_table(report: dict) -> str:
@@ -111,15 +348,14 @@ def markdown_table(report: dict) -> str:
 
 
 def markdown(report: dict) -> str:
-    parts = [f"# Session {report['session']}", ""]
-    if report["failure"]:
-        parts += [f"**Failed:** {report['failure'].splitlines()[0]}", ""]
-    parts += ["## Controllers", "", markdown_table(report), "", "## Safety", ""]
-    for name, safety in report["safety"].items():
-        parts.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in safety.items()))
-    for name, stats in report["drivers"].items():
-        keys = ("watchdog_events", "estops", "safe_action_steps", "clipped_actions", "bad_requests")
-        parts.append(f"- {name} driver: " + ", ".join(f"{k} {stats.get(k)}" for k in keys))
+    parts = [f"# Session {report['session']}", "", *summary(report), "", "## Controllers", "", markdown_table(report)]
+    safety = [(robot, _safety_events(report, robot)) for robot in report["safety"]]
+    if any(events for _, events in safety):
+        parts += ["", "## Safety", ""] + [f"- {robot}: {'; '.join(events)}" for robot, events in safety if events]
+    latches = [(robot, entry) for robot, s in report["safety"].items() for entry in (s.get("safety_log") or [])]
+    if latches:
+        parts += ["", "SAFE latches:", ""]
+        parts += [f"- {robot} at {t_s:.1f} s (tick {tick}): {reason}" for robot, (tick, t_s, reason) in latches]
     if report["learner"]:
         learner = report["learner"]
         keys = (
@@ -127,70 +363,221 @@ def markdown(report: dict) -> str:
             "env_steps",
             "updates_per_s",
             "transitions_per_s",
+            "owed_updates",
             "buffer_size",
             "published_version",
             "gaps",
             "duplicates",
         )
-        parts += ["", "## Learner", "", ", ".join(f"{k} {learner.get(k)}" for k in keys if k in learner)]
+        parts += ["", "## Learner", "", ", ".join(f"{k} {_fmt(learner[k])}" for k in keys if k in learner)]
     parts += ["", "## Events", ""] + [
         f"- {e['t_s']:.1f} s {e['event']} {e['process']} {e['detail']}".rstrip() for e in report["events"]
     ]
     return "\n".join(parts) + "\n"
 
 
-def plot(directory: Path, controllers: dict[str, dict], report: dict) -> None:
-    import matplotlib
+# --- report.png -----------------------------------------------------------------------------------------------------
 
-    matplotlib.use("Agg")
+
+def _ready_times(events: list[dict], process: str) -> list[float]:
+    return [e["t_s"] for e in events if e["event"] == "ready" and e["process"] == process]
+
+
+def _version_groups(versions: list[int]) -> list[tuple[int, int]]:
+    """Contiguous (first, last) ranges of the versions seen, at most MAX_VERSION_COLOURS of them."""
+    unique = sorted(set(versions))
+    chunks = np.array_split(np.asarray(unique), min(len(unique), MAX_VERSION_COLOURS))
+    return [(int(chunk[0]), int(chunk[-1])) for chunk in chunks]
+
+
+def _draw_returns(axis, report: dict, recorded: Recorded) -> None:
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(2, 2, figsize=(12, 8))
-    returns_axis, latency_axis, safety_axis, transport_axis = axes.ravel()
-    for name, stats in controllers.items():
-        log = stats.get("episode_log") or []
-        if log:
-            seconds = [entry[1] for entry in log]
-            returns = [entry[2] for entry in log]
-            versions = [entry[3] for entry in log]
-            points = returns_axis.scatter(seconds, returns, c=versions, cmap="viridis", s=12, label=name)
-            for i in range(1, len(versions)):
-                if versions[i] != versions[i - 1]:
-                    returns_axis.axvline(seconds[i], color="grey", alpha=0.2, linewidth=0.8)
-            figure.colorbar(points, ax=returns_axis, label="policy version")
-        latency_path = directory / name / "tick_latency_s.npy"
-        if latency_path.exists():
-            latency_ms = 1000 * np.load(latency_path)
-            if latency_ms.size:
-                latency_axis.hist(latency_ms, bins=80, alpha=0.6, label=name, log=True)
-    returns_axis.set(
-        title="episode returns (colour: policy version; lines: swaps)", xlabel="session time (s)", ylabel="return"
-    )
-    latency_axis.set(title="tick latency", xlabel="ms", ylabel="ticks")
-    counts: dict[str, int] = {}
+    logs = {name: stats.get("episode_log") or [] for name, stats in recorded.controllers.items()}
+    groups = _version_groups([entry[3] for log in logs.values() for entry in log])
+    colours = plt.get_cmap("tab10").colors
+    markers = "os^Dv<>"
+    for index, (name, log) in enumerate(logs.items()):
+        if not log:
+            continue
+        offset = (_ready_times(report["events"], name) or [0.0])[-1]
+        seconds = np.array([entry[1] for entry in log]) + offset
+        returns = np.array([entry[2] for entry in log])
+        versions = np.array([entry[3] for entry in log])
+        axis.plot(seconds, returns, color="grey", alpha=0.3, linewidth=0.8)
+        for colour, (first, last) in zip(colours, groups):
+            chosen = (versions >= first) & (versions <= last)
+            if chosen.any():
+                label = f"v{first}" if first == last else f"v{first}-v{last}"
+                if len(logs) > 1:
+                    label = f"{name} {label}"
+                axis.scatter(
+                    seconds[chosen], returns[chosen], color=colour, marker=markers[index % 7], s=14, label=label
+                )
+        latches = (report["safety"].get(name) or {}).get("safety_log") or []
+        for number, (_, t_s, _) in enumerate(latches):
+            axis.axvline(t_s + offset, color="red", linestyle=":", label="SAFE latch" if number == 0 else None)
+    axis.set(title="episode returns (colour: policy version)", xlabel="session time (s)", ylabel="return")
+    axis.legend(fontsize=7, ncol=2, loc="best")
+
+
+def _draw_latency_histogram(axis, report: dict, recorded: Recorded) -> None:
+    rows = {row["robot"]: row for row in report["controllers"]}
+    deadlines = set()
+    for name, samples in recorded.latency_s.items():
+        if samples.size == 0:
+            continue
+        latency_ms = 1000 * samples
+        deadline_ms = rows[name]["deadline_ms"]
+        high = max(latency_ms.max(), deadline_ms or 0.0) * 1.3
+        bins = np.geomspace(max(latency_ms.min(), 1e-3), high, 80)
+        label = f"{name}: p50 {rows[name]['tick_p50_ms']:.2f} ms, p99 {rows[name]['tick_p99_ms']:.2f} ms"
+        axis.hist(latency_ms, bins=bins, alpha=0.6, log=True, label=label)
+        if deadline_ms:
+            deadlines.add((deadline_ms, rows[name]["deadline_misses"]))
+    for deadline_ms, misses in sorted(deadlines):
+        axis.axvline(deadline_ms, color="red", linestyle="--", label=f"deadline {deadline_ms:.1f} ms ({misses} misses)")
+    axis.set_xscale("log")
+    axis.set(title="tick latency (work per tick; red: the control period)", xlabel="ms", ylabel="ticks")
+    axis.legend(fontsize=7)
+
+
+def _draw_latency_timeline(axis, report: dict, recorded: Recorded) -> None:
+    rows = {row["robot"]: row for row in report["controllers"]}
+    for name, samples in recorded.latency_s.items():
+        if samples.size == 0:
+            continue
+        ticks_total = recorded.controllers[name].get("ticks", samples.size)
+        first_tick = ticks_total - samples.size + 1  # the samples are the newest ticks, numbered from 1
+        ticks = np.arange(first_tick, ticks_total + 1)
+        axis.plot(ticks, 1000 * samples, linewidth=0.5, alpha=0.7, label=name, rasterized=True)
+        misses = np.asarray(recorded.controllers[name].get("miss_ticks") or [], dtype=int)
+        misses = misses[(misses >= first_tick) & (misses <= ticks_total)]
+        if misses.size:
+            axis.scatter(
+                misses,
+                1000 * samples[misses - first_tick],
+                marker="x",
+                color="red",
+                s=18,
+                zorder=3,
+                label=f"{name}: deadline misses ({rows[name]['deadline_misses']})",
+            )
+        if rows[name]["deadline_ms"]:
+            axis.axhline(rows[name]["deadline_ms"], color="red", linestyle="--", linewidth=1)
+    axis.set_yscale("log")
+    axis.set(title="tick latency per tick (dashed: the control period)", xlabel="tick", ylabel="ms")
+    axis.legend(fontsize=7)
+
+
+def _learner_segments(report: dict, recorded: Recorded) -> list[tuple[float, list[dict]]]:
+    """The metrics records per learner run (a restarted learner appends, its elapsed_s from 0 again), each with the
+    session time of that run's `ready` event."""
+    segments: list[list[dict]] = []
+    for record in recorded.learner_metrics:
+        if not segments or record.get("elapsed_s", 0.0) < segments[-1][-1].get("elapsed_s", 0.0):
+            segments.append([])
+        segments[-1].append(record)
+    ready = _ready_times(report["events"], "learner") or [0.0]
+    return [(ready[min(i, len(ready) - 1)], records) for i, records in enumerate(segments)]
+
+
+def _series(segments: list[tuple[float, list[dict]]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    points = [
+        (offset + record["elapsed_s"], record[key])
+        for offset, records in segments
+        for record in records
+        if isinstance(record.get(key), (int, float)) and math.isfinite(record[key])
+    ]
+    return np.array([t for t, _ in points]), np.array([v for _, v in points])
+
+
+def _draw_learner_series(axis, segments, title: str, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        seconds, values = _series(segments, key)
+        if seconds.size:
+            axis.plot(seconds, values, marker=".", markersize=3, label=key)
+    axis.set(title=title, xlabel="session time (s)")
+    axis.legend(fontsize=7)
+
+
+def _draw_learner_rates(axis, segments) -> None:
+    seconds, rates = _series(segments, "updates_per_s")
+    axis.plot(seconds, rates, color="tab:blue", marker=".", markersize=3, label="updates/s")
+    axis.set(title="learner: updates/s and updates owed", xlabel="session time (s)", ylabel="updates/s")
+    axis.tick_params(axis="y", colors="tab:blue")
+    owed_axis = axis.twinx()
+    seconds, owed = _series(segments, "owed_updates")
+    owed_axis.plot(seconds, owed, color="tab:orange", marker=".", markersize=3, label="owed updates")
+    owed_axis.set_ylabel("owed updates")
+    owed_axis.tick_params(axis="y", colors="tab:orange")
+    lines = axis.get_legend_handles_labels()[0] + owed_axis.get_legend_handles_labels()[0]
+    axis.legend(lines, [line.get_label() for line in lines], fontsize=7)
+
+
+def _safety_counts(report: dict) -> dict[str, int]:
+    counts: Counter = Counter()
     for safety in report["safety"].values():
-        for key, value in safety.items():
-            if key.startswith("filter_") or key == "driver_timeouts":
-                counts[key] = counts.get(key, 0) + int(value or 0)
-            elif key == "rollbacks":
-                counts[key] = counts.get(key, 0) + len(value or [])
+        counts["SAFE latches"] += len(safety.get("safety_log") or [])
+        counts["rollbacks"] += len(safety.get("rollbacks") or [])
+        for key in ("filter_nonfinite", "filter_clipped", "filter_rate_limited", "filter_safe_ticks"):
+            counts[key.removeprefix("filter_") + " (filter)"] += int(safety.get(key) or 0)
+        for key in ("driver_timeouts", "step_errors", "session_restarts"):
+            counts[key.replace("_", " ")] += int(safety.get(key) or 0)
     for stats in report["drivers"].values():
-        for key in ("watchdog_events", "estops", "safe_action_steps"):
-            counts[f"driver_{key}"] = counts.get(f"driver_{key}", 0) + int(stats.get(key, 0))
-    safety_axis.barh(list(counts), list(counts.values()))
-    safety_axis.set(title="safety events", xlim=(0, max([1, *counts.values()]) * 1.1))
-    transport = {
+        for key in DRIVER_SAFETY_KEYS:
+            counts[f"{key.replace('_', ' ')} (driver)"] += int(stats.get(key) or 0)
+    return {key: value for key, value in counts.items() if value}
+
+
+def _draw_safety(axis, counts: dict[str, int]) -> None:
+    bars = axis.barh(list(counts), list(counts.values()), color="tab:red")
+    axis.bar_label(bars, fontsize=7)
+    axis.set(title="safety events (count)", xlim=(0, max(counts.values()) * 1.15))
+    axis.invert_yaxis()
+
+
+def _draw_transitions(axis, report: dict) -> None:
+    values = {
         "batches sent": sum(r["batches_sent"] for r in report["controllers"]),
         "batches dropped": sum(r["batches_dropped"] for r in report["controllers"]),
         "learner gaps": int(report["learner"].get("gaps", 0) or 0),
         "learner duplicates": int(report["learner"].get("duplicates", 0) or 0),
     }
-    transport_axis.bar(list(transport), list(transport.values()))
-    transport_axis.set(title="transition batches")
-    transport_axis.tick_params(axis="x", labelrotation=15)
-    for axis in (returns_axis, latency_axis):
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(directory / "report.png", dpi=100)
-    plt.close(figure)
+    bars = axis.bar(list(values), list(values.values()))
+    axis.bar_label(bars, fontsize=7)
+    axis.set(title="transition batches to the learner")
+    axis.tick_params(axis="x", labelrotation=15)
+
+
+def figure(report: dict, recorded: Recorded):
+    """The report's figure: only the panels that have data, two to a row (matplotlib is imported here)."""
+    import matplotlib.pyplot as plt
+
+    panels = []
+    if any(stats.get("episode_log") for stats in recorded.controllers.values()):
+        panels.append(lambda axis: _draw_returns(axis, report, recorded))
+    if any(samples.size for samples in recorded.latency_s.values()):
+        panels.append(lambda axis: _draw_latency_histogram(axis, report, recorded))
+        panels.append(lambda axis: _draw_latency_timeline(axis, report, recorded))
+    segments = _learner_segments(report, recorded)
+    for title, keys in LEARNER_PANELS:
+        if any(_series(segments, key)[0].size for key in keys):
+            panels.append(lambda axis, title=title, keys=keys: _draw_learner_series(axis, segments, title, keys))
+    if _series(segments, "updates_per_s")[0].size:
+        panels.append(lambda axis: _draw_learner_rates(axis, segments))
+    counts = _safety_counts(report)
+    if counts:
+        panels.append(lambda axis: _draw_safety(axis, counts))
+    if report["learner"]:
+        panels.append(lambda axis: _draw_transitions(axis, report))
+    rows = max(1, math.ceil(len(panels) / 2))
+    drawn, axes = plt.subplots(rows, 2, figsize=(13, 3.6 * rows), squeeze=False)
+    for draw, axis in zip(panels, axes.ravel()):
+        draw(axis)
+        axis.grid(alpha=0.3)
+    for axis in axes.ravel()[len(panels) :]:
+        axis.remove()
+    drawn.suptitle(f"session {report['session']}: {report['duration_s']:.0f} s, {_ended(report)}")
+    drawn.tight_layout()
+    return drawn
