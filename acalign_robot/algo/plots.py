@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["STATISTICS", "interval_estimate", "plot_runs", "read_eval_csv", "seed_groups"]
+__all__ = ["interval_estimate", "learning_figure", "plot_runs", "read_eval_csv", "seed_groups"]
 
-STATISTICS = ("iqm", "mean")
 SEED_SUFFIX = re.compile(r"[-_.]?seed[-_]?\d+$")
 
 
@@ -86,6 +85,17 @@ def plot_runs(run_dirs: list[Path], out: Path, title: str = "evaluation", statis
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    figure = learning_figure(run_dirs, title, statistic)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+    return out
+
+
+def learning_figure(run_dirs: list[Path], title: str = "evaluation", statistic: str = "iqm"):
+    """One line per method (its statistic over seeds, with a band when it has several) and a thin line per seed."""
+    import matplotlib.pyplot as plt
+
     figure, axis = plt.subplots(figsize=(8, 4.5))
     use_score = all(row["normalized_score"] not in ("", "None") for d in run_dirs for row in read_eval_csv(d))
     colours = iter(plt.get_cmap("tab10").colors * 3)
@@ -109,7 +119,4 @@ def plot_runs(run_dirs: list[Path], out: Path, title: str = "evaluation", statis
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
-    return out
+    return figure

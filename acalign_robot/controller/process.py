@@ -61,7 +61,9 @@ from acalign_robot.wire.security import SecurityConfig, client_keys, is_local_en
 __all__ = ["Controller", "ControllerConfig", "run_controller"]
 
 STATUS_WINDOW_TICKS = 1000  # the periodic status line's p50/p99 cover the most recent ticks
-MAX_LOGGED = 1000  # the newest deadline misses and SAFE latches kept for stats.json (the session report)
+# The newest deadline misses and SAFE latches kept for stats.json (the session report's markers); 10k ticks are
+# ~60 kB of JSON.
+MAX_MISSES_LOGGED, MAX_LATCHES_LOGGED = 10_000, 1000
 # How long another thread may keep running Python while the control thread waits for the GIL (CPython's default is
 # 5 ms, two whole ticks at 500 Hz). A hot-swap step that overruns its idle window then costs the tick <= 0.2 ms.
 GIL_SWITCH_INTERVAL_S = 0.0002
@@ -204,8 +206,8 @@ class Controller:
         self.deadline_misses = 0
         # The ticks that missed their deadline and the SAFE latches (tick, monotonic time, reason), for the session
         # report's markers; bounded, so a loop that misses every tick for hours keeps the newest only.
-        self.miss_ticks: collections.deque[int] = collections.deque(maxlen=MAX_LOGGED)
-        self.latch_log: collections.deque[tuple[int, float, str]] = collections.deque(maxlen=MAX_LOGGED)
+        self.miss_ticks: collections.deque[int] = collections.deque(maxlen=MAX_MISSES_LOGGED)
+        self.latch_log: collections.deque[tuple[int, float, str]] = collections.deque(maxlen=MAX_LATCHES_LOGGED)
         self._started_s = time.monotonic()  # run() sets it again: the origin of the episode and latch times
         self.driver_timeouts = 0
         self.episodes = 0

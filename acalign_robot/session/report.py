@@ -42,8 +42,24 @@ SAFETY_KEYS = (
     "rollbacks",
     "safety_log",
 )
-# The drivers' counts that are safety events (their Stats also carry steps, clears, ...).
-DRIVER_SAFETY_KEYS = ("watchdog_events", "estops", "safe_action_steps", "clipped_actions", "bad_requests")
+# The controller's counts of what its safety layer did, in words (report.md and the plot's bars).
+CONTROLLER_SAFETY_COUNTS = {
+    "filter_nonfinite": "non-finite actions",
+    "filter_clipped": "clipped actions",
+    "filter_rate_limited": "rate-limited actions",
+    "filter_safe_ticks": "ticks on the safe action",
+    "driver_timeouts": "driver timeouts",
+    "step_errors": "driver errors",
+    "session_restarts": "new driver sessions",
+}
+# The drivers' counts that are safety events (their Stats also carry steps, clears, ...), as (singular, plural).
+DRIVER_SAFETY_KEYS = {
+    "watchdog_events": ("watchdog event", "watchdog events"),
+    "estops": ("e-stop", "e-stops"),
+    "safe_action_steps": ("step on the safe action", "steps on the safe action"),
+    "clipped_actions": ("clipped action", "clipped actions"),
+    "bad_requests": ("bad request", "bad requests"),
+}
 # More versions than this are drawn as contiguous ranges of versions, one colour each: a legend stays readable.
 MAX_VERSION_COLOURS = 10
 # The learner's curves: (title, metrics.jsonl keys). Each key is drawn when some record holds it.
@@ -194,11 +210,18 @@ def _ended(report: dict) -> str:
     return stops[-1] if stops else "stopped"
 
 
+def _latches(report: dict, robot: str) -> list[tuple[int, float, str]]:
+    """`robot`'s SAFE latches as (tick, session time, reason): the controller times them from its run's start,
+    which is its last `ready` event."""
+    offset = (_ready_times(report["events"], robot) or [0.0])[-1]
+    return [(tick, offset + t_s, reason) for tick, t_s, reason in report["safety"][robot].get("safety_log") or []]
+
+
 def _safety_events(report: dict, robot: str) -> list[str]:
     """One phrase per kind of safety event of `robot` (nothing when there was none)."""
     safety = report["safety"].get(robot, {})
     phrases = []
-    latches = safety.get("safety_log") or []
+    latches = _latches(report, robot)
     if latches:
         reasons = Counter(reason for _, _, reason in latches)
         first_s = {reason: t_s for _, t_s, reason in reversed(latches)}
@@ -210,23 +233,14 @@ def _safety_events(report: dict, robot: str) -> list[str]:
         phrases.append(f"SAFE latched: '{safety['safe_reason']}'")
     if safety.get("safe"):
         phrases.append("still SAFE at the end")
-    counts = {
-        "non-finite actions": safety.get("filter_nonfinite"),
-        "clipped actions": safety.get("filter_clipped"),
-        "rate-limited actions": safety.get("filter_rate_limited"),
-        "ticks on the safe action": safety.get("filter_safe_ticks"),
-        "driver timeouts": safety.get("driver_timeouts"),
-        "driver errors": safety.get("step_errors"),
-        "new driver sessions": safety.get("session_restarts"),
-    }
-    counted = [f"{value} {what}" for what, value in counts.items() if value]
+    counted = [f"{safety[key]} {words}" for key, words in CONTROLLER_SAFETY_COUNTS.items() if safety.get(key)]
     if counted:
         phrases.append(", ".join(counted))
     rollbacks = safety.get("rollbacks") or []
     if rollbacks:
         phrases.append("rolled back " + ", ".join(f"v{bad} -> v{good}" for bad, good in rollbacks))
-    driver = {key: value for key, value in (report["drivers"].get(robot) or {}).items() if key in DRIVER_SAFETY_KEYS}
-    driver_counted = [f"{value} {key.replace('_', ' ')}" for key, value in driver.items() if value]
+    driver = report["drivers"].get(robot) or {}
+    driver_counted = [_plural(driver[key], *words) for key, words in DRIVER_SAFETY_KEYS.items() if driver.get(key)]
     if driver_counted:
         phrases.append("driver: " + ", ".join(driver_counted))
     return phrases
@@ -352,10 +366,10 @@ def markdown(report: dict) -> str:
     safety = [(robot, _safety_events(report, robot)) for robot in report["safety"]]
     if any(events for _, events in safety):
         parts += ["", "## Safety", ""] + [f"- {robot}: {'; '.join(events)}" for robot, events in safety if events]
-    latches = [(robot, entry) for robot, s in report["safety"].items() for entry in (s.get("safety_log") or [])]
+    latches = [(robot, entry) for robot in report["safety"] for entry in _latches(report, robot)]
     if latches:
         parts += ["", "SAFE latches:", ""]
-        parts += [f"- {robot} at {t_s:.1f} s (tick {tick}): {reason}" for robot, (tick, t_s, reason) in latches]
+        parts += [f"- {robot} at {t_s:.1f} s (after tick {tick}): {reason}" for robot, (tick, t_s, reason) in latches]
     if report["learner"]:
         learner = report["learner"]
         keys = (
@@ -414,9 +428,8 @@ def _draw_returns(axis, report: dict, recorded: Recorded) -> None:
                 axis.scatter(
                     seconds[chosen], returns[chosen], color=colour, marker=markers[index % 7], s=14, label=label
                 )
-        latches = (report["safety"].get(name) or {}).get("safety_log") or []
-        for number, (_, t_s, _) in enumerate(latches):
-            axis.axvline(t_s + offset, color="red", linestyle=":", label="SAFE latch" if number == 0 else None)
+        for number, (_, t_s, _) in enumerate(_latches(report, name)):
+            axis.axvline(t_s, color="red", linestyle=":", label="SAFE latch" if number == 0 else None)
     axis.set(title="episode returns (colour: policy version)", xlabel="session time (s)", ylabel="return")
     axis.legend(fontsize=7, ncol=2, loc="best")
 
@@ -451,9 +464,10 @@ def _draw_latency_timeline(axis, report: dict, recorded: Recorded) -> None:
         first_tick = ticks_total - samples.size + 1  # the samples are the newest ticks, numbered from 1
         ticks = np.arange(first_tick, ticks_total + 1)
         axis.plot(ticks, 1000 * samples, linewidth=0.5, alpha=0.7, label=name, rasterized=True)
-        misses = np.asarray(recorded.controllers[name].get("miss_ticks") or [], dtype=int)
-        misses = misses[(misses >= first_tick) & (misses <= ticks_total)]
+        logged = np.asarray(recorded.controllers[name].get("miss_ticks") or [], dtype=int)
+        misses = logged[(logged >= first_tick) & (logged <= ticks_total)]
         if misses.size:
+            shown = _shown(logged.size, rows[name]["deadline_misses"])
             axis.scatter(
                 misses,
                 1000 * samples[misses - first_tick],
@@ -461,13 +475,18 @@ def _draw_latency_timeline(axis, report: dict, recorded: Recorded) -> None:
                 color="red",
                 s=18,
                 zorder=3,
-                label=f"{name}: deadline misses ({rows[name]['deadline_misses']})",
+                label=f"{name}: deadline misses ({shown})",
             )
         if rows[name]["deadline_ms"]:
             axis.axhline(rows[name]["deadline_ms"], color="red", linestyle="--", linewidth=1)
     axis.set_yscale("log")
-    axis.set(title="tick latency per tick (dashed: the control period)", xlabel="tick", ylabel="ms")
+    axis.set(title="tick latency per tick (dashed: the period; x under it: a late wake-up)", xlabel="tick", ylabel="ms")
     axis.legend(fontsize=7)
+
+
+def _shown(logged: int, counted: int) -> str:
+    """How many of the counted events the markers show (the controller keeps the newest MAX_MISSES_LOGGED)."""
+    return str(counted) if logged >= counted else f"the newest {logged} of {counted}"
 
 
 def _learner_segments(report: dict, recorded: Recorded) -> list[tuple[float, list[dict]]]:
@@ -520,20 +539,23 @@ def _safety_counts(report: dict) -> dict[str, int]:
     for safety in report["safety"].values():
         counts["SAFE latches"] += len(safety.get("safety_log") or [])
         counts["rollbacks"] += len(safety.get("rollbacks") or [])
-        for key in ("filter_nonfinite", "filter_clipped", "filter_rate_limited", "filter_safe_ticks"):
-            counts[key.removeprefix("filter_") + " (filter)"] += int(safety.get(key) or 0)
-        for key in ("driver_timeouts", "step_errors", "session_restarts"):
-            counts[key.replace("_", " ")] += int(safety.get(key) or 0)
+        for key, words in CONTROLLER_SAFETY_COUNTS.items():
+            counts[words] += int(safety.get(key) or 0)
     for stats in report["drivers"].values():
-        for key in DRIVER_SAFETY_KEYS:
-            counts[f"{key.replace('_', ' ')} (driver)"] += int(stats.get(key) or 0)
+        for key, (_, plural) in DRIVER_SAFETY_KEYS.items():
+            counts[f"{plural} (driver)"] += int(stats.get(key) or 0)
     return {key: value for key, value in counts.items() if value}
 
 
 def _draw_safety(axis, counts: dict[str, int]) -> None:
     bars = axis.barh(list(counts), list(counts.values()), color="tab:red")
     axis.bar_label(bars, fontsize=7)
-    axis.set(title="safety events (count)", xlim=(0, max(counts.values()) * 1.15))
+    axis.set_title("safety events (count)")
+    if max(counts.values()) > 20 * min(counts.values()):  # one latch beside thousands of safe ticks stays visible
+        axis.set_xscale("log")
+        axis.set_xlim(0.5, max(counts.values()) * 3)
+    else:
+        axis.set_xlim(0, max(counts.values()) * 1.15)
     axis.invert_yaxis()
 
 

@@ -202,3 +202,15 @@ def test_a_runner_loaded_in_stages_is_the_runner_the_constructor_builds():
     damaged = PolicyRunner.in_stages(onnx_bytes[:-1], manifest)
     with pytest.raises(PolicyError, match="sha256"):
         next(damaged)  # refused in the first stage, before any session is built
+
+
+def test_the_final_stats_keep_the_missed_ticks_and_each_latch_with_its_reason(driver_thread):
+    """What the session report marks: the ticks that missed their deadline, and when SAFE latched and why."""
+    config, *_, runner = make_controller(driver_thread, ticks=30)
+    controller = Controller(config, MemoryControlClient(driver_thread), runner)
+    controller.period_s = 1e-7  # no tick's work fits: each one misses
+    controller.filter.latch("operator test")  # before the first tick: logged by it, at a time just before the run
+    stats = controller.run()
+    assert stats["deadline_misses"] == 30 and stats["miss_ticks"] == list(range(1, 31))
+    ((tick, at_s, reason),) = stats["safety_log"]  # logged once, not once per tick while SAFE
+    assert tick == 0 and -1.0 < at_s <= 0.0 and reason == "operator test"
