@@ -42,15 +42,15 @@ SAFETY_KEYS = (
     "rollbacks",
     "safety_log",
 )
-# The controller's counts of what its safety layer did, in words (report.md and the plot's bars).
+# The controller's counts of what its safety layer did, in words (report.md and the plot's bars): (singular, plural).
 CONTROLLER_SAFETY_COUNTS = {
-    "filter_nonfinite": "non-finite actions",
-    "filter_clipped": "clipped actions",
-    "filter_rate_limited": "rate-limited actions",
-    "filter_safe_ticks": "ticks on the safe action",
-    "driver_timeouts": "driver timeouts",
-    "step_errors": "driver errors",
-    "session_restarts": "new driver sessions",
+    "filter_nonfinite": ("non-finite action", "non-finite actions"),
+    "filter_clipped": ("clipped action", "clipped actions"),
+    "filter_rate_limited": ("rate-limited action", "rate-limited actions"),
+    "filter_safe_ticks": ("tick on the safe action", "ticks on the safe action"),
+    "driver_timeouts": ("driver timeout", "driver timeouts"),
+    "step_errors": ("driver error", "driver errors"),
+    "session_restarts": ("new driver session", "new driver sessions"),
 }
 # The drivers' counts that are safety events (their Stats also carry steps, clears, ...), as (singular, plural).
 DRIVER_SAFETY_KEYS = {
@@ -233,7 +233,7 @@ def _safety_events(report: dict, robot: str) -> list[str]:
         phrases.append(f"SAFE latched: '{safety['safe_reason']}'")
     if safety.get("safe"):
         phrases.append("still SAFE at the end")
-    counted = [f"{safety[key]} {words}" for key, words in CONTROLLER_SAFETY_COUNTS.items() if safety.get(key)]
+    counted = [_plural(safety[key], *words) for key, words in CONTROLLER_SAFETY_COUNTS.items() if safety.get(key)]
     if counted:
         phrases.append(", ".join(counted))
     rollbacks = safety.get("rollbacks") or []
@@ -539,8 +539,8 @@ def _safety_counts(report: dict) -> dict[str, int]:
     for safety in report["safety"].values():
         counts["SAFE latches"] += len(safety.get("safety_log") or [])
         counts["rollbacks"] += len(safety.get("rollbacks") or [])
-        for key, words in CONTROLLER_SAFETY_COUNTS.items():
-            counts[words] += int(safety.get(key) or 0)
+        for key, (_, plural) in CONTROLLER_SAFETY_COUNTS.items():
+            counts[plural] += int(safety.get(key) or 0)
     for stats in report["drivers"].values():
         for key, (_, plural) in DRIVER_SAFETY_KEYS.items():
             counts[f"{plural} (driver)"] += int(stats.get(key) or 0)
