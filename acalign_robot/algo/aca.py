@@ -30,6 +30,11 @@ Deliberate deviations and switches (all in `ACAConfig`):
 - `measure_action_gradients` (diagnostic): each update also reports the mean norms of the actor objective's two
   action gradients at the actor's mean action, |d min_i R_i / du| and |d (w L) / du| (u pre-tanh), and the actor
   mean's distance from pi_0's in pi_0's standard deviations: which term moves the actor, and how far.
+- `sac.reward_scale` (default 1, as ALGORITHM.md): rewards multiplied in every phase. At the switch alpha = w = 1,
+  so the actor trades one nat of entropy for one unit of (scaled) reward; the aligned critic learns soft values in
+  which both count alike. On HalfCheetah pi_0's log-likelihood is ~9 nats per step against ~4 of reward, so the
+  entropy term dominates and the actor widens away from pi_0 (docs/results.md). A reward scale is how SAC with a
+  fixed temperature sets that balance; it is the same as aligning at temperature 1 / reward_scale.
 - `fidelity: reference` reproduces the authors' code where this project deviates by default (ALGORITHM.md,
   "Deviations"), in one switch: raw observations into every network (no normaliser from dataset statistics), R
   starts with the offline critic's Adam moments, log_alpha keeps phase 1's Adam moments. It overrides
@@ -150,7 +155,7 @@ class OfflineACA:
 
     def update(self, batch: Batch) -> dict[str, float]:
         sac, cfg = self.sac, self.config
-        obs, action, reward, next_obs, terminated = to_tensors(batch, sac.device)
+        obs, action, reward, next_obs, terminated = to_tensors(batch, sac.device, cfg.sac.reward_scale)
         draw = losses.Draw(sac.actor, obs, dataset_action=action)  # a~ and log pi(a|s) from one actor pass
         dataset_log_prob = draw.dataset_log_prob
         with torch.no_grad():

@@ -38,6 +38,10 @@ class SACConfig:
     num_critics: int = 2
     target_entropy_scale: float = 1.0  # c in H = -c|A|
     initial_alpha: float = 1.0
+    # Rewards are multiplied by this in every update (SAC's original reward scale, Haarnoja et al. 2018). It sets how
+    # much a unit of reward weighs against a nat of entropy wherever the temperature is fixed, as at ACA's switch
+    # (alpha = 1): see aca.py.
+    reward_scale: float = 1.0
 
     def validate(self) -> None:
         if not 0.0 < self.gamma < 1.0:
@@ -54,6 +58,8 @@ class SACConfig:
             raise FieldError(
                 "hidden_sizes", f"must be a non-empty list of positive sizes, got {list(self.hidden_sizes)}"
             )
+        if not (self.reward_scale > 0 and np.isfinite(self.reward_scale)):
+            raise FieldError("reward_scale", f"must be positive, got {self.reward_scale}")
         if self.initial_alpha <= 0:
             raise FieldError("initial_alpha", f"must be positive, got {self.initial_alpha}")
 
@@ -105,12 +111,13 @@ def frozen(module: torch.nn.Module):
             p.requires_grad_(True)
 
 
-def to_tensors(batch: Batch, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """(obs, action, reward, next_obs, terminated) as tensors; the numpy batch is never modified."""
-    return tuple(
+def to_tensors(batch: Batch, device: torch.device, reward_scale: float = 1.0) -> tuple[torch.Tensor, ...]:
+    """(obs, action, reward * reward_scale, next_obs, terminated) as tensors; the numpy batch is never modified."""
+    obs, action, reward, next_obs, terminated = (
         torch.as_tensor(np.asarray(x), dtype=torch.float32, device=device)
         for x in (batch.obs, batch.action, batch.reward, batch.next_obs, batch.terminated)
     )
+    return obs, action, reward * reward_scale, next_obs, terminated
 
 
 class SAC:
@@ -145,7 +152,7 @@ class SAC:
 
     def update(self, batch: Batch) -> dict[str, float]:
         cfg = self.config
-        obs, action, reward, next_obs, terminated = to_tensors(batch, self.device)
+        obs, action, reward, next_obs, terminated = to_tensors(batch, self.device, cfg.reward_scale)
         draw = losses.Draw(self.actor, obs)
         with torch.no_grad():
             next_draw = losses.Draw(self.actor, next_obs)

@@ -1,6 +1,7 @@
 """Actor-critic invariants (STYLE.md 11): RL bugs are silent, so each property is asserted directly."""
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -387,3 +388,22 @@ def test_prior_at_matches_prior_term():
     torch.testing.assert_close(value, expected, atol=0, rtol=0)
     value.sum().backward()
     assert u.grad is not None and bool(u.grad.abs().sum() > 0)
+
+
+def test_reward_scale_is_the_same_as_scaled_rewards_in_every_phase():
+    """sac.reward_scale c on a batch updates exactly as c times the batch's rewards (phase 1 and phase 3 alike)."""
+    batch = _batch()
+    scaled_batch = Batch(batch.obs, batch.action, 3.0 * batch.reward, batch.next_obs, batch.terminated)
+    results = []
+    for config, data in (
+        (ACAConfig(sac=dataclasses.replace(SMALL, reward_scale=3.0)), batch),
+        (ACAConfig(sac=SMALL), scaled_batch),
+    ):
+        offline = _offline(config)
+        torch.manual_seed(1)
+        offline.update(data)
+        online = align(offline)
+        online.update(data)
+        results.append([t.clone() for t in (*offline.sac.critic.parameters(), *online.critic.parameters())])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
