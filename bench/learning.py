@@ -259,7 +259,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="online runs in parallel (one core each)")
     parser.add_argument("--out", default="bench/out/learning")
     parser.add_argument(
-        "--label", help="name of this configuration in tables and --publish (default: the method; e.g. aca[prior])"
+        "--label",
+        help="name of this configuration in tables and --publish (default: the method; e.g. aca[prior]); naive keeps "
+        "its name unless the label holds {method}, which each method's name replaces (e.g. {method}[reward-scale-5])",
     )
     parser.add_argument("--publish", metavar="FILE", help="merge every run into FILE (docs/results/learning.json)")
     args = parser.parse_args()
@@ -296,7 +298,10 @@ def main() -> None:
     runs = []
     for (dataset, method, seed), run_dir in run_dirs.items():
         scores = read_scores(run_dir)
-        label = args.label if args.label and method != "naive" else method
+        if args.label and "{method}" in args.label:
+            label = args.label.replace("{method}", method)
+        else:
+            label = args.label if args.label and method != "naive" else method
         runs.append(
             {
                 "dataset": dataset,
