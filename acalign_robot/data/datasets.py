@@ -267,8 +267,12 @@ def write_dataset(
     ref_max_score: float | None = None,
     extra_metadata: dict[str, Any] | None = None,
     force: bool = False,
+    spaces: tuple[Any, Any] | None = None,
 ):
     """Write episodes as a Minari dataset in the local store; refuses to overwrite unless `force`.
+
+    `spaces` (observation, action gymnasium spaces) stand in for an env gymnasium does not know (a robot's log):
+    the dataset then records `env_id` in its metadata only, and no env spec.
 
     `extra_metadata` (e.g. kind, seed, behaviour policy) is stored in the dataset's metadata so that
     `minari show` and `load_dataset(...).storage.metadata` return it.
@@ -300,8 +304,10 @@ def write_dataset(
     dataset = minari.create_dataset_from_buffers(
         dataset_id=dataset_id,
         buffer=buffers,
-        env=env_id,
-        eval_env=env_id,
+        env=None if spaces else env_id,
+        eval_env=None if spaces else env_id,
+        observation_space=spaces[0] if spaces else None,
+        action_space=spaces[1] if spaces else None,
         algorithm_name=algorithm,
         author="acalign-robot",
         author_email="acalign-robot@localhost",
@@ -310,6 +316,8 @@ def write_dataset(
         ref_max_score=ref_max_score,
         description=description,
     )
+    if spaces:
+        extra_metadata = {**(extra_metadata or {}), "env_id": env_id}
     if extra_metadata:
         dataset.storage.update_metadata({f"acalign_{key}": value for key, value in extra_metadata.items()})
     return dataset

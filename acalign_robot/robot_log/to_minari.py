@@ -116,6 +116,31 @@ def log_episodes(log: LogData, episodes: Sequence[LogEpisode] | None = None) -> 
     ]
 
 
+def _gymnasium_knows(env_id: str) -> bool:
+    import gymnasium as gym
+
+    return env_id in gym.registry
+
+
+def _logged_spaces(env_id: str, logs: Sequence[LogData]):
+    """(observation, action) gymnasium Boxes from the logs' metadata: what a robot's driver declared, for an env id
+    gymnasium does not know. All logs must record the same ones."""
+    import gymnasium as gym
+
+    recorded = [(log.meta.get("observation_space"), log.meta.get("action_space")) for log in logs]
+    if any(None in pair or pair != recorded[0] for pair in recorded):
+        raise DatasetError(
+            f"gymnasium has no env {env_id!r} and the logs do not all record the same observation and action spaces; "
+            "pass --env with an env of the same spaces"
+        )
+    boxes = []
+    for space in recorded[0]:
+        low = np.array([-np.inf if value is None else value for value in space["low"]], dtype=np.float32)
+        high = np.array([np.inf if value is None else value for value in space["high"]], dtype=np.float32)
+        boxes.append(gym.spaces.Box(low, high, dtype=np.float32))
+    return tuple(boxes)
+
+
 def _check_spaces(env_id: str, log: LogData) -> None:
     import gymnasium as gym
 
@@ -175,14 +200,18 @@ def convert_logs(
             f"{len(skipped)} part(s) of the logs cannot be converted; nothing was written "
             f"(pass --allow-gaps to convert what is intact):\n{lines}"
         )
+    spaces = None
     if env_id is None:
         recorded = {log.env_id for log in logs}
         if None in recorded or len(recorded) != 1:
             named = ", ".join(f"{log.directory}: {log.env_id}" for log in logs)
             raise DatasetError(f"the logs record no single env id ({named}); pass --env")
         env_id = recorded.pop()
-    for log in logs:
-        _check_spaces(env_id, log)
+        if not _gymnasium_knows(env_id):  # a robot's own name: the dataset takes the spaces its driver declared
+            spaces = _logged_spaces(env_id, logs)
+    if spaces is None:
+        for log in logs:
+            _check_spaces(env_id, log)
     kept = {id(log): finite_episodes(log) for log in logs}
     episodes = [record for log in logs for record in log_episodes(log, kept[id(log)])]
     if not episodes:
@@ -209,5 +238,6 @@ def convert_logs(
         description=f"executed transitions of {', '.join(summary['controllers'])} on {env_id}, from controller logs",
         extra_metadata={"kind": "robot-log", **{k: v for k, v in summary.items() if k not in ("dataset_id", "env_id")}},
         force=force,
+        spaces=spaces,
     )
     return dataset, summary

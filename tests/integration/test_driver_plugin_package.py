@@ -14,6 +14,10 @@ import numpy as np
 import pytest
 import yaml
 
+from acalign_robot.drivers.remote_env import RemoteEnv
+from acalign_robot.robot_log.format import info_columns
+from acalign_robot.robot_log.reader import read_log
+from acalign_robot.robot_log.to_minari import convert_logs
 from acalign_robot.wire import protocol as p
 from acalign_robot.wire.channels import free_tcp_endpoint
 from acalign_robot.wire.transport import ZmqControlClient
@@ -104,11 +108,22 @@ def test_a_driver_process_serves_the_plugin_with_its_args(site, tmp_path, proces
         hello = client.request(p.Hello(client_name="test", role="controller"), 5.0)
         reset = client.request(p.Reset(seed=0), 5.0)
         steps = [client.request(p.Step(tick=tick, action=np.full(2, 0.25, np.float32)), 5.0) for tick in range(5)]
+        assert isinstance(client.request(p.Release(reason="done"), 5.0), p.Heartbeat)  # the driver is free again
     assert isinstance(hello, p.HelloReply) and hello.control_period_s == 0.02  # the args reached the driver
     assert isinstance(reset, p.ResetReply) and reset.obs.tolist() == [0.0, 0.0, 0.25, -0.25]
     assert all(isinstance(step, p.StepReply) for step in steps)
     # The servos move 2 rad/s * 0.02 s = 0.04 rad per tick toward 0.25; the episode ends after episode_steps.
     assert steps[0].obs[0] == pytest.approx(0.04) and steps[-1].truncated and not steps[-2].truncated
+    assert steps[0].info["tracking_error_rad"] == pytest.approx([0.21, 0.21]) and steps[0].info["speed_limited"]
+    # The same driver as a gymnasium env: its info reaches RemoteEnv's (a robot-like driver cannot pause: pause_s 0).
+    remote = RemoteEnv(endpoint, pause_s=0.0)
+    try:
+        remote.reset(seed=0)
+        _, _, _, _, info = remote.step(np.full(2, 0.01, np.float32))  # within one period's travel
+    finally:
+        remote.close()
+    assert not info["speed_limited"] and info["tracking_error_rad"] == pytest.approx([0.0, 0.0])
+    assert not info["rejected_action"]
 
 
 BAD_DRIVERS = [
@@ -155,11 +170,24 @@ def test_validate_names_the_robot_of_a_plugin_that_is_not_installed(site, tmp_pa
     ]
 
 
-def test_the_example_launch_file_runs_unchanged(site, tmp_path):
+def test_the_example_launch_file_runs_unchanged(site, tmp_path, minari_store):
+    import minari
+
     work = session_dir(tmp_path)
     result = run(site, "launch", "launch.yaml", "--set", "controller.episodes=1", cwd=work)
     assert result.returncode == 0, result.stdout + result.stderr
     (report_file,) = (work / "sessions" / "example_arm").glob("*/report.json")
     report = json.loads(report_file.read_text())
     assert report["failure"] is None and report["controllers"][0]["episodes"] == 1
-    assert report["drivers"]["arm-0"]["steps"] >= 200  # episode_steps of the example's args
+    # The plugin's info, the same keys every step, in the controller's log and in a Minari dataset made from it.
+    (log_dir,) = (work / "sessions" / "example_arm").glob("*/arm-0/log")
+    log = read_log(log_dir)
+    # The driver ends the episode after the args' 200 steps; its watchdog may take some of them while the
+    # controller starts (30 ms), so the controller logs at most 200.
+    (episode,) = log.episodes
+    assert 150 <= len(episode) <= 200 and log.truncated[episode.stop - 1]
+    info = info_columns(log.extras)
+    assert info["tracking_error_rad"].shape == log.action.shape and not info["rejected_action"].any()
+    convert_logs(log_dir, "example-arm-info")
+    (episode,) = minari.load_dataset("example-arm-info-v0").iterate_episodes()
+    np.testing.assert_array_equal(episode.infos["info.tracking_error_rad"][1:], info["tracking_error_rad"])

@@ -79,15 +79,23 @@ class ExampleArmDriver(Driver):
 
     def step(self, action: np.ndarray) -> StepResult:
         action = np.asarray(action, dtype=np.float64)
-        info = {}
-        if not np.all(np.isfinite(action)):  # the server already refuses these; a driver never trusts its caller
+        rejected = not np.all(np.isfinite(action))  # the server already refuses these; a driver never trusts its caller
+        if rejected:
             action = self.safe_action().astype(np.float64)
-            info["rejected_action"] = True
         limit = self.config.joint_limit_rad
-        self.bus.write_targets(np.clip(action, -limit, limit))
+        targets = np.clip(action, -limit, limit)
+        speed_limited = bool(np.any(np.abs(targets - self.bus.read_positions()) > self.bus.max_step_rad))
+        self.bus.write_targets(targets)
         self._steps += 1
-        distance = self.bus.read_positions() - self.goal
-        reward = -float(np.sum(distance**2))
+        positions = self.bus.read_positions()
+        reward = -float(np.sum((positions - self.goal) ** 2))
+        # What the robot reports beside the observation, the same keys every step (StepReply.info): it reaches the
+        # controller's log, datasets converted from it, and RemoteEnv's info.
+        info = {
+            "rejected_action": rejected,
+            "speed_limited": speed_limited,  # a servo could not reach its target within one period
+            "tracking_error_rad": (targets - positions).astype(np.float32),  # where the servos have yet to go
+        }
         return StepResult(self._observation(), reward, False, self._steps >= self.config.episode_steps, info)
 
     def safe_action(self) -> np.ndarray:
