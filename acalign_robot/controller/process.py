@@ -64,6 +64,7 @@ STATUS_WINDOW_TICKS = 1000  # the periodic status line's p50/p99 cover the most 
 # The newest deadline misses and SAFE latches kept for stats.json (the session report's markers); 10k ticks are
 # ~60 kB of JSON.
 MAX_MISSES_LOGGED, MAX_LATCHES_LOGGED = 10_000, 1000
+RECENT_EPISODES = 64  # episodes in each periodic status: more than end within a second at any real rate
 # How long another thread may keep running Python while the control thread waits for the GIL (CPython's default is
 # 5 ms, two whole ticks at 500 Hz). A hot-swap step that overruns its idle window then costs the tick <= 0.2 ms.
 GIL_SWITCH_INTERVAL_S = 0.0002
@@ -508,6 +509,10 @@ class Controller:
             values["swap_log"] = self.swap_log[-1000:]
             values["miss_ticks"] = list(self.miss_ticks)
             values["safety_log"] = [[tick, at_s - self._started_s, reason] for tick, at_s, reason in self.latch_log]
+        else:
+            # Every episode for the supervisor's live page, which reads this status once a second: several short
+            # episodes may end within one second, and last_episode_return alone would lose all but the last.
+            values["recent_episodes"] = self.episode_log[-RECENT_EPISODES:]
         if self.swapper is not None:
             values["swap_rejections"] = dict(self.swapper.rejections)
             values["last_rejection"] = self.swapper.last_rejection

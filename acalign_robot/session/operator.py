@@ -98,20 +98,22 @@ def ask_drivers(
     security: SecurityConfig,
     *,
     reason: str = "operator",
+    source: str = "acalign-cli",
     timeout_s: float = REPLY_TIMEOUT_S,
     on_answer: Callable[[DriverAnswer], None] | None = None,
 ) -> list[DriverAnswer]:
     """Send EStop or Clear to every (robot name, control endpoint) at once, one thread each; one answer per robot.
 
-    `on_answer(answer)` is called as each answer arrives (from that robot's thread, one call at a time). Returns
-    the answers in the order of `robots`. Never raises for one driver's fault: it becomes that robot's answer.
+    `source` names the sender in the message (the CLI, the session's page). `on_answer(answer)` is called as each
+    answer arrives (from that robot's thread, one call at a time). Returns the answers in the order of `robots`.
+    Never raises for one driver's fault: it becomes that robot's answer.
     """
     from acalign_robot.wire import protocol as p
     from acalign_robot.wire.channels import TransportTimeout
     from acalign_robot.wire.security import client_keys, is_local_endpoint
     from acalign_robot.wire.transport import ZmqControlClient
 
-    message = p.EStop(reason=reason, source="acalign-cli") if action == "estop" else p.Clear(source="acalign-cli")
+    message = p.EStop(reason=reason, source=source) if action == "estop" else p.Clear(source=source)
     expected = _EXPECTED_STATE[action]
     keys, keys_problem = None, None
     if not all(is_local_endpoint(endpoint) for _, endpoint in robots):

@@ -9,6 +9,7 @@
     endpoints: {transitions: auto, policy: auto}         # auto: free ports on bind_host
     restart: {learner: {mode: on-failure, max_restarts: 3, window_s: 60}}
     include: [fragments/hopper_limits.yaml]              # shared fragments, merged under this file
+    operator_page: {host: 127.0.0.1, port: 8470}         # the live page (session/page.py); port 0: a free one
 
 The supervisor fills in every endpoint (each robot's control endpoint, the learner's transitions and policy
 endpoints), each process's output directory and name, and the session's `security:` block; process sections must not
@@ -38,12 +39,13 @@ from acalign_robot.controller.process import ControllerConfig
 from acalign_robot.drivers.server import DriverConfig
 from acalign_robot.learner.config import LearnerConfig
 from acalign_robot.session.wiring import owned_field_refusal
-from acalign_robot.wire.security import SecurityConfig
+from acalign_robot.wire.security import SecurityConfig, is_local_endpoint
 
 __all__ = [
     "AUTO",
     "Endpoints",
     "LaunchConfig",
+    "OperatorPage",
     "RestartPolicies",
     "RestartPolicy",
     "Robot",
@@ -91,6 +93,32 @@ class Endpoints:
 
 
 @dataclass(frozen=True)
+class OperatorPage:
+    """The session's live page and e-stop buttons (session/page.py), served by the supervisor while it runs.
+
+    Loopback by default. Another interface only with `token_file`: the page is plain HTTP, and whoever can reach the
+    port could otherwise press e-stop and clear; with a token file every request must carry its token.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # the address to listen on
+    port: int = 0  # 0: a free port, printed at start and written to <session dir>/page.url
+    token_file: str | None = None  # a private file (mode 0600) holding the token; required off loopback
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise FieldError("port", f"must be 0 (a free port) to 65535, got {self.port}")
+        if not re.fullmatch(r"[\w.:-]+", self.host):
+            raise FieldError("host", f"expected an address or host name, got {self.host!r}")
+        if self.enabled and self.token_file is None and not is_loopback_host(self.host):
+            raise FieldError(
+                "token_file",
+                f"the page on {self.host} (not loopback) needs a token: anyone who reaches the port could press "
+                "e-stop and clear; write the token into a file only you can read and name it here (docs/security.md)",
+            )
+
+
+@dataclass(frozen=True)
 class LaunchConfig:
     session: str
     robots: tuple[Robot, ...]
@@ -103,6 +131,7 @@ class LaunchConfig:
     duration_s: float | None = None  # stop the session after this long (none: when controllers finish, or Ctrl-C)
     ready_timeout_s: float = 60.0  # per process, from start to its readiness handshake
     heartbeat_timeout_s: float = 10.0  # a process whose status file is older than this is reported stale
+    operator_page: OperatorPage = field(default_factory=OperatorPage)
 
     def validate(self) -> None:
         if not re.fullmatch(r"[\w.-]+", self.session):
@@ -123,6 +152,11 @@ class LaunchConfig:
                 raise FieldError("learner", refusal)
         if self.duration_s is not None and self.duration_s <= 0:
             raise FieldError("duration_s", f"must be positive, got {self.duration_s}")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether an address (or `localhost`) is reachable only from this machine."""
+    return is_local_endpoint(f"tcp://[{host}]:0" if ":" in host else f"tcp://{host}:0")
 
 
 def load_launch(path: str | Path, overrides: tuple[str, ...] = ()) -> LaunchConfig:
@@ -229,6 +263,14 @@ def check_session(config: LaunchConfig, host: str | None = None) -> list[str]:
         )
     if config.security.curve:
         problems += _key_problems(config, host)
+    if config.operator_page.enabled and config.operator_page.token_file is not None:
+        from acalign_robot.errors import InputError
+        from acalign_robot.session.page import read_token
+
+        try:
+            read_token(config.operator_page.token_file)
+        except InputError as exc:
+            problems.append(f"operator_page.token_file: {exc}")
     return problems
 
 

@@ -6,6 +6,9 @@ group, with its output in `<session dir>/<name>.log`; the supervisor waits for i
 handshake: sockets bound, for a controller the driver's handshake done) and on a timeout or an early exit prints the
 process's last log lines and stops the session.
 
+The operator page (session/page.py, on unless `operator_page: {enabled: false}`) is served from before the first
+process starts until every process has stopped: a live view of the session and its e-stop and clear buttons.
+
 While running: exits are handled by each role's restart policy (never / on-failure with at most N restarts in a
 window; a restarted learner resumes from its checkpoint); status files (`status.json`, written every second by
 controllers and the learner) feed a live status line, and a status file older than `heartbeat_timeout_s` is
@@ -123,6 +126,7 @@ class Supervisor:
         self._stop_requested = False
         self._started = time.monotonic()
         self.driver_stats: dict[str, dict] = {}
+        self.page_url: str | None = None
 
     def request_stop(self, *_args) -> None:
         self._stop_requested = True
@@ -208,6 +212,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGTERM, self.request_stop)
         self.prepare()
+        closing = self._start_page() if self.config.operator_page.enabled else []
         failure = None
         try:
             for process in self.processes:
@@ -222,10 +227,58 @@ class Supervisor:
             self._event("failure", "supervisor", failure.splitlines()[0])
         finally:
             self._shutdown()
+            for close in closing:
+                close()
         report = write_report(self, failure)
         if failure:
             raise SessionFailed(failure)
         return report
+
+    def _local_robots(self) -> list[tuple[str, str]]:
+        """(name, control endpoint) of the robots that run on this host: what `acalign estop` reads in session.yaml."""
+        return [(robot.name, robot.control_endpoint) for robot in self.resolved.robots if self._runs_here(robot.host)]
+
+    def _start_page(self) -> list:
+        """Serve the operator page; its address is printed and written to `page.url` in the session directory.
+        Returns what closes it, in order: the server (and its feeder thread), then the feeder's driver clients."""
+        from acalign_robot.session.live import DriverStatsPoller, ProcessState, SessionView, read_last_record
+        from acalign_robot.session.page import OperatorPageServer
+
+        robots = self._local_robots()
+        view = SessionView(self.config.session, [name for name, _ in robots], self.config.heartbeat_timeout_s)
+        poller = DriverStatsPoller(robots)
+        metrics_path = self.session_dir / "learner" / "metrics.jsonl"
+
+        def state(process: ManagedProcess) -> str:
+            if process.finished:
+                return "finished"
+            if process.popen is None:
+                return "not started"
+            return "running" if process.alive() else "exited"
+
+        def collect() -> dict:  # on the page's feeder thread, once a second
+            return view.snapshot(
+                elapsed_s=time.monotonic() - self._started,
+                processes=[ProcessState(p.name, p.role, state(p)) for p in list(self.processes)],
+                statuses=self.status(),
+                driver_stats=poller.poll(),
+                learner_metrics=read_last_record(metrics_path),
+                events=list(self.events),
+            )
+
+        def record(action: str, robot: str | None, answers: list) -> None:
+            detail = "; ".join(
+                f"{a.robot} {'acknowledged' if a.acknowledged else 'NOT acknowledged'} in {1000 * a.elapsed_s:.1f} ms"
+                for a in answers
+            )
+            self._event(action, "operator-page", f"{robot or 'every robot'}: {detail}")
+
+        page = OperatorPageServer(self.config.operator_page, robots, self.resolved.security, collect, record)
+        self.page_url = page.start()
+        (self.session_dir / "page.url").write_text(self.page_url + "\n")
+        note = " (add ?token=<your token_file's contents>)" if page.token_required else ""
+        print(f"operator page: {self.page_url}{note}", flush=True)
+        return [page.close, poller.close]
 
     def _watch(self) -> None:
         last_line = 0.0
