@@ -3,7 +3,7 @@ on a running sim session (MuJoCo Hopper driver, controller, learner). The page s
 they change; its E-STOP latches the driver, which the test checks through the driver's own Stats; Clear asks for
 confirmation and releases it.
 
-`ACALIGN_PAGE_SCREENSHOT=FILE` saves the page (mid-session, before the e-stop) as a PNG: docs/img/operator_page.png
+`ACALIGN_PAGE_SCREENSHOT=FILE` saves the page (e-stopped, with the driver's answer) as a PNG: docs/img/operator_page.png
 is made that way. .ci/run installs chromium and chromium-driver; without them the test skips and says so.
 """
 
@@ -26,9 +26,9 @@ pytestmark = pytest.mark.integration
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
-# docs/safety.md: from the click to the driver applying its safe action (median measured ~20 ms on the loaded 2-core
-# machine, the worst of 10 presses ~0.1 s); the bound leaves room for a loaded CI machine.
-ESTOP_BOUND_S = 0.5
+# docs/safety.md: from selenium's click to the driver's Stats saying `estopped`, WebDriver's own round trip included
+# (bench/operator_page.py: median 166 ms, worst of 10 presses 368 ms on the 2-core machine at load average 7).
+ESTOP_BOUND_S = 1.0
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
 if CHROMIUM is None or CHROMEDRIVER is None:
@@ -114,9 +114,6 @@ def test_the_page_shows_a_live_session_and_its_estop_latches_the_driver(
         assert len(legend) >= 2, "returns coloured by at least two policy versions"
         wait_for(lambda: text(browser, "#learner [data-field='updates']") not in ("", "–", "0"), 30, "learner numbers")
         assert text(browser, f'{robot} [data-field="safety"]') == "RUNNING"
-        if os.environ.get("ACALIGN_PAGE_SCREENSHOT"):
-            time.sleep(5)  # a few more episodes on the plot
-            browser.save_screenshot(os.environ["ACALIGN_PAGE_SCREENSHOT"])
 
         # E-stop from the page: the driver's own Stats say it applies its safe action, within the documented time.
         endpoint = yaml.safe_load((session_dir / "session.yaml").read_text())["robots"][0]["control_endpoint"]
@@ -133,6 +130,8 @@ def test_the_page_shows_a_live_session_and_its_estop_latches_the_driver(
         print(f"e-stop from the page: the driver latched {1000 * latched_s:.1f} ms after the click")
         wait_for(lambda: text(browser, "#action-result").startswith("hopper-0: estop acknowledged in"), 5, "the answer")
         wait_for(lambda: text(browser, f'{robot} [data-field="safety"]') == "E-STOP", 10, "the page showing E-STOP")
+        if os.environ.get("ACALIGN_PAGE_SCREENSHOT"):
+            browser.save_screenshot(os.environ["ACALIGN_PAGE_SCREENSHOT"])
 
         # Clear asks first; cancelling changes nothing, confirming releases the driver and the controller's latch.
         browser.find_element(By.CSS_SELECTOR, f'{robot} button[data-action="clear"]').click()

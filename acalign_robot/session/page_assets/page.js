@@ -138,10 +138,10 @@ function plot(canvas, points, caption) {
   let [yMin, yMax] = [Math.min(...ys), Math.max(...ys)];
   if (yMax === yMin) [yMin, yMax] = [yMin - 1, yMax + 1];
   const x = (value) => left + ((value - xMin) / Math.max(1e-9, xMax - xMin)) * (width - left - 8);
-  const y = (value) => 18 + (1 - (value - yMin) / (yMax - yMin)) * (height - bottom - 22);
+  const y = (value) => 24 + (1 - (value - yMin) / (yMax - yMin)) * (height - bottom - 28);
   context.strokeStyle = "#d0d5dd";
   context.beginPath();
-  context.moveTo(left, 18);
+  context.moveTo(left, 24);
   context.lineTo(left, height - bottom);
   context.lineTo(width - 8, height - bottom);
   context.stroke();
