@@ -87,7 +87,9 @@ class SessionView:
                 continue
             self._tick_mark[robot] = tick
             self._episode_count[robot] += 1
-            self._episodes[robot].append([self._episode_count[robot], _number(episode_return), version])
+            episode_return = _number(episode_return)
+            rounded = None if episode_return is None else round(episode_return, 3)  # a plot's precision, a third the bytes
+            self._episodes[robot].append([self._episode_count[robot], rounded, version])
 
     def _take_metrics(self, record: dict | None) -> None:
         if record is None or record.get("elapsed_s") == self._last_metrics_elapsed:
