@@ -88,7 +88,7 @@ class SessionView:
             self._tick_mark[robot] = tick
             self._episode_count[robot] += 1
             episode_return = _number(episode_return)
-            rounded = None if episode_return is None else round(episode_return, 3)  # a plot's precision, a third the bytes
+            rounded = None if episode_return is None else round(episode_return, 3)  # a plot needs no more digits
             self._episodes[robot].append([self._episode_count[robot], rounded, version])
 
     def _take_metrics(self, record: dict | None) -> None:
