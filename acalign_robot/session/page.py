@@ -38,6 +38,7 @@ import os
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -175,9 +176,16 @@ class OperatorPageServer:
                 self._loop.call_soon_threadsafe(self._set_latest, text)
 
     def _feed(self) -> None:
+        reported = ""
         while not self._stopping.is_set():
             started = time.monotonic()
-            self.publish(self.collect())
+            try:
+                self.publish(self.collect())
+            except Exception as exc:  # a fault in building the view must end neither the feed nor the session
+                problem = f"{type(exc).__name__}: {exc}"
+                if problem != reported:  # once per distinct fault, not once a second
+                    print(f"\noperator page: the live state could not be built: {problem}", file=sys.stderr)
+                    reported = problem
             self._stopping.wait(max(0.0, FEED_PERIOD_S - (time.monotonic() - started)))
 
     # --- the event loop (its own thread) ----------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 
 import pytest
 
@@ -252,3 +254,29 @@ def test_closing_stops_the_feeder_and_the_server(page):
     assert not any(thread.name.startswith("operator-page") for thread in threading.enumerate())
     with pytest.raises(OSError):
         page.request("GET", "/")
+
+
+def test_a_fault_in_building_the_state_does_not_end_the_feed(capsys):
+    calls = []
+
+    def collect():
+        calls.append(1)
+        if len(calls) < 3:
+            raise KeyError("ticks")
+        return {"session": "recovered"}
+
+    server = OperatorPageServer(OperatorPage(port=0), [], SecurityConfig(), collect, lambda *a: None)
+    url = server.start()
+
+    def served_state() -> dict:
+        with urllib.request.urlopen(url + "api/state", timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.monotonic() + 10
+        while served_state().get("session") != "recovered" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert served_state()["session"] == "recovered"
+    finally:
+        server.close()
+    assert capsys.readouterr().err.count("the live state could not be built: KeyError: 'ticks'") == 1
