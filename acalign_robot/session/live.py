@@ -1,4 +1,5 @@
-"""What the operator page shows: a session's live state, rebuilt once a second from what the supervisor reads anyway.
+"""A session's live state, rebuilt once a second from what the supervisor reads anyway, for the operator page and
+the opt-in sinks (TensorBoard, rerun: session/sinks.py).
 
 Sources, none of them polled harder than the status line polls them: each controller's and the learner's
 `status.json` (written every second by the process itself), the last record of the learner's `metrics.jsonl`
@@ -16,12 +17,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+import threading
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_EPISODES", "DriverStatsPoller", "ProcessState", "SessionView", "read_last_record"]
+__all__ = ["MAX_EPISODES", "DriverStatsPoller", "LiveFeed", "ProcessState", "SessionView", "read_last_record"]
 
 MAX_EPISODES = 500  # per robot, newest kept: what the returns plot shows
 MAX_LOSSES = 300  # learner metrics records kept for its curve (10 minutes at the default 2 s)
@@ -223,3 +228,46 @@ class DriverStatsPoller:
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+
+
+class LiveFeed:
+    """Builds the session's live state once a second on its own thread and hands it to each consumer (the page,
+    the opt-in sinks). A fault in building or consuming a state is printed once per distinct fault and the feed goes
+    on: neither the page nor a sink may end a session."""
+
+    def __init__(self, collect: Callable[[], dict], consumers: list[Callable[[dict], None]], period_s: float = 1.0):
+        self.collect = collect
+        self.consumers = consumers
+        self.period_s = period_s
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="session-live-feed", daemon=True)
+        self._reported: set[str] = set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop after the state being built (its driver requests end within their timeout)."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            self._guarded("the live state could not be built", self._step)
+            self._stopping.wait(max(0.0, self.period_s - (time.monotonic() - started)))
+
+    def _step(self) -> None:
+        state = self.collect()
+        for consume in self.consumers:
+            self._guarded(f"{getattr(consume, '__qualname__', consume)} failed", lambda c=consume: c(state))
+
+    def _guarded(self, what: str, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except Exception as exc:
+            problem = f"{what}: {type(exc).__name__}: {exc}"
+            if problem not in self._reported and len(self._reported) < 100:  # once each, and bounded
+                self._reported.add(problem)
+                print(f"\nlive feed: {problem}", file=sys.stderr, flush=True)

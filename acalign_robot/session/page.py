@@ -4,9 +4,9 @@ Served by aiohttp on its own event loop in a thread of the supervisor (one small
 a server and streamed responses; no ASGI stack to assemble). The page is plain HTML, JS and CSS from
 `page_assets/` (no build step, nothing fetched at run time); it draws its own plots on canvases.
 
-Data flow: a feeder thread builds the state once a second (`collect`, from the files the supervisor reads anyway and
-the drivers' Stats, session/live.py) and `publish` hands it to the loop; every open page receives it as a
-server-sent event (`GET /events`). `GET /api/state` returns the latest state once.
+Data flow: the session's live feed (session/live.py) builds the state once a second, from the files the supervisor
+reads anyway and the drivers' Stats, and `publish` hands it to the loop; every open page receives it as a server-sent
+event (`GET /events`). `GET /api/state` returns the latest state once.
 
 E-stop and clear (`POST /api/estop`, `POST /api/clear`, JSON `{"robot": NAME}` or `{"robot": null}` for every robot)
 go through `operator.ask_drivers`, the path of `acalign estop`: every driver at once, one thread each; the answer
@@ -38,9 +38,7 @@ import os
 import re
 import secrets
 import socket
-import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from importlib import resources
@@ -59,7 +57,6 @@ MAX_STREAMS = 16  # open event streams (pages) at once
 MAX_ACTIONS = 4  # e-stop / clear exchanges in flight at once
 MAX_BODY_BYTES = 1024
 KEEPALIVE_S = 15.0  # a comment line on a quiet stream, so that proxies and the browser keep it open
-FEED_PERIOD_S = 1.0
 TOKEN_HEADER = "X-Acalign-Token"
 _TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 _ASSETS = {"page.js": "text/javascript", "page.css": "text/css"}
@@ -95,10 +92,11 @@ def read_token(path: str | Path) -> str:
 
 
 class OperatorPageServer:
-    """The page's HTTP server and feeder thread; `start()` binds (errors are InputError), `close()` stops both.
+    """The page's HTTP server; `start()` binds (errors are InputError) and serves on a thread, `close()` stops it.
 
-    `robots` are the (name, control endpoint) pairs of this host's robots, `collect()` returns the page's state
-    (called on the feeder thread once a second), `on_action(action, robot, answers)` records an e-stop or clear.
+    `robots` are the (name, control endpoint) pairs of this host's robots; `publish(state)` shows a new state (the
+    session's live feed calls it once a second, session/live.py); `on_action(action, robot, answers)` records an
+    e-stop or clear.
     """
 
     def __init__(
@@ -106,13 +104,11 @@ class OperatorPageServer:
         config: OperatorPage,
         robots: list[tuple[str, str]],
         security: SecurityConfig,
-        collect: Callable[[], dict],
         on_action: Callable[[str, str | None, list], None],
     ):
         self.config = config
         self.robots = dict(robots)
         self.security = security
-        self.collect = collect
         self.on_action = on_action
         self.token_required = config.token_file is not None
         self.token = read_token(config.token_file) if self.token_required else secrets.token_urlsafe(32)
@@ -120,7 +116,6 @@ class OperatorPageServer:
         self._socket: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._feeder: threading.Thread | None = None
         self._stopping = threading.Event()
         self._latest = "{}"
         self._next: asyncio.Event | None = None  # set (and replaced) when a new state arrives
@@ -154,14 +149,10 @@ class OperatorPageServer:
         if failure or not started.is_set():
             self.close()
             raise InputError(f"operator_page: the server did not start: {failure[0] if failure else 'timeout'}")
-        self._feeder = threading.Thread(target=self._feed, name="operator-page-feed", daemon=True)
-        self._feeder.start()
         return self.url
 
     def close(self) -> None:
         self._stopping.set()
-        if self._feeder is not None:
-            self._feeder.join(timeout=5)
         if self._loop is not None and self._thread is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._wake_streams)
             self._thread.join(timeout=10)
@@ -174,19 +165,6 @@ class OperatorPageServer:
         if self._loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop closed: the session is ending
                 self._loop.call_soon_threadsafe(self._set_latest, text)
-
-    def _feed(self) -> None:
-        reported = ""
-        while not self._stopping.is_set():
-            started = time.monotonic()
-            try:
-                self.publish(self.collect())
-            except Exception as exc:  # a fault in building the view must end neither the feed nor the session
-                problem = f"{type(exc).__name__}: {exc}"
-                if problem != reported:  # once per distinct fault, not once a second
-                    print(f"\noperator page: the live state could not be built: {problem}", file=sys.stderr)
-                    reported = problem
-            self._stopping.wait(max(0.0, FEED_PERIOD_S - (time.monotonic() - started)))
 
     # --- the event loop (its own thread) ----------------------------------------------------------------------------
 

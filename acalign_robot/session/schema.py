@@ -10,6 +10,7 @@
     restart: {learner: {mode: on-failure, max_restarts: 3, window_s: 60}}
     include: [fragments/hopper_limits.yaml]              # shared fragments, merged under this file
     operator_page: {host: 127.0.0.1, port: 8470}         # the live page (session/page.py); port 0: a free one
+    sinks: {tensorboard: true, rerun: save}              # opt-in copies of the live state (session/sinks.py)
 
 The supervisor fills in every endpoint (each robot's control endpoint, the learner's transitions and policy
 endpoints), each process's output directory and name, and the session's `security:` block; process sections must not
@@ -46,6 +47,7 @@ __all__ = [
     "Endpoints",
     "LaunchConfig",
     "OperatorPage",
+    "Sinks",
     "RestartPolicies",
     "RestartPolicy",
     "Robot",
@@ -119,6 +121,19 @@ class OperatorPage:
 
 
 @dataclass(frozen=True)
+class Sinks:
+    """Opt-in copies of the live state the page shows (session/sinks.py), in the session directory or a viewer."""
+
+    tensorboard: bool = False  # <session dir>/tensorboard/ (the tensorboard extra)
+    rerun: Literal["off", "save", "connect"] = "off"  # save: <session dir>/session.rrd; connect: a viewer at rerun_url
+    rerun_url: str = "rerun+http://127.0.0.1:9876/proxy"  # a running `rerun` viewer's gRPC address (its default)
+
+    def validate(self) -> None:
+        if not re.fullmatch(r"rerun\+https?://[^\s/]+(/\S*)?", self.rerun_url):
+            raise FieldError("rerun_url", f"expected rerun+http://HOST:PORT/proxy, got {self.rerun_url!r}")
+
+
+@dataclass(frozen=True)
 class LaunchConfig:
     session: str
     robots: tuple[Robot, ...]
@@ -132,6 +147,7 @@ class LaunchConfig:
     ready_timeout_s: float = 60.0  # per process, from start to its readiness handshake
     heartbeat_timeout_s: float = 10.0  # a process whose status file is older than this is reported stale
     operator_page: OperatorPage = field(default_factory=OperatorPage)
+    sinks: Sinks = field(default_factory=Sinks)
 
     def validate(self) -> None:
         if not re.fullmatch(r"[\w.-]+", self.session):
@@ -263,6 +279,9 @@ def check_session(config: LaunchConfig, host: str | None = None) -> list[str]:
         )
     if config.security.curve:
         problems += _key_problems(config, host)
+    from acalign_robot.session.sinks import missing_sink_packages
+
+    problems += missing_sink_packages(config.sinks.tensorboard, config.sinks.rerun != "off")
     if config.operator_page.enabled and config.operator_page.token_file is not None:
         from acalign_robot.errors import InputError
         from acalign_robot.session.page import read_token

@@ -7,7 +7,8 @@ handshake: sockets bound, for a controller the driver's handshake done) and on a
 process's last log lines and stops the session.
 
 The operator page (session/page.py, on unless `operator_page: {enabled: false}`) is served from before the first
-process starts until every process has stopped: a live view of the session and its e-stop and clear buttons.
+process starts until every process has stopped: a live view of the session and its e-stop and clear buttons. The
+same live state goes to the opt-in sinks (`sinks:`, session/sinks.py: TensorBoard, rerun).
 
 While running: exits are handled by each role's restart policy (never / on-failure with at most N restarts in a
 window; a restarted learner resumes from its checkpoint); status files (`status.json`, written every second by
@@ -212,7 +213,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGTERM, self.request_stop)
         self.prepare()
-        closing = self._start_page() if self.config.operator_page.enabled else []
+        closing = self._start_live_view()
         failure = None
         try:
             for process in self.processes:
@@ -238,12 +239,14 @@ class Supervisor:
         """(name, control endpoint) of the robots that run on this host: what `acalign estop` reads in session.yaml."""
         return [(robot.name, robot.control_endpoint) for robot in self.resolved.robots if self._runs_here(robot.host)]
 
-    def _start_page(self) -> list:
-        """Serve the operator page; its address is printed and written to `page.url` in the session directory.
-        Returns what closes it, in order: the server (and its feeder thread), then the feeder's driver clients."""
-        from acalign_robot.session.live import DriverStatsPoller, ProcessState, SessionView, read_last_record
-        from acalign_robot.session.page import OperatorPageServer
+    def _start_live_view(self) -> list:
+        """The operator page and the opt-in sinks, fed once a second by one live feed (session/live.py); the page's
+        address is printed and written to `page.url` in the session directory. Returns what closes them, in order."""
+        from acalign_robot.session.live import DriverStatsPoller, LiveFeed, ProcessState, SessionView, read_last_record
 
+        page_config, sinks = self.config.operator_page, self.config.sinks
+        if not page_config.enabled and not sinks.tensorboard and sinks.rerun == "off":
+            return []
         robots = self._local_robots()
         view = SessionView(self.config.session, [name for name, _ in robots], self.config.heartbeat_timeout_s)
         poller = DriverStatsPoller(robots)
@@ -256,7 +259,7 @@ class Supervisor:
                 return "not started"
             return "running" if process.alive() else "exited"
 
-        def collect() -> dict:  # on the page's feeder thread, once a second
+        def collect() -> dict:  # on the live feed's thread, once a second
             return view.snapshot(
                 elapsed_s=time.monotonic() - self._started,
                 processes=[ProcessState(p.name, p.role, state(p)) for p in list(self.processes)],
@@ -266,6 +269,38 @@ class Supervisor:
                 events=list(self.events),
             )
 
+        consumers, closing = [], [poller.close]  # closed in reverse: the feed first, its driver clients last
+        try:
+            if sinks.tensorboard:
+                from acalign_robot.session.sinks import TensorBoardSink
+
+                tensorboard = TensorBoardSink(self.session_dir / "tensorboard")
+                consumers.append(tensorboard.write)
+                closing.append(tensorboard.close)
+            if sinks.rerun != "off":
+                from acalign_robot.session.sinks import RerunSink
+
+                log_dirs = {name: self.session_dir / name / "log" for name, _ in robots}
+                save_to = self.session_dir / "session.rrd" if sinks.rerun == "save" else None
+                rerun = RerunSink(self.config.session, log_dirs, save_to=save_to, connect_url=sinks.rerun_url)
+                consumers.append(rerun.write)
+                closing.append(rerun.close)
+            if page_config.enabled:
+                page = self._start_page(robots)
+                consumers.append(page.publish)
+                closing.append(page.close)
+        except BaseException:  # a page or sink that cannot start (a taken port): close what did, then report it
+            for close in reversed(closing):
+                close()
+            raise
+        feed = LiveFeed(collect, consumers)
+        feed.start()
+        closing.append(feed.close)
+        return closing[::-1]
+
+    def _start_page(self, robots: list[tuple[str, str]]):
+        from acalign_robot.session.page import OperatorPageServer
+
         def record(action: str, robot: str | None, answers: list) -> None:
             detail = "; ".join(
                 f"{a.robot} {'acknowledged' if a.acknowledged else 'NOT acknowledged'} in {1000 * a.elapsed_s:.1f} ms"
@@ -273,12 +308,12 @@ class Supervisor:
             )
             self._event(action, "operator-page", f"{robot or 'every robot'}: {detail}")
 
-        page = OperatorPageServer(self.config.operator_page, robots, self.resolved.security, collect, record)
+        page = OperatorPageServer(self.config.operator_page, robots, self.resolved.security, record)
         self.page_url = page.start()
         (self.session_dir / "page.url").write_text(self.page_url + "\n")
         note = " (add ?token=<your token_file's contents>)" if page.token_required else ""
         print(f"operator page: {self.page_url}{note}", flush=True)
-        return [page.close, poller.close]
+        return page
 
     def _watch(self) -> None:
         last_line = 0.0

@@ -9,13 +9,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 
 from acalign_robot.config import ConfigError
 from acalign_robot.errors import InputError
-from acalign_robot.session.live import MAX_EPISODES, ProcessState, SessionView, read_last_record
+from acalign_robot.session.live import MAX_EPISODES, LiveFeed, ProcessState, SessionView, read_last_record
 from acalign_robot.session.page import MAX_STREAMS, OperatorPageServer, read_token
 from acalign_robot.session.schema import OperatorPage, load_launch
 from acalign_robot.wire.security import SecurityConfig
@@ -83,10 +82,9 @@ class Page:
     def __init__(self, config: OperatorPage, robots=(("arm", "tcp://127.0.0.1:1"),)):
         self.actions = []
         self.state = {"session": "unit", "robots": [], "learner": None, "events": [], "elapsed_s": 1.0}
-        self.server = OperatorPageServer(
-            config, list(robots), SecurityConfig(), lambda: self.state, lambda *a: self.actions.append(a)
-        )
+        self.server = OperatorPageServer(config, list(robots), SecurityConfig(), lambda *a: self.actions.append(a))
         self.server.start()
+        self.server.publish(self.state)
         self.port = int(self.server.url.rsplit(":", 1)[1].rstrip("/"))
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
@@ -162,13 +160,13 @@ def test_the_event_stream_sends_each_new_state(page):
     response = connection.getresponse()
     assert response.headers["Content-Type"] == "text/event-stream"
     seen = []
-    while len(seen) < 3:  # the latest state at once, then one per feed (once a second)
+    while len(seen) < 3:  # the latest state at once, then each one published
         line = response.fp.readline().decode()
         if line.startswith("data: "):
             seen.append(json.loads(line[6:]))
-            page.state = {**page.state, "elapsed_s": page.state["elapsed_s"] + 1}
+            page.server.publish({**page.state, "elapsed_s": len(seen) + 1.0})
     connection.close()
-    assert seen[-1]["elapsed_s"] > seen[1]["elapsed_s"]
+    assert [state["elapsed_s"] for state in seen] == [1.0, 2.0, 3.0]
 
 
 def test_event_streams_are_bounded(page):
@@ -249,34 +247,34 @@ def test_read_last_record_skips_a_line_still_being_written(tmp_path):
     assert read_last_record(path) == {"a": 2}
 
 
-def test_closing_stops_the_feeder_and_the_server(page):
+def test_closing_stops_the_server(page):
     page.server.close()
     assert not any(thread.name.startswith("operator-page") for thread in threading.enumerate())
     with pytest.raises(OSError):
         page.request("GET", "/")
 
 
-def test_a_fault_in_building_the_state_does_not_end_the_feed(capsys):
-    calls = []
+def test_a_fault_in_building_or_consuming_the_state_is_reported_once_and_the_feed_goes_on(capsys):
+    calls, consumed = [], []
 
     def collect():
         calls.append(1)
         if len(calls) < 3:
             raise KeyError("ticks")
-        return {"session": "recovered"}
+        return {"n": len(calls)}
 
-    server = OperatorPageServer(OperatorPage(port=0), [], SecurityConfig(), collect, lambda *a: None)
-    url = server.start()
+    def broken(state):
+        raise ValueError("sink down")
 
-    def served_state() -> dict:
-        with urllib.request.urlopen(url + "api/state", timeout=10) as response:
-            return json.loads(response.read())
-
+    feed = LiveFeed(collect, [broken, consumed.append], period_s=0.01)
+    feed.start()
     try:
         deadline = time.monotonic() + 10
-        while served_state().get("session") != "recovered" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert served_state()["session"] == "recovered"
+        while len(consumed) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
-        server.close()
-    assert capsys.readouterr().err.count("the live state could not be built: KeyError: 'ticks'") == 1
+        feed.close()
+    assert consumed[:2] == [{"n": 3}, {"n": 4}]  # the consumer after the broken one still gets every state
+    err = capsys.readouterr().err
+    assert err.count("the live state could not be built: KeyError: 'ticks'") == 1
+    assert err.count("ValueError: sink down") == 1
