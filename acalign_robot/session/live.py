@@ -84,7 +84,8 @@ class SessionView:
     def _take_episodes(self, robot: str, status: dict) -> None:
         if status.get("ticks", 0) < self._tick_mark[robot]:
             self._tick_mark[robot] = 0  # a restarted controller: its ticks (and episode ticks) count from zero
-        for entry in status.get("recent_episodes") or ():
+        # A running controller's status has its most recent episodes; its final one (it stopped) the whole log.
+        for entry in status.get("recent_episodes", status.get("episode_log")) or ():
             if not isinstance(entry, list) or len(entry) != 4:
                 continue
             tick, _seconds, episode_return, version = entry
@@ -247,10 +248,12 @@ class LiveFeed:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop after the state being built (its driver requests end within their timeout)."""
+        """Stop after the state being built (its driver requests end within their timeout), then build and hand
+        out one last state: the processes have stopped by now, and their final status holds every episode."""
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+        self._guarded("the last live state could not be built", self._step)
 
     def _run(self) -> None:
         while not self._stopping.is_set():

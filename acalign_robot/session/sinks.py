@@ -137,12 +137,12 @@ class RerunSink:
         for robot, directory in self.log_dirs.items():
             self._send_new_chunks(robot, directory)
 
-    def _send_new_chunks(self, robot: str, directory: Path) -> None:
+    def _send_new_chunks(self, robot: str, directory: Path, limit: int | None = MAX_CHUNKS_PER_STATE) -> None:
         from acalign_robot.robot_log.format import CHUNK_NAME
 
         rr, done = self._rr, self._chunks_done[robot]
         closed = sorted(path for path in directory.glob("chunk-*.npz") if CHUNK_NAME.fullmatch(path.name))
-        for path in [path for path in closed if path.name not in done][:MAX_CHUNKS_PER_STATE]:
+        for path in [path for path in closed if path.name not in done][:limit]:
             done.add(path.name)
             try:
                 with np.load(path, allow_pickle=False) as chunk:
@@ -163,5 +163,8 @@ class RerunSink:
                 self._recording.send_columns(entity, indexes=times, columns=rr.Scalars.columns(scalars=values))
 
     def close(self) -> None:
+        """Send every chunk not sent yet (the controllers have stopped and closed their logs), then end."""
+        for robot, directory in self.log_dirs.items():
+            self._send_new_chunks(robot, directory, limit=None)
         self._recording.flush()
         self._recording.disconnect()
