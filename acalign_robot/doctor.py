@@ -54,6 +54,7 @@ _MODULES: dict[str, tuple[Module, ...]] = {
         Module("msgpack", ("msgpack",), "1.0"),
         Module("onnxruntime", ("onnxruntime", "onnxruntime-gpu"), "1.17"),
         Module("yaml", ("PyYAML",), "6.0"),
+        Module("aiohttp", ("aiohttp",), "3.9"),  # the operator page of `acalign launch --host ROBOT`
     ),
     # The learner process also imports gymnasium and tqdm (through algo/), so they are part of its role.
     "learner": (

@@ -26,7 +26,8 @@ ALLOWED_IMPORTS = {
     "data": {"algo", "policy", "robot_log"},
     "export": {"algo", "policy"},
     "learner": {"wire", "policy", "algo", "data", "export"},
-    "session": {"wire", "policy", "drivers", "controller", "learner"},
+    # robot_log: the rerun sink reads the controllers' log chunks as they close (session/sinks.py).
+    "session": {"wire", "policy", "drivers", "controller", "learner", "robot_log"},
     # The command line runs every step and process (each handler imports what it runs) and prints the version.
     "cli": {
         "wire",
