@@ -111,7 +111,10 @@ class OperatorPageServer:
         self.security = security
         self.on_action = on_action
         self.token_required = config.token_file is not None
-        self.token = read_token(config.token_file) if self.token_required else secrets.token_urlsafe(32)
+        try:
+            self.token = read_token(config.token_file) if self.token_required else secrets.token_urlsafe(32)
+        except InputError as exc:
+            raise InputError(f"operator_page.token_file: {exc}") from None
         self.url = ""
         self._socket: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -126,7 +129,7 @@ class OperatorPageServer:
     # --- life cycle (supervisor thread) -----------------------------------------------------------------------------
 
     def start(self) -> str:
-        """Bind, serve and feed; returns the page's address (without the token)."""
+        """Bind and serve; returns the page's address (without the token)."""
         host, port = self.config.host, self.config.port
         try:
             family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
