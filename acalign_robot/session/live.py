@@ -4,7 +4,7 @@ the opt-in sinks (TensorBoard, rerun: session/sinks.py).
 Sources, none of them polled harder than the status line polls them: each controller's and the learner's
 `status.json` (written every second by the process itself), the last record of the learner's `metrics.jsonl`
 (written every `metrics_every_s`) and each local driver's Stats (one small request a second on the control channel,
-which every process may send: session/page.py's feeder thread asks it).
+which every process may send: the live feed's thread asks it).
 
 A controller's status carries its most recent episodes (tick, seconds, return, policy version); the view keeps the
 episodes it has not seen yet, so the returns plot loses no episode that ends between two reads. A restarted
@@ -198,7 +198,7 @@ class SessionView:
 class DriverStatsPoller:
     """Each local driver's Stats, one request per driver per call, on one connection per driver kept open.
 
-    Used from one thread only (the page's feeder). A driver that does not answer within `timeout_s` reads as None;
+    Used from one thread only (the live feed's). A driver that does not answer within `timeout_s` reads as None;
     its client keeps that request in flight (wire/transport.py) and answers None at once until the late reply or a
     reconnect, so a frozen driver costs the feed one timeout, not one per second.
     """
