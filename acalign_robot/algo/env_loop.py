@@ -14,6 +14,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+import acalign_robot.sim_tasks  # noqa: F401 - registers the acalign/ env ids
 from acalign_robot.algo.networks import TanhGaussianActor
 from acalign_robot.data.replay_buffer import ReplayBuffer
 from acalign_robot.errors import EnvError

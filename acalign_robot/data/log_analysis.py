@@ -82,6 +82,8 @@ def _env_id(log: LogData, env_id: str | None) -> str:
 def _make_env(env_id: str, **kwargs: Any):
     import gymnasium as gym
 
+    import acalign_robot.sim_tasks  # noqa: F401 - registers the acalign/ env ids
+
     try:
         return gym.make(env_id, **kwargs)
     except Exception as exc:  # gymnasium raises several types for an unknown or broken env id

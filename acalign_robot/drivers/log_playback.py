@@ -91,6 +91,8 @@ class ReplayDriver(Driver):
             )
         import gymnasium as gym
 
+        import acalign_robot.sim_tasks  # noqa: F401 - registers the acalign/ env ids
+
         env = gym.make(env_id)
         space = env.action_space
         period_s = period_s if period_s is not None else float(env.unwrapped.dt)

@@ -258,6 +258,8 @@ def _with_env_spaces(meta: dict[str, Any]) -> dict[str, Any]:
     snapshots do). An env gymnasium cannot make leaves observations unbounded; missing action bounds are an error."""
     import gymnasium as gym
 
+    import acalign_robot.sim_tasks  # noqa: F401 - registers the acalign/ env ids
+
     try:
         env = gym.make(meta["env_id"])
     except gym.error.Error as exc:

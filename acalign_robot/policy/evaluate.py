@@ -14,6 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+import acalign_robot.sim_tasks  # noqa: F401 - registers the acalign/ env ids
 from acalign_robot.errors import InputError
 from acalign_robot.policy.runner import PolicyRunner
 from acalign_robot.policy.store import read_artifact, resolve_artifact

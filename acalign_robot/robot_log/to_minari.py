@@ -144,6 +144,8 @@ def _logged_spaces(env_id: str, logs: Sequence[LogData]):
 def _check_spaces(env_id: str, log: LogData) -> None:
     import gymnasium as gym
 
+    import acalign_robot.sim_tasks  # noqa: F401 - registers the acalign/ env ids
+
     try:
         env = gym.make(env_id)
     except Exception as exc:  # gymnasium raises several types for an unknown or broken env id

@@ -18,13 +18,15 @@ PACKAGE_ROOT = Path(acalign_robot.__file__).parent
 # process imports another's package (they meet only on the wire); only the launcher and the CLI see everything.
 ALLOWED_IMPORTS = {
     "wire": set(),
-    "policy": {"wire", "data.scores"},
-    "robot_log": {"wire", "data.datasets"},
-    "drivers": {"wire", "robot_log"},
+    # The sim tasks register gymnasium env ids: every package that makes an env by id imports them first.
+    "sim_tasks": set(),
+    "policy": {"wire", "data.scores", "sim_tasks"},
+    "robot_log": {"wire", "data.datasets", "sim_tasks"},
+    "drivers": {"wire", "robot_log", "sim_tasks"},
     "controller": {"wire", "policy", "robot_log"},
-    "algo": {"data"},
-    "data": {"algo", "policy", "robot_log"},
-    "export": {"algo", "policy"},
+    "algo": {"data", "sim_tasks"},
+    "data": {"algo", "policy", "robot_log", "sim_tasks"},
+    "export": {"algo", "policy", "sim_tasks"},
     "learner": {"wire", "policy", "algo", "data", "export"},
     # robot_log: the rerun sink reads the controllers' log chunks as they close (session/sinks.py).
     "session": {"wire", "policy", "drivers", "controller", "learner", "robot_log"},
@@ -40,6 +42,7 @@ ALLOWED_IMPORTS = {
         "export",
         "learner",
         "session",
+        "sim_tasks",
         "demo",
         "doctor",
         "__version__",
