@@ -155,7 +155,9 @@ class Controller:
         )
         self.runner = runner
         self.period_s = 1.0 / config.rate_hz if config.rate_hz else reply.control_period_s
-        self.filter = ActionFilter(config.safety, action_space.low, action_space.high, reply.safe_action)
+        self.filter = ActionFilter(
+            config.safety, action_space.low, action_space.high, reply.safe_action, limits=reply.limits
+        )
         self.timer = SectionTimer()
         self.log = None
         if config.log and config.output_dir:
@@ -359,7 +361,7 @@ class Controller:
             runner = self.runner
             policy_action = runner.act(obs, cfg.explore)
             t1 = time.perf_counter()
-            action, flags = self.filter(policy_action)
+            action, flags = self.filter(policy_action, obs)
             self._note_latch()
             t2 = time.perf_counter()
             try:
@@ -494,6 +496,7 @@ class Controller:
             "safe_reaction_s": self.safe_reaction_s,
             "safe_reason": self.filter.safe_reason,
             **{f"filter_{k}": v for k, v in self.filter.counts.items()},
+            **({f"filter_{k}": v for k, v in self.filter.limits.counts.items()} if self.filter.limits else {}),
             **self.timer.summary(None if final else STATUS_WINDOW_TICKS),
         }
         if elapsed_s:

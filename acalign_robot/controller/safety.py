@@ -2,9 +2,12 @@
 
 The action filter stands between a policy's output and the driver. Layers, in order, for every tick: finite check
 (NaN/inf -> the safe action and a fault that latches SAFE) -> clip to the action bounds -> per-tick rate limit
-(|a_t - a_(t-1)| <= max_delta * (high - low), per dimension). While SAFE is latched the filter returns the driver's
-safe action until `clear()`. Each intervention is counted and reported in the returned flags, which travel with the
-transition.
+(|a_t - a_(t-1)| <= max_delta * (high - low), per dimension). A driver that declares robot limits (DriverSpec.limits:
+joint ranges, joint velocity limits, the end effector's workspace box) has every observation checked against them
+first (`LimitMonitor`): with `on_limit: hold` a tick whose observation is outside sends the safe action (the arm
+holds, the episode goes on), with `latch` it latches SAFE (hardware: an operator looks before motion resumes).
+While SAFE is latched the filter returns the driver's safe action until `clear()`. Each intervention is counted and
+reported in the returned flags, which travel with the transition.
 
 The rollback monitor (RollbackConfig) watches the returns of finished episodes and names the policy to go back to
 when they collapse under a fine-tuned version; the controller does the swap.
@@ -15,22 +18,26 @@ from __future__ import annotations
 import collections
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from acalign_robot.config import FieldError
+from acalign_robot.spaces import RobotLimits
 
 if TYPE_CHECKING:  # for the hints only: the filter's importers (log tools, tests) need no onnxruntime
     from acalign_robot.policy.runner import PolicyRunner
 
-__all__ = ["ActionFilter", "FilterFlags", "RollbackConfig", "RollbackMonitor", "SafetyConfig"]
+__all__ = ["ActionFilter", "FilterFlags", "LimitMonitor", "RollbackConfig", "RollbackMonitor", "SafetyConfig"]
 
 
 @dataclass(frozen=True)
 class SafetyConfig:
     max_delta_per_tick: float = 1.0  # fraction of the action range per tick; 1.0 still limits a full swing to half
     latch_on_nonfinite: bool = True
+    # An observation outside the driver's declared robot limits: "hold" sends the safe action for that tick, "latch"
+    # latches SAFE, "off" does not check (a driver without limits is never checked).
+    on_limit: Literal["off", "hold", "latch"] = "hold"
 
     def validate(self) -> None:
         if not 0.0 < self.max_delta_per_tick <= 1.0:
@@ -43,11 +50,52 @@ class FilterFlags:
     CLIPPED = 2
     RATE_LIMITED = 4
     SAFE = 8  # the safe action was sent (SAFE latched, e-stop, or a fault this tick)
+    LIMIT = 16  # the observation was outside the robot's limits (joint range, joint velocity or workspace)
+
+
+class LimitMonitor:
+    """Checks an observation against a driver's RobotLimits; counts each kind of violation."""
+
+    def __init__(self, limits: RobotLimits):
+        joints = limits.joint_position.shape[0]
+        self.joint_position = slice(limits.joint_position_index, limits.joint_position_index + joints)
+        self.joint_velocity = slice(limits.joint_velocity_index, limits.joint_velocity_index + joints)
+        self.end_effector = slice(limits.end_effector_index, limits.end_effector_index + 3)
+        self.checks = (
+            ("joint_position", self.joint_position, limits.joint_position),
+            ("joint_velocity", self.joint_velocity, limits.joint_velocity),
+            ("workspace", self.end_effector, limits.workspace),
+        )
+        self.bounds = tuple(
+            (name, where, space.low.astype(np.float32), space.high.astype(np.float32))
+            for name, where, space in self.checks
+        )
+        self.counts = {"limit_ticks": 0, **{f"limit_{name}": 0 for name, _, _ in self.checks}}
+
+    def violations(self, obs: np.ndarray) -> list[str]:
+        """The limits `obs` is outside of (NaN compares as inside: the non-finite checks own it)."""
+        found = []
+        for name, where, low, high in self.bounds:
+            part = obs[where]
+            if (part < low).any() or (part > high).any():
+                self.counts[f"limit_{name}"] += 1
+                found.append(name)
+        if found:
+            self.counts["limit_ticks"] += 1
+        return found
 
 
 class ActionFilter:
-    def __init__(self, config: SafetyConfig, low: np.ndarray, high: np.ndarray, safe_action: np.ndarray):
+    def __init__(
+        self,
+        config: SafetyConfig,
+        low: np.ndarray,
+        high: np.ndarray,
+        safe_action: np.ndarray,
+        limits: RobotLimits | None = None,
+    ):
         self.config = config
+        self.limits = None if limits is None or config.on_limit == "off" else LimitMonitor(limits)
         self.low = np.asarray(low, dtype=np.float32)
         self.high = np.asarray(high, dtype=np.float32)
         self.safe_action = np.asarray(safe_action, dtype=np.float32)
@@ -71,8 +119,8 @@ class ActionFilter:
         """A new episode: the rate limit starts again from the safe action."""
         self._previous = self.safe_action.copy()
 
-    def __call__(self, action: np.ndarray) -> tuple[np.ndarray, int]:
-        """(executed action, flags) for the policy's `action`.
+    def __call__(self, action: np.ndarray, obs: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """(executed action, flags) for the policy's `action`, computed from `obs` (checked against the limits).
 
         Written with plain ufuncs (maximum/minimum, `!=`): np.clip and np.array_equal cost ~1.8 us each in Python-level
         dispatch, which is most of this filter on a 3-dimensional action.
@@ -85,6 +133,13 @@ class ActionFilter:
                 self.latch("policy produced a non-finite action")
             else:
                 action = self._previous
+        if self.limits is not None and obs is not None and self.limits.violations(obs):
+            flags |= FilterFlags.LIMIT
+            if self.config.on_limit == "latch":
+                self.latch("observation outside the robot's limits")
+            elif not self.safe:
+                self._previous = self.safe_action
+                return self.safe_action, flags | FilterFlags.SAFE
         if self.safe:
             self.counts["safe_ticks"] += 1
             self._previous = self.safe_action

@@ -26,9 +26,9 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from acalign_robot.spaces import BoxSpace
+from acalign_robot.spaces import BoxSpace, RobotLimits
 
-__all__ = ["BoxSpace", "Driver", "DriverSpec", "StepResult", "box"]
+__all__ = ["BoxSpace", "Driver", "DriverSpec", "RobotLimits", "StepResult", "box"]
 
 
 def box(low, high, units) -> BoxSpace:
@@ -58,6 +58,13 @@ class DriverSpec:
     # steps nothing. Never for a robot: its time goes on, and only the safe action keeps it safe (docs/safety.md).
     can_pause: bool = False
     can_render: bool = False  # `render()` returns an RGB frame
+    # A robot's joint, velocity, torque and workspace limits, where the observation holds them: the controller's
+    # safety filter checks every observation against them (None: the driver declares no such limits).
+    limits: RobotLimits | None = None
+
+    def __post_init__(self) -> None:
+        if self.limits is not None:
+            self.limits.check(self.observation.shape[0])
 
 
 @dataclass

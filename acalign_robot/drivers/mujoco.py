@@ -9,6 +9,9 @@ Realism settings (SimConfig):
 - `realtime`: pace steps to the control period in wall-clock time (as hardware would), or run as fast as possible.
 - `nan_observation_probability`: fault injection: each observation is all NaN with this probability (a sensor
   dropout), to test what the layers above do with it.
+- `randomisation`: dynamics randomisation (masses, damping, friction, actuator gains, contact friction, latency and
+  noise ranges), per episode or per session: drivers/randomisation.py.
+An env that declares `limits` (a RobotLimits, as acalign/PandaReach-v0 does) has them in the DriverSpec.
 Actions arrive in the env's own bounds (the exported policy scales to them). Each step reports
 `info["applied_action"]`: the action the physics applied, which differs from the commanded one under
 `action_delay_ticks`.
@@ -24,6 +27,7 @@ import numpy as np
 
 from acalign_robot.config import FieldError
 from acalign_robot.drivers.base import Driver, DriverSpec, StepResult, box
+from acalign_robot.drivers.randomisation import DynamicsRandomiser, RandomisationConfig
 from acalign_robot.errors import EnvError
 
 __all__ = ["MujocoDriver", "RealismConfig", "SimConfig", "physics_substeps"]
@@ -36,6 +40,7 @@ class RealismConfig:
     observation_noise_std: float = 0.0
     realtime: bool = False
     nan_observation_probability: float = 0.0
+    randomisation: RandomisationConfig | None = None
 
     def validate(self) -> None:
         if self.control_period_s is not None and self.control_period_s <= 0:
@@ -48,6 +53,12 @@ class RealismConfig:
             raise FieldError(
                 "nan_observation_probability", f"must be in [0, 1], got {self.nan_observation_probability}"
             )
+        # One home per knob: a randomised latency or noise range replaces the fixed value, it does not add to it.
+        randomised = self.randomisation
+        if randomised is not None and randomised.action_delay_ticks is not None and self.action_delay_ticks:
+            raise FieldError("randomisation.action_delay_ticks", "set either this range or action_delay_ticks")
+        if randomised is not None and randomised.observation_noise_std is not None and self.observation_noise_std:
+            raise FieldError("randomisation.observation_noise_std", "set either this range or observation_noise_std")
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,8 @@ class MujocoDriver(Driver):
     def __init__(self, config: SimConfig):
         import gymnasium as gym
         from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+
+        import acalign_robot.sim_tasks  # noqa: F401 - registers the acalign/ env ids
 
         self.config = config
         realism = config.realism
@@ -99,6 +112,18 @@ class MujocoDriver(Driver):
         # without a display.
         options = {"render_mode": "rgb_array"} | ({"frame_skip": substeps} if substeps != default_substeps else {})
         self.env = gym.make(config.env_id, **options)
+        randomisation = realism.randomisation
+        self.randomiser = (
+            None
+            if randomisation is None
+            else DynamicsRandomiser(
+                self.env.unwrapped.model,
+                randomisation,
+                config.seed if randomisation.seed is None else randomisation.seed,
+            )
+        )
+        self._action_delay_ticks = realism.action_delay_ticks
+        self._noise_std = realism.observation_noise_std
         self.control_period_s = substeps * timestep_s
         space = self.env.action_space
         self.spec = DriverSpec(
@@ -111,6 +136,7 @@ class MujocoDriver(Driver):
             env_id=config.env_id,
             can_pause=True,  # a simulation: its time stops between steps
             can_render=True,
+            limits=getattr(self.env.unwrapped, "limits", None),
         )
         self._rng = np.random.default_rng(config.seed)
         self._pending: collections.deque[np.ndarray] = collections.deque()
@@ -121,8 +147,19 @@ class MujocoDriver(Driver):
         if seed is None and not self._seeded:
             seed = self.config.seed  # the first reset is seeded from the sim config: runs are reproducible
         self._seeded = True
+        randomiser = self.randomiser
+        if randomiser is not None and (randomiser.current is None or randomiser.config.resample == "episode"):
+            drawn = randomiser.sample()
+            randomiser.apply(drawn)
+            realism = self.config.realism
+            self._action_delay_ticks = (
+                realism.action_delay_ticks if drawn.action_delay_ticks is None else drawn.action_delay_ticks
+            )
+            self._noise_std = (
+                realism.observation_noise_std if drawn.observation_noise_std is None else drawn.observation_noise_std
+            )
         obs, _ = self.env.reset(seed=seed)
-        self._pending = collections.deque(self.safe_action() for _ in range(self.config.realism.action_delay_ticks))
+        self._pending = collections.deque(self.safe_action() for _ in range(self._action_delay_ticks))
         self._last_step_time = None
         return self._observe(obs)
 
@@ -151,8 +188,8 @@ class MujocoDriver(Driver):
     def _observe(self, obs: np.ndarray) -> np.ndarray:
         obs = np.asarray(obs, dtype=np.float32)
         realism = self.config.realism
-        if realism.observation_noise_std > 0:
-            obs = obs + self._rng.normal(0.0, realism.observation_noise_std, size=obs.shape).astype(np.float32)
+        if self._noise_std > 0:
+            obs = obs + self._rng.normal(0.0, self._noise_std, size=obs.shape).astype(np.float32)
         if realism.nan_observation_probability > 0 and self._rng.random() < realism.nan_observation_probability:
             obs = np.full_like(obs, np.nan)
         return obs

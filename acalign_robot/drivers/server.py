@@ -285,6 +285,7 @@ class DriverServer:
             safe_action=np.asarray(self.driver.safe_action(), dtype=np.float64),
             can_render=spec.can_render,
             can_pause=spec.can_pause,
+            limits=spec.limits,
         )
 
     def _heartbeat(self) -> p.Heartbeat:

@@ -43,7 +43,7 @@ import msgpack
 import numpy as np
 
 from acalign_robot.errors import InputError
-from acalign_robot.spaces import BoxSpace
+from acalign_robot.spaces import BoxSpace, RobotLimits
 
 __all__ = [
     "CONTROL_REPLIES",
@@ -88,9 +88,10 @@ __all__ = [
     "error_message",
 ]
 
-PROTOCOL_VERSION = 4  # 2: batches and acks name their stream `stream_id` (was `controller_id`); 3: TransitionBatch
+PROTOCOL_VERSION = 5  # 2: batches and acks name their stream `stream_id` (was `controller_id`); 3: TransitionBatch
 # carries `episode_return` (was a Stats key the learner parsed, and lost episodes between two Stats); 4: StepReply
 # carries the driver's `info`, Reset asks for `pause_s`, HelloReply says `can_render` / `can_pause`, Render/RenderReply
+# 5: HelloReply carries the robot's `limits`
 # Upper bound for any frame; each channel passes its own, smaller limit (a policy is the largest message).
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_NDIM = 8
@@ -182,6 +183,7 @@ class HelloReply:
     safe_action: np.ndarray  # (action_dim,), what the driver holds in SAFE / e-stop / watchdog
     can_render: bool = False  # the driver answers Render with an RGB frame
     can_pause: bool = False  # a simulator whose time stops between steps: it accepts Reset.pause_s > 0
+    limits: RobotLimits | None = None  # joint, velocity, torque and workspace limits over the observation
 
     def _check(self) -> None:
         for name in ("control_period_s", "watchdog_timeout_s"):
@@ -196,6 +198,11 @@ class HelloReply:
         inside = np.all((space.low <= self.safe_action) & (self.safe_action <= space.high))
         if not inside:
             raise ProtocolError("field", "hello_reply.safe_action: outside the action bounds (or not finite)")
+        if self.limits is not None:
+            try:
+                self.limits.check(self.observation_space.shape[0])
+            except ValueError as exc:
+                raise ProtocolError("field", f"hello_reply.{exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -573,6 +580,32 @@ def _dec_space(raw: Any, where: str) -> BoxSpace:
     return BoxSpace(low=low, high=high, units=tuple(units))
 
 
+_LIMIT_SPACES = ("joint_position", "joint_velocity", "joint_torque", "workspace")
+_LIMIT_INDICES = ("joint_position_index", "joint_velocity_index", "end_effector_index")
+
+
+def _enc_limits(limits: RobotLimits | None) -> dict | None:
+    if limits is None:
+        return None
+    return {
+        **{name: _enc_space(getattr(limits, name)) for name in _LIMIT_SPACES},
+        **{name: operator.index(getattr(limits, name)) for name in _LIMIT_INDICES},
+    }
+
+
+def _dec_limits(raw: Any, where: str) -> RobotLimits | None:
+    """Shapes and indices are checked against the observation in HelloReply._check."""
+    if raw is None:
+        return None
+    raw = _dec_dict(raw, where)
+    if set(raw) != {*_LIMIT_SPACES, *_LIMIT_INDICES}:
+        raise ProtocolError("field", f"{where}: limits have exactly {', '.join((*_LIMIT_SPACES, *_LIMIT_INDICES))}")
+    return RobotLimits(
+        **{name: _dec_space(raw[name], f"{where}.{name}") for name in _LIMIT_SPACES},
+        **{name: _dec_int(raw[name], f"{where}.{name}") for name in _LIMIT_INDICES},
+    )
+
+
 def _enc_arrays(arrays: dict[str, Any]) -> dict:
     return {str(name): _enc_array(value) for name, value in arrays.items()}
 
@@ -729,6 +762,7 @@ _CODECS: dict[str, _Codec] = {
     "bytes": _Codec(bytes, _exact(bytes), 1),
     "np.ndarray": _Codec(_enc_array, _dec_array, _ARRAY_OBJECTS),
     "BoxSpace": _Codec(_enc_space, _dec_space, _SPACE_OBJECTS),
+    "RobotLimits | None": _Codec(_enc_limits, _dec_limits, 1 + 14 + 4 * _SPACE_OBJECTS),
     "dict[str, np.ndarray]": _Codec(_enc_arrays, _dec_arrays, 1 + MAX_EXTRAS * (1 + _ARRAY_OBJECTS)),
     "dict[str, Scalar]": _Codec(_enc_scalars, _dec_scalars, 1 + 2 * MAX_STATS_VALUES),
     "dict[str, Any]": _Codec(_same, _dec_json, MAX_MANIFEST_OBJECTS),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from acalign_robot.errors import InputError
-from acalign_robot.spaces import BoxSpace
+from acalign_robot.spaces import BoxSpace, RobotLimits
 from acalign_robot.wire import protocol
 from acalign_robot.wire.protocol import (
     CONTROL_REPLIES,
@@ -79,11 +79,25 @@ def hello_reply() -> HelloReply:
     )
 
 
+def arm_limits(end_effector_index: int = 8) -> RobotLimits:
+    """Limits of a 3-joint arm over hello_reply()'s 11-element observation: q at 0, qdot at 3, end effector at 8."""
+    return RobotLimits(
+        joint_position=BoxSpace(-np.ones(3), np.ones(3), ("rad",) * 3),
+        joint_velocity=BoxSpace(-2 * np.ones(3), 2 * np.ones(3), ("rad/s",) * 3),
+        joint_torque=BoxSpace(-10 * np.ones(3), 10 * np.ones(3), ("N*m",) * 3),
+        workspace=BoxSpace(np.array([0.0, -0.5, 0.0]), np.array([0.8, 0.5, 1.0]), ("m",) * 3),
+        joint_position_index=0,
+        joint_velocity_index=3,
+        end_effector_index=end_effector_index,
+    )
+
+
 def every_message() -> list:
     return [
         Hello(client_name="controller-0", role="controller"),
         hello_reply(),
         dataclasses.replace(hello_reply(), can_render=True, can_pause=True),
+        dataclasses.replace(hello_reply(), limits=arm_limits()),
         Reset(seed=3),
         Reset(seed=1, pause_s=60.0),
         Reset(),
@@ -299,6 +313,22 @@ def test_cross_field_rules():
     assert code_of(packed({**hello, "action_space": flipped})) == "field"
     assert code_of(packed({**hello, "action_space": {**hello["action_space"], "units": ["N*m"]}})) == "field"
     assert code_of(packed({**raw_of(Reset(seed=1)), "seed": -1})) == "field"
+
+
+def test_robot_limits_must_fit_the_observation_and_be_complete():
+    outside = dataclasses.replace(hello_reply(), limits=arm_limits(end_effector_index=9))  # 9 + 3 > 11
+    with pytest.raises(ProtocolError, match="end_effector_index"):
+        encode(outside)
+    raw = raw_of(dataclasses.replace(hello_reply(), limits=arm_limits()))
+    raw["limits"]["end_effector_index"] = 9
+    assert code_of(packed(raw)) == "field"
+    raw = raw_of(dataclasses.replace(hello_reply(), limits=arm_limits()))
+    del raw["limits"]["joint_torque"]
+    assert code_of(packed(raw)) == "field"
+    raw = raw_of(dataclasses.replace(hello_reply(), limits=arm_limits()))
+    raw["limits"]["workspace"]["low"] = raw["limits"]["workspace"]["high"]
+    raw["limits"]["workspace"]["high"] = raw_of(hello_reply())["safe_action"]  # 3 zeros: low > high on x
+    assert code_of(packed(raw)) == "field"
 
 
 def test_an_episode_return_travels_only_with_the_batch_its_episode_ends_in():

@@ -7,6 +7,7 @@ import pytest
 
 from acalign_robot.config import FieldError
 from acalign_robot.controller.safety import ActionFilter, FilterFlags, SafetyConfig
+from acalign_robot.spaces import BoxSpace, RobotLimits
 
 LOW = np.array([-1.0, -2.0], np.float32)
 HIGH = np.array([1.0, 2.0], np.float32)
@@ -75,3 +76,59 @@ def test_an_external_latch_sends_the_safe_action():
 def test_the_rate_limit_must_be_a_fraction_of_the_range(max_delta):
     with pytest.raises(FieldError, match="max_delta_per_tick"):
         SafetyConfig(max_delta_per_tick=max_delta).validate()
+
+
+# Robot limits over a 9-element observation: joint positions at 0, joint velocities at 2, end effector at 4.
+LIMITS = RobotLimits(
+    joint_position=BoxSpace(np.array([-1.0, -1.0]), np.array([1.0, 1.0]), ("rad",) * 2),
+    joint_velocity=BoxSpace(np.array([-2.0, -2.0]), np.array([2.0, 2.0]), ("rad/s",) * 2),
+    joint_torque=BoxSpace(np.array([-5.0, -5.0]), np.array([5.0, 5.0]), ("N*m",) * 2),
+    workspace=BoxSpace(np.array([0.0, -0.5, 0.1]), np.array([0.8, 0.5, 1.0]), ("m",) * 3),
+    joint_position_index=0,
+    joint_velocity_index=2,
+    end_effector_index=4,
+)
+INSIDE = np.array([0.5, -0.5, 1.0, -1.0, 0.4, 0.0, 0.5, 9.0, 9.0], np.float32)  # the last two are not limited
+
+
+def with_limits(**settings) -> ActionFilter:
+    return ActionFilter(SafetyConfig(**settings), LOW, HIGH, SAFE_ACTION, limits=LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("index", "value", "kind"),
+    [(1, -1.2, "joint_position"), (3, 2.5, "joint_velocity"), (4, 0.9, "workspace"), (6, 0.05, "workspace")],
+)
+def test_an_observation_outside_a_robot_limit_holds_for_that_tick(index, value, kind):
+    action_filter = with_limits()
+    action, flags = action_filter(np.array([0.5, -1.0], np.float32), INSIDE)
+    assert flags == 0 and action_filter.limits.counts["limit_ticks"] == 0
+    outside = INSIDE.copy()
+    outside[index] = value
+    action, flags = action_filter(np.array([0.5, -1.0], np.float32), outside)
+    np.testing.assert_array_equal(action, SAFE_ACTION)
+    assert flags == FilterFlags.LIMIT | FilterFlags.SAFE and not action_filter.safe  # held, not latched
+    assert action_filter.limits.counts == {
+        "limit_ticks": 1,
+        "limit_joint_position": int(kind == "joint_position"),
+        "limit_joint_velocity": int(kind == "joint_velocity"),
+        "limit_workspace": int(kind == "workspace"),
+    }
+    action, flags = action_filter(np.array([0.5, -1.0], np.float32), INSIDE)  # back inside: the policy again
+    np.testing.assert_array_equal(action, [0.5, -1.0])
+    assert flags == 0
+
+
+def test_on_limit_latch_latches_safe_and_off_does_not_check():
+    outside = INSIDE.copy()
+    outside[4] = 2.0  # the end effector out of the workspace
+    latching = with_limits(on_limit="latch")
+    _, flags = latching(np.array([0.5, -1.0], np.float32), outside)
+    assert flags & FilterFlags.LIMIT and flags & FilterFlags.SAFE and latching.safe
+    action, flags = latching(np.array([0.5, -1.0], np.float32), INSIDE)  # inside again: still SAFE until clear()
+    np.testing.assert_array_equal(action, SAFE_ACTION)
+    assert flags == FilterFlags.SAFE
+    unchecked = with_limits(on_limit="off")
+    action, flags = unchecked(np.array([0.5, -1.0], np.float32), outside)
+    np.testing.assert_array_equal(action, [0.5, -1.0])
+    assert flags == 0 and unchecked.limits is None
