@@ -1,4 +1,5 @@
-# Quick start: `make demo` (the whole pipeline on a small MuJoCo session) and `make test` (the test suite).
+# Quick start: `make demo` (the whole pipeline on a small MuJoCo session), `make demo-arm` (the same on the Franka
+# Panda reach task, fine-tuned on its robot twin) and `make test` (the test suite).
 # Both create .venv when missing. torch==2.13.0 is installed first: it is a CPU wheel on this project's machines,
 # and installing it before the project keeps pip from resolving `torch` to a multi-GB CUDA build.
 
@@ -7,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install demo demo-arm test test-fast lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	MUJOCO_GL=egl $(BIN)/acalign demo
+
+demo-arm: $(STAMP)
+	MUJOCO_GL=egl $(BIN)/acalign demo --task arm
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -1,7 +1,13 @@
 """`acalign demo`: the whole pipeline on a small embedded default, end to end, in a few minutes on 2 CPU cores.
 
+Two tasks (`DEMOS`): `pendulum` (what `make demo` runs) on InvertedPendulum-v5, and `arm` (`make demo-arm`) on the
+Franka Panda reach task: its offline data come from the nominal sim, its fine-tuning session runs on the robot twin
+(sim/panda_reach_twin.yaml: heavier, more friction and latency, paced in real time) with the arm's limits checked by
+the controller and robot-grade safety settings (launch/fragments/panda_limits.yaml). `--set FIELD=VALUE` changes a
+DemoConfig field (the smoke test shrinks the budget that way).
+
 Steps (each reuses its output when it already exists, so a re-run continues instead of overwriting):
-1. collect a uniform-random dataset of InvertedPendulum-v5 into the demo's own Minari store;
+1. collect a uniform-random dataset of the task's env into the demo's own Minari store;
 2. pre-train ACA offline (phase 1), 3. align (phase 2), 4. export the actor to ONNX (policies registry),
 5. launch a sim fine-tuning session: a MuJoCo driver process, a controller process running the exported policy
    (exploring, streaming transitions, hot-swapping new versions) and a learner process (phase 3 from the aligned
@@ -15,7 +21,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DemoConfig", "run_demo"]
+from acalign_robot.config import FieldError
+
+__all__ = ["DEMOS", "DemoConfig", "run_demo"]
+
+# sim/ beside the package in a checkout (the sim tasks' YAML, like their MJCF, is repository data)
+SIM_DIR = Path(__file__).resolve().parents[1] / "sim"
 
 
 @dataclass(frozen=True)
@@ -31,6 +42,41 @@ class DemoConfig:
     rate_hz: float = 40.0  # the sim runs unpaced: 40 ticks/s keeps the 1-thread learner near UTD 1
     publish_every: int = 250
     seed: int = 0
+    robot: str = "pendulum-0"  # the robot's name in the session
+    sim: str | None = None  # the session's sim/ file (None: `env_id` with default realism)
+    watchdog_ms: float = 500.0
+    driver_timeout_ms: float = 100.0
+    max_delta_per_tick: float = 1.0
+    rollback: bool = False
+
+    def validate(self) -> None:
+        for name in ("random_episodes", "offline_steps", "eval_every", "eval_episodes", "batch_size", "publish_every"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("session_s", "rate_hz"):
+            if not getattr(self, name) > 0:
+                raise FieldError(name, f"must be positive, got {getattr(self, name)}")
+
+
+DEMOS = {
+    "pendulum": DemoConfig(),
+    # The controller ticks at the twin's 50 Hz; the limits are those of launch/fragments/panda_limits.yaml.
+    "arm": DemoConfig(
+        env_id="acalign/PandaReach-v0",
+        dataset="demo-pandareach-random-v0",
+        robot="panda-0",
+        random_episodes=100,
+        offline_steps=2_000,
+        session_s=90.0,
+        rate_hz=50.0,
+        publish_every=250,
+        sim=str(SIM_DIR / "panda_reach_twin.yaml"),
+        watchdog_ms=60.0,
+        driver_timeout_ms=40.0,
+        max_delta_per_tick=0.1,
+        rollback=True,
+    ),
+}
 
 
 def _step(title: str, done: bool) -> bool:
@@ -85,6 +131,7 @@ def _launch(config: DemoConfig, aligned: Path, artifact: Path, out_dir: Path) ->
 
     from acalign_robot import config as config_io
     from acalign_robot.controller.process import ControllerConfig
+    from acalign_robot.controller.safety import RollbackConfig, SafetyConfig
     from acalign_robot.drivers.server import DriverConfig
     from acalign_robot.learner.config import LearnerConfig
     from acalign_robot.session.schema import LaunchConfig, Robot, check_session
@@ -96,9 +143,22 @@ def _launch(config: DemoConfig, aligned: Path, artifact: Path, out_dir: Path) ->
         duration_s=config.session_s,
         robots=(
             Robot(
-                name="pendulum-0",
-                driver=DriverConfig(kind="mujoco", env_id=config.env_id, watchdog_ms=500, seed=config.seed),
-                controller=ControllerConfig(policy=str(artifact), explore=True, rate_hz=config.rate_hz),
+                name=config.robot,
+                driver=DriverConfig(
+                    kind="mujoco",
+                    sim=config.sim,
+                    env_id=None if config.sim else config.env_id,
+                    watchdog_ms=config.watchdog_ms,
+                    seed=config.seed,
+                ),
+                controller=ControllerConfig(
+                    policy=str(artifact),
+                    explore=True,
+                    rate_hz=config.rate_hz,
+                    driver_timeout_ms=config.driver_timeout_ms,
+                    safety=SafetyConfig(max_delta_per_tick=config.max_delta_per_tick),
+                    rollback=RollbackConfig(enabled=config.rollback),
+                ),
             ),
         ),
         learner=LearnerConfig(checkpoint=str(aligned), publish_every=config.publish_every, seed=config.seed),

@@ -323,16 +323,22 @@ def _cmd_plot(args) -> int:
 def add_demo_command(commands: Subcommands) -> None:
     p = commands.add_parser(
         "demo",
-        help="the whole pipeline on a small MuJoCo task (what `make demo` runs)",
-        description="collect -> pretrain -> align -> export -> fine-tune -> report, on "
-        "InvertedPendulum-v5; re-running reuses what exists.",
+        help="the whole pipeline on a small MuJoCo task (`make demo`, `make demo-arm`)",
+        description="collect -> pretrain -> align -> export -> fine-tune -> report; re-running reuses what exists. "
+        "--task pendulum: InvertedPendulum-v5. --task arm: the Franka Panda reach task, pre-trained on the nominal "
+        "sim and fine-tuned on its robot twin with the arm's limits and robot-grade safety settings.",
     )
-    p.add_argument("--out", default="demo", help="output directory (default demo/)")
+    p.add_argument("--task", choices=("pendulum", "arm"), default="pendulum", help="which demo (default pendulum)")
+    p.add_argument("--out", help="output directory (default demo/ for pendulum, demo-arm/ for arm)")
+    add_set(p, "override a DemoConfig field of the task, e.g. --set session_s=30 (repeatable)")
     p.set_defaults(handler=_cmd_demo)
 
 
 def _cmd_demo(args) -> int:
-    from acalign_robot.demo import run_demo
+    from acalign_robot import config as config_io
+    from acalign_robot.demo import DEMOS, DemoConfig, run_demo
 
-    run_demo(Path(args.out))
+    preset = config_io.to_dict(DEMOS[args.task])
+    demo = config_io.from_dict(DemoConfig, preset, f"acalign demo --task {args.task}", args.set or ())
+    run_demo(Path(args.out or ("demo" if args.task == "pendulum" else "demo-arm")), demo)
     return EXIT_OK

@@ -166,7 +166,12 @@ def write_report(supervisor, failure: str | None) -> dict:
         "duration_s": max((e["t_s"] for e in supervisor.events), default=0.0),
         "robots": [_robot_description(robot) for robot in supervisor.resolved.robots if robot.name in names],
         "controllers": [_controller_row(name, stats) for name, stats in recorded.controllers.items()],
-        "safety": {name: {key: stats.get(key) for key in SAFETY_KEYS} for name, stats in recorded.controllers.items()},
+        # plus, for a driver that declares robot limits, the ticks held or latched by each limit (filter_limit_*)
+        "safety": {
+            name: {key: stats.get(key) for key in SAFETY_KEYS}
+            | {key: value for key, value in stats.items() if key.startswith("filter_limit_")}
+            for name, stats in recorded.controllers.items()
+        },
         "drivers": supervisor.driver_stats,
         "learner": _read_json(directory / "learner" / "status.json") if has_learner else {},
         "events": supervisor.events,

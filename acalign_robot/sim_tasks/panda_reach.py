@@ -3,8 +3,8 @@
 The scene is sim/assets/panda/panda_reach.xml (Apache-2.0 assets, see ATTRIBUTION.md there): seven joints, each
 driven by a position servo with the Panda's torque limit as its force range. The task:
 - action (7,) in [-1, 1]: joint velocity commands as a fraction of `SPEED_FRACTION` x the Panda's velocity limits.
-  The env integrates them into the servos' position targets (kept inside the joint ranges), as a velocity
-  interface on a position-controlled arm does. A zero action holds the current target: the safe action.
+  The env integrates them into the servos' position targets, kept JOINT_MARGIN_RAD inside the joint ranges, as a
+  velocity interface on a position-controlled arm does. A zero action holds the current target: the safe action.
 - observation (23,): joint positions (rad), joint velocities (rad/s), end-effector position (m), target position
   (m), target minus end effector (m). `OBS_INDEX` says where each part starts; the driver declares the joint and
   workspace limits over these indices (drivers/base.py `DriverSpec.limits`) so the controller can check them.
@@ -34,6 +34,9 @@ ASSET = Path(__file__).resolve().parents[2] / "sim" / "assets" / "panda" / "pand
 JOINTS = 7
 READY_POSE_RAD = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 0.0, 0.785])  # end effector at (0.31, 0, 0.49), down
 RESET_NOISE_RAD = 0.05
+# Targets stay this far inside the joint ranges: a servo aimed at the range's very end presses into MuJoCo's soft
+# joint limit, which the controller's limit check (the whole range) would then see as a violation.
+JOINT_MARGIN_RAD = 0.05
 # Franka's published limits (frankaemika.github.io/docs/control_parameters.html): rad/s, N*m.
 VELOCITY_LIMIT_RAD_S = np.array([2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61])
 TORQUE_LIMIT_NM = np.array([87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0])
@@ -85,7 +88,9 @@ class PandaReachEnv(MujocoEnv):
     def step(self, action: np.ndarray):
         action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
         step_rad = action * SPEED_FRACTION * VELOCITY_LIMIT_RAD_S * self.dt
-        self._target_q = np.clip(self._target_q + step_rad, self._joint_low, self._joint_high)
+        self._target_q = np.clip(
+            self._target_q + step_rad, self._joint_low + JOINT_MARGIN_RAD, self._joint_high - JOINT_MARGIN_RAD
+        )
         self.do_simulation(self._target_q, self.frame_skip)
         obs = self._get_obs()
         end_effector = obs[14:17]

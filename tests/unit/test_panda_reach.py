@@ -62,12 +62,13 @@ def test_leaving_the_workspace_terminates():
 def test_joint_targets_stay_inside_the_joint_ranges_and_the_servos_inside_the_torque_limits():
     env = gym.make(ENV_ID).unwrapped
     env.reset(seed=0)
-    low, high = env.model.jnt_range[:, 0], env.model.jnt_range[:, 1]
-    for _ in range(150):  # full speed one way: the targets reach the ranges' ends and stop there
+    low, high = env.model.jnt_range[:, 0] + task.JOINT_MARGIN_RAD, env.model.jnt_range[:, 1] - task.JOINT_MARGIN_RAD
+    for _ in range(150):  # full speed one way: the targets reach the ranges' ends (less the margin) and stop there
         env.step(np.array([1, 1, 1, -1, 1, 1, 1], np.float32))
         assert np.all(env._target_q >= low) and np.all(env._target_q <= high)
         assert np.all(np.abs(env.data.actuator_force) <= task.TORQUE_LIMIT_NM + 1e-9)
     assert np.any(env._target_q == low) or np.any(env._target_q == high)
+    assert np.all(env.data.qpos > env.model.jnt_range[:, 0]) and np.all(env.data.qpos < env.model.jnt_range[:, 1])
 
 
 def test_the_driver_declares_the_arms_limits():
