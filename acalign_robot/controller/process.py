@@ -280,7 +280,9 @@ class Controller:
             self._refused(reply, "Reset")
             return None
         self.filter.reset()
-        return np.asarray(reply.obs, dtype=np.float32)
+        obs = np.asarray(reply.obs, dtype=np.float32)
+        self.filter.observe(obs)
+        return obs
 
     def _refused(self, reply: p.Message, request: str) -> None:
         """The driver answered `request` with an Error (or another wrong type): count it, latch SAFE, lose the
@@ -361,7 +363,7 @@ class Controller:
             runner = self.runner
             policy_action = runner.act(obs, cfg.explore)
             t1 = time.perf_counter()
-            action, flags = self.filter(policy_action, obs)
+            action, flags = self.filter(policy_action)
             self._note_latch()
             t2 = time.perf_counter()
             try:
@@ -383,6 +385,8 @@ class Controller:
                     self.filter.latch("driver e-stop")
                     self._note_latch()
                 next_obs = np.asarray(reply.obs, dtype=np.float32)
+                self.filter.observe(next_obs)
+                self._note_latch()
                 if reply.safe_action_applied:
                     flags |= FilterFlags.SAFE
                 episode_return += reply.reward

@@ -3,9 +3,10 @@
 The action filter stands between a policy's output and the driver. Layers, in order, for every tick: finite check
 (NaN/inf -> the safe action and a fault that latches SAFE) -> clip to the action bounds -> per-tick rate limit
 (|a_t - a_(t-1)| <= max_delta * (high - low), per dimension). A driver that declares robot limits (DriverSpec.limits:
-joint ranges, joint velocity limits, the end effector's workspace box) has every observation checked against them
-first (`LimitMonitor`): with `on_limit: hold` a tick whose observation is outside sends the safe action (the arm
-holds, the episode goes on), with `latch` it latches SAFE (hardware: an operator looks before motion resumes).
+joint ranges, joint velocity limits, the end effector's workspace box) has every observation it returns checked
+against them (`observe`, `LimitMonitor`), the last one of an episode included: with `on_limit: hold` the next action
+after an observation outside is the safe action (the arm holds, the episode goes on), with `latch` SAFE latches at
+once (hardware: an operator looks before motion resumes).
 While SAFE is latched the filter returns the driver's safe action until `clear()`. Each intervention is counted and
 reported in the returned flags, which travel with the transition.
 
@@ -50,7 +51,7 @@ class FilterFlags:
     CLIPPED = 2
     RATE_LIMITED = 4
     SAFE = 8  # the safe action was sent (SAFE latched, e-stop, or a fault this tick)
-    LIMIT = 16  # the observation was outside the robot's limits (joint range, joint velocity or workspace)
+    LIMIT = 16  # the safe action was sent because the last observation was outside the robot's limits (hold)
 
 
 class LimitMonitor:
@@ -105,6 +106,7 @@ class ActionFilter:
         self.latched_at_s: float | None = None  # time.monotonic() of the last latch
         self.counts = {"nonfinite": 0, "clipped": 0, "rate_limited": 0, "safe_ticks": 0}
         self._previous = self.safe_action.copy()
+        self._hold = False  # the last observation was outside the robot's limits (on_limit: hold)
 
     def latch(self, reason: str) -> None:
         """Enter SAFE (idempotent): the safe action is sent until `clear()`."""
@@ -118,9 +120,19 @@ class ActionFilter:
     def reset(self) -> None:
         """A new episode: the rate limit starts again from the safe action."""
         self._previous = self.safe_action.copy()
+        self._hold = False
 
-    def __call__(self, action: np.ndarray, obs: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-        """(executed action, flags) for the policy's `action`, computed from `obs` (checked against the limits).
+    def observe(self, obs: np.ndarray) -> None:
+        """Check an observation the driver returned against the robot's limits (a no-op without them)."""
+        if self.limits is None:
+            return
+        outside = self.limits.violations(obs)
+        if outside and self.config.on_limit == "latch":
+            self.latch(f"observation outside the robot's limits: {', '.join(outside)}")
+        self._hold = bool(outside)
+
+    def __call__(self, action: np.ndarray) -> tuple[np.ndarray, int]:
+        """(executed action, flags) for the policy's `action`.
 
         Written with plain ufuncs (maximum/minimum, `!=`): np.clip and np.array_equal cost ~1.8 us each in Python-level
         dispatch, which is most of this filter on a 3-dimensional action.
@@ -133,13 +145,9 @@ class ActionFilter:
                 self.latch("policy produced a non-finite action")
             else:
                 action = self._previous
-        if self.limits is not None and obs is not None and self.limits.violations(obs):
-            flags |= FilterFlags.LIMIT
-            if self.config.on_limit == "latch":
-                self.latch("observation outside the robot's limits")
-            elif not self.safe:
-                self._previous = self.safe_action
-                return self.safe_action, flags | FilterFlags.SAFE
+        if self._hold and not self.safe:
+            self._previous = self.safe_action
+            return self.safe_action, flags | FilterFlags.LIMIT | FilterFlags.SAFE
         if self.safe:
             self.counts["safe_ticks"] += 1
             self._previous = self.safe_action

@@ -99,13 +99,15 @@ def with_limits(**settings) -> ActionFilter:
     ("index", "value", "kind"),
     [(1, -1.2, "joint_position"), (3, 2.5, "joint_velocity"), (4, 0.9, "workspace"), (6, 0.05, "workspace")],
 )
-def test_an_observation_outside_a_robot_limit_holds_for_that_tick(index, value, kind):
+def test_after_an_observation_outside_a_robot_limit_the_next_action_holds(index, value, kind):
     action_filter = with_limits()
-    action, flags = action_filter(np.array([0.5, -1.0], np.float32), INSIDE)
+    action_filter.observe(INSIDE)
+    action, flags = action_filter(np.array([0.5, -1.0], np.float32))
     assert flags == 0 and action_filter.limits.counts["limit_ticks"] == 0
     outside = INSIDE.copy()
     outside[index] = value
-    action, flags = action_filter(np.array([0.5, -1.0], np.float32), outside)
+    action_filter.observe(outside)
+    action, flags = action_filter(np.array([0.5, -1.0], np.float32))
     np.testing.assert_array_equal(action, SAFE_ACTION)
     assert flags == FilterFlags.LIMIT | FilterFlags.SAFE and not action_filter.safe  # held, not latched
     assert action_filter.limits.counts == {
@@ -114,21 +116,27 @@ def test_an_observation_outside_a_robot_limit_holds_for_that_tick(index, value, 
         "limit_joint_velocity": int(kind == "joint_velocity"),
         "limit_workspace": int(kind == "workspace"),
     }
-    action, flags = action_filter(np.array([0.5, -1.0], np.float32), INSIDE)  # back inside: the policy again
+    action_filter.observe(INSIDE)  # back inside: the policy again, rate-limited from the hold
+    action, flags = action_filter(np.array([0.5, -1.0], np.float32))
     np.testing.assert_array_equal(action, [0.5, -1.0])
     assert flags == 0
+    action_filter.observe(outside)
+    action_filter.reset()  # a new episode starts from a fresh observation: no hold carried over
+    assert action_filter(np.array([0.5, -1.0], np.float32))[1] == 0
 
 
 def test_on_limit_latch_latches_safe_and_off_does_not_check():
     outside = INSIDE.copy()
     outside[4] = 2.0  # the end effector out of the workspace
     latching = with_limits(on_limit="latch")
-    _, flags = latching(np.array([0.5, -1.0], np.float32), outside)
-    assert flags & FilterFlags.LIMIT and flags & FilterFlags.SAFE and latching.safe
-    action, flags = latching(np.array([0.5, -1.0], np.float32), INSIDE)  # inside again: still SAFE until clear()
+    latching.observe(outside)
+    assert latching.safe and "workspace" in latching.safe_reason
+    latching.observe(INSIDE)  # inside again: still SAFE until clear()
+    action, flags = latching(np.array([0.5, -1.0], np.float32))
     np.testing.assert_array_equal(action, SAFE_ACTION)
     assert flags == FilterFlags.SAFE
     unchecked = with_limits(on_limit="off")
-    action, flags = unchecked(np.array([0.5, -1.0], np.float32), outside)
+    unchecked.observe(outside)
+    action, flags = unchecked(np.array([0.5, -1.0], np.float32))
     np.testing.assert_array_equal(action, [0.5, -1.0])
     assert flags == 0 and unchecked.limits is None
