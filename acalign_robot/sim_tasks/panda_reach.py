@@ -8,8 +8,9 @@ driven by a position servo with the Panda's torque limit as its force range. The
 - observation (23,): joint positions (rad), joint velocities (rad/s), end-effector position (m), target position
   (m), target minus end effector (m). `OBS_INDEX` says where each part starts; the driver declares the joint and
   workspace limits over these indices (drivers/base.py `DriverSpec.limits`) so the controller can check them.
-- reward: 1 - tanh(10 * distance) - 0.01 * |action|^2, in (-0.07, 1]: dense, and positive near the target, so
-  leaving the workspace (which ends the episode) never pays.
+- reward: 1 - tanh(2 * distance) - 0.01 * |action|^2, in (-0.07, 1]: dense with a slope everywhere in the
+  workspace (a sharper tanh(10 d) is flat beyond 20 cm, and a SAC behaviour run then learned only to keep still),
+  and positive near the target, so leaving the workspace (which ends the episode) never pays.
 - terminated: the end effector left the workspace box (the robot would stop there); truncated: the time limit
   (gymnasium's TimeLimit, `max_episode_steps` in the registration).
 - reset: the ready pose plus uniform noise of +-RESET_NOISE_RAD per joint, a target uniform in TARGET_BOX.
@@ -95,7 +96,7 @@ class PandaReachEnv(MujocoEnv):
         obs = self._get_obs()
         end_effector = obs[14:17]
         distance = float(np.linalg.norm(obs[20:23]))
-        reward = 1.0 - np.tanh(10.0 * distance) - 0.01 * float(action @ action)
+        reward = 1.0 - np.tanh(2.0 * distance) - 0.01 * float(action @ action)
         terminated = bool(np.any(end_effector < WORKSPACE_LOW_M) or np.any(end_effector > WORKSPACE_HIGH_M))
         if self.render_mode == "human":
             self.render()
