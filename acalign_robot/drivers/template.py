@@ -11,6 +11,9 @@ Duties, method by method:
     - declare `self.spec`: observation and action BoxSpec with bounds and SI units per dimension (rad, rad/s, N*m,
       m, m/s), `control_period_s` (the rate the SDK's command loop runs at), the safe action and whether it means
       "zero" (zero torque/velocity) or "hold" (hold the current position: for position-controlled arms);
+    - an arm declares `limits` in its spec (a RobotLimits: joint ranges, velocity and torque limits, the workspace box,
+      and where the observation holds joint positions, velocities and the end effector): the controller then checks
+      every observation against them (controller/safety.py; acalign/PandaReach-v0 in sim_tasks/ is an example);
     - never command motion here.
 
 `reset(seed)` (bring to a start state, slowly):
