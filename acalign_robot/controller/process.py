@@ -540,12 +540,24 @@ class Controller:
 
 
 def _same_contract(a: p.HelloReply, b: p.HelloReply) -> bool:
-    """Whether two handshakes describe the same robot interface (spaces, period, safe action)."""
+    """Whether two handshakes describe the same robot interface (spaces, period, safe action, robot limits: the
+    safety filter checks observations against the first handshake's)."""
+    spaces = [(a.observation_space, b.observation_space), (a.action_space, b.action_space)]
+    if (a.limits is None) != (b.limits is None):
+        return False
+    if a.limits is not None:
+        if (a.limits.joint_position_index, a.limits.joint_velocity_index, a.limits.end_effector_index) != (
+            b.limits.joint_position_index,
+            b.limits.joint_velocity_index,
+            b.limits.end_effector_index,
+        ):
+            return False
+        names = ("joint_position", "joint_velocity", "joint_torque", "workspace")
+        spaces += [(getattr(a.limits, name), getattr(b.limits, name)) for name in names]
     return (
         a.control_period_s == b.control_period_s
         and all(
-            np.array_equal(x.low, y.low) and np.array_equal(x.high, y.high) and x.units == y.units
-            for x, y in ((a.observation_space, b.observation_space), (a.action_space, b.action_space))
+            np.array_equal(x.low, y.low) and np.array_equal(x.high, y.high) and x.units == y.units for x, y in spaces
         )
         and np.array_equal(a.safe_action, b.safe_action)
     )

@@ -50,6 +50,8 @@ TARGET_LOW_M = np.array([0.3, -0.3, 0.2])
 TARGET_HIGH_M = np.array([0.6, 0.3, 0.6])
 OBS_INDEX = {"joint_position": 0, "joint_velocity": 7, "end_effector": 14, "target": 17, "error": 20}
 OBS_DIM = 23
+_END_EFFECTOR = slice(OBS_INDEX["end_effector"], OBS_INDEX["end_effector"] + 3)
+_ERROR = slice(OBS_INDEX["error"], OBS_INDEX["error"] + 3)
 
 
 class PandaReachEnv(MujocoEnv):
@@ -94,8 +96,8 @@ class PandaReachEnv(MujocoEnv):
         )
         self.do_simulation(self._target_q, self.frame_skip)
         obs = self._get_obs()
-        end_effector = obs[14:17]
-        distance = float(np.linalg.norm(obs[20:23]))
+        end_effector = obs[_END_EFFECTOR]
+        distance = float(np.linalg.norm(obs[_ERROR]))
         reward = 1.0 - np.tanh(2.0 * distance) - 0.01 * float(action @ action)
         terminated = bool(np.any(end_effector < WORKSPACE_LOW_M) or np.any(end_effector > WORKSPACE_HIGH_M))
         if self.render_mode == "human":

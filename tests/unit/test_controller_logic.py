@@ -214,3 +214,17 @@ def test_the_final_stats_keep_the_missed_ticks_and_each_latch_with_its_reason(dr
     assert stats["deadline_misses"] == 30 and stats["miss_ticks"] == list(range(1, 31))
     ((tick, at_s, reason),) = stats["safety_log"]  # logged once, not once per tick while SAFE
     assert tick == 0 and -1.0 < at_s <= 0.0 and reason == "operator test"
+
+
+def test_a_driver_that_comes_back_with_other_limits_has_another_contract():
+    import dataclasses
+
+    from acalign_robot.controller.process import _same_contract
+    from tests.unit.test_protocol import arm_limits, hello_reply
+
+    with_limits = dataclasses.replace(hello_reply(), limits=arm_limits())
+    assert _same_contract(with_limits, dataclasses.replace(hello_reply(), limits=arm_limits()))
+    assert not _same_contract(with_limits, hello_reply())  # the limits gone
+    assert not _same_contract(with_limits, dataclasses.replace(hello_reply(), limits=arm_limits(end_effector_index=7)))
+    wider = dataclasses.replace(arm_limits(), workspace=dataclasses.replace(arm_limits().workspace, high=np.ones(3)))
+    assert not _same_contract(with_limits, dataclasses.replace(hello_reply(), limits=wider))
