@@ -47,6 +47,7 @@ class DemoConfig:
     watchdog_ms: float = 500.0
     driver_timeout_ms: float = 100.0
     max_delta_per_tick: float = 1.0
+    max_policy_deviation: float = 0.5  # the swap gate's (ControllerConfig)
     rollback: bool = False
 
     def validate(self) -> None:
@@ -74,6 +75,7 @@ DEMOS = {
         watchdog_ms=60.0,
         driver_timeout_ms=40.0,
         max_delta_per_tick=0.1,
+        max_policy_deviation=1.0,  # why: launch/fragments/panda_limits.yaml
         rollback=True,
     ),
 }
@@ -156,6 +158,7 @@ def _launch(config: DemoConfig, aligned: Path, artifact: Path, out_dir: Path) ->
                     explore=True,
                     rate_hz=config.rate_hz,
                     driver_timeout_ms=config.driver_timeout_ms,
+                    max_policy_deviation=config.max_policy_deviation,
                     safety=SafetyConfig(max_delta_per_tick=config.max_delta_per_tick),
                     rollback=RollbackConfig(enabled=config.rollback),
                 ),

@@ -5,6 +5,8 @@ Inputs: the offline checkpoint (`acalign pretrain` on sim data of acalign/PandaR
 made from it (`acalign align`, `--finetune aca` and `--finetune naive`); both fine-tunings start from its actor.
 1. The gap: the offline actor, exported once, in deterministic sessions of `--eval-episodes` (driver + controller,
    launch/sim_panda_eval.yaml) on the nominal sim, the training distribution (sim/panda_reach.yaml) and the twin.
+   Episode k of every session has the same start and target (the controller seeds each reset with seed + k), so
+   the gap is also given paired: the mean and standard error of the per-episode differences.
 2. Per mode and seed, launch/sim_panda_twin_finetune.yaml for `--minutes` of robot time (the controller's 50 Hz loop
    runs in real time), the learner from that mode's aligned checkpoint. From the controller's episode log (exploring
    returns, as the robot experienced them): the dip (the lowest moving mean of WINDOW episodes, from the first
@@ -49,15 +51,15 @@ def run_session(launch_file: str, overrides: list[str], session_dir: Path) -> di
     return report
 
 
-def evaluate(artifact: Path, sim: str | None, episodes: int, session_dir: Path) -> float:
+def evaluate(artifact: Path, sim: str | None, episodes: int, session_dir: Path) -> list[float]:
+    """The deterministic returns of `episodes` episodes, in order."""
     if sim:
         driver = [f"robots.0.driver.sim={REPO / sim}"]
     else:  # the env with default realism: the sim the data came from
         driver = ["robots.0.driver.sim=null", "robots.0.driver.env_id=acalign/PandaReach-v0"]
     overrides = [f"robots.0.controller.policy={artifact}", f"robots.0.controller.episodes={episodes}", *driver]
     run_session("sim_panda_eval.yaml", overrides, session_dir)
-    stats = json.loads((session_dir / "panda-0" / "stats.json").read_text())
-    return float(np.mean(stats["episode_returns"]))
+    return json.loads((session_dir / "panda-0" / "stats.json").read_text())["episode_returns"]
 
 
 def moving_mean(returns: np.ndarray) -> np.ndarray:
@@ -98,6 +100,8 @@ def fine_tune(mode: str, aligned: Path, artifact: Path, seed: int, minutes: floa
         "final": float(returns[-WINDOW:].mean()),
         "minutes_to_target": float(seconds[reached[0] + WINDOW - 1] / 60) if len(reached) else None,
         "policy_versions": int(log[-1][3]) if log else 0,
+        "swaps": stats.get("swaps"),
+        "swap_rejections": stats.get("swap_rejections"),
         "learner_updates": (report["learner"] or {}).get("updates"),
         "safety": {
             "limit_ticks": safety.get("filter_limit_ticks"),
@@ -124,16 +128,23 @@ def main() -> None:
 
     offline_artifact = write_artifact(args.offline.resolve(), "sim2real-offline", out / "policies")
     reference = read_artifact(offline_artifact)[1].reference_scores
-    gap = {
+    offline_returns = {
         name: evaluate(offline_artifact, sim, args.eval_episodes, out / f"eval-offline-{name}")
         for name, sim in SIMS.items()
     }
+    gap = {name: float(np.mean(returns)) for name, returns in offline_returns.items()}
+    paired = np.subtract(offline_returns["training"], offline_returns["twin"])
+    paired_gap = {"mean": float(paired.mean()), "se": float(paired.std(ddof=1) / np.sqrt(len(paired)))}
     runs = []
     for seed in args.seeds:
         for mode, aligned in (("aca", args.aca), ("naive", args.naive)):
             run = fine_tune(mode, aligned.resolve(), offline_artifact, seed, args.minutes, out, gap["training"])
-            run["final_eval_twin"] = evaluate(
-                Path(run["final_artifact"]), SIMS["twin"], args.eval_episodes, out / f"eval-{mode}-seed{seed}"
+            run["final_eval_twin"] = float(
+                np.mean(
+                    evaluate(
+                        Path(run["final_artifact"]), SIMS["twin"], args.eval_episodes, out / f"eval-{mode}-seed{seed}"
+                    )
+                )
             )
             runs.append(run)
 
@@ -145,7 +156,7 @@ def main() -> None:
     print(f"offline actor, deterministic, {args.eval_episodes} episodes: return (normalised)")
     for name, value in gap.items():
         print(f"  {name:9s} {score(value)}")
-    print(f"  gap (training - twin): {gap['training'] - gap['twin']:.1f}")
+    print(f"  gap (training - twin), paired over episodes: {paired_gap['mean']:.2f} +- {paired_gap['se']:.2f} (se)")
     print()
     print(
         f"{'mode':6s} {'seed':>4s} {'min':>5s} {'start':>12s} {'dip':>7s} {'final':>12s} {'to target':>9s} "
@@ -169,6 +180,8 @@ def main() -> None:
                 "window_episodes": WINDOW,
                 "reference_scores": None if reference is None else config_io.to_dict(reference),
                 "offline_gap": gap,
+                "offline_paired_gap": paired_gap,
+                "offline_returns": offline_returns,
                 "runs": runs,
             },
             indent=2,
