@@ -28,7 +28,7 @@ demo-arm: $(STAMP)
 	MUJOCO_GL=egl $(BIN)/acalign demo --task arm
 
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not integration and not smoke"
