@@ -110,8 +110,9 @@ def test_the_page_shows_a_live_session_and_its_estop_latches_the_driver(
         first_episodes, first_version = episodes(), version()
         wait_for(lambda: version() > first_version, 120, "a new policy version on the page")
         wait_for(lambda: episodes() > first_episodes, 60, "more episodes on the page")
-        legend = browser.find_elements(By.CSS_SELECTOR, f'{robot} [data-field="legend"] span')
-        assert len(legend) >= 2, "returns coloured by at least two policy versions"
+        # An episode ended under the new version only some time after the version itself shows: wait for its colour.
+        legend = lambda: browser.find_elements(By.CSS_SELECTOR, f'{robot} [data-field="legend"] span')  # noqa: E731
+        wait_for(lambda: len(legend()) >= 2, 60, "returns coloured by at least two policy versions")
         wait_for(lambda: text(browser, "#learner [data-field='updates']") not in ("", "–", "0"), 30, "learner numbers")
         assert text(browser, f'{robot} [data-field="safety"]') == "RUNNING"
 

@@ -11,7 +11,7 @@ from tests.smoke.test_cli import acalign
 
 pytestmark = pytest.mark.smoke
 
-TINY = ("random_episodes=4", "offline_steps=40", "eval_every=40", "eval_episodes=1", "session_s=10", "publish_every=40")
+TINY = ("random_episodes=4", "offline_steps=40", "eval_every=40", "eval_episodes=1", "session_s=25", "publish_every=40")
 
 
 def test_the_arm_demo_runs_the_pipeline_on_the_twin_with_the_arms_limits(tmp_path):
