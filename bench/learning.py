@@ -246,6 +246,7 @@ def main() -> None:
     parser.add_argument("--scale", choices=SCALES, default="ci")
     parser.add_argument("--offline-steps", type=int, help="override the scale's offline updates")
     parser.add_argument("--online-steps", type=int, help="override the scale's online env steps")
+    parser.add_argument("--eval-episodes", type=int, help="override the scale's evaluation episodes")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="online methods to run")
     parser.add_argument(
@@ -271,7 +272,7 @@ def main() -> None:
         args.offline_steps or scale.offline_steps,
         args.online_steps or scale.online_steps,
         scale.eval_every,
-        scale.eval_episodes,
+        args.eval_episodes or scale.eval_episodes,
     )
     out = Path(args.out) / f"{args.scale}-{scale.offline_steps}-{scale.online_steps}"
     out.mkdir(parents=True, exist_ok=True)
