@@ -27,8 +27,10 @@ demo: $(STAMP)
 demo-arm: $(STAMP)
 	MUJOCO_GL=egl $(BIN)/acalign demo --task arm
 
+# Two workers (the CI machine's two cores): most integration tests wait on real-time sessions, so they overlap well.
+# Tests that share fixed resources carry an xdist_group mark and run on one worker.
 test: $(STAMP)
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q -n 2 --dist loadgroup --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not integration and not smoke"

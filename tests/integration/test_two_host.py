@@ -36,7 +36,8 @@ import zmq
 
 from tests.helpers import acalign_command
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+# One network-namespace test at a time: they share the subnet, the namespace names and the fixed ports.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180), pytest.mark.xdist_group("network-namespaces")]
 
 SUBNET = "10.200.0"
 WORKSTATION = f"{SUBNET}.2"
