@@ -67,6 +67,12 @@ def add_collect_command(commands: Subcommands) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help="where behaviour runs are kept (default runs/)")
     p.add_argument("--force", action="store_true", help="replace an existing dataset of that name")
+    p.add_argument(
+        "--export-behaviour",
+        metavar="DIR",
+        help="also copy the medium and expert snapshots the dataset was made from into a snapshots-only behaviour "
+        "run under DIR (e.g. policies/); --runs-dir DIR then remakes medium/expert data without a behaviour run",
+    )
     add_data_dir(p)
     _add_threads(p)
     p.set_defaults(handler=_cmd_collect)
@@ -82,6 +88,8 @@ def _cmd_collect(args) -> int:
     if args.policy == "random":
         if args.kind not in (None, "random"):
             raise InputError(f"--kind {args.kind} needs --policy sac")
+        if args.export_behaviour is not None:
+            raise InputError("--export-behaviour needs --policy sac (random data has no behaviour snapshots)")
         episodes = collect.collect_random_episodes(args.env, args.episodes, args.seed)
         random_return = float(sum(e.episode_return for e in episodes) / len(episodes))
         write_dataset(
@@ -108,6 +116,7 @@ def _cmd_collect(args) -> int:
             eval_every=args.eval_every,
             warmup=args.warmup,
             force=args.force,
+            export_behaviour=args.export_behaviour,
         )
     dataset = load_dataset(dataset_id)
     print(

@@ -15,6 +15,10 @@ Rollouts sample from the stochastic policy, as D4RL's did.
 
 One behaviour run per (env, seed) is trained once and reused by every kind: it lives in
 `<runs>/behaviour/<env>-seed<seed>/` with actor snapshots, the evaluation curve and every training episode.
+`--export-behaviour DIR` copies the two snapshots a dataset was made from (medium and expert, ~300 KB each) into a
+snapshots-only run under DIR; `--runs-dir DIR` then makes medium, expert and medium-expert data from them in a minute
+instead of a behaviour run of tens of minutes (bit for bit the same data: every evaluation and rollout is seeded per
+snapshot). medium-replay needs the training episodes, so only a full behaviour run makes it.
 Reference scores recorded in each dataset: R_random = the uniform-random policy's mean return, R_expert = the
 expert snapshot's deterministic mean return (Minari's ref_min_score / ref_max_score).
 """
@@ -22,6 +26,7 @@ expert snapshot's deterministic mean return (Minari's ref_min_score / ref_max_sc
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +121,26 @@ class BehaviourRun:
     def summary(self) -> dict:
         return json.loads((self.directory / "done.json").read_text())
 
+    @property
+    def snapshots_only(self) -> bool:
+        return bool(self.summary().get("snapshots_only", False))
+
+    def export_snapshots(self, runs_dir: str | Path, steps: list[int]) -> BehaviourRun:
+        """A snapshots-only copy of this run under `runs_dir` holding the snapshots at `steps` and their evaluations
+        (merged with what an earlier export put there)."""
+        exported = BehaviourRun(Path(runs_dir) / "behaviour" / self.directory.name)
+        if exported.directory.resolve() == self.directory.resolve():
+            return self
+        kept = set(steps) | ({e["step"] for e in exported.evaluations()} if exported.complete else set())
+        (exported.directory / "snapshots").mkdir(parents=True, exist_ok=True)
+        for step in sorted(kept):
+            if not exported.snapshot_path(step).exists():
+                shutil.copyfile(self.snapshot_path(step), exported.snapshot_path(step))
+        evaluations = [e for e in self.evaluations() if e["step"] in kept]
+        (exported.directory / "evals.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evaluations))
+        (exported.directory / "done.json").write_text(json.dumps({**self.summary(), "snapshots_only": True}))
+        return exported
+
     def evaluations(self) -> list[dict]:
         return [json.loads(line) for line in (self.directory / "evals.jsonl").read_text().splitlines()]
 
@@ -182,6 +207,11 @@ class BehaviourRun:
 
     def training_episodes(self, until_step: int) -> list[EpisodeRecord]:
         """Episodes the agent experienced that ended at or before env step `until_step` (medium-replay)."""
+        if self.snapshots_only:
+            raise DatasetError(
+                f"{self.directory} holds exported snapshots only, not the training episodes that medium-replay "
+                "needs: give --runs-dir a directory for the full behaviour run (it is trained there once)"
+            )
         data = np.load(self.directory / "training_episodes.npz")
         episodes = _unpack_episodes(data)
         ends = data["env_step_at_episode_end"]
@@ -280,8 +310,10 @@ def collect_sac_dataset(
     eval_episodes: int = 5,
     warmup: int = 5000,
     force: bool = False,
+    export_behaviour: str | Path | None = None,
 ):
-    """Train (or reuse) the behaviour run for `env_id`, then write the `kind` dataset."""
+    """Train (or reuse) the behaviour run for `env_id`, then write the `kind` dataset; with `export_behaviour`, also
+    copy the medium and expert snapshots it used there (BehaviourRun.export_snapshots)."""
     if kind not in KINDS or kind == "random":
         raise DatasetError(f"--kind {kind!r}: expected one of {', '.join(k for k in KINDS if k != 'random')}")
     run = BehaviourRun.for_env(runs_dir, env_id, seed)
@@ -330,6 +362,8 @@ def collect_sac_dataset(
     }
     if medium is not None:
         metadata |= {"medium_snapshot_step": medium["step"], "medium_snapshot_score": medium["score"]}
+    if export_behaviour is not None:
+        run.export_snapshots(export_behaviour, [expert["step"]] + ([medium["step"]] if medium else []))
     if kind == "medium":
         target = 100.0 * MEDIUM_FRACTION
         metadata["medium_within_tolerance"] = abs(dataset_score - target) <= MEDIUM_TOLERANCE * target

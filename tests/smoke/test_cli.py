@@ -99,12 +99,35 @@ def test_collect_medium_scores_its_own_data_and_repeats_it_from_the_stored_behav
     assert np.isfinite(metadata["medium_snapshot_score"]) and np.isfinite(metadata["dataset_mean_score"])
     third = 100 / 3
     assert metadata["medium_within_tolerance"] == (abs(metadata["dataset_mean_score"] - third) <= 0.1 * third)
-    again = acalign(*args, "--force", cwd=tmp_path)
+    shipped = tmp_path / "shipped"
+    again = acalign(*args, "--force", "--export-behaviour", str(shipped), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "behaviour SAC" not in again.stderr  # the stored run was reused, not trained again
     metadata_again, actions_again = written()
     assert np.array_equal(actions, actions_again)
     assert metadata_again["medium_snapshot_step"] == metadata["medium_snapshot_step"]
+
+    # The exported snapshots alone remake the same data, and refuse medium-replay with the reason.
+    exported = sorted(p.name for p in (shipped / "behaviour" / "InvertedPendulum-v5-seed0" / "snapshots").iterdir())
+    assert f"actor_{metadata['medium_snapshot_step']:08d}.pt" in exported and len(exported) <= 2
+    from_shipped = acalign(*args, "--force", "--runs-dir", str(shipped), cwd=tmp_path)
+    assert from_shipped.returncode == 0, from_shipped.stderr
+    metadata_shipped, actions_shipped = written()
+    assert np.array_equal(actions, actions_shipped)
+    assert metadata_shipped["medium_snapshot_step"] == metadata["medium_snapshot_step"]
+    assert metadata_shipped["expert_return"] == metadata["expert_return"]
+    replay = acalign(
+        *args[:6],
+        "medium-replay",
+        "--name",
+        "ip-replay",
+        "--behaviour-steps",
+        "1000",
+        "--runs-dir",
+        str(shipped),
+        cwd=tmp_path,
+    )
+    assert replay.returncode == 2 and "exported snapshots only" in replay.stderr, replay.stderr
 
 
 def _returns(run_dir) -> list[float]:
