@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-arm test test-fast lint format bench clean
+.PHONY: install demo demo-arm test test-fast lint format bench-data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,15 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The learning benchmark's medium datasets, made from the behaviour snapshots shipped under policies/behaviour
+# (minutes, bit for bit the data in docs/results.md). medium-replay needs each env's full behaviour run:
+# `acalign collect --env ENV --policy sac --kind medium-replay --name NAME` trains it once under runs/ (20-50 min).
+bench-data: $(STAMP)
+	MUJOCO_GL=egl $(BIN)/acalign collect --env HalfCheetah-v5 --policy sac --kind medium --name halfcheetah-medium \
+		--runs-dir policies
+	MUJOCO_GL=egl $(BIN)/acalign collect --env Hopper-v5 --policy sac --kind medium --name hopper-medium \
+		--runs-dir policies
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
