@@ -81,7 +81,7 @@ def test_collect_medium_scores_its_own_data_and_repeats_it_from_the_stored_behav
 
     args = (
         *("collect", "--env", "InvertedPendulum-v5", "--policy", "sac", "--kind", "medium", "--name", "ip-medium"),
-        *("--behaviour-steps", "1000", "--warmup", "500", "--eval-every", "250", "--transitions", "300"),
+        *("--behaviour-steps", "1000", "--warmup", "500", "--eval-every", "500", "--transitions", "300"),
         *("--runs-dir", str(tmp_path / "runs")),
     )
     first = acalign(*args, cwd=tmp_path)
@@ -95,7 +95,7 @@ def test_collect_medium_scores_its_own_data_and_repeats_it_from_the_stored_behav
         return ours, actions
 
     metadata, actions = written()
-    assert metadata["medium_snapshot_step"] in (250, 500, 750, 1000)
+    assert metadata["medium_snapshot_step"] in (500, 1000)
     assert np.isfinite(metadata["medium_snapshot_score"]) and np.isfinite(metadata["dataset_mean_score"])
     third = 100 / 3
     assert metadata["medium_within_tolerance"] == (abs(metadata["dataset_mean_score"] - third) <= 0.1 * third)
