@@ -17,7 +17,7 @@ Rollouts sample from the stochastic policy, as D4RL's did.
 One behaviour run per (env, seed) is trained once and reused by every kind: it lives in
 `<runs>/behaviour/<env>-seed<seed>/` with actor snapshots, the evaluation curve and every training episode.
 `--export-behaviour DIR` copies the two snapshots a dataset was made from (medium and expert, ~300 KB each) into a
-snapshots-only run under DIR; `--runs-dir DIR` then makes medium, expert and medium-expert data from them in a minute
+snapshots-only run under DIR; `--runs-dir DIR` then makes medium, expert and medium-expert data from them in minutes
 instead of a behaviour run of tens of minutes (bit for bit the same data: every evaluation and rollout is seeded per
 snapshot). medium-replay needs the training episodes, so only a full behaviour run makes it.
 Reference scores recorded in each dataset: R_random = the uniform-random policy's mean return, R_expert = the
@@ -128,20 +128,26 @@ class BehaviourRun:
     def snapshots_only(self) -> bool:
         return bool(self.summary().get("snapshots_only", False))
 
-    def export_snapshots(self, runs_dir: str | Path, steps: list[int]) -> BehaviourRun:
-        """A snapshots-only copy of this run under `runs_dir` holding the snapshots at `steps` and their evaluations
-        (merged with what an earlier export put there)."""
+    def export_snapshots(self, runs_dir: str | Path, expert_step: int, medium_step: int | None) -> BehaviourRun:
+        """A snapshots-only copy of this run under `runs_dir` holding the expert and (when given) medium snapshots and
+        their evaluations, merged with what an earlier export put there. It records the medium step: only an export
+        that carries one can make medium data."""
         exported = BehaviourRun(Path(runs_dir) / "behaviour" / self.directory.name)
         if exported.directory.resolve() == self.directory.resolve():
             return self
-        kept = set(steps) | ({e["step"] for e in exported.evaluations()} if exported.complete else set())
+        earlier = exported.summary() if exported.complete else {}
+        kept = {expert_step} | ({e["step"] for e in exported.evaluations()} if earlier else set())
+        medium_step = medium_step if medium_step is not None else earlier.get("medium_snapshot_step")
+        if medium_step is not None:
+            kept.add(medium_step)
         (exported.directory / "snapshots").mkdir(parents=True, exist_ok=True)
         for step in sorted(kept):
             if not exported.snapshot_path(step).exists():
                 shutil.copyfile(self.snapshot_path(step), exported.snapshot_path(step))
         evaluations = [e for e in self.evaluations() if e["step"] in kept]
         (exported.directory / "evals.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evaluations))
-        (exported.directory / "done.json").write_text(json.dumps({**self.summary(), "snapshots_only": True}))
+        summary = {**self.summary(), "snapshots_only": True, "medium_snapshot_step": medium_step}
+        (exported.directory / "done.json").write_text(json.dumps(summary))
         return exported
 
     def evaluations(self) -> list[dict]:
@@ -288,13 +294,13 @@ def _choose_medium_snapshot(run: BehaviourRun, env_id: str, steps: list[int], sc
     earliest on ties: {"step", "score"}. Two rounds: MEDIUM_EPISODES per snapshot, then MEDIUM_FINAL_EPISODES for the
     MEDIUM_FINALISTS closest, whose scores decide (five episodes alone picked a Hopper snapshot that scored 33 on them
     and 23 on thirty)."""
+    import torch
+
+    from acalign_robot.algo.env_loop import evaluate
+
     target = 100.0 * MEDIUM_FRACTION
 
     def sampled_score(step: int, episodes: int) -> dict:
-        import torch
-
-        from acalign_robot.algo.env_loop import evaluate
-
         with torch.random.fork_rng():  # the same draws for every snapshot, whatever ran before in this process
             torch.manual_seed(seed)
             returns = evaluate(run.load_actor(step), env_id, episodes, seed, sampled=True)
@@ -336,6 +342,11 @@ def collect_sac_dataset(
         )
     if not run.complete:
         run.train(env_id, behaviour_steps, seed, eval_every, eval_episodes, warmup)
+    if kind != "expert" and run.snapshots_only and run.summary().get("medium_snapshot_step") is None:
+        raise DatasetError(
+            f"{run.directory} holds exported snapshots without a medium one (exported from an expert dataset): "
+            "export them again from a medium, medium-replay or medium-expert dataset"
+        )
     evals = run.evaluations()
     expert = max(evals, key=lambda e: e["return_mean"])
     random_return = random_policy_return(env_id, seed)
@@ -375,7 +386,7 @@ def collect_sac_dataset(
     if medium is not None:
         metadata |= {"medium_snapshot_step": medium["step"], "medium_snapshot_score": medium["score"]}
     if export_behaviour is not None:
-        run.export_snapshots(export_behaviour, [expert["step"]] + ([medium["step"]] if medium else []))
+        run.export_snapshots(export_behaviour, expert["step"], medium["step"] if medium else None)
     if kind == "medium":
         target = 100.0 * MEDIUM_FRACTION
         metadata["medium_within_tolerance"] = abs(dataset_score - target) <= MEDIUM_TOLERANCE * target

@@ -109,7 +109,8 @@ def test_collect_medium_scores_its_own_data_and_repeats_it_from_the_stored_behav
 
     # The exported snapshots alone remake the same data, and refuse medium-replay with the reason.
     exported = sorted(p.name for p in (shipped / "behaviour" / "InvertedPendulum-v5-seed0" / "snapshots").iterdir())
-    assert f"actor_{metadata['medium_snapshot_step']:08d}.pt" in exported and len(exported) <= 2
+    used = {metadata["medium_snapshot_step"], metadata["expert_snapshot_step"]}
+    assert exported == sorted(f"actor_{step:08d}.pt" for step in used)
     from_shipped = acalign(*args, "--force", "--runs-dir", str(shipped), cwd=tmp_path)
     assert from_shipped.returncode == 0, from_shipped.stderr
     metadata_shipped, actions_shipped = written()
@@ -128,6 +129,15 @@ def test_collect_medium_scores_its_own_data_and_repeats_it_from_the_stored_behav
         cwd=tmp_path,
     )
     assert replay.returncode == 2 and "exported snapshots only" in replay.stderr, replay.stderr
+
+    # An expert dataset exports no medium snapshot: medium data from that export is refused, not made from the expert.
+    expert_only = tmp_path / "expert-only"
+    common = ("--behaviour-steps", "1000", "--transitions", "300", "--force")
+    expert = acalign(*args[:6], "expert", "--name", "ip-expert", *common, "--runs-dir", str(tmp_path / "runs"),
+                     "--export-behaviour", str(expert_only), cwd=tmp_path)  # fmt: skip
+    assert expert.returncode == 0, expert.stderr
+    medium = acalign(*args[:6], "medium", "--name", "ip-medium", *common, "--runs-dir", str(expert_only), cwd=tmp_path)
+    assert medium.returncode == 2 and "without a medium one" in medium.stderr, medium.stderr
 
 
 def _returns(run_dir) -> list[float]:
