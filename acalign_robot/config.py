@@ -90,8 +90,7 @@ class _Builder:
             options = typing.get_args(tp)
             if type(None) in options and node.tag == _TAG_NULL:
                 return None
-            (inner,) = [option for option in options if option is not type(None)]
-            return self.build(inner, node, path)
+            return self.build(self._union_option(options, node), node, path)
         if origin is Literal:
             value = self._scalar(node, path)
             choices = typing.get_args(tp)
@@ -124,6 +123,19 @@ class _Builder:
         if tp is str:
             return self._typed_scalar(node, path, {_TAG_STR}, "a string")
         raise TypeError(f"unsupported config field type {tp!r} at {path}")
+
+    @staticmethod
+    def _union_option(options: tuple[Any, ...], node: yaml.Node) -> Any:
+        """The type of a union that `node` is read as: a list for the union's tuple type (`float | tuple[float, ...]`:
+        one value, or one per dimension), anything else for its other type."""
+        options = tuple(option for option in options if option is not type(None))
+        if len(options) == 1:
+            return options[0]
+        sequences = [option for option in options if typing.get_origin(option) is tuple]
+        scalars = [option for option in options if typing.get_origin(option) is not tuple]
+        if len(sequences) != 1 or len(scalars) != 1:
+            raise TypeError(f"unsupported config union {options!r}: one tuple type and one other type")
+        return sequences[0] if isinstance(node, yaml.SequenceNode) else scalars[0]
 
     def _scalar(self, node: yaml.Node, path: str) -> Any:
         if not isinstance(node, yaml.ScalarNode):

@@ -19,19 +19,20 @@ def graph_policy(
     *,
     batch: str | int | None = "batch",
     matmuls: int = 0,
-    mean_offset: float = 0.0,
+    mean_offset: float | tuple[float, ...] = 0.0,
     wire_version: int | None = None,
 ) -> p.Policy:
-    """A constant policy: mean = `mean_offset` on every action, log_std = -1, action = tanh(mean) scaled into the
-    manifest's bounds. `batch`: the input's batch dimension ("batch": dynamic, an int: fixed, None: a rank-0 input).
-    `matmuls` > 0 adds that many 512x512 MatMuls that depend on the input and add 0 to the mean (a slow graph)."""
+    """A constant policy: mean = `mean_offset` on every action (or one per action), log_std = -1, action =
+    tanh(mean) scaled into the manifest's bounds. `batch`: the input's batch dimension ("batch": dynamic, an int:
+    fixed, None: a rank-0 input). `matmuls` > 0 adds that many 512x512 MatMuls that depend on the input and add 0
+    to the mean (a slow graph)."""
     obs_dim, action_dim = manifest["observation_space"]["dim"], manifest["action_space"]["dim"]
     low = np.asarray(manifest["action_space"]["low"], np.float32)
     high = np.asarray(manifest["action_space"]["high"], np.float32)
     constants = {
         "scale": (high - low) / 2,
         "offset": (high + low) / 2,
-        "mean_bias": np.full(action_dim, mean_offset, np.float32),
+        "mean_bias": np.broadcast_to(np.asarray(mean_offset, np.float32), (action_dim,)).copy(),
         "log_std_bias": np.full(action_dim, -1.0, np.float32),
     }
     nodes = []

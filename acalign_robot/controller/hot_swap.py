@@ -47,7 +47,7 @@ class GateSettings:
     control_period_s: float  # the latency budget is `max_inference_fraction` of it
     explore: bool  # how the control loop calls `act`, and so how a candidate's latency is timed
     provider: str  # onnxruntime's execution provider for each candidate's session
-    max_policy_deviation: float
+    max_policy_deviation: np.ndarray  # (action_dim,), a fraction of each dimension's range
     max_inference_fraction: float
     seed: int  # seeds the one generator that every candidate's exploration noise is drawn from
 
@@ -131,7 +131,8 @@ class PolicySwapper:
                    rate (PROBE_MAX_CHUNKS at most), one per window, beside the running policy's
         nonfinite  finite actions on the probe batch of recent observations
         saturated  every probe action at a bound (e.g. a mean offset of 1e30) where the current policy's are not
-        deviation  max |a_new - a_cur| / (high - low) on the probe batch above `max_policy_deviation`
+        deviation  max |a_new - a_cur| / (high - low) on the probe batch above `max_policy_deviation` in any
+                   action dimension (one bound for all, or one per dimension)
         error      anything else a candidate raises: counted, reported in `last_rejection`, and the next version
                    is considered as usual
     A version at or below the newest one accepted (or one refused after a rollback) is never considered again, so
@@ -167,6 +168,8 @@ class PolicySwapper:
         self.last_publish_to_ready_s = 0.0
         self.last_inference_s: float | None = None  # the latest candidate's batch-1 inference (median), seconds
         self.last_reference_s: float | None = None  # the running policy's, timed alongside it
+        # The latest candidate's deviation per action dimension (fraction of the range): what a bound can be set from.
+        self.last_deviation: list[float] | None = None
         self.error: str | None = None  # why the thread died, if it did
         self._judged: collections.deque[tuple[int, str]] = collections.deque(maxlen=self.JUDGED_MEMORY)
         # The latest durations of each step of the work; their minimum (a run not stretched by preemption) is the
@@ -311,9 +314,16 @@ class PolicySwapper:
         if _all_at_bounds(new_action, low, high) and not _all_at_bounds(current_action, low, high):
             self._reject("saturated", f"version {version} puts every probe action at a bound")
             return None
-        deviation = float(np.max(np.abs(new_action - current_action) / span))
-        if deviation > gate.max_policy_deviation:
-            self._reject("deviation", f"version {version} moves actions by {deviation:.2f} of the range")
+        deviation = np.max(np.abs(new_action - current_action) / span, axis=0)  # per action dimension
+        self.last_deviation = [round(float(value), 4) for value in deviation]
+        over = np.flatnonzero(deviation > gate.max_policy_deviation)
+        if over.size:
+            dim = int(over[np.argmax(deviation[over] / gate.max_policy_deviation[over])])
+            self._reject(
+                "deviation",
+                f"version {version} moves action {dim} by {deviation[dim]:.2f} of its range "
+                f"(max_policy_deviation {gate.max_policy_deviation[dim]:g})",
+            )
             return None
         return runner
 

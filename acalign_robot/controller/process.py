@@ -49,6 +49,7 @@ from acalign_robot.controller.hot_swap import GateSettings, IdleWindows, PolicyS
 from acalign_robot.controller.safety import ActionFilter, FilterFlags, RollbackConfig, RollbackMonitor, SafetyConfig
 from acalign_robot.controller.streaming import TransitionBatcher
 from acalign_robot.controller.timing import SectionTimer
+from acalign_robot.errors import InputError
 from acalign_robot.policy.manifest import PolicyError
 from acalign_robot.policy.runner import PolicyRunner
 from acalign_robot.realtime import RealtimeConfig
@@ -92,10 +93,12 @@ class ControllerConfig:
     resend_window_mb: float = 64.0  # batches kept (array bytes) until the learner has checkpointed them
     resend_after_s: float = 2.0  # a batch the learner lacks is resent once it was sent at least this long ago
     final_delivery_s: float = 2.0  # at exit, wait this long at most for the learner to acknowledge the last batch
-    # Hot-swap gate. Deviation: max |a_new - a_cur| / (high - low) over the probe batch and the action dimensions;
+    # Hot-swap gate. Deviation: max |a_new - a_cur| / (high - low) over the probe batch, per action dimension;
     # 1.0 would admit anything (two actions are at most a range apart), 0.5 refuses a version that moves any
     # action by more than half its range at any recent observation (a flip from one bound to the other: 1.0).
-    max_policy_deviation: float = 0.5
+    # One bound for every dimension, or a list of one per dimension (a joint whose command barely matters to the
+    # task, such as an arm's wrist rotation, may flip between versions while the others stay gated).
+    max_policy_deviation: float | tuple[float, ...] = 0.5
     # A candidate's batch-1 inference (median of 5, the control loop's call) must take at most this fraction of
     # the control period (2 ms at 125 Hz, 0.5 ms at 500 Hz): the rest is the driver's round trip and the loop.
     max_inference_fraction: float = 0.25
@@ -126,9 +129,27 @@ class ControllerConfig:
                 raise FieldError(name, f"must be >= 0, got {getattr(self, name)}")
         if self.provider not in ("cpu", "cuda"):
             raise FieldError("provider", f"must be 'cpu' or 'cuda', got {self.provider!r}")
-        for name in ("max_policy_deviation", "max_inference_fraction"):
-            if not 0 < getattr(self, name) <= 1:
-                raise FieldError(name, f"must be in (0, 1], got {getattr(self, name)}")
+        if not 0 < self.max_inference_fraction <= 1:
+            raise FieldError("max_inference_fraction", f"must be in (0, 1], got {self.max_inference_fraction}")
+        deviations = np.atleast_1d(self.max_policy_deviation)
+        if deviations.size == 0 or not np.all((deviations > 0) & (deviations <= 1)):
+            raise FieldError(
+                "max_policy_deviation",
+                f"must be in (0, 1], one value or one per action dimension, got {self.max_policy_deviation}",
+            )
+
+
+def deviation_bounds(max_policy_deviation: float | tuple[float, ...], action_dim: int) -> np.ndarray:
+    """The swap gate's deviation bound per action dimension (action_dim,): a single bound for every dimension, or
+    the list given, which must name one per dimension of the driver's actions."""
+    bounds = np.atleast_1d(np.asarray(max_policy_deviation, dtype=np.float64))
+    if bounds.size == 1:
+        return np.full(action_dim, bounds[0])
+    if bounds.size != action_dim:
+        raise InputError(
+            f"controller.max_policy_deviation: {bounds.size} bounds for the driver's {action_dim} action dimensions"
+        )
+    return bounds
 
 
 class Controller:
@@ -196,7 +217,7 @@ class Controller:
                 control_period_s=self.period_s,
                 explore=config.explore,
                 provider=config.provider,
-                max_policy_deviation=config.max_policy_deviation,
+                max_policy_deviation=deviation_bounds(config.max_policy_deviation, action_space.shape[0]),
                 max_inference_fraction=config.max_inference_fraction,
                 seed=config.seed,
             )
@@ -525,6 +546,7 @@ class Controller:
             values["last_rejection"] = self.swapper.last_rejection
             values["last_publish_to_ready_s"] = self.swapper.last_publish_to_ready_s
             values["last_candidate_inference_s"] = self.swapper.last_inference_s
+            values["last_candidate_deviation"] = self.swapper.last_deviation
             values["swapper_alive"] = self.swapper.alive  # False: no new version is considered; see swapper_error
             values["swapper_error"] = self.swapper.error or ""
         return values

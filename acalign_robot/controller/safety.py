@@ -167,13 +167,20 @@ class ActionFilter:
 
 @dataclass(frozen=True)
 class RollbackConfig:
-    """Revert to the last good policy when online returns collapse (off by default in sim, on for hardware).
+    """Revert to a good policy when online returns collapse (off by default in sim, on for hardware).
 
     The baseline is the mean return of the first `baseline_episodes` episodes (the policy the session started with,
     before any fine-tuned version). After each episode, the mean of the last `window` returns is compared with
     `fraction` * baseline (for negative baselines: the baseline minus (1 - fraction) * |baseline|); `patience`
-    episodes in a row below it roll back to the last version whose window was above it, and newer versions up to
-    the bad one are refused from then on. The learner is told with a Stats message.
+    episodes in a row below it roll back, and newer versions up to the bad one are refused from then on. The
+    learner is told with a Stats message.
+
+    Where to (`to`):
+      first      the version the session started with: the one vetted before deployment (the default). A slow
+                 decline can carry the window over several versions, so the newest version whose window held up may
+                 already be on the way down: on the robot twin, naive fine-tuning rolled back to such a version.
+      last_good  the newest version whose window was above the threshold: keeps what fine-tuning gained, at the
+                 risk above.
     """
 
     enabled: bool = False
@@ -181,6 +188,7 @@ class RollbackConfig:
     window: int = 5
     fraction: float = 0.5
     patience: int = 3
+    to: Literal["first", "last_good"] = "first"
 
     def validate(self) -> None:
         if min(self.baseline_episodes, self.window, self.patience) < 1:
@@ -192,8 +200,8 @@ class RollbackConfig:
 class RollbackMonitor:
     """The rollback decision (RollbackConfig): fed each finished episode's return, it names the runner to go back to.
 
-    It keeps the runner to go back to alive: `good_runner`, the newest one whose returns held up (the one the
-    session started with until then, and for ever when rollback is off).
+    It keeps the runner to go back to alive: `good_runner`, the one the session started with, or with `to:
+    last_good` the newest one whose returns held up (the first until then, and for ever when rollback is off).
     """
 
     def __init__(self, config: RollbackConfig, runner: PolicyRunner):
@@ -218,7 +226,8 @@ class RollbackMonitor:
         threshold = baseline - (1.0 - settings.fraction) * abs(baseline)
         if float(np.mean(self._recent_returns)) >= threshold:
             self._below = 0
-            self.good_runner = runner
+            if settings.to == "last_good":
+                self.good_runner = runner
             return None
         self._below += 1
         if self._below < settings.patience or runner is self.good_runner:

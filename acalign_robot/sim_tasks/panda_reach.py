@@ -1,7 +1,7 @@
 """PandaReach: a Franka Emika Panda arm brings its end effector to a random target (`acalign/PandaReach-v0`).
 
-The scene is sim/assets/panda/panda_reach.xml (Apache-2.0 assets, see ATTRIBUTION.md there): seven joints, each
-driven by a position servo with the Panda's torque limit as its force range. The task:
+The scene is assets/panda/panda_reach.xml beside this module (Apache-2.0 assets, see ATTRIBUTION.md there): seven
+joints, each driven by a position servo with the Panda's torque limit as its force range. The task:
 - action (7,) in [-1, 1]: joint velocity commands as a fraction of `SPEED_FRACTION` x the Panda's velocity limits.
   The env integrates them into the servos' position targets, kept JOINT_MARGIN_RAD inside the joint ranges, as a
   velocity interface on a position-controlled arm does. A zero action holds the current target: the safe action.
@@ -29,8 +29,8 @@ from acalign_robot.spaces import BoxSpace, RobotLimits
 
 __all__ = ["ASSET", "PandaReachEnv"]
 
-# sim/ sits beside the package in a checkout; the scene is data of the repository, like the sim/*.yaml tasks.
-ASSET = Path(__file__).resolve().parents[2] / "sim" / "assets" / "panda" / "panda_reach.xml"
+# Package data (pyproject.toml), so that the registered env runs from an installed wheel as from a checkout.
+ASSET = Path(__file__).resolve().parent / "assets" / "panda" / "panda_reach.xml"
 
 JOINTS = 7
 READY_POSE_RAD = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 0.0, 0.785])  # end effector at (0.31, 0, 0.49), down

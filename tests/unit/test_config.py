@@ -203,3 +203,16 @@ def test_include_merges_named_list_entries_by_name(tmp_path):
     main.write_text("include: [limits.yaml]\nrobots:\n  - {name: a, rate_hz: 7}\n  - {name: c}\n")
     robots = config.load(NamedFleet, main).robots
     assert robots == (NamedInner("a", 7.0, ("x",)), NamedInner("b"), NamedInner("c"))
+
+
+def test_one_value_or_one_per_dimension_reads_a_number_or_a_list():
+    from acalign_robot.controller.process import ControllerConfig
+
+    one = config.load_text(ControllerConfig, "policy: p\nmax_policy_deviation: 0.5\n")
+    per_dimension = config.load_text(ControllerConfig, "policy: p\nmax_policy_deviation: [0.5, 1]\n")
+    assert one.max_policy_deviation == 0.5
+    assert per_dimension.max_policy_deviation == (0.5, 1.0)
+    with pytest.raises(ConfigError, match=r"<string>:2: max_policy_deviation: must be in \(0, 1\]"):
+        config.load_text(ControllerConfig, "policy: p\nmax_policy_deviation: [0.5, 2]\n")
+    with pytest.raises(ConfigError, match=r"max_policy_deviation\[1\]: expected a number"):
+        config.load_text(ControllerConfig, "policy: p\nmax_policy_deviation: [0.5, wide]\n")

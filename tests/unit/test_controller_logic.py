@@ -71,7 +71,7 @@ def make_controller(server, version=1, push=0.0, **fields):
     return config, onnx_bytes, manifest, PolicyRunner(onnx_bytes, manifest)
 
 
-def test_rollback_reverts_to_the_last_good_version_and_refuses_the_bad_one(slow_masses_driver):
+def test_rollback_reverts_to_the_first_version_and_refuses_the_bad_one(slow_masses_driver):
     config, _, _, runner = make_controller(
         slow_masses_driver,
         episodes=60,
@@ -140,7 +140,7 @@ def test_each_episode_ends_a_batch_that_carries_its_return(driver_thread):
 
 def test_the_rollback_monitor_names_the_last_version_whose_returns_held_up():
     started, tuned, bad = object(), object(), object()  # runners: only their identity matters to the monitor
-    settings = RollbackConfig(enabled=True, baseline_episodes=3, window=2, fraction=0.5, patience=2)
+    settings = RollbackConfig(enabled=True, baseline_episodes=3, window=2, fraction=0.5, patience=2, to="last_good")
     monitor = RollbackMonitor(settings, started)
     for _ in range(3):
         assert monitor.after_episode(10.0, started) is None  # baseline 10: the threshold is 5
@@ -150,6 +150,18 @@ def test_the_rollback_monitor_names_the_last_version_whose_returns_held_up():
     for _ in range(settings.patience):  # still below, but on the last good one: nothing to go back to
         assert monitor.after_episode(-10.0, tuned) is None
     assert RollbackMonitor(RollbackConfig(), started).after_episode(-1e9, bad) is None  # off by default
+
+
+def test_the_rollback_monitor_goes_back_to_the_first_version_by_default():
+    """A slow decline: the tuned version's window still held up, but the session goes back to where it started."""
+    started, tuned, bad = object(), object(), object()
+    settings = RollbackConfig(enabled=True, baseline_episodes=3, window=2, fraction=0.5, patience=2)
+    monitor = RollbackMonitor(settings, started)
+    for _ in range(3):
+        assert monitor.after_episode(10.0, started) is None
+    assert monitor.after_episode(6.0, tuned) is None and monitor.good_runner is started  # held up, not the target
+    assert monitor.after_episode(-10.0, bad) is None
+    assert monitor.after_episode(-10.0, bad) is started
 
 
 def test_a_latched_controller_sends_the_safe_action_every_tick(driver_thread):

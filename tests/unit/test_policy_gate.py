@@ -11,6 +11,7 @@ import pytest
 import zmq
 
 from acalign_robot.controller.process import Controller, ControllerConfig
+from acalign_robot.errors import InputError
 from acalign_robot.policy.runner import PolicyRunner
 from acalign_robot.wire import protocol as p
 from acalign_robot.wire.memory import MemoryControlClient, MemoryPolicyPublisher, MemoryPolicySubscriber
@@ -110,6 +111,24 @@ def test_the_default_deviation_bound_refuses_a_flip_across_the_range(driver_thre
         nearby = graph_policy(MANIFEST, 3, mean_offset=-2.0)  # -0.96: 0.017 of the range
         stats = rig.publish_until(nearby, running(3), "a nearby version to be swapped in")
     assert stats["swap_rejections"] == {"deviation": 1}
+
+
+def test_a_per_dimension_bound_lets_one_dimension_flip_and_gates_the_others(driver_thread):  # noqa: F811
+    """An arm's wrist rotation may flip between versions (bound 1.0) while the other joint stays at 0.5."""
+    start = graph_policy(MANIFEST, 1, mean_offset=(-3.0, -3.0))  # both actions at -0.995
+    with Running(driver_thread, current=start, max_policy_deviation=(0.5, 1.0)) as rig:
+        first_flips = graph_policy(MANIFEST, 2, mean_offset=(3.0, -3.0))  # action 0 moves 0.995 of its range
+        stats = rig.publish_until(first_flips, rejected("deviation"), "the version flipping action 0 to be refused")
+        assert "action 0 by 1.00 of its range (max_policy_deviation 0.5)" in stats["last_rejection"]
+        assert stats["last_candidate_deviation"] == [pytest.approx(0.995, abs=1e-3), 0.0]
+        second_flips = graph_policy(MANIFEST, 3, mean_offset=(-3.0, 3.0))  # action 1 moves as far: within 1.0
+        stats = rig.publish_until(second_flips, running(3), "the version flipping action 1 to be swapped in")
+    assert stats["swap_rejections"] == {"deviation": 1}
+
+
+def test_per_dimension_bounds_must_match_the_drivers_actions(driver_thread):  # noqa: F811
+    with pytest.raises(InputError, match="3 bounds for the driver's 2 action dimensions"):
+        Running(driver_thread, max_policy_deviation=(0.5, 0.5, 1.0))
 
 
 def test_a_wire_version_that_is_not_the_manifests_is_refused_once(driver_thread):  # noqa: F811
