@@ -176,14 +176,17 @@ class _ZmqEndpoint:
 
         `spin`: poll without blocking in a loop, so the thread never sleeps and its core stays hot (no wake-up on the
         reply's path); it costs the whole core while waiting.
+        libzmq's poll directly: pyzmq's `Socket.poll` builds a Poller and a dict per call, 15-19 us against 4 us
+        measured here, paid on every control tick by the controller (its reply) and the driver (its request).
         """
+        items = [(self._socket, events)]
         if self.spin:
-            while not self._socket.poll(0, events):
+            while not zmq.zmq_poll(items, 0):
                 if time.monotonic() >= deadline:
                     return False
             return True
         timeout_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000.0))
-        return bool(self._socket.poll(timeout_ms, events))
+        return bool(zmq.zmq_poll(items, timeout_ms))
 
     def _route(self, frames: tuple[bytes, ...]) -> bool:
         """ROUTER send without blocking: [identity, ..., frame]; a peer that is gone (ROUTER_MANDATORY) or not reading
@@ -272,12 +275,11 @@ class ZmqControlClient(_ZmqEndpoint):
             raise TransportTimeout(f"{self.endpoint} has not answered an earlier request (nothing sent)")
         self._last_request_id += 1
         request_id = REQUEST_ID.pack(self._last_request_id)
-        queued = self._wait(zmq.POLLOUT, deadline)  # with IMMEDIATE, writable means connected
-        if queued:
-            try:
-                self._socket.send_multipart((request_id, frame), zmq.NOBLOCK)
-            except zmq.Again:  # the connection dropped between the poll and the send
-                queued = False
+        # With IMMEDIATE a send is refused (Again) until the driver is connected: only then is it worth waiting
+        # for the socket to become writable. Sending first saves a poll on every tick of a connected session.
+        queued = self._send_now((request_id, frame)) or (
+            self._wait(zmq.POLLOUT, deadline) and self._send_now((request_id, frame))
+        )
         if not queued:
             self.counters.timeouts += 1
             raise TransportTimeout(f"no driver connected at {self.endpoint} within {timeout_s} s")
@@ -305,6 +307,14 @@ class ZmqControlClient(_ZmqEndpoint):
             self.counters.protocol_errors += 1
             return None
         return frames[0], frames[1]
+
+    def _send_now(self, frames: tuple[bytes, bytes]) -> bool:
+        """Queue a request without blocking; False when no driver connection can take it (or it just dropped)."""
+        try:
+            self._socket.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
 
     def _settle_unanswered(self, deadline: float) -> bool:
         """Wait until the request in flight is answered (its late reply is discarded and counted stale) or its
