@@ -1,0 +1,132 @@
+"""Seed batches (algo/seed_batch.py): S seeds updated as one must be S single-seed SAC / ACA phase-3 learners.
+
+Parity: S agents from S different states, each fed the same batches and the same noise as its seed in the batch,
+must end with the same parameters, optimiser moments, temperature and w, to float32 rounding (the batch's batched
+matmuls round differently from the single networks' matmuls).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from acalign_robot.algo.aca import ACAConfig, OfflineACA, align
+from acalign_robot.algo.sac import SAC, SACConfig
+from acalign_robot.algo.seed_batch import SeedBatchSAC
+from acalign_robot.data.replay_buffer import Batch
+
+OBS, ACT, BATCH, SEEDS = 5, 2, 32, 3
+SAC_CONFIG = SACConfig(batch_size=BATCH, hidden_sizes=(16, 16))
+# Float32 rounding of the same sums taken in another order, after a few Adam steps of lr 3e-4.
+ATOL, RTOL = 1e-6, 1e-5
+
+
+def random_batch(rng: np.random.Generator) -> Batch:
+    return Batch(
+        obs=rng.normal(size=(BATCH, OBS)).astype(np.float32),
+        action=rng.uniform(-1, 1, (BATCH, ACT)).astype(np.float32),
+        reward=rng.normal(size=BATCH).astype(np.float32),
+        next_obs=rng.normal(size=(BATCH, OBS)).astype(np.float32),
+        terminated=(rng.uniform(size=BATCH) < 0.1).astype(np.float32),
+    )
+
+
+def plain_agents() -> list[SAC]:
+    """Plain SAC agents from different initialisations, each a few updates in (so Adam has moments)."""
+    agents = []
+    for seed in range(SEEDS):
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        agent = SAC(OBS, ACT, SAC_CONFIG, observations_for_normalizer=rng.normal(size=(100, OBS)).astype(np.float32))
+        for _ in range(2):
+            agent.update(random_batch(rng))
+        agents.append(agent)
+    return agents
+
+
+def aligned_agents(config: ACAConfig) -> list[SAC]:
+    """ACA phase-3 agents aligned from different offline agents (each its own prior pi_0)."""
+    agents = []
+    for seed in range(SEEDS):
+        torch.manual_seed(10 + seed)
+        rng = np.random.default_rng(10 + seed)
+        offline = OfflineACA(OBS, ACT, config, rng.normal(size=(100, OBS)).astype(np.float32))
+        for _ in range(2):
+            offline.update(random_batch(rng))
+        agents.append(align(offline))
+    return agents
+
+
+def run_both(agents: list[SAC], updates: int) -> tuple[SeedBatchSAC, list[list[dict]], list[list[dict]]]:
+    """`updates` updates of the seed batch and of each agent alone, on the same batches with the same noise.
+    Returns the batch and each seed's statistics, batched and alone ([seed][update])."""
+    rng = np.random.default_rng(123)
+    batches = [[random_batch(rng) for _ in agents] for _ in range(updates)]
+    generators = [torch.Generator().manual_seed(1000 + seed) for seed in range(len(agents))]
+    starts = [generator.get_state() for generator in generators]
+    learner = SeedBatchSAC(copy.deepcopy(agents), generators)
+    batched_infos = [learner.update_seeds(seed_batches) for seed_batches in batches]
+    alone_infos = []
+    for seed, agent in enumerate(agents):
+        torch.set_rng_state(starts[seed])  # the global generator draws what the batch drew from this seed's
+        alone_infos.append([agent.update(seed_batches[seed]) for seed_batches in batches])
+    return learner, [list(infos) for infos in zip(*batched_infos)], alone_infos
+
+
+def assert_same_state(batched, alone, path: str = "") -> None:
+    """Every tensor and number of two SAC.state_dict()s agree (float32 rounding)."""
+    if isinstance(alone, dict):
+        assert isinstance(batched, dict), path
+        assert batched.keys() == alone.keys(), path
+        for key in alone:
+            assert_same_state(batched[key], alone[key], f"{path}.{key}")
+    elif isinstance(alone, torch.Tensor):
+        assert isinstance(batched, torch.Tensor) and batched.shape == alone.shape, path
+        torch.testing.assert_close(batched, alone, atol=ATOL, rtol=RTOL, msg=lambda m: f"{path}: {m}")
+    elif isinstance(alone, float):
+        assert batched == pytest.approx(alone, rel=RTOL, abs=ATOL), path
+    else:
+        assert batched == alone, path
+
+
+def assert_parity(agents: list[SAC], updates: int) -> SeedBatchSAC:
+    before = [agent.actor.trunk[0].weight.detach().clone() for agent in agents]
+    learner, batched_infos, alone_infos = run_both(agents, updates)
+    for seed, agent in enumerate(agents):
+        assert not torch.equal(agent.actor.trunk[0].weight, before[seed])  # the actors did learn
+        assert_same_state(learner.seed_state_dict(seed), agent.state_dict(), f"seed {seed}")
+        for batched, alone in zip(batched_infos[seed], alone_infos[seed]):
+            assert batched.keys() == alone.keys()
+            for key in alone:
+                assert batched[key] == pytest.approx(alone[key], rel=1e-3, abs=1e-4), key
+    return learner
+
+
+def test_plain_sac_seeds_batched_are_the_single_agents():
+    assert_parity(plain_agents(), updates=4)
+
+
+def test_aca_phase_3_seeds_batched_are_the_single_agents():
+    """The aligned critic, w's decay and the actor's gradient clip, set small so that it binds on every seed: a clip
+    over all seeds' gradients together would scale each seed's by another factor than its own norm gives."""
+    agents = aligned_agents(ACAConfig(sac=SAC_CONFIG))
+    for agent in agents:
+        agent.actor_grad_clip = 1e-3
+    learner = assert_parity(agents, updates=4)
+    assert learner.prior.w == pytest.approx(1.0 - 4 * ACAConfig().w_step)
+
+
+def test_aca_phase_3_variants_batched():
+    """Warm-up updates (R alone), alpha following w, and the action-gradient diagnostics, seed by seed."""
+    config = ACAConfig(sac=SAC_CONFIG, actor_warmup_updates=2, online_temperature="w", measure_action_gradients=True)
+    assert_parity(aligned_agents(config), updates=4)
+
+
+def test_seeds_at_different_points_are_refused():
+    agents = plain_agents()
+    agents[1].update(random_batch(np.random.default_rng(0)))
+    with pytest.raises(ValueError, match="update count"):
+        SeedBatchSAC(agents, [torch.Generator() for _ in agents])
