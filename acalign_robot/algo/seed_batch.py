@@ -187,6 +187,12 @@ class SeedBatchSAC(SAC):
         actor.load_state_dict(self._seed_module_state(self.actor, seed, self._actor_shapes))
         return actor.to(self.device)
 
+    def seed_agent(self, seed: int) -> SAC:
+        """A copy of one seed's learner as the SAC its single-seed run would hold."""
+        agent = SAC(self.actor.obs_dim, self.actor.action_dim, self.config, self.device)
+        agent.load_state_dict(self.seed_state_dict(seed))
+        return agent
+
     def seed_state_dict(self, seed: int) -> dict:
         """One seed's state in `SAC.state_dict`'s format (what its single-seed run would hold)."""
         state = {

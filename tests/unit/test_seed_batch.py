@@ -8,6 +8,7 @@ matmuls round differently from the single networks' matmuls).
 from __future__ import annotations
 
 import copy
+import csv
 
 import numpy as np
 import pytest
@@ -130,3 +131,48 @@ def test_seeds_at_different_points_are_refused():
     agents[1].update(random_batch(np.random.default_rng(0)))
     with pytest.raises(ValueError, match="update count"):
         SeedBatchSAC(agents, [torch.Generator() for _ in agents])
+
+
+def read_csv(path) -> tuple[list[str], list[list[str]]]:
+    with open(path) as handle:
+        header, *rows = list(csv.reader(handle))
+    return header, rows
+
+
+def test_finetune_seeds_writes_what_each_seed_alone_writes(tmp_path):
+    """The batched online phase against `finetune` run seed by seed from the same aligned checkpoint (Hopper-v5):
+    the same files, eval.csv columns and evaluation steps, and the same numbers to float32 rounding (the runs'
+    envs, buffer sampling and noise are seeded alike, so only the batch's rounding differs)."""
+    from acalign_robot.algo.checkpoint import load_checkpoint
+    from acalign_robot.algo.pipeline import EvalSchedule, finetune, finetune_seeds
+    from tests.learner_helpers import write_aligned_checkpoint
+
+    aligned = write_aligned_checkpoint(tmp_path / "aligned-aca.pt")
+    seeds, steps, schedule = [3, 7], 300, EvalSchedule(every=100, episodes=1)
+    alone = [tmp_path / "alone" / f"seed{seed}" / "finetuned.pt" for seed in seeds]
+    batched = [tmp_path / "batched" / f"seed{seed}" / "finetuned.pt" for seed in seeds]
+    for out, seed in zip(alone, seeds):
+        finetune(aligned, None, steps, out, seed=seed, schedule=schedule)
+    assert finetune_seeds([aligned, aligned], None, steps, batched, seeds=seeds, schedule=schedule) == batched
+
+    for one, other in zip(alone, batched):
+        assert sorted(p.name for p in one.parent.iterdir()) == sorted(p.name for p in other.parent.iterdir())
+        (header, rows), (other_header, other_rows) = (
+            read_csv(one.parent / "eval.csv"),
+            read_csv(other.parent / "eval.csv"),
+        )
+        assert header == other_header and len(rows) == len(other_rows) == 1 + steps // schedule.every
+        for row, other_row in zip(rows, other_rows):
+            for name, value, other_value in zip(header, row, other_row):
+                if name == "phase" or name == "step":
+                    assert value == other_value
+                elif name != "wall_s" and value:
+                    assert float(other_value) == pytest.approx(float(value), rel=1e-4, abs=1e-4), name
+        episodes, other_episodes = (np.array(read_csv(run.parent / "episodes.csv")[1], float) for run in (one, other))
+        assert episodes.shape == other_episodes.shape and len(episodes) > 3
+        np.testing.assert_array_equal(other_episodes[:, 0], episodes[:, 0])
+        np.testing.assert_allclose(other_episodes[:, 1], episodes[:, 1], rtol=1e-4)
+        state, other_state = load_checkpoint(one)["agent"], load_checkpoint(other)["agent"]
+        assert state["env_steps"] == other_state["env_steps"] == steps
+        assert_same_state(other_state["agent"], state["agent"])
+        torch.testing.assert_close(other_state["buffer"], state["buffer"], atol=1e-5, rtol=1e-5)
