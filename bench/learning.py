@@ -15,9 +15,10 @@ Seeds differ only in the online phase. `--batched-seeds` trains all seeds of a (
 one batched learner (`acalign finetune` with several run directories, algo/seed_batch.py): each seed is aligned as
 before and its run directory is the same run as the single-seed path writes, to float32 rounding (same env, buffer and
 noise seeding; tests/unit/test_seed_batch.py), so the two paths' results mix. Finished seeds are reused either way.
-It is not the default: on one CPU thread 5 seeds cost about 4.3x one seed's updates (the networks' matmuls dominate
-and do not shrink with batching; docs/results.md, learner speed), and one batch holds one core, so with `--jobs 2` and
-a single (dataset, method) the per-seed processes finish sooner. On a GPU the batch is the cheap way.
+It is not the default: on one CPU thread 5 seeds cost about 4.1-4.3x one seed's updates (the networks' matmuls
+dominate and do not shrink with batching; docs/results.md, learner speed), and one batch holds one core, so with
+`--jobs 2` and a single (dataset, method) the per-seed processes finish sooner. On a GPU, where these small kernels
+are launch-bound, the batch should be much cheaper than its seeds one by one (not measured yet).
 
 Scales: ci (minutes), reduced (what a 2-core CPU machine holds), paper (500k offline / 100k online, a GPU machine).
 Writes bench/out/learning/results.json, learning.png and a Markdown table (printed; paste into docs/results.md);

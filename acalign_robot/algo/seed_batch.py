@@ -112,7 +112,7 @@ class SeedBatchCritic(nn.Module):
 
 def stack_batches(batches: Sequence[Batch]) -> Batch:
     """The seeds' batches (one per seed, each (B, ...)) as one batch with a leading seed dimension (S, B, ...)."""
-    return Batch(*(np.stack([getattr(b, name) for b in batches]) for name in Batch.__dataclass_fields__))
+    return Batch(*(np.stack([getattr(b, field.name) for b in batches]) for field in dataclasses.fields(Batch)))
 
 
 class SeedBatchSAC(SAC):
