@@ -176,3 +176,30 @@ def test_finetune_seeds_writes_what_each_seed_alone_writes(tmp_path):
         assert state["env_steps"] == other_state["env_steps"] == steps
         assert_same_state(other_state["agent"], state["agent"])
         torch.testing.assert_close(other_state["buffer"], state["buffer"], atol=1e-5, rtol=1e-5)
+
+
+def test_a_diverging_seed_stops_alone(tmp_path, monkeypatch):
+    """The other seeds finish and are written; then DivergenceError names the seed that stopped, whose run directory
+    gets no checkpoint (its input stays the last good one), as a single-seed run that diverges."""
+    from acalign_robot.algo import pipeline
+    from acalign_robot.algo.divergence import DivergenceError
+    from tests.learner_helpers import write_aligned_checkpoint
+
+    after_step = pipeline._FinetuneRun.after_step
+
+    def seed_7_diverges_at_step_40(run, step, *args):
+        if run.seed == 7 and step == 40:
+            raise DivergenceError("finetune (aca) diverged at env step 40: q_mean = nan is not finite", 40, "q_mean")
+        after_step(run, step, *args)
+
+    monkeypatch.setattr(pipeline._FinetuneRun, "after_step", seed_7_diverges_at_step_40)
+    aligned = write_aligned_checkpoint(tmp_path / "aligned-aca.pt")
+    outs = [tmp_path / f"seed{seed}" / "finetuned.pt" for seed in (3, 7)]
+    schedule = pipeline.EvalSchedule(every=50, episodes=1)
+    with pytest.raises(
+        DivergenceError, match=r"1 of 2 seeds stopped: seed 7: finetune \(aca\) diverged at env step 40"
+    ):
+        pipeline.finetune_seeds([aligned, aligned], None, 100, outs, seeds=[3, 7], schedule=schedule)
+    assert outs[0].exists() and not outs[1].exists()
+    assert [row[1] for row in read_csv(outs[0].parent / "eval.csv")[1]] == ["0", "50", "100"]
+    assert [row[1] for row in read_csv(outs[1].parent / "eval.csv")[1]] == ["0"]  # evaluated before it stopped
