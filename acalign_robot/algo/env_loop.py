@@ -134,8 +134,9 @@ class SeedBatchLoop:
     buffer holds more than a batch. Each seed's acting noise comes from its own generator, before that step's
     update, as in its single-seed run. No random warm-up (phase 3 uses none).
 
-    `stop(seed)`: the seed's env is no longer stepped nor its buffer filled (a diverged run); its slice of the batch
-    goes on being updated, unread, since its numbers cannot reach the other seeds' slices.
+    `stop(index)`: that seed's env is no longer stepped nor its buffer filled (a diverged run); its slice of the
+    batch goes on being updated, unread: every operation of the update is per seed, so its numbers (NaN included)
+    cannot reach the other seeds' slices.
     """
 
     env_id: str

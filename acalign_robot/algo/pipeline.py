@@ -324,6 +324,8 @@ def finetune_seeds(
         raise InputError(
             f"{len(online_paths)} checkpoints, {len(out_paths)} outputs and {len(seeds)} seeds: give one each"
         )
+    if len({path.resolve().parent for path in out_paths}) != len(out_paths):
+        raise InputError(f"two seeds would write the same run directory: {[str(path.parent) for path in out_paths]}")
     device = resolve_device(device)
     agents, buffers, generators, runs = [], [], [], []
     for online_path, out_path, seed in zip(online_paths, out_paths, seeds):

@@ -203,3 +203,13 @@ def test_a_diverging_seed_stops_alone(tmp_path, monkeypatch):
     assert outs[0].exists() and not outs[1].exists()
     assert [row[1] for row in read_csv(outs[0].parent / "eval.csv")[1]] == ["0", "50", "100"]
     assert [row[1] for row in read_csv(outs[1].parent / "eval.csv")[1]] == ["0"]  # evaluated before it stopped
+
+
+def test_two_seeds_cannot_share_a_run_directory(tmp_path):
+    from acalign_robot.algo.pipeline import finetune_seeds
+    from acalign_robot.errors import InputError
+
+    out = tmp_path / "run" / "finetuned.pt"
+    with pytest.raises(InputError, match="the same run directory"):
+        finetune_seeds([tmp_path / "a.pt", tmp_path / "b.pt"], None, 10, [out, out], seeds=[0, 1])
+    assert not out.parent.exists()
