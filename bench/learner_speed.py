@@ -6,7 +6,13 @@ All in one run, CPU, 1 torch thread, batch 256, Hopper sizes (obs 11, action 3),
   Python loops over the ensemble.
 Ours and the reference are timed in interleaved chunks of 10 updates (median chunk), so that other load on a shared
 machine hits both alike. Also the machine's measured matmul GFLOP/s (1 thread) and the fraction of it each update
-reaches (FLOPs counted with torch.utils.flop_counter). Prints a table and writes bench/out/learner_speed.json.
+reaches (FLOPs counted with torch.utils.flop_counter).
+
+Seed batches (algo/seed_batch.py): the ACA phase-3 update at HalfCheetah sizes (obs 17, action 6, 2x256, batch 256)
+for one seed (SAC, the single-seed path) and for 1 and 5 seeds as one `SeedBatchSAC`, timed in the same interleaved
+chunks: updates/s per seed and what 5 seeds cost in units of one seed's update.
+
+Prints the tables and writes bench/out/learner_speed.json.
 
     python bench/learner_speed.py [--updates 300]
 """
@@ -28,17 +34,19 @@ from torch.utils.flop_counter import FlopCounterMode
 from acalign_robot.algo.aca import ACAConfig, OfflineACA, align
 from acalign_robot.algo.networks import TanhGaussianActor
 from acalign_robot.algo.sac import SAC, SACConfig
+from acalign_robot.algo.seed_batch import SeedBatchSAC
 from acalign_robot.data.replay_buffer import Batch
 
 OBS, ACT, BATCH, HIDDEN, CRITICS = 11, 3, 256, 256, 2
+CHEETAH_OBS, CHEETAH_ACT, SEEDS = 17, 6, 5  # the seed-batch rows: HalfCheetah sizes, 5 seeds
 
 
-def random_batch(rng: np.random.Generator) -> Batch:
+def random_batch(rng: np.random.Generator, obs_dim: int = OBS, action_dim: int = ACT) -> Batch:
     return Batch(
-        obs=rng.normal(size=(BATCH, OBS)).astype(np.float32),
-        action=rng.uniform(-1, 1, (BATCH, ACT)).astype(np.float32),
+        obs=rng.normal(size=(BATCH, obs_dim)).astype(np.float32),
+        action=rng.uniform(-1, 1, (BATCH, action_dim)).astype(np.float32),
         reward=rng.normal(size=BATCH).astype(np.float32),
-        next_obs=rng.normal(size=(BATCH, OBS)).astype(np.float32),
+        next_obs=rng.normal(size=(BATCH, obs_dim)).astype(np.float32),
         terminated=np.zeros(BATCH, np.float32),
     )
 
@@ -107,11 +115,13 @@ class ReferenceSAC:
                     tp.mul_(0.995).add_(0.005 * p)
 
 
-def updates_per_second(updates: list, count: int, rng: np.random.Generator, chunk: int = 10) -> list[float]:
+def updates_per_second(
+    updates: list, count: int, rng: np.random.Generator, chunk: int = 10, dims: tuple[int, int] = (OBS, ACT)
+) -> list[float]:
     """Updates per second of each function in `updates`, timed in interleaved chunks of `chunk` updates (ours,
     reference, ours, ...) so that a load change on a shared machine hits all of them alike; each rate is from the
-    median chunk time. `count` updates per function after 20 warm-up updates."""
-    batches = [random_batch(rng) for _ in range(16)]
+    median chunk time. `count` updates per function after 20 warm-up updates, on batches of `dims` (obs, action)."""
+    batches = [random_batch(rng, *dims) for _ in range(16)]
     for update in updates:
         for i in range(20):
             update(batches[i % 16])
@@ -129,6 +139,38 @@ def flops_per_update(update, rng: np.random.Generator) -> int:
     with FlopCounterMode(display=False) as counter:
         update(random_batch(rng))
     return counter.get_total_flops()
+
+
+def seed_batch_rows(count: int, rng: np.random.Generator) -> list[dict]:
+    """ACA phase 3 at HalfCheetah sizes: one seed alone (SAC) and 1 and SEEDS seeds as one SeedBatchSAC."""
+    config = ACAConfig(sac=SACConfig())
+    observations = rng.normal(size=(1000, CHEETAH_OBS)).astype(np.float32)
+    aligned = align(OfflineACA(CHEETAH_OBS, CHEETAH_ACT, config, observations))
+
+    def batch_of(seeds: int) -> SeedBatchSAC:
+        generators = [torch.Generator().manual_seed(seed) for seed in range(seeds)]
+        return SeedBatchSAC([copy.deepcopy(aligned) for _ in range(seeds)], generators)
+
+    one, many = batch_of(1), batch_of(SEEDS)
+    candidates = {  # name: (update of one batch, seeds it updates)
+        "1 seed (SAC)": (copy.deepcopy(aligned).update, 1),
+        "1 seed batched": (lambda batch: one.update_seeds([batch]), 1),
+        f"{SEEDS} seeds batched": (lambda batch: many.update_seeds([batch] * SEEDS), SEEDS),
+    }
+    rates = updates_per_second(
+        [update for update, _ in candidates.values()], count, rng, dims=(CHEETAH_OBS, CHEETAH_ACT)
+    )
+    single_rate = rates[0]
+    return [
+        {
+            "learner": name,
+            "seeds": seeds,
+            "updates_per_s": rate,
+            "seed_updates_per_s": rate * seeds,
+            "cost_in_single_seed_updates": single_rate / rate,
+        }
+        for (name, (_, seeds)), rate in zip(candidates.items(), rates)
+    ]
 
 
 def matmul_gflops(size: int = 512, repeats: int = 50) -> float:
@@ -185,9 +227,18 @@ def main() -> None:
             f"{row['update']:<24}{row['ours_per_s']:>9.1f}{reference:>13}{speedup:>9}"
             f"{row['gflop_per_update']:>11.3f}{100 * row['fraction_of_peak']:>10.1f}%"
         )
+    seed_rows = seed_batch_rows(args.updates, rng)
+    print(f"\nACA phase 3, HalfCheetah sizes (obs {CHEETAH_OBS}, action {CHEETAH_ACT}), batch {BATCH}:\n")
+    print(f"{'learner':<20}{'updates/s':>11}{'per seed/s':>12}{'cost (1 seed = 1)':>19}")
+    for row in seed_rows:
+        print(
+            f"{row['learner']:<20}{row['updates_per_s']:>11.1f}{row['seed_updates_per_s']:>12.1f}"
+            f"{row['cost_in_single_seed_updates']:>18.2f}x"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"matmul_gflops": peak, "batch": BATCH, "threads": 1, "rows": rows}, indent=1))
+    summary = {"matmul_gflops": peak, "batch": BATCH, "threads": 1, "rows": rows, "seed_batch_rows": seed_rows}
+    out.write_text(json.dumps(summary, indent=1))
     print(f"\nwrote {out}")
 
 

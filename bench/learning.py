@@ -11,12 +11,22 @@ Offline-only is the switch score carried to the end (no online learning). Across
 95% stratified-bootstrap confidence interval (rliable, Agarwal et al. 2021), and the issue's bar is checked on the
 IQMs: dip >= 95% of the switch, final > switch, ACA's final >= naive's.
 
+Seeds differ only in the online phase. `--batched-seeds` trains all seeds of a (dataset, method) in one process as
+one batched learner (`acalign finetune` with several run directories, algo/seed_batch.py): each seed is aligned as
+before and its run directory is the same run as the single-seed path writes, to float32 rounding (same env, buffer and
+noise seeding; tests/unit/test_seed_batch.py), so the two paths' results mix. Finished seeds are reused either way.
+It is not the default: on one CPU thread 5 seeds cost about 4.1-4.3x one seed's updates (the networks' matmuls
+dominate and do not shrink with batching; docs/results.md, learner speed), and one batch holds one core, so with
+`--jobs 2` and a single (dataset, method) the per-seed processes finish sooner. On a GPU, where these small kernels
+are launch-bound, the batch should be much cheaper than its seeds one by one (not measured yet).
+
 Scales: ci (minutes), reduced (what a 2-core CPU machine holds), paper (500k offline / 100k online, a GPU machine).
 Writes bench/out/learning/results.json, learning.png and a Markdown table (printed; paste into docs/results.md);
 with `--publish FILE` (docs/results/learning.json) every run's switch, dip, final and curve is merged into FILE
 under its dataset, method label and seed, and the table covers everything FILE holds for these datasets.
 
     python bench/learning.py --datasets hopper-medium hopper-medium-replay --scale reduced --seeds 3 --jobs 2
+    python bench/learning.py --datasets hopper-medium hopper-medium-replay --scale reduced --seeds 5 --batched-seeds
 """
 
 from __future__ import annotations
@@ -99,10 +109,12 @@ def pretrain(dataset: str, preset: str, scale: Scale, out: Path, overrides: list
     return checkpoint
 
 
-def online_run(offline: Path, method: str, seed: int, scale: Scale, overrides: list[str]) -> Path:
-    run_dir = offline.parent.parent / f"{method}-seed{seed}"
-    if (run_dir / "finetuned.pt").exists():
-        return run_dir
+def run_dir_of(offline: Path, method: str, seed: int) -> Path:
+    return offline.parent.parent / f"{method}-seed{seed}"
+
+
+def aligned_checkpoint(offline: Path, method: str, run_dir: Path, overrides: list[str]) -> Path:
+    """`acalign align` into the run directory: each seed's online run starts from its own aligned checkpoint."""
     run_dir.mkdir(parents=True, exist_ok=True)
     aligned = run_dir / f"aligned-{method}.pt"
     acalign(
@@ -115,23 +127,60 @@ def online_run(offline: Path, method: str, seed: int, scale: Scale, overrides: l
         *config_overrides(overrides),
         log=run_dir / "log.txt",
     )
-    acalign(
-        "finetune",
-        str(aligned),
-        "--out",
-        str(run_dir),
+    return aligned
+
+
+def finetune_schedule(scale: Scale) -> list[str]:
+    return [
         "--steps",
         str(scale.online_steps),
-        "--seed",
-        str(seed),
         "--eval-every",
         str(scale.eval_every),
         "--eval-episodes",
         str(scale.eval_episodes),
         "--force",
+    ]
+
+
+def online_run(offline: Path, method: str, seed: int, scale: Scale, overrides: list[str]) -> Path:
+    run_dir = run_dir_of(offline, method, seed)
+    if (run_dir / "finetuned.pt").exists():
+        return run_dir
+    aligned = aligned_checkpoint(offline, method, run_dir, overrides)
+    acalign(
+        "finetune",
+        str(aligned),
+        "--out",
+        str(run_dir),
+        "--seed",
+        str(seed),
+        *finetune_schedule(scale),
         log=run_dir / "log.txt",
     )
     return run_dir
+
+
+def batched_online_runs(offline: Path, method: str, seeds: int, scale: Scale, overrides: list[str]) -> list[Path]:
+    """Every unfinished seed of `method` in one `acalign finetune` process (a seed batch, algo/seed_batch.py): each
+    aligned as `online_run` aligns it, then trained as one batched learner. Each seed's run directory is what
+    `online_run` writes (the same run to float32 rounding); the batch's output goes to <dataset>/<method>-batch-log.txt.
+    """
+    run_dirs = [run_dir_of(offline, method, seed) for seed in range(seeds)]
+    pending = [(seed, run_dir) for seed, run_dir in enumerate(run_dirs) if not (run_dir / "finetuned.pt").exists()]
+    if not pending:
+        return run_dirs
+    aligned = [str(aligned_checkpoint(offline, method, run_dir, overrides)) for _, run_dir in pending]
+    acalign(
+        "finetune",
+        *aligned,
+        "--out",
+        *(str(run_dir) for _, run_dir in pending),
+        "--seed",
+        *(str(seed) for seed, _ in pending),
+        *finetune_schedule(scale),
+        log=offline.parent.parent / f"{method}-batch-log.txt",
+    )
+    return run_dirs
 
 
 def summarize(scores: list[tuple[int, float]], online_steps: int) -> dict[str, float]:
@@ -257,7 +306,14 @@ def main() -> None:
         help="ACA config override for pre-training and alignment (repeatable); an existing offline checkpoint in OUT "
         "is reused as it is",
     )
-    parser.add_argument("--jobs", type=int, default=1, help="online runs in parallel (one core each)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="online runs (seed batches with --batched-seeds) in parallel, one core each"
+    )
+    parser.add_argument(
+        "--batched-seeds",
+        action="store_true",
+        help="train all seeds of a dataset and method in one process as one batched learner (the same runs, cheaper)",
+    )
     parser.add_argument("--out", default="bench/out/learning")
     parser.add_argument(
         "--label",
@@ -288,13 +344,21 @@ def main() -> None:
                 pool.map(lambda d: pretrain(d[0], d[1], scale, out, args.set), zip(args.datasets, presets)),
             )
         )
-        jobs = {
-            (d, m, s): pool.submit(online_run, offline[d], m, s, scale, args.set)
-            for d in args.datasets
-            for m in args.methods
-            for s in range(args.seeds)
-        }
-        run_dirs = {key: job.result() for key, job in jobs.items()}
+        if args.batched_seeds:
+            batches = {
+                (d, m): pool.submit(batched_online_runs, offline[d], m, args.seeds, scale, args.set)
+                for d in args.datasets
+                for m in args.methods
+            }
+            run_dirs = {(d, m, s): run_dir for (d, m), job in batches.items() for s, run_dir in enumerate(job.result())}
+        else:
+            jobs = {
+                (d, m, s): pool.submit(online_run, offline[d], m, s, scale, args.set)
+                for d in args.datasets
+                for m in args.methods
+                for s in range(args.seeds)
+            }
+            run_dirs = {key: job.result() for key, job in jobs.items()}
 
     runs = []
     for (dataset, method, seed), run_dir in run_dirs.items():

@@ -6,20 +6,23 @@ gets exported (the export scales to the bounds inside the ONNX graph).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 import acalign_robot.sim_tasks  # noqa: F401 - registers the acalign/ env ids
-from acalign_robot.algo.networks import TanhGaussianActor
+from acalign_robot.algo.networks import TanhGaussianActor, tanh_gaussian_sample
 from acalign_robot.data.replay_buffer import ReplayBuffer
 from acalign_robot.errors import EnvError
 
-__all__ = ["OnlineLoop", "evaluate", "make_env"]
+if TYPE_CHECKING:
+    from acalign_robot.algo.seed_batch import SeedBatchSAC
+
+__all__ = ["OnlineLoop", "SeedBatchLoop", "evaluate", "make_env"]
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
@@ -122,3 +125,67 @@ class OnlineLoop:
             if progress is not None:
                 progress.update(1)
         env.close()
+
+
+@dataclass
+class SeedBatchLoop:
+    """OnlineLoop for the seeds of a `SeedBatchSAC`: one env, replay buffer and sampling generator per seed, each
+    seeded as OnlineLoop seeds its own, one batched actor pass per env step and one batched update (UTD 1) once every
+    buffer holds more than a batch. Each seed's acting noise comes from its own generator, before that step's
+    update, as in its single-seed run. No random warm-up (phase 3 uses none).
+
+    `stop(index)`: that seed's env is no longer stepped nor its buffer filled (a diverged run); its slice of the
+    batch goes on being updated, unread: every operation of the update is per seed, so its numbers (NaN included)
+    cannot reach the other seeds' slices.
+    """
+
+    env_id: str
+    seeds: Sequence[int]
+    episode_returns: list[list[tuple[int, float]]] = field(default_factory=list)  # per seed: (step, return)
+    stopped: set[int] = field(default_factory=set)  # indices into `seeds`
+
+    def stop(self, index: int) -> None:
+        self.stopped.add(index)
+
+    def run(
+        self,
+        learner: SeedBatchSAC,
+        buffers: Sequence[ReplayBuffer],
+        steps: int,
+        on_step: Callable[[int, list[dict[str, float]]], None] | None = None,
+        progress=None,
+    ) -> None:
+        """`on_step(step, infos)`: after each env step, with each seed's latest update statistics ({} before the
+        first update)."""
+        envs = [make_env(self.env_id, seed) for seed in self.seeds]
+        rngs = [np.random.default_rng(seed) for seed in self.seeds]
+        observations = [env.reset(seed=seed)[0] for env, seed in zip(envs, self.seeds)]
+        self.episode_returns = [[] for _ in self.seeds]
+        episode_return = [0.0 for _ in self.seeds]
+        infos: list[dict[str, float]] = [{} for _ in self.seeds]
+        batch_size = learner.config.batch_size
+        device = _device_of(learner.actor)
+        for step in range(1, steps + 1):
+            with torch.no_grad():
+                obs_t = torch.as_tensor(np.stack(observations), dtype=torch.float32, device=device)[:, None]  # (S,1,O)
+                mean, log_std = learner.actor(obs_t)
+                actions = tanh_gaussian_sample(mean, log_std, learner.action_noise(obs_t))[0][:, 0].cpu().numpy()
+            for index, env in enumerate(envs):
+                if index in self.stopped:
+                    continue
+                next_obs, reward, terminated, truncated, _ = env.step(actions[index])
+                buffers[index].add(observations[index], actions[index], reward, next_obs, float(terminated))
+                episode_return[index] += float(reward)
+                observations[index] = next_obs
+                if terminated or truncated:
+                    self.episode_returns[index].append((step, episode_return[index]))
+                    observations[index], _ = env.reset()
+                    episode_return[index] = 0.0
+            if all(len(buffer) > batch_size for buffer in buffers):
+                infos = learner.update_seeds([buffer.sample(batch_size, rng) for buffer, rng in zip(buffers, rngs)])
+            if on_step is not None:
+                on_step(step, infos)
+            if progress is not None:
+                progress.update(1)
+        for env in envs:
+            env.close()

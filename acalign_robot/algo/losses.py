@@ -4,6 +4,12 @@ They never step an optimiser, clip a gradient or touch a target network's weight
 and aca.py order them. Every target is computed under `torch.no_grad()`. Shapes: ensembles give `(E, B)`, batch
 quantities `(B,)`.
 
+Seed batches (seed_batch.py): the temperature, SAC and phase-3 losses also take several seeds' independent learners
+at once, with a leading seed dimension S: ensembles `(S, E, B)`, batch quantities `(S, B)`, per-seed scalars (alpha,
+target entropy) `(S, 1)`. They reduce over trailing dimensions only and sum the seeds' losses, so that one backward
+pass gives each seed's parameters the gradient of that seed's own loss. Their statistics are floats for one learner
+and lists of one float per seed for a seed batch (`tolist()` of a per-seed value).
+
 Within one update the caller draws one a~ ~ pi(s) and one a' ~ pi(s') and passes the same draws to every loss.
 """
 
@@ -36,7 +42,7 @@ __all__ = [
     "z_loss",
 ]
 
-Info = dict[str, float]
+Info = dict[str, float | list[float]]  # a list: one value per seed of a seed batch
 
 
 class Draw:
@@ -44,12 +50,20 @@ class Draw:
 
     With `dataset_action` (phase 1) the same actor forward pass also scores the stored action:
     `dataset_log_prob` = log pi(a|s), (B,), with gradient. One trunk pass and one backward through it instead of two.
+    `noise`: the standard normal draw behind the sample (the action's shape); by default drawn from torch's global
+    generator (a seed batch passes each seed's draw from that seed's own generator).
     """
 
-    def __init__(self, actor: TanhGaussianActor, obs: torch.Tensor, dataset_action: torch.Tensor | None = None):
+    def __init__(
+        self,
+        actor: TanhGaussianActor,
+        obs: torch.Tensor,
+        dataset_action: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ):
         mean, log_std = actor(obs)
         self.mean = mean  # pre-tanh
-        self.action, self.log_prob, self.u = tanh_gaussian_sample(mean, log_std)
+        self.action, self.log_prob, self.u = tanh_gaussian_sample(mean, log_std, noise)
         self.dataset_log_prob = (
             None if dataset_action is None else tanh_gaussian_log_prob(atanh_clipped(dataset_action), mean, log_std)
         )
@@ -67,10 +81,15 @@ def temperature_loss(
 ) -> tuple[torch.Tensor, Info]:
     """SAC auto-tuning: -log_alpha * (log pi(a~|s) + target_entropy), the log-probability detached.
 
-    With target_entropy = -c|A| this is ALGORITHM.md's -log_alpha * (log pi - c|A|).
+    With target_entropy = -c|A| this is ALGORITHM.md's -log_alpha * (log pi - c|A|). A seed batch passes log_alpha
+    and target_entropy as (S, 1).
     """
-    loss = -(log_alpha * (log_prob.detach() + target_entropy)).mean()
-    return loss, {"loss/temperature": loss.item(), "alpha": log_alpha.exp().item(), "entropy": -log_prob.mean().item()}
+    per_seed = -(log_alpha * (log_prob.detach() + target_entropy)).mean(-1)
+    return per_seed.sum(), {
+        "loss/temperature": per_seed.tolist(),
+        "alpha": log_alpha.exp().squeeze(-1).tolist(),
+        "entropy": (-log_prob.mean(-1)).tolist(),
+    }
 
 
 def sac_critic_loss(
@@ -87,11 +106,16 @@ def sac_critic_loss(
 ) -> tuple[torch.Tensor, Info]:
     """Standard SAC: y = r + gamma (1-d) [min_j Qbar_j(s',a') - alpha log pi(a'|s')]; loss = sum_i MSE(Q_i, y)."""
     with torch.no_grad():
-        next_q = target_critic(next_obs, next_draw.action).min(0).values
+        next_q = target_critic(next_obs, next_draw.action).min(-2).values
         target = reward + gamma * (1.0 - terminated) * (next_q - alpha * next_draw.log_prob)
     q = critic(obs, action)  # (E, B)
-    loss = F.mse_loss(q, target.expand_as(q), reduction="none").mean(1).sum()
-    return loss, {"loss/critic": loss.item(), "q_mean": q.mean().item()}
+    per_seed = _ensemble_mse(q, target)
+    return per_seed.sum(), {"loss/critic": per_seed.tolist(), "q_mean": q.mean((-2, -1)).tolist()}
+
+
+def _ensemble_mse(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """sum_i MSE(q_i, y) for q (E, B) and y (B,) (or per seed: (S, E, B), (S, B) -> (S,))."""
+    return F.mse_loss(q, target.unsqueeze(-2).expand_as(q), reduction="none").mean(-1).sum(-1)
 
 
 def z_loss(
@@ -143,9 +167,9 @@ def sac_actor_loss(
     critic: EnsembleMLP, obs: torch.Tensor, draw: Draw, alpha: torch.Tensor
 ) -> tuple[torch.Tensor, Info]:
     """Plain SAC actor: mean[alpha log pi(a~|s) - min_i Q_i(s,a~)]."""
-    q_min = critic(obs, draw.action).min(0).values
-    loss = (alpha.detach() * draw.log_prob - q_min).mean()
-    return loss, {"loss/actor": loss.item()}
+    q_min = critic(obs, draw.action).min(-2).values
+    per_seed = (alpha.detach() * draw.log_prob - q_min).mean(-1)
+    return per_seed.sum(), {"loss/actor": per_seed.tolist()}
 
 
 def prior_clip_level(prior: TanhGaussianActor, obs: torch.Tensor, beta: float) -> torch.Tensor:
@@ -209,18 +233,22 @@ def aligned_critic_terms(
     carries gradient. Also what bench/switch_residual.py evaluates at the switch.
     """
     with torch.no_grad():
-        next_q = target_residual(next_obs, next_draw.action).min(0).values + w * prior_at_next_obs.soft_clipped(
+        next_q = target_residual(next_obs, next_draw.action).min(-2).values + w * prior_at_next_obs.soft_clipped(
             next_draw.u
         )
         target = reward + gamma * (1.0 - terminated) * (next_q - alpha * next_draw.log_prob)
         prior_now = prior_at_obs.soft_clipped(atanh_clipped(action))
-    return residual(obs, action) + w * prior_now, target, prior_now
+    return residual(obs, action) + (w * prior_now).unsqueeze(-2), target, prior_now
 
 
 def aligned_critic_loss(q: torch.Tensor, target: torch.Tensor, prior_now: torch.Tensor) -> tuple[torch.Tensor, Info]:
     """Phase 3 critic: sum_i MSE(R_i(s,a) + w L(s,a), y), from `aligned_critic_terms(...)` = (q, y, L(s,a))."""
-    loss = F.mse_loss(q, target.expand_as(q), reduction="none").mean(1).sum()
-    return loss, {"loss/critic": loss.item(), "q_mean": q.mean().item(), "prior_mean": prior_now.mean().item()}
+    per_seed = _ensemble_mse(q, target)
+    return per_seed.sum(), {
+        "loss/critic": per_seed.tolist(),
+        "q_mean": q.mean((-2, -1)).tolist(),
+        "prior_mean": prior_now.mean(-1).tolist(),
+    }
 
 
 def aligned_actor_loss(
@@ -240,12 +268,12 @@ def aligned_actor_loss(
     mean in pi_0's standard deviations (root mean square over the action's dimensions).
     """
     prior_value = prior_at_obs.soft_clipped(draw.u)
-    q = residual(obs, draw.action).min(0).values + w * prior_value
-    loss = (alpha.detach() * draw.log_prob - q).mean()
-    info = {"loss/actor": loss.item(), "actor/prior": prior_value.mean().item()}
+    q = residual(obs, draw.action).min(-2).values + w * prior_value
+    per_seed = (alpha.detach() * draw.log_prob - q).mean(-1)
+    info = {"loss/actor": per_seed.tolist(), "actor/prior": prior_value.mean(-1).tolist()}
     if measure_action_gradients:
         info |= _action_gradients_at_the_mean(residual, prior_at_obs, obs, draw.mean.detach(), w)
-    return loss, info
+    return per_seed.sum(), info
 
 
 def _action_gradients_at_the_mean(
@@ -253,11 +281,11 @@ def _action_gradients_at_the_mean(
 ) -> Info:
     u = mean.clone().requires_grad_(True)
     # Each row's value depends on its own u only, so the gradient of the batch sum holds each row's own gradient.
-    (residual_gradient,) = torch.autograd.grad(residual(obs, torch.tanh(u)).min(0).values.sum(), u)
+    (residual_gradient,) = torch.autograd.grad(residual(obs, torch.tanh(u)).min(-2).values.sum(), u)
     (prior_gradient,) = torch.autograd.grad(w * prior_at_obs.soft_clipped(u).sum(), u)
     distance = (mean - prior_at_obs.mean) / prior_at_obs.log_std.exp()
     return {
-        "actor/residual_action_gradient": residual_gradient.norm(dim=-1).mean().item(),
-        "actor/prior_action_gradient": prior_gradient.norm(dim=-1).mean().item(),
-        "actor/prior_distance_std": distance.pow(2).mean(-1).sqrt().mean().item(),
+        "actor/residual_action_gradient": residual_gradient.norm(dim=-1).mean(-1).tolist(),
+        "actor/prior_action_gradient": prior_gradient.norm(dim=-1).mean(-1).tolist(),
+        "actor/prior_distance_std": distance.pow(2).mean(-1).sqrt().mean(-1).tolist(),
     }

@@ -49,9 +49,15 @@ def tanh_gaussian_log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: torch.T
     return (gaussian - log_jacobian).sum(-1)
 
 
-def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reparameterised draw a = tanh(u), u = mean + exp(log_std) * eps: (action, log_prob, u), all from u directly."""
-    u = mean + torch.exp(log_std) * torch.randn_like(mean)
+def tanh_gaussian_sample(
+    mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reparameterised draw a = tanh(u), u = mean + exp(log_std) * eps: (action, log_prob, u), all from u directly.
+
+    eps is `noise` if given (standard normal, mean's shape), else drawn from torch's global generator.
+    """
+    eps = torch.randn_like(mean) if noise is None else noise
+    u = mean + torch.exp(log_std) * eps
     return torch.tanh(u), tanh_gaussian_log_prob(u, mean, log_std), u
 
 

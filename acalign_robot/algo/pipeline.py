@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import copy
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +42,24 @@ from acalign_robot.algo.checkpoint import (
 )
 from acalign_robot.algo.device import resolve_device
 from acalign_robot.algo.divergence import DivergenceError, DivergenceGuard
-from acalign_robot.algo.env_loop import OnlineLoop, evaluate, make_env
+from acalign_robot.algo.env_loop import OnlineLoop, SeedBatchLoop, evaluate, make_env
 from acalign_robot.algo.metrics import MetricsWriter
+from acalign_robot.algo.sac import SAC
+from acalign_robot.algo.seed_batch import SeedBatchSAC
 from acalign_robot.data.datasets import TransitionView, load_transitions
 from acalign_robot.data.replay_buffer import ReplayBuffer
 from acalign_robot.data.scores import dataset_reference
 from acalign_robot.errors import InputError
 
-__all__ = ["EvalSchedule", "align_checkpoint", "env_id_of", "evaluate_checkpoint", "finetune", "pretrain"]
+__all__ = [
+    "EvalSchedule",
+    "align_checkpoint",
+    "env_id_of",
+    "evaluate_checkpoint",
+    "finetune",
+    "finetune_seeds",
+    "pretrain",
+]
 
 
 @dataclass(frozen=True)
@@ -207,6 +219,53 @@ def align_checkpoint(offline_path: Path, out_path: Path, config: ACAConfig, buff
     return out_path
 
 
+class _FinetuneRun:
+    """One phase-3 run's bookkeeping in its run directory: evaluations (eval.csv), metrics, the divergence guard, the
+    training episodes (episodes.csv) and the finetuned checkpoint. `finetune` keeps one; `finetune_seeds` one per
+    seed, so that each seed's directory is what its single-seed run writes."""
+
+    def __init__(
+        self, payload: dict, online_path: Path, env_id: str, out_path: Path, seed: int, steps: int, gamma: float
+    ):
+        self.payload, self.meta, self.env_id = payload, payload["meta"], env_id
+        self.out_path, self.seed, self.steps = out_path, seed, steps
+        self.method = self.meta.get("finetune", "aca")
+        self.reference = reference_of(self.meta)
+        self.start_step = int(payload["agent"]["env_steps"])
+        self.offline_reward_abs_max = float(self.meta.get("dataset_reward_abs_max", 0.0))
+        self.guard = DivergenceGuard(f"finetune ({self.method})", "env step", gamma)
+        # Nothing is written before the end: the input stays the last good checkpoint.
+        self.guard.saved(online_path, self.start_step)
+        self.metrics = MetricsWriter(out_path.parent)
+        self.last_return: float | None = None
+
+    def evaluate(self, actor: torch.nn.Module, step: int, info: dict, episodes: int) -> None:
+        returns = evaluate(actor, self.env_id, episodes, self.seed + 1000)
+        self.last_return = _log_eval(self.metrics, "online", step, returns, self.reference, info)["return"]
+
+    def after_step(
+        self, step: int, info: dict, buffer: ReplayBuffer, schedule: EvalSchedule, actor: Callable[[], torch.nn.Module]
+    ) -> None:
+        """Check the latest update, log it every 1000 steps, evaluate `actor()` on the schedule."""
+        total = self.start_step + step
+        self.guard.check(total, info, max(self.offline_reward_abs_max, buffer.reward_abs_max))
+        if step % 1000 == 0 and info:
+            self.metrics.log(total, info)
+        if step % schedule.every == 0 or step == self.steps:
+            self.evaluate(actor(), total, info, schedule.episodes)
+
+    def finish(self, agent: SAC, buffer: ReplayBuffer, episode_returns: list[tuple[int, float]]) -> Path:
+        """The final alpha checked, episodes.csv and the finetuned checkpoint written."""
+        total = self.start_step + self.steps
+        self.guard.check(total, {"alpha": agent.alpha}, max(self.offline_reward_abs_max, buffer.reward_abs_max))
+        with open(self.out_path.parent / "episodes.csv", "w", newline="") as handle:  # the training episodes' returns
+            writer = csv.writer(handle)
+            writer.writerow(["step", "return"])
+            writer.writerows((self.start_step + step, episode_return) for step, episode_return in episode_returns)
+        save_checkpoint(self.out_path, "online", online_state(agent, buffer, total), self.payload["config"], self.meta)
+        return self.out_path
+
+
 def finetune(
     online_path: Path,
     env_id: str | None,
@@ -223,43 +282,109 @@ def finetune(
     """
     torch.manual_seed(seed)
     payload = load_checkpoint(online_path, "online")
-    meta = payload["meta"]
-    env_id = env_id or meta["env_id"]
     agent, buffer, config = load_online_agent(payload, resolve_device(device))
-    reference = reference_of(meta)
-    metrics = MetricsWriter(out_path.parent)
-    start_step = int(payload["agent"]["env_steps"])
-    guard = DivergenceGuard(f"finetune ({meta.get('finetune', 'aca')})", "env step", config.sac.gamma)
-    guard.saved(online_path, start_step)  # nothing is written before the end: the input stays the last good one
-    offline_reward_abs_max = float(meta.get("dataset_reward_abs_max", 0.0))
-    returns = evaluate(agent.actor, env_id, schedule.episodes, seed + 1000)
-    last = {"return": _log_eval(metrics, "online", start_step, returns, reference, {"alpha": agent.alpha})["return"]}
+    run = _FinetuneRun(
+        payload, online_path, env_id or payload["meta"]["env_id"], out_path, seed, steps, config.sac.gamma
+    )
+    run.evaluate(agent.actor, run.start_step, {"alpha": agent.alpha}, schedule.episodes)
 
     def on_step(step: int, info: dict) -> None:
-        total = start_step + step
-        guard.check(total, info, max(offline_reward_abs_max, buffer.reward_abs_max))
-        if step % 1000 == 0 and info:
-            metrics.log(total, info)
-        if step % schedule.every == 0 or step == steps:
-            returns = evaluate(agent.actor, env_id, schedule.episodes, seed + 1000)
-            last["return"] = _log_eval(metrics, "online", total, returns, reference, info)["return"]
+        run.after_step(step, info, buffer, schedule, lambda: agent.actor)
         if step % 100 == 0 or step == steps:
-            bar.set_postfix(_postfix(info, last["return"]), refresh=False)
+            bar.set_postfix(_postfix(info, run.last_return), refresh=False)
 
-    loop = OnlineLoop(env_id, seed)
+    loop = OnlineLoop(run.env_id, seed)
     try:
-        with tqdm(total=steps, desc=f"finetune ({meta.get('finetune', 'aca')})", unit="step") as bar:
+        with tqdm(total=steps, desc=f"finetune ({run.method})", unit="step") as bar:
             loop.run(agent, buffer, steps, on_step=on_step, progress=bar)
     finally:
-        metrics.close()
-    guard.check(start_step + steps, {"alpha": agent.alpha}, max(offline_reward_abs_max, buffer.reward_abs_max))
-    with open(out_path.parent / "episodes.csv", "w", newline="") as handle:  # the training episodes' returns
-        writer = csv.writer(handle)
-        writer.writerow(["step", "return"])
-        writer.writerows((start_step + step, episode_return) for step, episode_return in loop.episode_returns)
-    state = online_state(agent, buffer, env_steps=start_step + steps)
-    save_checkpoint(out_path, "online", state, payload["config"], meta)
-    return out_path
+        run.metrics.close()
+    return run.finish(agent, buffer, loop.episode_returns)
+
+
+def finetune_seeds(
+    online_paths: list[Path],
+    env_id: str | None,
+    steps: int,
+    out_paths: list[Path],
+    *,
+    seeds: list[int],
+    schedule: EvalSchedule = EvalSchedule(),
+    device: str = "cpu",
+) -> list[Path]:
+    """`finetune` for several seeds of one configuration in one process, as one `SeedBatchSAC` (seed_batch.py).
+
+    Seed i starts from `online_paths[i]` and writes `out_paths[i]` and its run directory exactly as
+    `finetune(online_paths[i], ..., seed=seeds[i])` does: its env, buffer sampling and noise are seeded as there (its
+    noise generator continues torch's global one from where that run starts drawing), so it is the same run up to
+    float32 rounding. A seed that diverges stops alone: the others finish and are written, then DivergenceError names
+    the ones that stopped (their inputs stay the last good checkpoints).
+    """
+    if not (len(online_paths) == len(out_paths) == len(seeds)):
+        raise InputError(
+            f"{len(online_paths)} checkpoints, {len(out_paths)} outputs and {len(seeds)} seeds: give one each"
+        )
+    if len({path.resolve().parent for path in out_paths}) != len(out_paths):
+        raise InputError(f"two seeds would write the same run directory: {[str(path.parent) for path in out_paths]}")
+    device = resolve_device(device)
+    agents, buffers, generators, runs = [], [], [], []
+    for online_path, out_path, seed in zip(online_paths, out_paths, seeds):
+        torch.manual_seed(seed)
+        payload = load_checkpoint(online_path, "online")
+        agent, buffer, config = load_online_agent(payload, device)
+        generators.append(_generator_continuing_global(device))
+        run = _FinetuneRun(
+            payload, online_path, env_id or payload["meta"]["env_id"], out_path, seed, steps, config.sac.gamma
+        )
+        run.evaluate(agent.actor, run.start_step, {"alpha": agent.alpha}, schedule.episodes)
+        agents.append(agent)
+        buffers.append(buffer)
+        runs.append(run)
+    if len({run.env_id for run in runs}) != 1:
+        raise InputError(f"the seeds' checkpoints are for different envs: {sorted({run.env_id for run in runs})}")
+    learner = SeedBatchSAC(agents, generators)
+    loop = SeedBatchLoop(runs[0].env_id, seeds)
+    failures: dict[int, DivergenceError] = {}
+
+    def on_step(step: int, infos: list[dict]) -> None:
+        for index, run in enumerate(runs):
+            if index in failures:
+                continue
+            try:
+                run.after_step(step, infos[index], buffers[index], schedule, partial(learner.seed_actor, index))
+            except DivergenceError as exc:
+                failures[index] = exc
+                loop.stop(index)
+        if step % 100 == 0 or step == steps:
+            returns = "/".join("-" if run.last_return is None else f"{run.last_return:.0f}" for run in runs)
+            bar.set_postfix({"ret": returns}, refresh=False)
+
+    try:
+        desc = f"finetune ({runs[0].method}, seeds {', '.join(map(str, seeds))})"
+        with tqdm(total=steps, desc=desc, unit="step") as bar:
+            loop.run(learner, buffers, steps, on_step=on_step, progress=bar)
+    finally:
+        for run in runs:
+            run.metrics.close()
+    for index, run in enumerate(runs):
+        if index not in failures:
+            try:
+                run.finish(learner.seed_agent(index), buffers[index], loop.episode_returns[index])
+            except DivergenceError as exc:
+                failures[index] = exc
+    if failures:
+        message = "; ".join(f"seed {seeds[index]}: {exc}" for index, exc in sorted(failures.items()))
+        first = failures[min(failures)]
+        raise DivergenceError(f"{len(failures)} of {len(seeds)} seeds stopped: {message}", first.step, first.what)
+    return [run.out_path for run in runs]
+
+
+def _generator_continuing_global(device: torch.device) -> torch.Generator:
+    """A generator in the state of torch's global one for `device`: it draws what that one would draw next."""
+    generator = torch.Generator(device=device)
+    global_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+    generator.set_state(global_state)
+    return generator
 
 
 def evaluate_checkpoint(path: Path, env_id: str | None, episodes: int, seed: int) -> dict[str, Any]:

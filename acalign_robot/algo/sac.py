@@ -153,17 +153,17 @@ class SAC:
     def update(self, batch: Batch) -> dict[str, float]:
         cfg = self.config
         obs, action, reward, next_obs, terminated = to_tensors(batch, self.device, cfg.reward_scale)
-        draw = losses.Draw(self.actor, obs)
+        draw = losses.Draw(self.actor, obs, noise=self.action_noise(obs))
         with torch.no_grad():
-            next_draw = losses.Draw(self.actor, next_obs)
+            next_draw = losses.Draw(self.actor, next_obs, noise=self.action_noise(next_obs))
 
         warming_up = self.prior is not None and self.updates < self.prior.actor_warmup_updates
         if warming_up:  # R alone is fitted: the actor, alpha and w wait (aca.py, actor_warmup_updates)
             alpha = self.log_alpha.detach().exp()
-            info = {"alpha": float(alpha), "entropy": -draw.log_prob.mean().item()}
+            info = {"alpha": alpha.squeeze(-1).tolist(), "entropy": (-draw.log_prob.mean(-1)).tolist()}
         elif self.prior is not None and self.prior.temperature_follows_w:
             alpha = torch.tensor(self.prior.w, device=self.device)  # a diagnostic switch: not tuned, see aca.py
-            info = {"alpha": self.prior.w, "entropy": -draw.log_prob.mean().item()}
+            info = {"alpha": self.prior.w, "entropy": (-draw.log_prob.mean(-1)).tolist()}
         else:
             loss, info = losses.temperature_loss(self.log_alpha, draw.log_prob, self.target_entropy)
             self._step(self.alpha_optimizer, loss)
@@ -220,12 +220,20 @@ class SAC:
         self.updates += 1
         return info | critic_info | actor_info
 
+    def action_noise(self, obs: torch.Tensor) -> torch.Tensor:
+        """The standard normal draw behind one sample of the actor at `obs`, from torch's global generator (a seed
+        batch draws each seed's from that seed's own generator). (..., A) for obs (..., O)."""
+        return torch.randn(*obs.shape[:-1], self.actor.action_dim, device=self.device)
+
     def _step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip_params=None) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_params is not None:
-            torch.nn.utils.clip_grad_norm_(list(clip_params), self.actor_grad_clip)
+            self._clip_grad_norm(list(clip_params))
         optimizer.step()
+
+    def _clip_grad_norm(self, params: list[torch.nn.Parameter]) -> None:
+        torch.nn.utils.clip_grad_norm_(params, self.actor_grad_clip)
 
     @property
     def alpha(self) -> float:

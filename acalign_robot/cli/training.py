@@ -164,9 +164,10 @@ def add_pretrain_command(commands: Subcommands) -> None:
     p.set_defaults(handler=_cmd_pretrain)
 
 
-def _new_checkpoint(args, name: str) -> Path:
-    """Where a training command writes: `--out`/NAME, refused if it exists without --force (nothing is lost)."""
-    out = Path(args.out) / name
+def _new_checkpoint(args, name: str, out_dir: str | None = None) -> Path:
+    """Where a training command writes: `--out`/NAME (or `out_dir`/NAME), refused if it exists without --force
+    (nothing is lost)."""
+    out = Path(out_dir or args.out) / name
     if out.exists() and not args.force:
         raise InputError(f"{out} already exists (use --force to overwrite, or another --out)")
     return out
@@ -238,13 +239,18 @@ def add_finetune_command(commands: Subcommands) -> None:
         "finetune",
         help="ACA phase 3 in-process on a gymnasium env",
         description="Online fine-tuning (SAC on the aligned critic, or the naive baseline) in an "
-        "in-process gymnasium env; for experiments without the runtime.",
+        "in-process gymnasium env; for experiments without the runtime. Several run directories with one seed each "
+        "train those seeds in one process, as one batched learner (each the same run as alone, to float32 rounding).",
     )
-    p.add_argument("checkpoint", help="online checkpoint from `acalign align` (or a previous finetune)")
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument(
+        "checkpoint",
+        nargs="+",
+        help="online checkpoint from `acalign align` (or a previous finetune): one, or one per run directory",
+    )
+    p.add_argument("--out", required=True, nargs="+", help="run directory (several: one per seed)")
     p.add_argument("--steps", type=positive_int, default=20_000, help="env steps (default 20000)")
     p.add_argument("--env", help="env id (default: the checkpoint's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, nargs="+", default=[0], help="seed (several: one per run directory)")
     p.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
     _add_eval_schedule(p)
     _add_threads(p)
@@ -254,22 +260,27 @@ def add_finetune_command(commands: Subcommands) -> None:
 def _cmd_finetune(args) -> int:
     from acalign_robot.algo.checkpoint import NonFiniteCheckpointError
     from acalign_robot.algo.divergence import DivergenceError
-    from acalign_robot.algo.pipeline import EvalSchedule, finetune
+    from acalign_robot.algo.pipeline import EvalSchedule, finetune, finetune_seeds
 
-    set_threads(args.threads)
-    out = _new_checkpoint(args, "finetuned.pt")
-    try:
-        finetune(
-            Path(args.checkpoint),
-            args.env,
-            args.steps,
-            out,
-            seed=args.seed,
-            schedule=EvalSchedule(args.eval_every, args.eval_episodes),
+    runs = len(args.out)
+    if len(args.seed) != runs or len(args.checkpoint) not in (1, runs):
+        raise InputError(
+            f"{runs} run directories need {runs} seeds (got {len(args.seed)}) and one checkpoint or {runs} "
+            f"(got {len(args.checkpoint)})"
         )
+    set_threads(args.threads)
+    outs = [_new_checkpoint(args, "finetuned.pt", out_dir) for out_dir in args.out]
+    checkpoints = [Path(path) for path in args.checkpoint] * (runs // len(args.checkpoint))
+    schedule = EvalSchedule(args.eval_every, args.eval_episodes)
+    try:
+        if runs == 1:
+            finetune(checkpoints[0], args.env, args.steps, outs[0], seed=args.seed[0], schedule=schedule)
+        else:
+            finetune_seeds(checkpoints, args.env, args.steps, outs, seeds=args.seed, schedule=schedule)
     except (DivergenceError, NonFiniteCheckpointError) as exc:
         return training_stopped(args, exc)
-    print(f"fine-tuned checkpoint: {out}")
+    for out in outs:
+        print(f"fine-tuned checkpoint: {out}")
     return EXIT_OK
 
 

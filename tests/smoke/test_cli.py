@@ -183,3 +183,11 @@ def test_offline_to_online_pipeline_improves_on_inverted_pendulum(minari_store, 
     returns = _returns(tmp_path / "online")
     assert max(returns[1:]) > returns[0] + 40, returns
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_finetune_several_seeds_need_one_run_directory_and_seed_each(aligned_hopper_checkpoint, tmp_path):
+    outs = (str(tmp_path / "seed0"), str(tmp_path / "seed1"))
+    result = acalign("finetune", str(aligned_hopper_checkpoint), "--out", *outs, "--seed", "0")
+    assert result.returncode == 2, result.stderr
+    assert "2 run directories need 2 seeds (got 1)" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "seed0").exists()
