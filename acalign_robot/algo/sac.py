@@ -80,6 +80,18 @@ class AlignmentPrior:
     def decay(self) -> None:
         self.w = max(self.w - self.w_step, self.w_min)
 
+    def settings(self) -> dict:
+        """Everything but the actor, as a checkpoint stores it (`SAC.state_dict()["prior"]` beside the actor's)."""
+        return {
+            "beta": self.beta,
+            "w": self.w,
+            "w_step": self.w_step,
+            "w_min": self.w_min,
+            "temperature_follows_w": self.temperature_follows_w,
+            "actor_warmup_updates": self.actor_warmup_updates,
+            "measure_action_gradients": self.measure_action_gradients,
+        }
+
 
 def adam(params, lr: float) -> torch.optim.Adam:
     """Adam with the fused kernel (one kernel for all parameters: ~10% faster updates on CPU for these small nets).
@@ -253,16 +265,7 @@ class SAC:
             "target_entropy": self.target_entropy,
         }
         if self.prior is not None:
-            state["prior"] = {
-                "actor": self.prior.actor.state_dict(),
-                "beta": self.prior.beta,
-                "w": self.prior.w,
-                "w_step": self.prior.w_step,
-                "w_min": self.prior.w_min,
-                "temperature_follows_w": self.prior.temperature_follows_w,
-                "actor_warmup_updates": self.prior.actor_warmup_updates,
-                "measure_action_gradients": self.prior.measure_action_gradients,
-            }
+            state["prior"] = {"actor": self.prior.actor.state_dict(), **self.prior.settings()}
         return state
 
     def load_state_dict(self, state: dict) -> None:

@@ -210,13 +210,7 @@ class SeedBatchSAC(SAC):
         if self.prior is not None:
             state["prior"] = {
                 "actor": self._seed_module_state(self.prior.actor, seed, self._actor_shapes),
-                "beta": self.prior.beta,
-                "w": self.prior.w,
-                "w_step": self.prior.w_step,
-                "w_min": self.prior.w_min,
-                "temperature_follows_w": self.prior.temperature_follows_w,
-                "actor_warmup_updates": self.prior.actor_warmup_updates,
-                "measure_action_gradients": self.prior.measure_action_gradients,
+                **self.prior.settings(),
             }
         return state
 
