@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.learning import bar, iqm_with_ci, publish, summarize
+from bench.learning import bar, iqm_with_ci, naive_baseline, publish, summarize
 
 
 def test_final_is_the_mean_of_the_last_tenth_and_dip_the_early_minimum():
@@ -34,8 +34,23 @@ def test_the_bar_is_checked_on_the_iqms():
         return {"switch": (switch, 0, 0), "dip": (dip, 0, 0), "worst": (dip, 0, 0), "final": (final, 0, 0)}
 
     iqms = {"aca": figures(90, 88, 100), "naive": figures(90, 60, 105)}
-    assert bar("aca", iqms) == "dip met, improves met, >= naive missed"
-    assert bar("naive", iqms) == "dip missed, improves met"
+    assert bar("aca", iqms, "naive") == "dip met, improves met, >= naive missed"
+    assert bar("naive", iqms, None) == "dip missed, improves met"
+
+
+def test_a_variant_is_held_to_the_naive_row_that_shares_its_pre_training_settings():
+    overrides = {
+        "naive": set(),  # pre-trained at reward scale 1
+        "naive[reward-scale-5]": {"sac.reward_scale=5"},
+        "aca[reward-scale-5,w-to-0]": {"sac.reward_scale=5", "w_min=0"},
+        "aca": set(),
+        "aca[entropy-scale-2]": {"sac.target_entropy_scale=2"},
+    }
+    assert naive_baseline("aca[reward-scale-5,w-to-0]", overrides) == "naive[reward-scale-5]"
+    assert naive_baseline("aca", overrides) == "naive"
+    assert naive_baseline("aca[entropy-scale-2]", overrides) == "naive"
+    assert naive_baseline("naive[reward-scale-5]", overrides) is None
+    assert naive_baseline("aca", {"aca": set(), "naive[reward-scale-5]": {"sac.reward_scale=5"}}) is None
 
 
 def test_publish_merges_runs_by_dataset_method_seed_and_scale(tmp_path):
