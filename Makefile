@@ -44,8 +44,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 # The learning benchmark's medium datasets, made from the behaviour snapshots shipped under policies/behaviour
-# (minutes; bit for bit the halfcheetah-medium-d4rl of docs/results.md and the hopper-medium made there 2026-12-07). medium-replay needs each env's full behaviour run:
-# `acalign collect --env ENV --policy sac --kind medium-replay --name NAME` trains it once under runs/ (20-50 min).
+# (minutes; bit for bit the halfcheetah-medium-d4rl of docs/results.md and the hopper-medium made there 2026-12-07).
+# medium-replay needs each env's full behaviour run, trained once under runs/ (20-50 min) by
+# `acalign collect --env ENV --policy sac --kind medium-replay --name NAME`.
 bench-data: $(STAMP)
 	MUJOCO_GL=egl $(BIN)/acalign collect --env HalfCheetah-v5 --policy sac --kind medium --name halfcheetah-medium-d4rl \
 		--runs-dir policies

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from acalign_robot.algo.networks import EnsembleLinear, TanhGaussianActor
-from acalign_robot.algo.sac import SAC, AlignmentPrior, adam
+from acalign_robot.algo.sac import SAC, adam
 from acalign_robot.data.replay_buffer import Batch
 
 __all__ = ["SeedBatchActor", "SeedBatchCritic", "SeedBatchSAC", "stack_batches"]
@@ -278,17 +278,11 @@ def _stacked_adam(target: nn.Module | torch.Tensor, optimizers: Sequence[torch.o
 def _check_batchable(agents: Sequence[SAC]) -> None:
     """Seeds of one configuration at the same point: same config, update count, clip and phase-3 schedule."""
 
-    def prior_settings(agent: SAC) -> tuple | None:
-        prior = agent.prior
-        if prior is None:
-            return None
-        return tuple(getattr(prior, f.name) for f in dataclasses.fields(AlignmentPrior) if f.name != "actor")
-
     for name, of in (
         ("config", lambda a: a.config),
         ("update count", lambda a: a.updates),
         ("actor gradient clip", lambda a: a.actor_grad_clip),
-        ("alignment prior (beta, w, schedule)", prior_settings),
+        ("alignment prior (beta, w, schedule)", lambda a: None if a.prior is None else a.prior.settings()),
         ("device", lambda a: a.device),
     ):
         values = [of(agent) for agent in agents]
