@@ -15,7 +15,9 @@ made from it (`acalign align`, `--finetune aca` and `--finetune naive`); both fi
    training distribution ("recovered"); the safety events (ticks held by a robot limit, rate-limited ticks, SAFE ticks,
    rollbacks, driver watchdog events). Then the learner's final actor (its learner.pt) exported and evaluated like 1.
 Scores are D4RL-normalised with the dataset's references, 100 (R - R_random) / (R_expert - R_random).
-Prints a table and writes bench/out/sim_to_real.json (sessions under --out).
+Prints a table and writes bench/out/sim_to_real.json (sessions under --out). Resumable: each finished evaluation and
+fine-tuning run leaves a result.json in its directory under --out, reused when the bench is run again with the same
+inputs (checkpoint or artifact, minutes, episodes).
 
     python bench/sim_to_real.py --offline runs/panda-reach-medium/offline.pt \\
         --aca runs/panda-reach-medium/aligned-aca.pt --naive runs/panda-reach-medium/aligned-naive.pt \\
@@ -51,15 +53,34 @@ def run_session(launch_file: str, overrides: list[str], session_dir: Path) -> di
     return report
 
 
+def reuse(result_file: Path, inputs: dict) -> dict | None:
+    """The result a previous run of this bench left for the same inputs, or None."""
+    if not result_file.exists():
+        return None
+    previous = json.loads(result_file.read_text())
+    return previous["result"] if previous["inputs"] == inputs else None
+
+
+def keep(result_file: Path, inputs: dict, result: dict) -> dict:
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps({"inputs": inputs, "result": result}, indent=2))
+    return result
+
+
 def evaluate(artifact: Path, sim: str | None, episodes: int, session_dir: Path) -> list[float]:
     """The deterministic returns of `episodes` episodes, in order."""
+    inputs = {"policy_sha256": read_artifact(artifact)[1].onnx.sha256, "sim": sim, "episodes": episodes}
+    previous = reuse(session_dir / "result.json", inputs)
+    if previous is not None:
+        return previous["episode_returns"]
     if sim:
         driver = [f"robots.0.driver.sim={REPO / sim}"]
     else:  # the env with default realism: the sim the data came from
         driver = ["robots.0.driver.sim=null", "robots.0.driver.env_id=acalign/PandaReach-v0"]
     overrides = [f"robots.0.controller.policy={artifact}", f"robots.0.controller.episodes={episodes}", *driver]
     run_session("sim_panda_eval.yaml", overrides, session_dir)
-    return json.loads((session_dir / "panda-0" / "stats.json").read_text())["episode_returns"]
+    returns = json.loads((session_dir / "panda-0" / "stats.json").read_text())["episode_returns"]
+    return keep(session_dir / "result.json", inputs, {"episode_returns": returns})["episode_returns"]
 
 
 def moving_mean(returns: np.ndarray) -> np.ndarray:
@@ -67,7 +88,12 @@ def moving_mean(returns: np.ndarray) -> np.ndarray:
 
 
 def fine_tune(mode: str, aligned: Path, artifact: Path, seed: int, minutes: float, out: Path, target: float) -> dict:
-    session_dir = out / f"{mode}-seed{seed}" / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = out / f"{mode}-seed{seed}"
+    inputs = {"aligned": str(aligned), "aligned_mtime": aligned.stat().st_mtime, "minutes": minutes, "target": target}
+    previous = reuse(run_dir / "result.json", inputs)
+    if previous is not None:
+        return previous
+    session_dir = run_dir / time.strftime("%Y%m%d-%H%M%S")
     overrides = [
         f"duration_s={minutes * 60}",
         f"learner.checkpoint={aligned}",
@@ -89,7 +115,7 @@ def fine_tune(mode: str, aligned: Path, artifact: Path, seed: int, minutes: floa
     driver = next(iter(report["drivers"].values()), {})
     learner_pt = session_dir / "learner" / "learner.pt"
     final_artifact = write_artifact(learner_pt, f"sim2real-{mode}-seed{seed}", out / "policies")
-    return {
+    result = {
         "mode": mode,
         "seed": seed,
         "session": str(session_dir),
@@ -112,6 +138,7 @@ def fine_tune(mode: str, aligned: Path, artifact: Path, seed: int, minutes: floa
         },
         "final_artifact": str(final_artifact),
     }
+    return keep(run_dir / "result.json", inputs, result)
 
 
 def main() -> None:
