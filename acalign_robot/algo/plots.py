@@ -43,6 +43,15 @@ def seed_groups(run_dirs: list[Path]) -> dict[str, list[Path]]:
     }
 
 
+def interquartile_mean(scores: np.ndarray) -> float:
+    """rliable's `aggregate_iqm` (scipy's `trim_mean(scores, 0.25, axis=None)`: the mean of the middle half after
+    cutting int(n/4) values from each end), in plain numpy: the bootstrap calls it thousands of times per interval,
+    and scipy's argument handling made each call ~40x slower (280 us against 7 us for 5 values)."""
+    ordered = np.sort(scores, axis=None)
+    cut = int(0.25 * ordered.size)
+    return float(ordered[cut : ordered.size - cut].mean())
+
+
 def interval_estimate(values: list[float], statistic: str = "iqm", reps: int = 2000) -> tuple[float, float, float]:
     """The statistic over seeds and its 95% stratified-bootstrap confidence interval: (point, low, high)."""
     try:
@@ -55,7 +64,9 @@ def interval_estimate(values: list[float], statistic: str = "iqm", reps: int = 2
             f"a band across seeds needs rliable ({exc}): pip install 'acalign-robot[bench]'; one run per method "
             "needs no band"
         ) from None
-    aggregate = {"iqm": metrics.aggregate_iqm, "mean": metrics.aggregate_mean}[statistic]
+    aggregate = {"iqm": interquartile_mean, "mean": metrics.aggregate_mean}[statistic]
+    if len(values) == 1:  # one seed: its value, and no spread to resample
+        return (float(values[0]),) * 3
     scores = {"x": np.asarray(values, dtype=float)[:, None]}  # (runs, tasks)
     point, interval = rly.get_interval_estimates(
         scores, lambda x: np.array([aggregate(x)]), reps=reps, random_state=np.random.RandomState(0)

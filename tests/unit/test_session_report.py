@@ -16,7 +16,7 @@ import pytest
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from acalign_robot.algo.plots import interval_estimate, learning_figure, seed_groups  # noqa: E402
+from acalign_robot.algo.plots import interquartile_mean, interval_estimate, learning_figure, seed_groups  # noqa: E402
 from acalign_robot.session.report import figure, read_recorded, write_report  # noqa: E402
 
 RATE_HZ = 40.0
@@ -221,3 +221,16 @@ def test_acalign_plot_draws_the_iqm_over_seeds_with_its_band(tmp_path):
     assert sum(1 for line in axis.get_lines() if line.get_label().startswith("_")) == 4  # a thin line per seed
     assert [line.get_label() for line in axis.get_lines() if line.get_label() == "naive"] == ["naive"]
     plt.close(drawn)
+
+
+@pytest.mark.parametrize("seeds", [2, 3, 4, 5, 7, 10, 13])
+def test_the_interquartile_mean_is_rliables(seeds):
+    from rliable import metrics
+
+    rng = np.random.default_rng(seeds)
+    scores = np.round(rng.normal(50.0, 20.0, size=(seeds, 1)))  # rounded: ties, as equal returns give
+    assert interquartile_mean(scores) == pytest.approx(metrics.aggregate_iqm(scores), rel=1e-12)
+
+
+def test_one_seed_has_its_value_as_interval():
+    assert interval_estimate([42.0], "iqm") == (42.0, 42.0, 42.0)
