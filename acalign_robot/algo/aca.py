@@ -15,6 +15,11 @@ Deliberate deviations and switches (all in `ACAConfig`):
   checkpoint, so R inherits the offline critic's Adam moments; set false to reproduce that.
 - `w_decay_k`: the w schedule is stated per gradient step: w <- max(w - w0 / (K * 1000), w_min).
 - `z_target_alpha`: `learned` (reference) uses the learned alpha inside the Z target; `one` uses alpha = 1.
+- `z_bootstrap` (default `polyak`): Z's target bootstraps from a Polyak-averaged copy of Z (the critics' tau), as
+  every other TD target here does. The reference bootstraps from the current Z; on the Panda reach medium data (no
+  terminal states, rewards 0.25-0.96) that diverged from the first updates (mean Z 4e4 at 1k updates, 2e8 at 30k,
+  while the critic's Q stayed at 21-64), and the aligned critic's first online update had a loss of 1e14; with the
+  copy Z followed Q (19 at 1k). `current` reproduces the reference (`fidelity: reference` sets it).
 - `online_temperature` (default `auto`, ALGORITHM.md: auto-tuned from alpha = 1): `w` is a diagnostic that is not
   in ALGORITHM.md: alpha is not tuned but follows w, so that inside the clip the actor's objective stays
   E[R] - w KL(pi || pi_0) (with auto-tuning it also carries (alpha - w) H(pi)). Added to test why ACA dips on
@@ -37,8 +42,9 @@ Deliberate deviations and switches (all in `ACAConfig`):
   fixed temperature sets that balance; it is the same as aligning at temperature 1 / reward_scale.
 - `fidelity: reference` reproduces the authors' code where this project deviates by default (ALGORITHM.md,
   "Deviations"), in one switch: raw observations into every network (no normaliser from dataset statistics), R
-  starts with the offline critic's Adam moments, log_alpha keeps phase 1's Adam moments. It overrides
-  `normalize_observations`, `reset_residual_optimizer` and `carry_temperature_optimizer` (`ACAConfig.resolved`).
+  starts with the offline critic's Adam moments, log_alpha keeps phase 1's Adam moments, Z bootstraps from itself.
+  It overrides `normalize_observations`, `reset_residual_optimizer`, `carry_temperature_optimizer` and
+  `z_bootstrap` (`ACAConfig.resolved`).
 - `finetune: naive` selects the baseline: the offline actor, Q_i, Qbar_i, log_alpha and optimiser states carried
   into plain SAC (no likelihood term, no kappa normalisation, no gradient clip).
 """
@@ -77,6 +83,7 @@ class ACAConfig:
     top_trajectories: int = 0  # N highest-return dataset trajectories copied into the online buffer
     online_actor_grad_clip: float = 0.25
     z_target_alpha: Literal["learned", "one"] = "learned"
+    z_bootstrap: Literal["current", "polyak"] = "polyak"  # Z's target from the current Z (reference) or a Polyak copy
     reset_residual_optimizer: bool = True
     online_temperature: Literal["auto", "w"] = "auto"  # phase 3: ALGORITHM.md's auto-tuning, or alpha = w (diagnostic)
     online_target_entropy: Literal["fixed", "prior"] = "fixed"  # phase 3: -c|A|, or pi_0's entropy on the data
@@ -109,7 +116,11 @@ class ACAConfig:
         if self.fidelity == "project":
             return self
         return dataclasses.replace(
-            self, normalize_observations=False, reset_residual_optimizer=False, carry_temperature_optimizer=True
+            self,
+            normalize_observations=False,
+            reset_residual_optimizer=False,
+            carry_temperature_optimizer=True,
+            z_bootstrap="current",
         )
 
     @property
@@ -148,6 +159,7 @@ class OfflineACA:
         self.z = EnsembleMLP(sac_cfg.num_critics, obs_dim, 0, sac_cfg.hidden_sizes).to(self.sac.device)
         self.z.normalizer.load_state_dict(self.sac.actor.normalizer.state_dict())
         self.z_optimizer = adam(self.z.parameters(), sac_cfg.lr)
+        self.z_target = None if config.z_bootstrap == "current" else copy.deepcopy(self.z).requires_grad_(False)
 
     @property
     def updates(self) -> int:
@@ -172,7 +184,16 @@ class OfflineACA:
 
         z_alpha = alpha if cfg.z_target_alpha == "learned" else torch.ones_like(alpha)
         loss, z_info = losses.z_loss(
-            self.z, obs, dataset_log_prob, reward, next_obs, terminated, next_draw, z_alpha, cfg.sac.gamma
+            self.z,
+            self.z_target or self.z,
+            obs,
+            dataset_log_prob,
+            reward,
+            next_obs,
+            terminated,
+            next_draw,
+            z_alpha,
+            cfg.sac.gamma,
         )
         self._step_z(loss)
 
@@ -181,6 +202,8 @@ class OfflineACA:
         sac._step(sac.actor_optimizer, loss)
 
         polyak_update(sac.target_critic, sac.critic, cfg.sac.tau)
+        if self.z_target is not None:
+            polyak_update(self.z_target, self.z, cfg.sac.tau)
         sac.updates += 1
         return info | critic_info | z_info | actor_info
 
@@ -190,12 +213,17 @@ class OfflineACA:
         self.z_optimizer.step()
 
     def state_dict(self) -> dict:
-        return {"sac": self.sac.state_dict(), "z": self.z.state_dict(), "z_optimizer": self.z_optimizer.state_dict()}
+        state = {"sac": self.sac.state_dict(), "z": self.z.state_dict(), "z_optimizer": self.z_optimizer.state_dict()}
+        if self.z_target is not None:
+            state["z_target"] = self.z_target.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.sac.load_state_dict(state["sac"])
         self.z.load_state_dict(state["z"])
         self.z_optimizer.load_state_dict(state["z_optimizer"])
+        if self.z_target is not None:  # a checkpoint from before z_bootstrap holds none: start the copy from Z
+            self.z_target.load_state_dict(state.get("z_target", state["z"]))
 
 
 def policy_entropy(actor: torch.nn.Module, observations: np.ndarray, samples: int = 10_000, seed: int = 0) -> float:

@@ -22,8 +22,12 @@ class DivergenceBounds:
       (alpha trades reward against nats of entropy, so its scale follows the reward's);
     - |Q mean| <= q_horizons * R * H. A soft value is at most (max |r| + alpha * entropy) * H, so 100 horizons of the
       largest reward only pass a critic that has left every value the data can support;
-    - the critic loss (a squared error of Q-scale values) <= (q_horizons * R * H) ** 2. The Z loss is only held
-      finite: its scale is set by the dataset actions' log-likelihood, which a narrow healthy actor makes large.
+    - the critic loss (a squared error of Q-scale values) <= (q_horizons * R * H) ** 2;
+    - phase 1's |Z mean| <= q_horizons * max(R, |entropy|) * H: Z(s) is a soft value of pi less one log-likelihood,
+      so per step it carries a reward and a log pi(a'|s') of the actor's samples (whose mean is minus the entropy
+      the update reports). The Z loss itself is only held finite: its scale is set by the dataset actions'
+      log-likelihood, which a narrow healthy actor makes large. Z bootstrapped from itself diverged on the Panda
+      reach medium data (mean 4e4 at 1k updates, 2e8 at 30k; bound there 100 * 4.7 * 100 = 4.7e4).
     A runaway temperature (alpha growing without bound where its entropy target is unreachable) lifts the critic's
     targets with it, so it usually trips the Q bound first (issue 15: alpha 110 with Q mean 2e7 for R = 3.6).
     """
@@ -70,6 +74,10 @@ class DivergenceGuard:
             "q_mean": (q_bound, q_how),
             "loss/critic": (q_bound**2, f"({q_how})^2"),
         }
+        if "entropy" in info:
+            per_step = max(1.0, reward_abs_max, abs(info["entropy"]))
+            z_how = f"{self.bounds.q_horizons:g} x max(R, |entropy| = {abs(info['entropy']):.3g}) / (1 - gamma)"
+            limits["z_mean"] = (self.bounds.q_horizons * per_step / (1.0 - self.gamma), z_how)
         for name, value in info.items():
             if not isinstance(value, (int, float)):
                 continue

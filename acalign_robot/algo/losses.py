@@ -120,6 +120,7 @@ def _ensemble_mse(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def z_loss(
     z: EnsembleMLP,
+    bootstrap_z: EnsembleMLP,
     obs: torch.Tensor,
     dataset_log_prob: torch.Tensor,
     reward: torch.Tensor,
@@ -131,12 +132,13 @@ def z_loss(
 ) -> tuple[torch.Tensor, Info]:
     """Phase 1 Z functions: fit log pi(a|s) + Z_i(s) to a soft evaluation of pi.
 
-    y_Z = r + gamma (1-d) [log pi(a'|s') + min_j Z_j(s') - target_alpha log pi(a'|s')], from the current Z (no
-    target network); `target_alpha` is the learned alpha (reference) or 1 (`z_target_alpha: one`).
+    y_Z = r + gamma (1-d) [log pi(a'|s') + min_j Z_j(s') - target_alpha log pi(a'|s')], with Z(s') from
+    `bootstrap_z`: `z` itself (the reference: no target network) or its Polyak copy (`z_bootstrap: polyak`);
+    `target_alpha` is the learned alpha (reference) or 1 (`z_target_alpha: one`).
     `dataset_log_prob` is log pi(a|s) of the dataset action, used detached.
     """
     with torch.no_grad():
-        next_z = z(next_obs).min(0).values
+        next_z = bootstrap_z(next_obs).min(0).values
         target = reward + gamma * (1.0 - terminated) * (next_draw.log_prob + next_z - target_alpha * next_draw.log_prob)
     prediction = dataset_log_prob.detach() + z(obs)  # (E, B)
     loss = F.mse_loss(prediction, target.expand_as(prediction), reduction="none").mean(1).sum()

@@ -71,7 +71,13 @@ def test_each_phase1_loss_moves_only_its_own_network():
         next_draw = losses.Draw(sac.actor, next_obs)
     dataset_log_prob = sac.actor.log_prob(obs, action)
     alpha = sac.log_alpha.detach().exp()
-    modules = {"actor": sac.actor, "critic": sac.critic, "target": sac.target_critic, "z": agent.z}
+    modules = {
+        "actor": sac.actor,
+        "critic": sac.critic,
+        "target": sac.target_critic,
+        "z": agent.z,
+        "z_target": agent.z_target,
+    }
 
     def owners(loss):
         for module in modules.values():
@@ -86,8 +92,11 @@ def test_each_phase1_loss_moves_only_its_own_network():
         sac.critic, sac.target_critic, obs, action, reward, next_obs, terminated, next_draw, alpha, 0.99
     )[0]
     assert owners(critic_loss) == {"critic"}
-    z_loss = losses.z_loss(agent.z, obs, dataset_log_prob, reward, next_obs, terminated, next_draw, alpha, 0.99)[0]
-    assert owners(z_loss) == {"z"}
+    for bootstrap_z in (agent.z, agent.z_target):  # the reference's current Z, and the Polyak copy
+        z_loss = losses.z_loss(
+            agent.z, bootstrap_z, obs, dataset_log_prob, reward, next_obs, terminated, next_draw, alpha, 0.99
+        )[0]
+        assert owners(z_loss) == {"z"}
     with frozen(sac.critic):
         actor_loss = losses.offline_actor_loss(sac.critic, obs, draw, dataset_log_prob, alpha, 30.0)[0]
     assert owners(actor_loss) == {"actor"}
@@ -315,9 +324,27 @@ def test_reference_fidelity_carries_the_optimiser_states_and_feeds_raw_observati
         for index in carried_state:
             assert torch.equal(carried_state[index]["exp_avg_sq"], offline_state[index]["exp_avg_sq"])
     assert online.alpha == 1.0  # the value is reset, as in the reference; only the moments are kept
+    assert agent.z_target is None and "z_target" not in agent.state_dict()  # Z bootstraps from itself
     default = _offline()
     assert not torch.equal(default.sac.actor.normalizer.std, torch.ones(OBS))  # the project's default normalises
     assert not align(default).critic_optimizer.state_dict()["state"]
+
+
+def test_z_bootstraps_from_a_polyak_copy_that_trails_it():
+    agent = _offline()
+    assert all(torch.equal(a, b) for a, b in zip(agent.z.parameters(), agent.z_target.parameters()))
+    assert not any(p.requires_grad for p in agent.z_target.parameters())
+    before = [p.clone() for p in agent.z_target.parameters()]
+    agent.update(_batch())
+    tau = SMALL.tau
+    for old, new, trailed in zip(before, agent.z.parameters(), agent.z_target.parameters()):
+        torch.testing.assert_close(trailed, (1 - tau) * old + tau * new)
+    reloaded = _offline()
+    reloaded.load_state_dict(agent.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.z_target.parameters(), agent.z_target.parameters()))
+    older = {k: v for k, v in agent.state_dict().items() if k != "z_target"}  # a checkpoint from before the copy
+    reloaded.load_state_dict(older)
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.z_target.parameters(), agent.z.parameters()))
 
 
 def test_naive_baseline_carries_critic_and_temperature():

@@ -74,14 +74,16 @@ def test_datasets_drop_nonfinite_transitions_and_cut_their_episodes(minari_store
 
 def test_the_guard_names_the_quantity_the_step_and_the_last_good_checkpoint(tmp_path):
     guard = DivergenceGuard("pretrain", "update", gamma=0.99)
-    healthy = {"alpha": 0.2, "q_mean": 310.0, "loss/critic": 4.0, "loss/z": 1e12, "entropy": -3.0}
+    healthy = {"alpha": 0.2, "q_mean": 310.0, "loss/critic": 4.0, "loss/z": 1e12, "z_mean": 900.0, "entropy": -3.0}
     guard.check(10, healthy, reward_abs_max=3.5)  # q bound 100 * 3.5 / 0.01 = 35000; the Z loss is only held finite
+    guard.check(11, {**healthy, "z_mean": 1e5, "entropy": -20.0}, reward_abs_max=3.5)  # a narrow actor: Z bound 2e5
 
     cases = [
         ({"q_mean": 4e4}, "q_mean = 4e+04 is beyond its bound 3.5e+04 (100 x R / (1 - gamma); R = 3.5"),
         ({"q_mean": -4e4}, "q_mean = -4e+04 is beyond its bound 3.5e+04"),
         ({"alpha": 3600.0}, "alpha = 3600 is beyond its bound 3500 (1000 x R; R = 3.5"),
         ({"loss/critic": 2e9}, "loss/critic = 2e+09 is beyond its bound 1.225e+09"),
+        ({"z_mean": 4e4}, "z_mean = 4e+04 is beyond its bound 3.5e+04 (100 x max(R, |entropy| = 3) / (1 - gamma)"),
         ({"loss/actor": float("nan")}, "loss/actor = nan is not finite"),
         ({"entropy": float("-inf")}, "entropy = -inf is not finite"),
     ]
