@@ -50,6 +50,8 @@ def run_session(launch_file: str, overrides: list[str], session_dir: Path) -> di
     report = Supervisor(config, session_dir, live=False).run()
     if report["failure"]:
         raise RuntimeError(f"{session_dir}: {report['failure']}")
+    if any(event["event"] == "stop" and "signal" in event["detail"] for event in report["events"]):
+        raise SystemExit(f"{session_dir}: stopped by a signal before its end; nothing of it is kept")
     return report
 
 
