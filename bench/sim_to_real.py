@@ -21,7 +21,7 @@ inputs (checkpoint or artifact, minutes, episodes).
 
     python bench/sim_to_real.py --offline runs/panda-reach-medium/offline.pt \\
         --aca runs/panda-reach-medium/aligned-aca.pt --naive runs/panda-reach-medium/aligned-naive.pt \\
-        [--minutes 5] [--seeds 0] [--eval-episodes 20] [--out bench/out/sim_to_real]
+        [--minutes 5] [--seeds 0] [--eval-episodes 20] [--out bench/out/sim_to_real] [--realtime-priority 50]
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def keep(result_file: Path, inputs: dict, result: dict) -> dict:
     return result
 
 
-def evaluate(artifact: Path, sim: str | None, episodes: int, session_dir: Path) -> list[float]:
+def evaluate(artifact: Path, sim: str | None, episodes: int, session_dir: Path, realtime: list[str]) -> list[float]:
     """The deterministic returns of `episodes` episodes, in order."""
     inputs = {"policy_sha256": read_artifact(artifact)[1].onnx.sha256, "sim": sim, "episodes": episodes}
     previous = reuse(session_dir / "result.json", inputs)
@@ -79,7 +79,12 @@ def evaluate(artifact: Path, sim: str | None, episodes: int, session_dir: Path) 
         driver = [f"robots.0.driver.sim={REPO / sim}"]
     else:  # the env with default realism: the sim the data came from
         driver = ["robots.0.driver.sim=null", "robots.0.driver.env_id=acalign/PandaReach-v0"]
-    overrides = [f"robots.0.controller.policy={artifact}", f"robots.0.controller.episodes={episodes}", *driver]
+    overrides = [
+        f"robots.0.controller.policy={artifact}",
+        f"robots.0.controller.episodes={episodes}",
+        *driver,
+        *realtime,
+    ]
     run_session("sim_panda_eval.yaml", overrides, session_dir)
     returns = json.loads((session_dir / "panda-0" / "stats.json").read_text())["episode_returns"]
     return keep(session_dir / "result.json", inputs, {"episode_returns": returns})["episode_returns"]
@@ -89,7 +94,9 @@ def moving_mean(returns: np.ndarray) -> np.ndarray:
     return np.convolve(returns, np.ones(WINDOW) / WINDOW, mode="valid")  # (episodes - WINDOW + 1,)
 
 
-def fine_tune(mode: str, aligned: Path, artifact: Path, seed: int, minutes: float, out: Path, target: float) -> dict:
+def fine_tune(
+    mode: str, aligned: Path, artifact: Path, seed: int, minutes: float, out: Path, target: float, realtime: list[str]
+) -> dict:
     run_dir = out / f"{mode}-seed{seed}"
     inputs = {"aligned": str(aligned), "aligned_mtime": aligned.stat().st_mtime, "minutes": minutes, "target": target}
     previous = reuse(run_dir / "result.json", inputs)
@@ -103,6 +110,7 @@ def fine_tune(mode: str, aligned: Path, artifact: Path, seed: int, minutes: floa
         f"robots.0.controller.policy={artifact}",
         f"robots.0.controller.seed={seed}",
         f"robots.0.driver.seed={seed}",
+        *realtime,
     ]
     report = run_session("sim_panda_twin_finetune.yaml", overrides, session_dir)
     stats = json.loads((session_dir / "panda-0" / "stats.json").read_text())
@@ -152,13 +160,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "sim_to_real")
+    parser.add_argument(
+        "--realtime-priority",
+        type=int,
+        help="run driver and controller under SCHED_FIFO at this priority, as on hardware (docs/deploy.md; needs root "
+        "or CAP_SYS_NICE): keeps other load on the machine from latching SAFE on a late driver reply",
+    )
     args = parser.parse_args()
     out = args.out.resolve()
+    realtime = []
+    if args.realtime_priority is not None:
+        realtime = [f"robots.0.{p}.realtime.priority={args.realtime_priority}" for p in ("driver", "controller")]
 
     offline_artifact = write_artifact(args.offline.resolve(), "sim2real-offline", out / "policies")
     reference = read_artifact(offline_artifact)[1].reference_scores
     offline_returns = {
-        name: evaluate(offline_artifact, sim, args.eval_episodes, out / f"eval-offline-{name}")
+        name: evaluate(offline_artifact, sim, args.eval_episodes, out / f"eval-offline-{name}", realtime)
         for name, sim in SIMS.items()
     }
     gap = {name: float(np.mean(returns)) for name, returns in offline_returns.items()}
@@ -167,11 +184,17 @@ def main() -> None:
     runs = []
     for seed in args.seeds:
         for mode, aligned in (("aca", args.aca), ("naive", args.naive)):
-            run = fine_tune(mode, aligned.resolve(), offline_artifact, seed, args.minutes, out, gap["training"])
+            run = fine_tune(
+                mode, aligned.resolve(), offline_artifact, seed, args.minutes, out, gap["training"], realtime
+            )
             run["final_eval_twin"] = float(
                 np.mean(
                     evaluate(
-                        Path(run["final_artifact"]), SIMS["twin"], args.eval_episodes, out / f"eval-{mode}-seed{seed}"
+                        Path(run["final_artifact"]),
+                        SIMS["twin"],
+                        args.eval_episodes,
+                        out / f"eval-{mode}-seed{seed}",
+                        realtime,
                     )
                 )
             )
