@@ -75,6 +75,7 @@ class _DeployedActor(nn.Module):
         high = torch.as_tensor(np.asarray(action_high, dtype=np.float32))
         self.register_buffer("action_scale", (high - low) / 2)
         self.register_buffer("action_offset", (high + low) / 2)
+        self.eval()  # the exporter warns about a module in training mode (an MLP computes the same either way)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mean, log_std = self.actor(obs)
