@@ -419,7 +419,8 @@ def serve(config: DriverConfig, ready_file: str | None = None, source: str = "")
     print(f"driver {driver.spec.name} serving on {config.endpoint} (watchdog {config.watchdog_ms} ms)", flush=True)
     # Everything loaded so far (the simulator, numpy, zmq) moves to a permanent generation, as in the controller. A
     # full collection walked it in 50-63 ms in the Panda driver process (57k objects): longer than the controller's
-    # 40 ms driver timeout, so an automatic one mid-session latched SAFE (a 10-minute twin session, tick 18719).
+    # 40 ms driver timeout, enough to latch SAFE (the likely cause of a latch in a 10-minute twin session run under
+    # SCHED_FIFO, with a driver watchdog event at the same tick).
     gc.freeze()
     try:
         instance.run()
