@@ -68,9 +68,17 @@ def interval_estimate(values: list[float], statistic: str = "iqm", reps: int = 2
     if len(values) == 1:  # one seed: its value, and no spread to resample
         return (float(values[0]),) * 3
     scores = {"x": np.asarray(values, dtype=float)[:, None]}  # (runs, tasks)
-    point, interval = rly.get_interval_estimates(
-        scores, lambda x: np.array([aggregate(x)]), reps=reps, random_state=np.random.RandomState(0)
-    )
+    # rliable draws its resampling indices from numpy's global generator (`np.random.choice`), not from the
+    # `random_state` it passes on, so the interval depended on how many were computed before it in the process.
+    # Seeded here and restored after: the same values give the same interval wherever they are computed.
+    global_state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        point, interval = rly.get_interval_estimates(
+            scores, lambda x: np.array([aggregate(x)]), reps=reps, random_state=np.random.RandomState(0)
+        )
+    finally:
+        np.random.set_state(global_state)
     return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
 
 

@@ -234,3 +234,13 @@ def test_the_interquartile_mean_is_rliables(seeds):
 
 def test_one_seed_has_its_value_as_interval():
     assert interval_estimate([42.0], "iqm") == (42.0, 42.0, 42.0)
+
+
+def test_an_interval_does_not_depend_on_what_was_computed_before_it():
+    values = [58.3, 57.9, 25.1, 22.3, 48.8]
+    first = interval_estimate(values, "iqm", 1000)
+    np.random.seed(123)
+    np.random.random(7)  # the global generator moved, as any earlier interval or caller moves it
+    after = np.random.get_state()[1].copy()
+    assert interval_estimate(values, "iqm", 1000) == first
+    assert np.array_equal(np.random.get_state()[1], after)  # and it is left where the caller had it
