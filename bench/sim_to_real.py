@@ -17,7 +17,7 @@ made from it (`acalign align`, `--finetune aca` and `--finetune naive`); both fi
 Scores are D4RL-normalised with the dataset's references, 100 (R - R_random) / (R_expert - R_random).
 Prints a table and writes bench/out/sim_to_real.json (sessions under --out). Resumable: each finished evaluation and
 fine-tuning run leaves a result.json in its directory under --out, reused when the bench is run again with the same
-inputs (checkpoint or artifact, minutes, episodes).
+inputs (checkpoint or artifact, minutes, episodes, scheduling).
 
     python bench/sim_to_real.py --offline runs/panda-reach-medium/offline.pt \\
         --aca runs/panda-reach-medium/aligned-aca.pt --naive runs/panda-reach-medium/aligned-naive.pt \\
@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from acalign_robot import config as config_io
+from acalign_robot.atomic import write_text_atomic
 from acalign_robot.export.onnx_export import write_artifact
 from acalign_robot.policy.store import read_artifact
 from acalign_robot.session.schema import LaunchConfig
@@ -47,10 +48,11 @@ WINDOW = 10  # episodes (20 s of robot time at 100 ticks an episode)
 
 def run_session(launch_file: str, overrides: list[str], session_dir: Path) -> dict:
     config = config_io.load(LaunchConfig, REPO / "launch" / launch_file, overrides)
-    report = Supervisor(config, session_dir, live=False).run()
+    supervisor = Supervisor(config, session_dir, live=False)
+    report = supervisor.run()
     if report["failure"]:
         raise RuntimeError(f"{session_dir}: {report['failure']}")
-    if any(event["event"] == "stop" and "signal" in event["detail"] for event in report["events"]):
+    if supervisor.stop_requested:
         raise SystemExit(f"{session_dir}: stopped by a signal before its end; nothing of it is kept")
     return report
 
@@ -64,14 +66,19 @@ def reuse(result_file: Path, inputs: dict) -> dict | None:
 
 
 def keep(result_file: Path, inputs: dict, result: dict) -> dict:
-    result_file.parent.mkdir(parents=True, exist_ok=True)
-    result_file.write_text(json.dumps({"inputs": inputs, "result": result}, indent=2))
+    """Write `result` for `inputs` whole or not at all: a bench stopped mid-write leaves nothing `reuse` misreads."""
+    write_text_atomic(result_file, json.dumps({"inputs": inputs, "result": result}, indent=2))
     return result
 
 
 def evaluate(artifact: Path, sim: str | None, episodes: int, session_dir: Path, realtime: list[str]) -> list[float]:
     """The deterministic returns of `episodes` episodes, in order."""
-    inputs = {"policy_sha256": read_artifact(artifact)[1].onnx.sha256, "sim": sim, "episodes": episodes}
+    inputs = {
+        "policy_sha256": read_artifact(artifact)[1].onnx.sha256,
+        "sim": sim,
+        "episodes": episodes,
+        "realtime": realtime,
+    }
     previous = reuse(session_dir / "result.json", inputs)
     if previous is not None:
         return previous["episode_returns"]
@@ -98,7 +105,13 @@ def fine_tune(
     mode: str, aligned: Path, artifact: Path, seed: int, minutes: float, out: Path, target: float, realtime: list[str]
 ) -> dict:
     run_dir = out / f"{mode}-seed{seed}"
-    inputs = {"aligned": str(aligned), "aligned_mtime": aligned.stat().st_mtime, "minutes": minutes, "target": target}
+    inputs = {
+        "aligned": str(aligned),
+        "aligned_mtime": aligned.stat().st_mtime,
+        "minutes": minutes,
+        "target": target,
+        "realtime": realtime,
+    }
     previous = reuse(run_dir / "result.json", inputs)
     if previous is not None:
         return previous

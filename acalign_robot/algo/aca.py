@@ -185,7 +185,7 @@ class OfflineACA:
         z_alpha = alpha if cfg.z_target_alpha == "learned" else torch.ones_like(alpha)
         loss, z_info = losses.z_loss(
             self.z,
-            self.z_target or self.z,
+            self.z if self.z_target is None else self.z_target,
             obs,
             dataset_log_prob,
             reward,

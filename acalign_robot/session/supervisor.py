@@ -132,6 +132,11 @@ class Supervisor:
     def request_stop(self, *_args) -> None:
         self._stop_requested = True
 
+    @property
+    def stop_requested(self) -> bool:
+        """Whether Ctrl-C, SIGTERM or a caller asked the session to stop before its end."""
+        return self._stop_requested
+
     def _event(self, kind: str, process: str, detail: str = "") -> None:
         self.events.append(
             {"t_s": round(time.monotonic() - self._started, 3), "event": kind, "process": process, "detail": detail}
