@@ -40,6 +40,12 @@ Deliberate deviations and switches (all in `ACAConfig`):
   which both count alike. On HalfCheetah pi_0's log-likelihood is ~9 nats per step against ~4 of reward, so the
   entropy term dominates and the actor widens away from pi_0 (docs/results.md). A reward scale is how SAC with a
   fixed temperature sets that balance; it is the same as aligning at temperature 1 / reward_scale.
+- `online_reward_scale: balanced` (not in ALGORITHM.md; default `offline`: phase 1's scale carries over) chooses
+  the reward scale at alignment from the data and pi_0: the one at which the dataset's mean |reward| per step is
+  `reward_balance` (default 2) times pi_0's mean nats per step on the dataset's states (`balanced_reward_scale`),
+  and restates the offline agent in those units (`OfflineACA.rescale_rewards`: values and alpha multiplied, Adam's
+  moments to match) before aligning it or handing it to the naive baseline. So one pre-training serves any scale.
+  Aligning at a `sac.reward_scale` other than the checkpoint's is refused: the scale must be the same in every phase.
 - `fidelity: reference` reproduces the authors' code where this project deviates by default (ALGORITHM.md,
   "Deviations"), in one switch: raw observations into every network (no normaliser from dataset statistics), R
   starts with the offline critic's Adam moments, log_alpha keeps phase 1's Adam moments, Z bootstraps from itself.
@@ -67,7 +73,17 @@ from acalign_robot.algo.sac import SAC, AlignmentPrior, SACConfig, adam, frozen,
 from acalign_robot.config import FieldError
 from acalign_robot.data.replay_buffer import Batch
 
-__all__ = ["PRESETS", "ACAConfig", "OfflineACA", "align", "load_preset", "naive_finetuning", "policy_entropy"]
+__all__ = [
+    "PRESETS",
+    "ACAConfig",
+    "OfflineACA",
+    "RewardScaleChoice",
+    "align",
+    "balanced_reward_scale",
+    "load_preset",
+    "naive_finetuning",
+    "policy_entropy",
+]
 
 PRESETS = ("random", "medium", "medium-replay", "medium-expert", "expert")
 
@@ -93,6 +109,8 @@ class ACAConfig:
     measure_action_gradients: bool = False  # phase 3 diagnostic: log |dR/du| and |d(wL)/du| at the actor's samples
     normalize_observations: bool = True  # phase 1: a normaliser from the dataset's statistics in every network
     fidelity: Literal["project", "reference"] = "project"  # "reference": the authors' choices for the three above
+    online_reward_scale: Literal["offline", "balanced"] = "offline"  # phase 1's reward scale, or one chosen at align
+    reward_balance: float = 2.0  # `balanced`: scaled reward per step = this many times pi_0's nats per step
     finetune: Literal["aca", "naive"] = "aca"
 
     def validate(self) -> None:
@@ -110,6 +128,8 @@ class ACAConfig:
             raise FieldError("actor_warmup_updates", f"must be >= 0, got {self.actor_warmup_updates}")
         if self.online_actor_grad_clip <= 0:
             raise FieldError("online_actor_grad_clip", f"must be positive, got {self.online_actor_grad_clip}")
+        if not (self.reward_balance > 0 and np.isfinite(self.reward_balance)):
+            raise FieldError("reward_balance", f"must be positive, got {self.reward_balance}")
 
     def resolved(self) -> ACAConfig:
         """The settings in force: with `fidelity: reference`, the reference implementation's choices."""
@@ -225,13 +245,92 @@ class OfflineACA:
         if self.z_target is not None:  # a checkpoint from before z_bootstrap holds none: start the copy from Z
             self.z_target.load_state_dict(state.get("z_target", state["z"]))
 
+    def rescale_rewards(self, factor: float) -> None:
+        """Restate phase 1's result for rewards multiplied by `factor` more, as if pre-trained at that scale.
+
+        Phase 1 at reward scale s * f is phase 1 at s with every value f times larger: the critics, their targets and
+        the Z functions (soft values), and the temperature (auto-tuned to the same entropy target, it balances the
+        same nats against f times the reward). So those are multiplied by f (a value network through its output
+        layer). The Adam moments follow the gradients so that the next step is the one the unscaled agent would take:
+        a value network's output-layer gradients grow by f and its hidden layers' by f^2 (the loss's error and the
+        output weights each carry one f); the actor's objective grows by f. log alpha's gradient does not change.
+        """
+        if not (factor > 0 and np.isfinite(factor)):
+            raise ValueError(f"reward rescale factor must be positive and finite, got {factor}")
+        sac = self.sac
+        with torch.no_grad():
+            for network in (sac.critic, sac.target_critic, self.z, self.z_target):
+                if network is not None:
+                    network.layers[-1].weight.mul_(factor)
+                    network.layers[-1].bias.mul_(factor)
+            sac.log_alpha.add_(float(np.log(factor)))
+        for network, optimizer in ((sac.critic, sac.critic_optimizer), (self.z, self.z_optimizer)):
+            output = set(network.layers[-1].parameters())
+            for parameter in network.parameters():
+                _scale_adam_moments(optimizer, parameter, factor if parameter in output else factor**2)
+        for parameter in sac.actor.parameters():
+            _scale_adam_moments(sac.actor_optimizer, parameter, factor)
+        scaled_sac = dataclasses.replace(self.config.sac, reward_scale=self.config.sac.reward_scale * factor)
+        self.config = dataclasses.replace(self.config, sac=scaled_sac)
+        sac.config = scaled_sac
+
+
+def _scale_adam_moments(optimizer: torch.optim.Adam, parameter: torch.Tensor, gradient_factor: float) -> None:
+    """Adam's moments of `parameter` as if every gradient so far had been `gradient_factor` times larger."""
+    state = optimizer.state.get(parameter)
+    if state:  # no state before the first step
+        state["exp_avg"].mul_(gradient_factor)
+        state["exp_avg_sq"].mul_(gradient_factor**2)
+
+
+@dataclass(frozen=True)
+class RewardScaleChoice:
+    """`online_reward_scale: balanced`: the reward scale at which a step's scaled reward outweighs pi_0's nats."""
+
+    prior_entropy: float  # pi_0's mean entropy on the dataset's states
+    reward_abs_mean: float  # the dataset's mean |reward| (unscaled)
+    nats_per_step: float  # |prior_entropy|, floored at NATS_FLOOR_PER_ACTION_DIM per action dimension
+    balance: float
+    reward_scale: float
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+# A mean log-likelihood near zero is a sum of per-dimension terms of either sign, not an absence of entropy in the
+# critic's targets; the floor keeps the scale from vanishing with it.
+NATS_FLOOR_PER_ACTION_DIM = 0.1
+
+
+def balanced_reward_scale(actor: torch.nn.Module, observations: np.ndarray, rewards: np.ndarray, balance: float):
+    """The reward scale that makes the dataset's reward per step `balance` times pi_0's log-likelihood per step.
+
+    Why: at the switch alpha = w = 1, and the aligned critic learns R(s, a) = c r - L(s, a) + gamma R' (L: pi_0's
+    log-likelihood), so its values count reward and pi_0's nats alike. Where nats dominate (HalfCheetah: ~6 nats
+    against ~2 of reward per step), the values the actor climbs rank how wide pi_0 is, and the actor leaves pi_0
+    (docs/results.md); where scaled rewards dominate by far (Hopper at scale 5: 10x), fine-tuning broke as well.
+    The rows that held had scaled reward / nats of 1.5-3.3, hence the default balance of 2.
+    """
+    entropy = policy_entropy(actor, observations)
+    nats = max(abs(entropy), NATS_FLOOR_PER_ACTION_DIM * actor.action_dim)
+    reward_abs_mean = float(np.mean(np.abs(rewards)))
+    if not reward_abs_mean > 0:
+        raise ValueError("online_reward_scale: balanced needs a dataset with some non-zero reward")
+    return RewardScaleChoice(entropy, reward_abs_mean, nats, balance, balance * nats / reward_abs_mean)
+
 
 def policy_entropy(actor: torch.nn.Module, observations: np.ndarray, samples: int = 10_000, seed: int = 0) -> float:
-    """-E[log pi(a|s)], a ~ pi(s), over (at most `samples` of) `observations`: the policy's mean entropy there."""
+    """-E[log pi(a|s)], a ~ pi(s), over (at most `samples` of) `observations`: the policy's mean entropy there.
+
+    Deterministic for a given `seed`, and it leaves torch's global generator as it found it (a measurement must not
+    shift a training run's random stream).
+    """
     rng = np.random.default_rng(seed)
     picked = observations[rng.choice(len(observations), size=min(samples, len(observations)), replace=False)]
     parameter = next(actor.parameters())
-    with torch.no_grad():
+    devices = [parameter.device] if parameter.device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
         obs = torch.as_tensor(picked, dtype=torch.float32, device=parameter.device)
         return -float(losses.Draw(actor, obs).log_prob.mean())
 

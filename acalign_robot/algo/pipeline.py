@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -31,7 +32,14 @@ import torch
 from tqdm import tqdm
 
 from acalign_robot import config as config_io
-from acalign_robot.algo.aca import ACAConfig, OfflineACA, align, naive_finetuning, policy_entropy
+from acalign_robot.algo.aca import (
+    ACAConfig,
+    OfflineACA,
+    align,
+    balanced_reward_scale,
+    naive_finetuning,
+    policy_entropy,
+)
 from acalign_robot.algo.checkpoint import (
     load_actor,
     load_checkpoint,
@@ -200,10 +208,24 @@ def align_checkpoint(offline_path: Path, out_path: Path, config: ACAConfig, buff
     """Phase 2 (or, with `finetune: naive`, the baseline's carry-over) + the seeded online replay buffer."""
     payload = check_offline_checkpoint(load_checkpoint(offline_path, "offline"), offline_path)
     meta = payload["meta"]
+    offline_scale = float(payload["config"]["sac"].get("reward_scale", 1.0))  # absent: made before it, at 1
+    if config.sac.reward_scale != offline_scale:
+        raise InputError(
+            f"align: sac.reward_scale is {config.sac.reward_scale} but {offline_path} was pre-trained at "
+            f"{offline_scale}; rewards are scaled alike in every phase (--set sac.reward_scale={offline_scale}, "
+            "or online_reward_scale: balanced to choose a new one here)"
+        )
     agent = OfflineACA(meta["obs_dim"], meta["action_dim"], config, np.zeros((1, meta["obs_dim"]), np.float32))
     agent.load_state_dict(payload["agent"])
     prior_target = config.finetune == "aca" and config.online_target_entropy == "prior"
-    dataset = load_transitions(meta["datasets"]) if config.top_trajectories or prior_target else None
+    balanced = config.online_reward_scale == "balanced"
+    needs_dataset = config.top_trajectories or prior_target or balanced
+    dataset = load_transitions(meta["datasets"]) if needs_dataset else None
+    if balanced:
+        choice = balanced_reward_scale(agent.sac.actor, dataset.observations, dataset.rewards, config.reward_balance)
+        agent.rescale_rewards(choice.reward_scale / offline_scale)
+        config = dataclasses.replace(config, sac=dataclasses.replace(config.sac, reward_scale=choice.reward_scale))
+        meta = {**meta, "reward_scale_choice": choice.as_dict()}
     if config.finetune == "aca":
         entropy = policy_entropy(agent.sac.actor, dataset.observations) if prior_target else None
         online = align(agent, prior_entropy=entropy)
