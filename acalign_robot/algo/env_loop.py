@@ -6,11 +6,13 @@ gets exported (the export scales to the bounds inside the ONNX graph).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import torch
 
@@ -22,7 +24,7 @@ from acalign_robot.errors import EnvError
 if TYPE_CHECKING:
     from acalign_robot.algo.seed_batch import SeedBatchSAC
 
-__all__ = ["OnlineLoop", "SeedBatchLoop", "evaluate", "make_env"]
+__all__ = ["LoopState", "OnlineLoop", "SeedBatchLoop", "evaluate", "make_env", "supports_resume"]
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
@@ -69,7 +71,12 @@ def evaluate(actor: TanhGaussianActor, env_id: str, episodes: int, seed: int, sa
 class OnlineLoop:
     """Act in an env with the stochastic policy, store every transition, update at UTD 1 once the buffer holds
     more than a batch. `random_warmup_steps` uniform-random actions first (behaviour agents only; ACA and the
-    naive baseline use none). `on_transition` sees every step (for dataset recording)."""
+    naive baseline use none). `on_transition` sees every step (for dataset recording).
+
+    A run can be stopped and continued (MuJoCo envs): `on_checkpoint` receives a `LoopState` every
+    `checkpoint_every` steps, and `run(..., resume=state)` continues from it exactly as the run would have gone on,
+    given the agent and buffer saved at the same step.
+    """
 
     env_id: str
     seed: int
@@ -84,14 +91,24 @@ class OnlineLoop:
         steps: int,
         on_step: Callable[[int, dict[str, float]], None] | None = None,
         progress=None,
+        *,
+        resume: LoopState | None = None,
+        on_checkpoint: Callable[[LoopState], None] | None = None,
+        checkpoint_every: int = 0,
     ) -> None:
         env = make_env(self.env_id, self.seed)
         rng = np.random.default_rng(self.seed)
         obs, _ = env.reset(seed=self.seed)
-        episode_return, info = 0.0, {}
+        episode_return, info, first_step = 0.0, {}, 1
+        if resume is not None:
+            obs, episode_return, first_step = resume.obs, resume.episode_return, resume.step + 1
+            resume.restore(env, rng)
+            self.episode_returns = list(resume.episode_returns)
+            if progress is not None:
+                progress.update(resume.step)
         batch_size = agent.config.batch_size
         device = _device_of(agent.actor)
-        for step in range(1, steps + 1):
+        for step in range(first_step, steps + 1):
             if step <= self.random_warmup_steps:
                 action = rng.uniform(-1.0, 1.0, size=env.action_space.shape).astype(np.float32)
             else:
@@ -122,9 +139,102 @@ class OnlineLoop:
                 info = agent.update(buffer.sample(batch_size, rng))
             if on_step is not None:
                 on_step(step, info)
+            if on_checkpoint is not None and step % checkpoint_every == 0:
+                on_checkpoint(LoopState.capture(step, obs, episode_return, self.episode_returns, env, rng))
             if progress is not None:
                 progress.update(1)
         env.close()
+
+
+@dataclass
+class LoopState:
+    """Where an OnlineLoop run stands after a step: the env's physics (MuJoCo's full integration state, warm start
+    included, so that the next steps are bit for bit those of an uninterrupted run), its time limit's step count
+    and reset generator, the loop's sampling generator and torch's. As tensors and strings (a weights-only load)."""
+
+    step: int
+    obs: np.ndarray
+    episode_return: float
+    episode_returns: list[tuple[int, float]]
+    physics: np.ndarray
+    elapsed_steps: int
+    generators: str  # JSON: the loop's and the env's numpy generator states
+    torch_generator: torch.Tensor
+
+    @classmethod
+    def capture(cls, step: int, obs, episode_return: float, episode_returns, env: gym.Env, rng) -> LoopState:
+        model, data = _mujoco_of(env)
+        kind = mujoco.mjtState.mjSTATE_INTEGRATION
+        physics = np.empty(mujoco.mj_stateSize(model, kind))
+        mujoco.mj_getState(model, data, physics, kind)
+        generators = {"loop": rng.bit_generator.state, "env": env.unwrapped.np_random.bit_generator.state}
+        return cls(
+            step,
+            np.array(obs, copy=True),
+            float(episode_return),
+            list(episode_returns),
+            physics,
+            int(_time_limit_of(env)._elapsed_steps),
+            json.dumps(generators),
+            torch.get_rng_state(),
+        )
+
+    def restore(self, env: gym.Env, rng: np.random.Generator) -> None:
+        model, data = _mujoco_of(env)
+        mujoco.mj_setState(model, data, self.physics, mujoco.mjtState.mjSTATE_INTEGRATION)
+        _time_limit_of(env)._elapsed_steps = self.elapsed_steps
+        generators = json.loads(self.generators)
+        rng.bit_generator.state = generators["loop"]
+        env.unwrapped.np_random.bit_generator.state = generators["env"]
+        torch.set_rng_state(self.torch_generator)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "obs": torch.from_numpy(self.obs),
+            "episode_return": self.episode_return,
+            "episode_returns": torch.tensor(self.episode_returns, dtype=torch.float64).reshape(-1, 2),
+            "physics": torch.from_numpy(self.physics),
+            "elapsed_steps": self.elapsed_steps,
+            "generators": self.generators,
+            "torch_generator": self.torch_generator,
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> LoopState:
+        returns = [(int(step), float(value)) for step, value in state["episode_returns"].tolist()]
+        return cls(
+            int(state["step"]),
+            state["obs"].numpy(),
+            float(state["episode_return"]),
+            returns,
+            state["physics"].numpy(),
+            int(state["elapsed_steps"]),
+            state["generators"],
+            state["torch_generator"],
+        )
+
+
+def supports_resume(env: gym.Env) -> bool:
+    """Whether a LoopState can hold this env's state: MuJoCo envs (their physics state is a flat array)."""
+    base = env.unwrapped
+    model, data = getattr(base, "model", None), getattr(base, "data", None)
+    return isinstance(model, mujoco.MjModel) and isinstance(data, mujoco.MjData)
+
+
+def _mujoco_of(env: gym.Env) -> tuple[Any, Any]:
+    if not supports_resume(env):
+        raise EnvError(f"env {env.spec.id if env.spec else env.unwrapped}: a run can be resumed on MuJoCo envs only")
+    return env.unwrapped.model, env.unwrapped.data
+
+
+def _time_limit_of(env: gym.Env) -> gym.wrappers.TimeLimit:
+    wrapped = env
+    while isinstance(wrapped, gym.Wrapper):
+        if isinstance(wrapped, gym.wrappers.TimeLimit):
+            return wrapped
+        wrapped = wrapped.env
+    raise EnvError(f"env {env}: no TimeLimit wrapper to save the episode's step count from")
 
 
 @dataclass
