@@ -40,11 +40,13 @@ Deliberate deviations and switches (all in `ACAConfig`):
   which both count alike. On HalfCheetah pi_0's log-likelihood is ~9 nats per step against ~4 of reward, so the
   entropy term dominates and the actor widens away from pi_0 (docs/results.md). A reward scale is how SAC with a
   fixed temperature sets that balance; it is the same as aligning at temperature 1 / reward_scale.
-- `online_reward_scale: balanced` (not in ALGORITHM.md; default `offline`: phase 1's scale carries over) chooses
-  the reward scale at alignment from the data and pi_0: the one at which the dataset's mean |reward| per step is
-  `reward_balance` (default 2) times pi_0's mean nats per step on the dataset's states (`balanced_reward_scale`),
-  and restates the offline agent in those units (`OfflineACA.rescale_rewards`: values and alpha multiplied, Adam's
-  moments to match) before aligning it or handing it to the naive baseline. So one pre-training serves any scale.
+- `reward_scale_from_data` (not in ALGORITHM.md; default false): phase 1 chooses `sac.reward_scale` itself, as the
+  scale at which the dataset's mean |reward| per step is `reward_balance` (default 2) times pi_0's nats per step on
+  the dataset's states (`balanced_reward_scale`). pi_0's entropy is only known once phase 1 has shaped it, so a probe
+  pre-training of half the updates at the configured scale measures it, then phase 1 runs from the start at the
+  chosen scale (1.5x the updates; the checkpoint records the choice). Restating a finished phase 1 at another scale
+  instead (values and alpha multiplied) was tried and is wrong for Z: Z's target counts the dataset actions' nats,
+  which a reward scale does not touch, so multiplying Z multiplies them too (docs/results.md).
   Aligning at a `sac.reward_scale` other than the checkpoint's is refused: the scale must be the same in every phase.
 - `fidelity: reference` reproduces the authors' code where this project deviates by default (ALGORITHM.md,
   "Deviations"), in one switch: raw observations into every network (no normaliser from dataset statistics), R
@@ -68,7 +70,7 @@ import torch
 
 from acalign_robot import config as config_io
 from acalign_robot.algo import losses
-from acalign_robot.algo.networks import EnsembleMLP, residual_critic_from_z
+from acalign_robot.algo.networks import EnsembleMLP, TanhGaussianActor, residual_critic_from_z
 from acalign_robot.algo.sac import SAC, AlignmentPrior, SACConfig, adam, frozen, polyak_update, to_tensors
 from acalign_robot.config import FieldError
 from acalign_robot.data.replay_buffer import Batch
@@ -109,8 +111,8 @@ class ACAConfig:
     measure_action_gradients: bool = False  # phase 3 diagnostic: log |dR/du| and |d(wL)/du| at the actor's samples
     normalize_observations: bool = True  # phase 1: a normaliser from the dataset's statistics in every network
     fidelity: Literal["project", "reference"] = "project"  # "reference": the authors' choices for the three above
-    online_reward_scale: Literal["offline", "balanced"] = "offline"  # phase 1's reward scale, or one chosen at align
-    reward_balance: float = 2.0  # `balanced`: scaled reward per step = this many times pi_0's nats per step
+    reward_scale_from_data: bool = False  # phase 1 chooses sac.reward_scale (balanced_reward_scale) after a probe
+    reward_balance: float = 2.0  # the chosen scale's reward per step: this many times pi_0's nats per step
     finetune: Literal["aca", "naive"] = "aca"
 
     def validate(self) -> None:
@@ -245,53 +247,18 @@ class OfflineACA:
         if self.z_target is not None:  # a checkpoint from before z_bootstrap holds none: start the copy from Z
             self.z_target.load_state_dict(state.get("z_target", state["z"]))
 
-    def rescale_rewards(self, factor: float) -> None:
-        """Restate phase 1's result for rewards multiplied by `factor` more, as if pre-trained at that scale.
-
-        Phase 1 at reward scale s * f is phase 1 at s with every value f times larger: the critics, their targets and
-        the Z functions (soft values), and the temperature (auto-tuned to the same entropy target, it balances the
-        same nats against f times the reward). So those are multiplied by f (a value network through its output
-        layer). The Adam moments follow the gradients so that the next step is the one the unscaled agent would take:
-        a value network's output-layer gradients grow by f and its hidden layers' by f^2 (the loss's error and the
-        output weights each carry one f); the actor's objective grows by f. log alpha's gradient does not change.
-        """
-        if not (factor > 0 and np.isfinite(factor)):
-            raise ValueError(f"reward rescale factor must be positive and finite, got {factor}")
-        sac = self.sac
-        with torch.no_grad():
-            for network in (sac.critic, sac.target_critic, self.z, self.z_target):
-                if network is not None:
-                    network.layers[-1].weight.mul_(factor)
-                    network.layers[-1].bias.mul_(factor)
-            sac.log_alpha.add_(float(np.log(factor)))
-        for network, optimizer in ((sac.critic, sac.critic_optimizer), (self.z, self.z_optimizer)):
-            output = set(network.layers[-1].parameters())
-            for parameter in network.parameters():
-                _scale_adam_moments(optimizer, parameter, factor if parameter in output else factor**2)
-        for parameter in sac.actor.parameters():
-            _scale_adam_moments(sac.actor_optimizer, parameter, factor)
-        scaled_sac = dataclasses.replace(self.config.sac, reward_scale=self.config.sac.reward_scale * factor)
-        self.config = dataclasses.replace(self.config, sac=scaled_sac)
-        sac.config = scaled_sac
-
-
-def _scale_adam_moments(optimizer: torch.optim.Adam, parameter: torch.Tensor, gradient_factor: float) -> None:
-    """Adam's moments of `parameter` as if every gradient so far had been `gradient_factor` times larger."""
-    state = optimizer.state.get(parameter)
-    if state:  # no state before the first step
-        state["exp_avg"].mul_(gradient_factor)
-        state["exp_avg_sq"].mul_(gradient_factor**2)
-
 
 @dataclass(frozen=True)
 class RewardScaleChoice:
-    """`online_reward_scale: balanced`: the reward scale at which a step's scaled reward outweighs pi_0's nats."""
+    """`reward_scale_from_data`: the reward scale at which a step's scaled reward outweighs pi_0's nats."""
 
     prior_entropy: float  # pi_0's mean entropy on the dataset's states
     reward_abs_mean: float  # the dataset's mean |reward| (unscaled)
     nats_per_step: float  # |prior_entropy|, floored at NATS_FLOOR_PER_ACTION_DIM per action dimension
     balance: float
     reward_scale: float
+    probe_updates: int = 0  # the phase-1 updates that made the pi_0 measured (pipeline.probe_reward_scale)
+    probe_reward_scale: float = 1.0  # the reward scale they ran at
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -302,7 +269,9 @@ class RewardScaleChoice:
 NATS_FLOOR_PER_ACTION_DIM = 0.1
 
 
-def balanced_reward_scale(actor: torch.nn.Module, observations: np.ndarray, rewards: np.ndarray, balance: float):
+def balanced_reward_scale(
+    actor: TanhGaussianActor, observations: np.ndarray, rewards: np.ndarray, balance: float
+) -> RewardScaleChoice:
     """The reward scale that makes the dataset's reward per step `balance` times pi_0's log-likelihood per step.
 
     Why: at the switch alpha = w = 1, and the aligned critic learns R(s, a) = c r - L(s, a) + gamma R' (L: pi_0's
@@ -315,7 +284,7 @@ def balanced_reward_scale(actor: torch.nn.Module, observations: np.ndarray, rewa
     nats = max(abs(entropy), NATS_FLOOR_PER_ACTION_DIM * actor.action_dim)
     reward_abs_mean = float(np.mean(np.abs(rewards)))
     if not reward_abs_mean > 0:
-        raise ValueError("online_reward_scale: balanced needs a dataset with some non-zero reward")
+        raise ValueError("reward_scale_from_data needs a dataset with some non-zero reward")
     return RewardScaleChoice(entropy, reward_abs_mean, nats, balance, balance * nats / reward_abs_mean)
 
 

@@ -16,7 +16,8 @@ __all__ = ["DivergenceBounds", "DivergenceError", "DivergenceGuard"]
 class DivergenceBounds:
     """When an update's statistics mean the run has diverged. Generous on purpose: healthy runs stay far inside.
 
-    With R = max(1, max |reward| of the data so far) and H = 1 / (1 - gamma) (the horizon):
+    With R = max(1, max |reward| of the data so far x the run's reward scale: the rewards the critics see) and
+    H = 1 / (1 - gamma) (the horizon):
     - every statistic an update reports (losses, alpha, Q mean, entropy, ...) must be finite;
     - alpha <= alpha_per_reward * R. Healthy SAC / ACA runs keep alpha around 1e-3 .. 1 for rewards of order 1
       (alpha trades reward against nats of entropy, so its scale follows the reward's);
@@ -58,15 +59,25 @@ class DivergenceGuard:
     before it: callers write a checkpoint only once the next update passed (`pipeline.py`).
     """
 
-    def __init__(self, phase: str, unit: str, gamma: float, bounds: DivergenceBounds = DivergenceBounds()):
-        self.phase, self.unit, self.gamma, self.bounds = phase, unit, gamma, bounds
+    def __init__(
+        self,
+        phase: str,
+        unit: str,
+        gamma: float,
+        reward_scale: float = 1.0,
+        bounds: DivergenceBounds = DivergenceBounds(),
+    ):
+        self.phase, self.unit, self.gamma, self.reward_scale, self.bounds = phase, unit, gamma, reward_scale, bounds
         self.last_good: tuple[Path, int] | None = None
 
     def saved(self, path: Path, step: int) -> None:
         self.last_good = (Path(path), step)
 
     def check(self, step: int, info: Mapping[str, float], reward_abs_max: float) -> None:
-        """Raise DivergenceError at the first statistic of `info` that is non-finite or beyond its bound."""
+        """Raise DivergenceError at the first statistic of `info` that is non-finite or beyond its bound.
+
+        `reward_abs_max`: the largest |reward| of the data so far, before the reward scale."""
+        reward_abs_max = reward_abs_max * self.reward_scale
         q_bound = self.bounds.q_bound(reward_abs_max, self.gamma)
         q_how = f"{self.bounds.q_horizons:g} x R / (1 - gamma)"
         limits = {

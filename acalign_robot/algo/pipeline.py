@@ -121,9 +121,9 @@ def pretrain(
     """Phase 1 on one or several datasets; writes an 'offline' checkpoint and `eval.csv` next to it.
 
     `device`: 'cpu', 'cuda' or 'auto' (resolve_device: 'cuda' without a GPU falls back to the CPU with a warning).
+    With `reward_scale_from_data`, a probe of steps // 2 updates chooses `sac.reward_scale` first
+    (`probe_reward_scale`); the run proper is then the run that scale would give, bit for bit.
     """
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     view = load_transitions(datasets)
     env_id = env_id or env_id_of(view)
     env = make_env(env_id)
@@ -136,6 +136,13 @@ def pretrain(
     env.close()
     reference = dataset_reference(view.metadata)
     reward_abs_max = float(np.abs(view.rewards).max())
+    chosen_scale = {}
+    if config.reward_scale_from_data:
+        choice = probe_reward_scale(view, config, max(1, steps // 2), seed=seed, device=device)
+        config = dataclasses.replace(config, sac=dataclasses.replace(config.sac, reward_scale=choice.reward_scale))
+        chosen_scale = {"reward_scale_choice": choice.as_dict()}
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     meta = {
         "env_id": env_id,
         "obs_dim": view.obs_dim,
@@ -150,12 +157,13 @@ def pretrain(
         "ref_random": reference.random if reference else None,
         "ref_expert": reference.expert if reference else None,
         "ref_source": reference.source if reference else None,
+        **chosen_scale,
     }
     agent = OfflineACA(view.obs_dim, view.action_dim, config, view.observations, resolve_device(device))
     buffer = ReplayBuffer.from_view(view)
     metrics = MetricsWriter(out_path.parent)
     config_dict = config_io.to_dict(config)
-    guard = DivergenceGuard("pretrain", "update", config.sac.gamma)
+    guard = DivergenceGuard("pretrain", "update", config.sac.gamma, config.sac.reward_scale)
     pending: tuple[dict, int] | None = None  # (state, step) of an evaluation, written once the next update passed
 
     def write(state: dict, step: int, stats: dict[str, float]) -> None:
@@ -190,12 +198,36 @@ def pretrain(
     return out_path
 
 
+def probe_reward_scale(view: TransitionView, config: ACAConfig, steps: int, *, seed: int, device: str):
+    """`reward_scale_from_data`: phase 1 for `steps` updates at the configured scale (nothing written), then the
+    balanced scale from that actor (`balanced_reward_scale`; its `probe_updates` and `probe_reward_scale` added).
+
+    Why a probe: the scale balances reward against pi_0's entropy, which phase 1 itself shapes (its temperature holds
+    the entropy target where the likelihood term allows, and lets the data set it where it does not).
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    agent = OfflineACA(view.obs_dim, view.action_dim, config, view.observations, resolve_device(device))
+    buffer = ReplayBuffer.from_view(view)
+    guard = DivergenceGuard("pretrain (reward-scale probe)", "update", config.sac.gamma, config.sac.reward_scale)
+    reward_abs_max = float(np.abs(view.rewards).max())
+    for step in tqdm(range(1, steps + 1), desc="pretrain (reward-scale probe)", unit="update"):
+        guard.check(step, agent.update(buffer.sample(config.sac.batch_size, rng)), reward_abs_max)
+    choice = balanced_reward_scale(agent.sac.actor, view.observations, view.rewards, config.reward_balance)
+    return dataclasses.replace(choice, probe_updates=steps, probe_reward_scale=config.sac.reward_scale)
+
+
+def reward_scale_of(config: dict) -> float:
+    """A checkpoint config's `sac.reward_scale` (absent from checkpoints made before it: those ran at 1)."""
+    return float(config["sac"].get("reward_scale", 1.0))
+
+
 def check_offline_checkpoint(payload: dict, path: Path) -> dict:
     """`payload` if its alpha and recorded statistics are within the divergence bounds; else DivergenceError."""
     meta, config = payload["meta"], payload["config"]
     step = int(meta.get("offline_steps", 0))
     stats = {**meta.get("train_stats", {}), "alpha": float(payload["agent"]["sac"]["log_alpha"].exp())}
-    guard = DivergenceGuard("pretrain", "update", float(config["sac"]["gamma"]))
+    guard = DivergenceGuard("pretrain", "update", float(config["sac"]["gamma"]), reward_scale_of(config))
     try:
         guard.check(step, stats, float(meta.get("dataset_reward_abs_max", 1.0)))
     except DivergenceError as exc:
@@ -208,24 +240,23 @@ def align_checkpoint(offline_path: Path, out_path: Path, config: ACAConfig, buff
     """Phase 2 (or, with `finetune: naive`, the baseline's carry-over) + the seeded online replay buffer."""
     payload = check_offline_checkpoint(load_checkpoint(offline_path, "offline"), offline_path)
     meta = payload["meta"]
-    offline_scale = float(payload["config"]["sac"].get("reward_scale", 1.0))  # absent: made before it, at 1
-    if config.sac.reward_scale != offline_scale:
+    offline_scale = reward_scale_of(payload["config"])
+    if config.reward_scale_from_data and "reward_scale_choice" in meta:
+        config = dataclasses.replace(config, sac=dataclasses.replace(config.sac, reward_scale=offline_scale))
+    elif config.reward_scale_from_data:
+        raise InputError(
+            f"align: reward_scale_from_data asks for the scale phase 1 chose, but {offline_path} was pre-trained at a "
+            f"fixed sac.reward_scale ({offline_scale}): pre-train with reward_scale_from_data, or align without it"
+        )
+    elif config.sac.reward_scale != offline_scale:
         raise InputError(
             f"align: sac.reward_scale is {config.sac.reward_scale} but {offline_path} was pre-trained at "
-            f"{offline_scale}; rewards are scaled alike in every phase (--set sac.reward_scale={offline_scale}, "
-            "or online_reward_scale: balanced to choose a new one here)"
+            f"{offline_scale}; rewards are scaled alike in every phase (--set sac.reward_scale={offline_scale})"
         )
     agent = OfflineACA(meta["obs_dim"], meta["action_dim"], config, np.zeros((1, meta["obs_dim"]), np.float32))
     agent.load_state_dict(payload["agent"])
     prior_target = config.finetune == "aca" and config.online_target_entropy == "prior"
-    balanced = config.online_reward_scale == "balanced"
-    needs_dataset = config.top_trajectories or prior_target or balanced
-    dataset = load_transitions(meta["datasets"]) if needs_dataset else None
-    if balanced:
-        choice = balanced_reward_scale(agent.sac.actor, dataset.observations, dataset.rewards, config.reward_balance)
-        agent.rescale_rewards(choice.reward_scale / offline_scale)
-        config = dataclasses.replace(config, sac=dataclasses.replace(config.sac, reward_scale=choice.reward_scale))
-        meta = {**meta, "reward_scale_choice": choice.as_dict()}
+    dataset = load_transitions(meta["datasets"]) if config.top_trajectories or prior_target else None
     if config.finetune == "aca":
         entropy = policy_entropy(agent.sac.actor, dataset.observations) if prior_target else None
         online = align(agent, prior_entropy=entropy)
@@ -255,7 +286,7 @@ class _FinetuneRun:
         self.reference = reference_of(self.meta)
         self.start_step = int(payload["agent"]["env_steps"])
         self.offline_reward_abs_max = float(self.meta.get("dataset_reward_abs_max", 0.0))
-        self.guard = DivergenceGuard(f"finetune ({self.method})", "env step", gamma)
+        self.guard = DivergenceGuard(f"finetune ({self.method})", "env step", gamma, reward_scale_of(payload["config"]))
         # Nothing is written before the end: the input stays the last good checkpoint.
         self.guard.saved(online_path, self.start_step)
         self.metrics = MetricsWriter(out_path.parent)

@@ -282,7 +282,9 @@ class Learner:
         self.agent, self.buffer, aca_config = load_online_agent(payload, self.device)
         # Stops the learner (DivergenceError, exit 1) when an update's statistics diverge; bounds scale with the
         # largest |reward| seen (algo.divergence.DivergenceBounds).
-        self.guard = DivergenceGuard("online fine-tuning (learner)", "update", aca_config.sac.gamma)
+        self.guard = DivergenceGuard(
+            "online fine-tuning (learner)", "update", aca_config.sac.gamma, aca_config.sac.reward_scale
+        )
         self.reward_abs_max = float(np.abs(self.buffer.reward[: len(self.buffer)]).max(initial=0.0))
         self.batch_size = aca_config.sac.batch_size
         self.meta: dict[str, Any] = payload["meta"]

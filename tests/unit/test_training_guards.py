@@ -93,6 +93,12 @@ def test_the_guard_names_the_quantity_the_step_and_the_last_good_checkpoint(tmp_
         assert expected in str(caught.value) and "no checkpoint of this run was written" in str(caught.value)
         assert caught.value.step == 12
 
+    # A run at reward scale 5 sees rewards five times larger, and values with them.
+    scaled = DivergenceGuard("pretrain", "update", gamma=0.99, reward_scale=5.0)
+    scaled.check(12, {**healthy, "q_mean": 1.5e5}, reward_abs_max=3.5)
+    with pytest.raises(DivergenceError, match=r"q_mean = 1\.8e\+05 is beyond its bound 1\.75e\+05 .*R = 17\.5"):
+        scaled.check(12, {**healthy, "q_mean": 1.8e5}, reward_abs_max=3.5)
+
     guard.saved(tmp_path / "offline.pt", 10)
     with pytest.raises(DivergenceError, match=r"the last good checkpoint is .*offline\.pt \(update 10\)"):
         guard.check(12, {"alpha": float("inf")}, reward_abs_max=3.5)
