@@ -174,7 +174,7 @@ def _new_checkpoint(args, name: str, out_dir: str | None = None) -> Path:
 
 
 def _cmd_pretrain(args) -> int:
-    from acalign_robot.algo.checkpoint import NonFiniteCheckpointError
+    from acalign_robot.algo.checkpoint import NonFiniteCheckpointError, load_checkpoint
     from acalign_robot.algo.divergence import DivergenceError
     from acalign_robot.algo.pipeline import EvalSchedule, pretrain
 
@@ -192,6 +192,13 @@ def _cmd_pretrain(args) -> int:
         )
     except (DivergenceError, NonFiniteCheckpointError) as exc:
         return training_stopped(args, exc)
+    choice = load_checkpoint(out, "offline")["meta"].get("reward_scale_choice")
+    if choice is not None:
+        print(
+            f"reward scale chosen from the data: {choice['reward_scale']:.4g} (pi_0's entropy "
+            f"{choice['prior_entropy']:.3g} nats against a mean |reward| of {choice['reward_abs_mean']:.3g}, "
+            f"balance {choice['balance']:g}; probe of {choice['probe_updates']} updates)"
+        )
     print(f"offline checkpoint: {out}")
     return EXIT_OK
 
