@@ -14,7 +14,9 @@ IQMs: dip >= 95% of the switch, final > switch, ACA's final >= naive's.
 Seeds differ only in the online phase. `--batched-seeds` trains all seeds of a (dataset, method) in one process as
 one batched learner (`acalign finetune` with several run directories, algo/seed_batch.py): each seed is aligned as
 before and its run directory is the same run as the single-seed path writes, to float32 rounding (same env, buffer and
-noise seeding; tests/unit/test_seed_batch.py), so the two paths' results mix. Finished seeds are reused either way.
+noise seeding; tests/unit/test_seed_batch.py), so the two paths' results mix. Finished seeds are reused either way,
+only for the inputs they were made with (method, --set overrides, online schedule: `bench-inputs.json` in each run
+directory; a finished run made with others is refused, exit 2).
 It is not the default: on one CPU thread 5 seeds cost about 4.1-4.3x one seed's updates (the networks' matmuls
 dominate and do not shrink with batching; docs/results.md, learner speed), and one batch holds one core, so with
 `--jobs 2` and a single (dataset, method) the per-seed processes finish sooner. On a GPU, where these small kernels
@@ -113,9 +115,46 @@ def run_dir_of(offline: Path, method: str, seed: int) -> Path:
     return offline.parent.parent / f"{method}-seed{seed}"
 
 
-def aligned_checkpoint(offline: Path, method: str, run_dir: Path, overrides: list[str]) -> Path:
-    """`acalign align` into the run directory: each seed's online run starts from its own aligned checkpoint."""
+INPUTS_FILE = "bench-inputs.json"
+
+
+def run_inputs(method: str, scale: Scale, overrides: list[str]) -> dict:
+    """What makes an online run what it is, beyond its dataset, pre-training and seed (its directory says those)."""
+    return {
+        "method": method,
+        "overrides": sorted(overrides),
+        "online_steps": scale.online_steps,
+        "eval_every": scale.eval_every,
+        "eval_episodes": scale.eval_episodes,
+    }
+
+
+def finished(run_dir: Path, inputs: dict) -> bool:
+    """Whether `run_dir` holds a finished run to reuse. One made with other inputs (another --set, say) is refused
+    (exit 2): a run directory is named by method and seed only, so it would otherwise be reported under the new
+    label. Runs from before the inputs were recorded are reused as they are, with a note."""
+    if not (run_dir / "finetuned.pt").exists():
+        return False
+    recorded = run_dir / INPUTS_FILE
+    if not recorded.exists():
+        print(f"note: {run_dir} holds a run from before its inputs were recorded: reused as it is", file=sys.stderr)
+        return True
+    held = json.loads(recorded.read_text())
+    if held != inputs:
+        print(
+            f"bench/learning.py: {run_dir} holds a finished run made with {held}, not {inputs}: "
+            "give another --out, or remove that directory",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return True
+
+
+def aligned_checkpoint(offline: Path, method: str, run_dir: Path, overrides: list[str], inputs: dict) -> Path:
+    """`acalign align` into the run directory (with its `inputs` recorded): each seed's online run starts from its
+    own aligned checkpoint."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / INPUTS_FILE).write_text(json.dumps(inputs))
     aligned = run_dir / f"aligned-{method}.pt"
     acalign(
         "align",
@@ -143,10 +182,10 @@ def finetune_schedule(scale: Scale) -> list[str]:
 
 
 def online_run(offline: Path, method: str, seed: int, scale: Scale, overrides: list[str]) -> Path:
-    run_dir = run_dir_of(offline, method, seed)
-    if (run_dir / "finetuned.pt").exists():
+    run_dir, inputs = run_dir_of(offline, method, seed), run_inputs(method, scale, overrides)
+    if finished(run_dir, inputs):
         return run_dir
-    aligned = aligned_checkpoint(offline, method, run_dir, overrides)
+    aligned = aligned_checkpoint(offline, method, run_dir, overrides, inputs)
     acalign(
         "finetune",
         str(aligned),
@@ -165,11 +204,14 @@ def batched_online_runs(offline: Path, method: str, seeds: int, scale: Scale, ov
     aligned as `online_run` aligns it, then trained as one batched learner. Each seed's run directory is what
     `online_run` writes (the same run to float32 rounding); the batch's output goes to <dataset>/<method>-batch-log.txt.
     """
-    run_dirs = [run_dir_of(offline, method, seed) for seed in range(seeds)]
-    pending = [(seed, run_dir) for seed, run_dir in enumerate(run_dirs) if not (run_dir / "finetuned.pt").exists()]
+    run_dirs, inputs = (
+        [run_dir_of(offline, method, seed) for seed in range(seeds)],
+        run_inputs(method, scale, overrides),
+    )
+    pending = [(seed, run_dir) for seed, run_dir in enumerate(run_dirs) if not finished(run_dir, inputs)]
     if not pending:
         return run_dirs
-    aligned = [str(aligned_checkpoint(offline, method, run_dir, overrides)) for _, run_dir in pending]
+    aligned = [str(aligned_checkpoint(offline, method, run_dir, overrides, inputs)) for _, run_dir in pending]
     acalign(
         "finetune",
         *aligned,
@@ -347,6 +389,11 @@ def main() -> None:
         next((k for k in ("medium-replay", "medium-expert", "medium", "expert", "random") if k in name), "medium")
         for name in args.datasets
     ]
+    for dataset in args.datasets:  # refuse a mismatched finished run before any work (finished() exits 2)
+        for method in args.methods:
+            for seed in range(args.seeds):
+                run_dir = out / dataset / f"{method}-seed{seed}"
+                finished(run_dir, run_inputs(method, scale, args.set))
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         offline = dict(

@@ -3,6 +3,8 @@ merge into docs/results/learning.json."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bench.learning import bar, iqm_with_ci, naive_baseline, publish, summarize
@@ -66,3 +68,19 @@ def test_publish_merges_runs_by_dataset_method_seed_and_scale(tmp_path):
         ("aca", 1, 3.0),
         ("naive", 0, 4.0),
     ]
+
+
+def test_a_finished_run_is_reused_only_for_the_inputs_it_was_made_with(tmp_path, capsys):
+    from bench.learning import INPUTS_FILE, SCALES, finished, run_inputs
+
+    run_dir = tmp_path / "halfcheetah-medium" / "aca-seed0"
+    made = run_inputs("aca", SCALES["ci"], ["w_min=0.25", "sac.reward_scale=5"])
+    assert not finished(run_dir, made)  # nothing there yet
+    run_dir.mkdir(parents=True)
+    (run_dir / "finetuned.pt").write_bytes(b"")
+    assert finished(run_dir, made) and "before its inputs were recorded" in capsys.readouterr().err
+    (run_dir / INPUTS_FILE).write_text(json.dumps(made))
+    assert finished(run_dir, run_inputs("aca", SCALES["ci"], ["sac.reward_scale=5", "w_min=0.25"]))  # any order
+    with pytest.raises(SystemExit) as refused:
+        finished(run_dir, run_inputs("aca", SCALES["ci"], ["sac.reward_scale=5"]))
+    assert refused.value.code == 2 and "give another --out" in capsys.readouterr().err
