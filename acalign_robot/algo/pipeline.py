@@ -35,6 +35,7 @@ from acalign_robot import config as config_io
 from acalign_robot.algo.aca import (
     ACAConfig,
     OfflineACA,
+    RewardScaleChoice,
     align,
     balanced_reward_scale,
     naive_finetuning,
@@ -198,7 +199,9 @@ def pretrain(
     return out_path
 
 
-def probe_reward_scale(view: TransitionView, config: ACAConfig, steps: int, *, seed: int, device: str):
+def probe_reward_scale(
+    view: TransitionView, config: ACAConfig, steps: int, *, seed: int, device: str
+) -> RewardScaleChoice:
     """`reward_scale_from_data`: phase 1 for `steps` updates at the configured scale (nothing written), then the
     balanced scale from that actor (`balanced_reward_scale`; its `probe_updates` and `probe_reward_scale` added).
 
