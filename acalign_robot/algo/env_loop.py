@@ -96,6 +96,8 @@ class OnlineLoop:
         on_checkpoint: Callable[[LoopState], None] | None = None,
         checkpoint_every: int = 0,
     ) -> None:
+        if on_checkpoint is not None and checkpoint_every <= 0:
+            raise ValueError(f"checkpoint_every must be positive with on_checkpoint, got {checkpoint_every}")
         env = make_env(self.env_id, self.seed)
         rng = np.random.default_rng(self.seed)
         obs, _ = env.reset(seed=self.seed)

@@ -141,7 +141,7 @@ def pretrain(
     if config.reward_scale_from_data:
         choice = probe_reward_scale(view, config, max(1, steps // 2), seed=seed, device=device)
         config = dataclasses.replace(config, sac=dataclasses.replace(config.sac, reward_scale=choice.reward_scale))
-        chosen_scale = {"reward_scale_choice": choice.as_dict()}
+        chosen_scale = {"reward_scale_choice": dataclasses.asdict(choice)}
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     meta = {

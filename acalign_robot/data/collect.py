@@ -216,12 +216,7 @@ class BehaviourRun:
         settings = {"env_id": env_id, "steps": steps, "seed": seed, "eval_every": eval_every, "warmup": warmup}
         resume = None
         if self.resume_path.exists():
-            saved = torch.load(self.resume_path, weights_only=True)
-            if json.loads(saved["settings"]) != settings:
-                raise DatasetError(
-                    f"{self.resume_path} continues a behaviour run with {saved['settings']}, not "
-                    f"{json.dumps(settings)}: remove it to start again"
-                )
+            saved = self._read_resume_point(settings)
             agent.load_state_dict(saved["agent"])
             buffer = buffer_from_state(saved["buffer"], obs_dim, action_dim)
             recorder = _EpisodeRecorder.from_state(saved["recorder"])
@@ -288,6 +283,29 @@ class BehaviourRun:
         )
         (self.directory / "done.json").write_text(json.dumps({"env_id": env_id, "steps": steps, "seed": seed}))
         self.resume_path.unlink(missing_ok=True)
+
+    def _read_resume_point(self, settings: dict) -> dict:
+        """resume.pt, checked against this run's settings before its buffer is allocated; a damaged or foreign one is
+        a DatasetError naming it."""
+        import torch
+
+        try:
+            saved = torch.load(self.resume_path, weights_only=True)
+            held = json.loads(saved["settings"])
+            capacity, step = int(saved["buffer"]["capacity"]), int(saved["loop"]["step"])
+        except Exception as exc:  # a truncated zip, a pickle outside weights_only's allowlist, a missing key
+            raise DatasetError(f"{self.resume_path} is damaged ({exc!r}): remove it to start the run again") from None
+        if held != settings:
+            raise DatasetError(
+                f"{self.resume_path} continues a behaviour run with {json.dumps(held)}, not "
+                f"{json.dumps(settings)}: remove it to start again"
+            )
+        if capacity != settings["steps"] or not 0 < step <= settings["steps"]:
+            raise DatasetError(
+                f"{self.resume_path} holds a buffer of {capacity} transitions at step {step} for a "
+                f"{settings['steps']}-step run: remove it to start again"
+            )
+        return saved
 
     def _forget_after(self, step: int) -> None:
         """Drop the evaluations and metrics a stopped run logged after its last resume point (all of them when it

@@ -65,3 +65,12 @@ def test_a_stopped_behaviour_run_continues_to_the_same_snapshots_and_episodes(tm
         np.testing.assert_array_equal(ours[name], theirs[name])
     logged = [json.loads(line)["step"] for line in (resumed.directory / "metrics.jsonl").read_text().splitlines()]
     assert logged == sorted(set(logged))  # the steps logged before the stop are not logged twice
+
+
+def test_a_damaged_resume_point_is_named_and_nothing_is_trained(tmp_path):
+    run = BehaviourRun(tmp_path / "run")
+    run.directory.mkdir(parents=True)
+    run.resume_path.write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    with pytest.raises(DatasetError, match=r"resume\.pt is damaged .*remove it to start the run again"):
+        run.train(**SETTINGS)
+    assert not run.complete and not (run.directory / "snapshots").exists()
