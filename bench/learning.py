@@ -87,8 +87,12 @@ def config_overrides(overrides: list[str]) -> list[str]:
     return [argument for override in overrides for argument in ("--set", override)]
 
 
+def offline_checkpoint_of(out: Path, dataset: str) -> Path:
+    return out / dataset / "offline" / "offline.pt"
+
+
 def pretrain(dataset: str, preset: str, scale: Scale, out: Path, overrides: list[str]) -> Path:
-    checkpoint = out / dataset / "offline" / "offline.pt"
+    checkpoint = offline_checkpoint_of(out, dataset)
     if checkpoint.exists():
         return checkpoint
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -181,9 +185,10 @@ def finetune_schedule(scale: Scale) -> list[str]:
     ]
 
 
-def online_run(offline: Path, method: str, seed: int, scale: Scale, overrides: list[str]) -> Path:
+def online_run(offline: Path, method: str, seed: int, scale: Scale, overrides: list[str], reused: set[Path]) -> Path:
+    """One seed's online run, unless its directory is among the finished runs `reused` (main checks them first)."""
     run_dir, inputs = run_dir_of(offline, method, seed), run_inputs(method, scale, overrides)
-    if finished(run_dir, inputs):
+    if run_dir in reused:
         return run_dir
     aligned = aligned_checkpoint(offline, method, run_dir, overrides, inputs)
     acalign(
@@ -199,7 +204,9 @@ def online_run(offline: Path, method: str, seed: int, scale: Scale, overrides: l
     return run_dir
 
 
-def batched_online_runs(offline: Path, method: str, seeds: int, scale: Scale, overrides: list[str]) -> list[Path]:
+def batched_online_runs(
+    offline: Path, method: str, seeds: int, scale: Scale, overrides: list[str], reused: set[Path]
+) -> list[Path]:
     """Every unfinished seed of `method` in one `acalign finetune` process (a seed batch, algo/seed_batch.py): each
     aligned as `online_run` aligns it, then trained as one batched learner. Each seed's run directory is what
     `online_run` writes (the same run to float32 rounding); the batch's output goes to <dataset>/<method>-batch-log.txt.
@@ -208,7 +215,7 @@ def batched_online_runs(offline: Path, method: str, seeds: int, scale: Scale, ov
         [run_dir_of(offline, method, seed) for seed in range(seeds)],
         run_inputs(method, scale, overrides),
     )
-    pending = [(seed, run_dir) for seed, run_dir in enumerate(run_dirs) if not finished(run_dir, inputs)]
+    pending = [(seed, run_dir) for seed, run_dir in enumerate(run_dirs) if run_dir not in reused]
     if not pending:
         return run_dirs
     aligned = [str(aligned_checkpoint(offline, method, run_dir, overrides, inputs)) for _, run_dir in pending]
@@ -389,11 +396,14 @@ def main() -> None:
         next((k for k in ("medium-replay", "medium-expert", "medium", "expert", "random") if k in name), "medium")
         for name in args.datasets
     ]
-    for dataset in args.datasets:  # refuse a mismatched finished run before any work (finished() exits 2)
+    # The finished runs to reuse, found before any work: one made with other inputs stops the bench here (exit 2).
+    reused: set[Path] = set()
+    for dataset in args.datasets:
         for method in args.methods:
             for seed in range(args.seeds):
-                run_dir = out / dataset / f"{method}-seed{seed}"
-                finished(run_dir, run_inputs(method, scale, args.set))
+                run_dir = run_dir_of(offline_checkpoint_of(out, dataset), method, seed)
+                if finished(run_dir, run_inputs(method, scale, args.set)):
+                    reused.add(run_dir)
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         offline = dict(
@@ -404,14 +414,14 @@ def main() -> None:
         )
         if args.batched_seeds:
             batches = {
-                (d, m): pool.submit(batched_online_runs, offline[d], m, args.seeds, scale, args.set)
+                (d, m): pool.submit(batched_online_runs, offline[d], m, args.seeds, scale, args.set, reused)
                 for d in args.datasets
                 for m in args.methods
             }
             run_dirs = {(d, m, s): run_dir for (d, m), job in batches.items() for s, run_dir in enumerate(job.result())}
         else:
             jobs = {
-                (d, m, s): pool.submit(online_run, offline[d], m, s, scale, args.set)
+                (d, m, s): pool.submit(online_run, offline[d], m, s, scale, args.set, reused)
                 for d in args.datasets
                 for m in args.methods
                 for s in range(args.seeds)
