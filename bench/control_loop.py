@@ -160,6 +160,7 @@ def run_setting(setting: Setting, seconds: float, policy_dir: Path, workdir: Pat
         with ZmqControlClient(endpoint) as client:  # the driver's own timing of the env step (its physics)
             reply = client.request(p.Stats(source="bench", values={}), 5.0)
         stats["env_step_p50_s"] = reply.values["step_time_p50_s"]
+        stats["driver_service_p50_s"] = reply.values["service_time_p50_s"]
         return stats
 
 
@@ -261,6 +262,8 @@ def main() -> None:
                         "paced_floor": paced_floor,
                         "ratio_to_paced_floor_p50": stats["tick_p50_s"] / paced_floor["p50_s"],
                         "env_step_p50_s": stats["env_step_p50_s"],
+                        # The driver's share of `obs`: a Step from its arrival to its reply queued (physics included).
+                        "driver_service_p50_s": stats["driver_service_p50_s"],
                         # Issue 20's floor: what a tick cannot avoid, the paced round trip + inference + physics.
                         "ratio_to_paced_floor_with_physics_p50": stats["tick_p50_s"]
                         / (paced_floor["p50_s"] + stats["env_step_p50_s"]),
@@ -280,7 +283,7 @@ def main() -> None:
         f"\n{'target Hz':>9} {'link':>4} {'wait':>5} {'prio':>4} {'log':>4} {'achieved':>9} {'ticks':>7} "
         f"{'p50 us':>8} {'p99 us':>8} {'max us':>8} {'misses':>7} {'miss %':>7} {'bare %':>7} "
         f"{'p50/floor':>9} {'paced floor us':>14} {'p50/paced':>9} {'physics us':>10} {'p50/(paced+phys)':>16}"
-        f" {'extra misses pp':>15}   sections p50 us (infer/filter/obs/send)"
+        f" {'extra misses pp':>15} {'driver us':>9}   sections p50 us (infer/filter/obs/send)"
     )
     for r in rows:
         print(
@@ -292,7 +295,8 @@ def main() -> None:
             f"{r['ratio_to_floor_p50']:>9.2f} {r['paced_floor']['p50_s'] * us:>14.0f} "
             f"{r['ratio_to_paced_floor_p50']:>9.2f} {r['env_step_p50_s'] * us:>10.0f} "
             f"{r['ratio_to_paced_floor_with_physics_p50']:>16.2f} "
-            f"{100 * (r['miss_fraction'] - r['bare_loop']['miss_fraction']):>15.2f}   "
+            f"{100 * (r['miss_fraction'] - r['bare_loop']['miss_fraction']):>15.2f} "
+            f"{r['driver_service_p50_s'] * us:>9.0f}   "
             + "/".join(f"{r[f'{name}_p50_s'] * us:.0f}" for name in ("infer", "filter", "obs", "send"))
         )
     out = Path(args.out)
@@ -305,7 +309,8 @@ def main() -> None:
         " the floor's round trip + inference at the row's rate and priority, sleeping between iterations like the"
         " controller;"
         " prio: SCHED_FIFO priority of controller and driver (0: normal scheduler);"
-        " physics: the driver's env step (p50); extra misses pp: miss % minus bare %."
+        " physics: the driver's env step (p50); extra misses pp: miss % minus bare %;"
+        " driver: the driver's own time per Step (arrival to reply queued, physics included), part of obs."
         "\nTargets (issue 20): extra misses <= 0.1 pp and p50/(paced+phys) <= 1.3 at 500 Hz and 1 kHz."
     )
     print(f"wrote {out}")
