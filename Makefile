@@ -44,13 +44,16 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 # The learning benchmark's medium datasets, made from the behaviour snapshots shipped under policies/behaviour
-# (minutes; bit for bit the halfcheetah-medium-d4rl of docs/results.md and the hopper-medium made there 2026-12-07).
+# (minutes; bit for bit the halfcheetah-medium-d4rl of docs/results.md, the hopper-medium made there 2026-12-07 and the
+# walker2d-medium made there 2026-12-08 from a 300k-step behaviour run).
 # medium-replay needs each env's full behaviour run, trained once under runs/ (20-50 min) by
 # `acalign collect --env ENV --policy sac --kind medium-replay --name NAME`.
 bench-data: $(STAMP)
 	MUJOCO_GL=egl $(BIN)/acalign collect --env HalfCheetah-v5 --policy sac --kind medium --name halfcheetah-medium-d4rl \
 		--runs-dir policies
 	MUJOCO_GL=egl $(BIN)/acalign collect --env Hopper-v5 --policy sac --kind medium --name hopper-medium \
+		--runs-dir policies
+	MUJOCO_GL=egl $(BIN)/acalign collect --env Walker2d-v5 --policy sac --kind medium --name walker2d-medium \
 		--runs-dir policies
 
 clean:
