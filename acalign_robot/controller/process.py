@@ -454,14 +454,14 @@ class Controller:
         there; otherwise a later tick's, and once it is a whole period late, now. It costs ~1-2 ms with the caches
         cold from sleeping (summaries, JSON, a file), more than a 500 Hz tick leaves idle: written at once, it made
         a tick late every second (docs/results.md, control loop)."""
-        since_s = time.monotonic() - self._last_stats_s
+        now = time.monotonic()
+        since_s = now - self._last_stats_s
         if since_s < self.config.stats_every_s:
             return
-        fits = deadline - time.perf_counter() > self._status_cost_s
-        if fits or since_s >= 2 * self.config.stats_every_s:
-            began = time.perf_counter()
-            self._last_stats_s = time.monotonic()
-            self._publish_stats(self.stats(self._last_stats_s - started))
+        began = time.perf_counter()
+        if deadline - began > self._status_cost_s or since_s >= 2 * self.config.stats_every_s:
+            self._last_stats_s = now
+            self._publish_stats(self.stats(now - started))
             self._status_cost_s = time.perf_counter() - began
 
     def _sleep_until(self, deadline: float) -> float:

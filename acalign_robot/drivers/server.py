@@ -384,14 +384,10 @@ class DriverServer:
 
     def _stats_values(self) -> dict[str, p.Scalar]:
         values = {k: v for k, v in vars(self.stats).items() if not isinstance(v, collections.deque)}
-        if self.stats.step_time_s:
-            times = np.asarray(self.stats.step_time_s)
-            values["step_time_p50_s"] = float(np.percentile(times, 50))
-            values["step_time_p99_s"] = float(np.percentile(times, 99))
-        if self.stats.service_time_s:
-            times = np.asarray(self.stats.service_time_s)
-            values["service_time_p50_s"] = float(np.percentile(times, 50))
-            values["service_time_p99_s"] = float(np.percentile(times, 99))
+        for name, times in (("step_time", self.stats.step_time_s), ("service_time", self.stats.service_time_s)):
+            if times:
+                p50, p99 = np.percentile(times, (50, 99))
+                values[f"{name}_p50_s"], values[f"{name}_p99_s"] = float(p50), float(p99)
         values["estopped"] = self.estopped
         return values | {f"transport_{k}": v for k, v in self.server.counters.as_dict().items()}
 
