@@ -7,11 +7,12 @@ DEALER/ROUTER round trip to an echo process plus one onnxruntime call of the sam
 paced at each rate (sleeping between iterations as the controller does). The driver runs Hopper-v5 with one 2 ms
 physics step per tick (sim/hopper_500hz.yaml), as fast as asked (no real-time pacing), so the controller's rate is
 what is measured. Options compare the link (loopback TCP or ipc://), the scheduler (`--priority`: SCHED_FIFO for
-controller and driver, realtime.py) and a machine shared with CPU-bound work (`--load`: stand-ins for
-learners). Prints a table and writes bench/out/control_loop.json.
+controller and driver, realtime.py), pinned cores (`--pin`: the controller, the floor's loop and the bare loop on
+core 0, the driver and the floor's echo process on core 1, realtime.cpu_affinity) and a machine shared with CPU-bound
+work (`--load`: stand-ins for learners). Prints a table and writes bench/out/control_loop.json.
 
     python bench/control_loop.py [--seconds 5] [--rates 100 500 1000] [--logging on|off|both] [--wait sleep|spin|both]
-        [--transport tcp|ipc|both] [--priority 0 50] [--load N]
+        [--transport tcp|ipc|both] [--priority 0 50] [--pin off|on|both] [--load N]
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ from acalign_robot.wire.transport import ZmqControlClient
 ECHO_SERVER = """
 import sys, zmq
 from acalign_robot.realtime import RealtimeConfig, apply
-apply(RealtimeConfig(priority=int(sys.argv[2]) or None), "echo")  # before the context: its I/O thread inherits it
+cores = tuple(int(core) for core in sys.argv[3].split(",")) if sys.argv[3] else None
+apply(RealtimeConfig(priority=int(sys.argv[2]) or None, cpu_affinity=cores), "echo")  # before the context: its I/O
+# thread inherits it
 socket = zmq.Context().socket(zmq.ROUTER)
 socket.setsockopt(zmq.LINGER, 0)
 socket.bind(sys.argv[1])
@@ -50,29 +53,44 @@ while True:
 """
 
 
+# `--pin`: the controller's side of a tick (and the loops measured beside it) on one core, the driver's side on another.
+CONTROLLER_CORES = (0,)
+DRIVER_CORES = (1,)
+
+
 @contextlib.contextmanager
-def scheduled(priority: int) -> Iterator[None]:
-    """The calling thread under SCHED_FIFO at `priority` (0: the normal scheduler) for the block."""
-    realtime.apply(RealtimeConfig(priority=priority or None), "bench")
+def scheduled(priority: int, cores: tuple[int, ...] | None = None) -> Iterator[None]:
+    """The calling thread under SCHED_FIFO at `priority` (0: the normal scheduler) and pinned to `cores` (None: all)
+    for the block."""
+    everywhere = os.sched_getaffinity(0)
+    realtime.apply(RealtimeConfig(priority=priority or None, cpu_affinity=cores), "bench")
     try:
         yield
     finally:
         realtime.leave_realtime()
+        os.sched_setaffinity(0, everywhere)
 
 
 def measure_floor(
-    policy_dir: Path, endpoint: str, rate_hz: float | None = None, priority: int = 0, calls: int = 5000
+    policy_dir: Path,
+    endpoint: str,
+    rate_hz: float | None = None,
+    priority: int = 0,
+    pin: bool = False,
+    calls: int = 5000,
 ) -> dict[str, float]:
     """Bare DEALER/ROUTER round trip (echo process) + one onnxruntime call, per iteration, p50/p99: back to back, or
     paced at `rate_hz` (sleeping to each deadline as the controller does, so both processes wake up every time);
-    both ends under SCHED_FIFO at `priority` (0: the normal scheduler)."""
+    both ends under SCHED_FIFO at `priority` (0: the normal scheduler) and, with `pin`, on the controller's and the
+    driver's cores."""
     import zmq
 
     from acalign_robot.policy.runner import PolicyRunner
 
-    command = [sys.executable, "-c", ECHO_SERVER, endpoint, str(priority)]
+    echo_cores = ",".join(map(str, DRIVER_CORES)) if pin else ""
+    command = [sys.executable, "-c", ECHO_SERVER, endpoint, str(priority), echo_cores]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    with scheduled(priority):
+    with scheduled(priority, CONTROLLER_CORES if pin else None):
         context = zmq.Context()  # made inside the block: its I/O thread runs under the same scheduling as the loop
         try:
             server.stdout.readline()
@@ -105,15 +123,17 @@ def measure_floor(
     }
 
 
-def bare_loop_misses(rate_hz: float, seconds: float, work_s: float, priority: int = 0) -> dict[str, float]:
+def bare_loop_misses(
+    rate_hz: float, seconds: float, work_s: float, priority: int = 0, pin: bool = False
+) -> dict[str, float]:
     """The machine's own share of deadline misses: a loop that only sleeps to each deadline, at the same rate and
-    under the same scheduling as the run (`priority`: SCHED_FIFO, 0: normal), and counts the wake-ups late by more
-    than the period minus `work_s` (the controller's median tick): the ticks that would miss if every tick did the
-    median work."""
+    under the same scheduling as the run (`priority`: SCHED_FIFO, 0: normal; `pin`: the controller's core), and
+    counts the wake-ups late by more than the period minus `work_s` (the controller's median tick): the ticks that
+    would miss if every tick did the median work."""
     period_s = 1.0 / rate_hz
     ticks = int(seconds * rate_hz)
     late = np.zeros(ticks)
-    with scheduled(priority):
+    with scheduled(priority, CONTROLLER_CORES if pin else None):
         deadline = time.perf_counter() + period_s
         for i in range(ticks):
             now = time.perf_counter()
@@ -135,17 +155,30 @@ class Setting(NamedTuple):
     spin: bool
     transport: str
     priority: int  # SCHED_FIFO priority of controller and driver (realtime.priority); 0: the normal scheduler
+    pin: bool  # controller on CONTROLLER_CORES, driver on DRIVER_CORES (realtime.cpu_affinity)
 
     @property
     def label(self) -> str:
         wait = "spin" if self.spin else "sleep"
-        return f"{self.rate_hz:g}-{'log' if self.log else 'nolog'}-{wait}-{self.transport}-prio{self.priority}"
+        pinned = "-pinned" if self.pin else ""
+        return f"{self.rate_hz:g}-{'log' if self.log else 'nolog'}-{wait}-{self.transport}-prio{self.priority}{pinned}"
+
+
+def realtime_section(setting: Setting, cores: tuple[int, ...]) -> dict:
+    """The `realtime:` section of one of the setting's two processes; `cores`: that process's cores when pinned."""
+    section: dict = {"priority": setting.priority} if setting.priority else {}
+    if setting.pin:
+        section["cpu_affinity"] = list(cores)
+    return section
 
 
 def run_setting(setting: Setting, seconds: float, policy_dir: Path, workdir: Path) -> dict:
-    realtime_section = {"priority": setting.priority} if setting.priority else {}
     with hopper_driver(
-        workdir, setting.label, spin_wait=setting.spin, transport=setting.transport, realtime=realtime_section
+        workdir,
+        setting.label,
+        spin_wait=setting.spin,
+        transport=setting.transport,
+        realtime=realtime_section(setting, DRIVER_CORES),
     ) as endpoint:
         fields = {
             "driver_endpoint": endpoint,
@@ -154,7 +187,7 @@ def run_setting(setting: Setting, seconds: float, policy_dir: Path, workdir: Pat
             "duration_s": seconds,
             "log": setting.log,
             "spin_wait": setting.spin,
-            "realtime": realtime_section,
+            "realtime": realtime_section(setting, CONTROLLER_CORES),
         }
         stats = run_controller(workdir, setting.label, fields, seconds + 120)
         with ZmqControlClient(endpoint) as client:  # the driver's own timing of the env step (its physics)
@@ -213,18 +246,26 @@ def main() -> None:
         "to compare (needs root or CAP_SYS_NICE)",
     )
     parser.add_argument(
+        "--pin",
+        choices=("off", "on", "both"),
+        default="off",
+        help=f"controller (and the floor's and the bare loop) on cores {list(CONTROLLER_CORES)}, driver (and the "
+        f"floor's echo) on {list(DRIVER_CORES)} (realtime.cpu_affinity); both: each setting pinned and not",
+    )
+    parser.add_argument(
         "--load", type=int, default=0, help="CPU-bound background processes during the runs (stand-ins for learners)"
     )
     parser.add_argument("--out", default="bench/out/control_loop.json")
     args = parser.parse_args()
     settings = [
-        Setting(rate, log, spin, transport, priority)
-        for rate, spin, log, transport, priority in itertools.product(
+        Setting(rate, log, spin, transport, priority, pin)
+        for rate, spin, log, transport, priority, pin in itertools.product(
             args.rates,
             {"sleep": (False,), "spin": (True,), "both": (False, True)}[args.wait],
             {"on": (True,), "off": (False,), "both": (False, True)}[args.logging],
             ("tcp", "ipc") if args.transport == "both" else (args.transport,),
             args.priority,
+            {"off": (False,), "on": (True,), "both": (False, True)}[args.pin],
         )
     ]
     with tempfile.TemporaryDirectory() as tmp:
@@ -241,6 +282,7 @@ def main() -> None:
                     bench_endpoint(workdir, setting.transport),
                     rate_hz=setting.rate_hz,
                     priority=setting.priority,
+                    pin=setting.pin,
                     calls=2000,
                 )
                 rows.append(
@@ -268,7 +310,7 @@ def main() -> None:
                         "ratio_to_paced_floor_with_physics_p50": stats["tick_p50_s"]
                         / (paced_floor["p50_s"] + stats["env_step_p50_s"]),
                         "bare_loop": bare_loop_misses(
-                            setting.rate_hz, args.seconds, stats["tick_p50_s"], setting.priority
+                            setting.rate_hz, args.seconds, stats["tick_p50_s"], setting.priority, setting.pin
                         ),
                     }
                 )
@@ -280,7 +322,7 @@ def main() -> None:
         )
     print(f"background load: {args.load} CPU-bound processes")
     print(
-        f"\n{'target Hz':>9} {'link':>4} {'wait':>5} {'prio':>4} {'log':>4} {'achieved':>9} {'ticks':>7} "
+        f"\n{'target Hz':>9} {'link':>4} {'wait':>5} {'prio':>4} {'pin':>3} {'log':>4} {'achieved':>9} {'ticks':>7} "
         f"{'p50 us':>8} {'p99 us':>8} {'max us':>8} {'misses':>7} {'miss %':>7} {'bare %':>7} "
         f"{'p50/floor':>9} {'paced floor us':>14} {'p50/paced':>9} {'physics us':>10} {'p50/(paced+phys)':>16}"
         f" {'extra misses pp':>15} {'driver us':>9}   sections p50 us (infer/filter/obs/send)"
@@ -288,6 +330,7 @@ def main() -> None:
     for r in rows:
         print(
             f"{r['rate_hz']:>9.0f} {r['transport']:>4} {'spin' if r['spin'] else 'sleep':>5} {r['priority']:>4} "
+            f"{'on' if r['pin'] else 'off':>3} "
             f"{'on' if r['log'] else 'off':>4} {r['achieved_hz']:>9.1f} {r['ticks']:>7} "
             f"{r['tick_p50_s'] * us:>8.0f} {r['tick_p99_s'] * us:>8.0f} {r['tick_max_s'] * us:>8.0f} "
             f"{r['deadline_misses']:>7} {100 * r['miss_fraction']:>6.2f}% "
@@ -309,6 +352,8 @@ def main() -> None:
         " the floor's round trip + inference at the row's rate and priority, sleeping between iterations like the"
         " controller;"
         " prio: SCHED_FIFO priority of controller and driver (0: normal scheduler);"
+        f" pin: controller, floor loop and bare loop on cores {list(CONTROLLER_CORES)}, driver and echo on"
+        f" {list(DRIVER_CORES)};"
         " physics: the driver's env step (p50); extra misses pp: miss % minus bare %;"
         " driver: the driver's own time per Step (arrival to reply queued, physics included), part of obs."
         "\nTargets (issue 20): extra misses <= 0.1 pp and p50/(paced+phys) <= 1.3 at 500 Hz and 1 kHz."
