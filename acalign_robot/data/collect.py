@@ -351,17 +351,20 @@ def _pack_episodes(episodes: list[EpisodeRecord]) -> dict[str, np.ndarray]:
 
 
 def _unpack_episodes(data) -> list[EpisodeRecord]:
+    # Each array read once: indexing an NpzFile decompresses the whole array again on every access, and every
+    # episode's slice would keep its own full copy alive (a 210k-step run grew past 12 GB).
+    arrays = {name: data[name] for name in ("observations", "actions", "rewards", "terminations", "truncations")}
     episodes, step_offset, obs_offset = [], 0, 0
     for length in data["lengths"]:
         length = int(length)
         steps = slice(step_offset, step_offset + length)
         episodes.append(
             EpisodeRecord(
-                observations=data["observations"][obs_offset : obs_offset + length + 1],
-                actions=data["actions"][steps],
-                rewards=data["rewards"][steps],
-                terminations=data["terminations"][steps],
-                truncations=data["truncations"][steps],
+                observations=arrays["observations"][obs_offset : obs_offset + length + 1],
+                actions=arrays["actions"][steps],
+                rewards=arrays["rewards"][steps],
+                terminations=arrays["terminations"][steps],
+                truncations=arrays["truncations"][steps],
             )
         )
         step_offset += length
