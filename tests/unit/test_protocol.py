@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import struct
 import tracemalloc
 
 import msgpack
@@ -153,7 +154,8 @@ def assert_same(a, b) -> None:
 
 
 def raw_of(message) -> dict:
-    return msgpack.unpackb(encode(message))
+    """The message's map form, unpacked (Step and StepReply travel in the fixed layout by default)."""
+    return msgpack.unpackb(encode(message, fixed_layout=False))
 
 
 def packed(raw: dict) -> bytes:
@@ -606,3 +608,96 @@ def test_a_render_reply_is_an_rgb_frame_of_bounded_size(rgb):
     raw["rgb"] = raw_of(RenderReply(rgb=np.zeros((1, 1, 3), np.uint8)))["rgb"][:1] + [list(rgb.shape), rgb.tobytes()]
     raw["rgb"][0] = {"uint8": "uint8", "float32": "float32"}[str(rgb.dtype)]
     assert code_of(packed(raw), accept=CONTROL_REPLIES) == "field"
+
+
+# --- Step and StepReply in the fixed layout ---------------------------------------------------------------------------
+
+FIXED_HEADS = {"step": "<BBBBHq", "step_reply": "<BBBBHqddBqH"}  # the layout as protocol.py documents it
+
+
+def fixed_step(action=(0.5, -0.25), tick: int = 9) -> bytes:
+    return encode(Step(tick=tick, action=np.asarray(action, np.float32)))
+
+
+def fixed_reply(info=None, **fields) -> bytes:
+    return encode(dataclasses.replace(step_reply_with(info or {}), **fields))
+
+
+def test_step_and_step_reply_travel_in_the_fixed_layout_and_read_as_the_map_does():
+    messages = [m for m in every_message() if type(m) in (Step, StepReply)]
+    for message in messages:
+        fixed, mapped = encode(message), encode(message, fixed_layout=False)
+        assert fixed[:1] == b"\xc1" and mapped[:1] != b"\xc1" and len(fixed) < len(mapped)
+        assert_same(decode(fixed), decode(mapped))
+        assert_same(message, decode(fixed))
+    flags = decode(fixed_reply(terminated=True, estopped=True, clears=2**40, tick=-(2**63)))
+    assert (flags.terminated, flags.truncated, flags.watchdog_fired, flags.safe_action_applied, flags.estopped) == (
+        True, False, False, False, True,
+    )  # fmt: skip
+    assert flags.clears == 2**40 and flags.tick == -(2**63)
+
+
+def test_what_the_fixed_layout_cannot_hold_travels_as_a_map():
+    for message in (
+        Step(tick=2**63, action=np.zeros(2, np.float32)),  # a tick beyond int64
+        Step(tick=0, action=np.zeros((2, 2), np.float32)),  # not 1-D
+        Step(tick=0, action=np.zeros(2, np.int32)),  # not a float
+        Step(tick=0, action=np.zeros(2, ">f8")),  # big-endian: the map form converts it
+        StepReply(tick=0, obs=[0.0, 1.0], reward=0.0, terminated=False, truncated=False, driver_time_s=0.0),
+    ):
+        frame = encode(message)
+        assert frame[:1] != b"\xc1"
+        assert type(decode(frame)) is type(message)
+
+
+def test_fixed_frames_keep_every_bound_of_the_map_form():
+    assert code_of(b"\xc1\x07" + bytes(20)) == "type"  # no such kind
+    assert code_of(fixed_step(), accept=CONTROL_REPLIES) == "type"  # a Step is no reply
+    assert code_of(fixed_reply(), accept=CONTROL_REQUESTS) == "type"
+
+    def with_head(frame: bytes, tag: str, index: int, value) -> bytes:
+        head = struct.Struct(FIXED_HEADS[tag])
+        fields = list(head.unpack_from(frame))
+        fields[index] = value
+        return head.pack(*fields) + frame[head.size :]
+
+    step, reply = fixed_step(), fixed_reply({"temp_c": 40.5})
+    assert code_of(with_head(step, "step", 2, PROTOCOL_VERSION - 1)) == "version"
+    assert code_of(with_head(step, "step", 3, 2)) == "array"  # dtype code: only float32 and float64
+    assert code_of(with_head(step, "step", 4, MAX_SPACE_ELEMENTS + 1)) == "array"  # before any length is trusted
+    assert code_of(with_head(step, "step", 4, 3)) == "malformed"  # says 3 values, holds 2
+    assert code_of(with_head(reply, "step_reply", 8, 1 << 5)) == "field"  # a flag bit no flag uses
+    assert code_of(with_head(reply, "step_reply", 10, 1000)) == "malformed"  # info said longer than the frame
+    head = struct.calcsize(FIXED_HEADS["step_reply"]) + 3 * 4
+    assert code_of(reply[:head] + b"\xc1" + reply[head + 1 :], accept=CONTROL_REPLIES) == "malformed"  # not msgpack
+    for info, code in (({"n": None}, "field"), ({"k" * (MAX_INFO_KEY_CHARS + 1): 0}, "field"), ([1, 2], "field")):
+        raw_info = packed(info)
+        frame = with_head(reply[:head], "step_reply", 10, len(raw_info)) + raw_info
+        assert code_of(frame, accept=CONTROL_REPLIES) == code
+
+
+def test_a_fixed_frame_info_of_many_objects_is_refused_before_it_is_unpacked():
+    raw_info = packed([[]] * 60_000)  # one container per byte
+    assert len(raw_info) < 2**16  # fits the layout's info length
+    head = struct.Struct(FIXED_HEADS["step_reply"])
+    fields = list(head.unpack_from(fixed_reply()))
+    fields[10] = len(raw_info)
+    frame = head.pack(*fields) + np.zeros(3, np.float32).tobytes() + raw_info
+    assert peak_allocation_while(lambda: code_of(frame, accept=CONTROL_REPLIES)) < len(frame) // 4
+    assert code_of(frame, accept=CONTROL_REPLIES) == "size"
+
+
+def test_fixed_frame_arrays_are_read_only_views_whatever_buffer_holds_the_frame():
+    for frame in (fixed_step(), bytearray(fixed_step()), memoryview(bytearray(fixed_step()))):
+        action = decode(frame).action
+        assert not action.flags.writeable
+        np.testing.assert_array_equal(action, np.asarray((0.5, -0.25), np.float32))
+
+
+def test_random_frames_behind_the_fixed_marker_raise_only_protocol_error():
+    rng = np.random.default_rng(4321)
+    for _ in range(2000):
+        kind = int(rng.choice([1, 2, int(rng.integers(256))]))
+        body = rng.integers(0, 256, size=int(rng.integers(0, 120)), dtype=np.uint8).tobytes()
+        with pytest.raises(ProtocolError):
+            decode(b"\xc1" + bytes([kind, PROTOCOL_VERSION]) + body)
