@@ -3,6 +3,9 @@
 Three measurements, Hopper's sizes (obs 11 float64 from MuJoCo, action 3 float32):
 - codec: encode + decode of one message, timed per call with perf_counter_ns: Step, StepReply, TransitionBatch of
   64 transitions (float32), and a 300 KB Policy for scale;
+- the codec cold, as a control tick runs it: each of a tick's four calls (Step and StepReply, the reply carrying the
+  MuJoCo driver's `applied_action` info) after a 2 ms sleep, p50 over `--cold-calls`, in the map form and in the
+  fixed layout (protocol.py), the two alternating;
 - control round trip: ZmqControlClient.request(Step) -> StepReply against a ZmqControlServer in another process
   (like a driver), tcp on 127.0.0.1, `--requests` timed requests after a warm-up;
 - transitions: ZmqTransitionSender -> ZmqTransitionReceiver (in another process, decoding every batch), 64
@@ -13,12 +16,13 @@ Targets: codec Step and StepReply encode+decode p50 <= 10 us each; round trip p5
 socket ~115 us, REQ/REP 180-240 us on these machines); >= 200k transitions/s (a 1 kHz controller makes 1k/s).
 Prints a table and writes bench/out/transport.json.
 
-    python bench/transport.py [--requests 5000] [--messages 3000] [--codec-calls 20000]
+    python bench/transport.py [--requests 5000] [--messages 3000] [--codec-calls 20000] [--cold-calls 500]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -33,6 +37,8 @@ import zmq
 
 from acalign_robot.wire.channels import free_tcp_endpoint
 from acalign_robot.wire.protocol import (
+    CONTROL_REPLIES,
+    CONTROL_REQUESTS,
     Policy,
     Step,
     StepReply,
@@ -94,6 +100,37 @@ def time_codec(message, calls: int) -> dict[str, float]:
         decode(encode(message))
         samples[i] = time.perf_counter_ns() - start
     return {"frame_bytes": len(frame), **percentiles_us(samples)}
+
+
+def time_codec_cold(calls: int, sleep_s: float = 0.002) -> dict[str, dict[str, float]]:
+    """p50 us of each codec call of a control tick, each after `sleep_s` of sleep (caches and predictors cold, as
+    after a tick's idle time), map form against fixed layout, alternating which goes first."""
+    request = step(1)
+    reply = dataclasses.replace(step_reply(1), info={"applied_action": request.action.astype(np.float64)})
+    frames = {fixed: (encode(request, fixed), encode(reply, fixed)) for fixed in (False, True)}
+    calls_of_a_tick = {
+        "encode Step": lambda fixed: encode(request, fixed),
+        "decode Step": lambda fixed: decode(frames[fixed][0], accept=CONTROL_REQUESTS),
+        "encode StepReply": lambda fixed: encode(reply, fixed),
+        "decode StepReply": lambda fixed: decode(frames[fixed][1], accept=CONTROL_REPLIES),
+    }
+    samples = {(name, fixed): np.empty(calls, np.int64) for name in calls_of_a_tick for fixed in (False, True)}
+    for i in range(calls):
+        for name, call in calls_of_a_tick.items():
+            for fixed in (i % 2 == 0, i % 2 == 1):
+                time.sleep(sleep_s)
+                start = time.perf_counter_ns()
+                call(fixed)
+                samples[name, fixed][i] = time.perf_counter_ns() - start
+    table = {
+        name: {form: float(np.median(samples[name, fixed])) / 1e3 for form, fixed in (("map", False), ("fixed", True))}
+        for name in calls_of_a_tick
+    }
+    table["a tick's four calls"] = {form: sum(row[form] for row in table.values()) for form in ("map", "fixed")}
+    table["bytes Step / StepReply"] = {
+        form: f"{len(frames[fixed][0])} / {len(frames[fixed][1])}" for form, fixed in (("map", False), ("fixed", True))
+    }
+    return table
 
 
 def serve_steps(endpoint: str) -> None:
@@ -191,6 +228,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=500, help="untimed requests first (default 500)")
     parser.add_argument("--messages", type=int, default=3_000, help="transition batches of 64 (default 3000)")
     parser.add_argument("--codec-calls", type=int, default=20_000, help="timed encode+decode calls (default 20000)")
+    parser.add_argument("--cold-calls", type=int, default=500, help="cold calls of each kind and form (default 500)")
     args = parser.parse_args()
 
     codec = {
@@ -199,6 +237,7 @@ def main() -> None:
         f"TransitionBatch({BATCH})": time_codec(transition_batch(0), args.codec_calls // 4),
         "Policy(300 KB)": time_codec(Policy(version=1, onnx=bytes(300_000), manifest={"obs_dim": 11}), 200),
     }
+    cold = time_codec_cold(args.cold_calls)
     control = round_trip(args.requests, args.warmup)
     stream = transitions(args.messages)
     verdicts = {
@@ -214,6 +253,12 @@ def main() -> None:
     print(f"{'message':22s} {'bytes':>8s} {'p50 us':>8s} {'p99 us':>8s} {'p99.9 us':>9s}")
     for name, row in codec.items():
         print(f"{name:22s} {row['frame_bytes']:8d} {row['p50_us']:8.2f} {row['p99_us']:8.2f} {row['p99_9_us']:9.2f}")
+    print()
+    print("codec cold: each call of a control tick after a 2 ms sleep, p50 us, map form vs fixed layout")
+    print(f"{'call':22s} {'map':>9s} {'fixed':>9s}")
+    for name, row in cold.items():
+        print(f"{name:22s} {row['map']:>9} {row['fixed']:>9}" if "bytes" in name else
+              f"{name:22s} {row['map']:9.1f} {row['fixed']:9.1f}")  # fmt: skip
     print()
     print(f"control round trip, DEALER/ROUTER over tcp 127.0.0.1, responder process, {args.requests} requests")
     print(f"{'p50 us':>8s} {'p99 us':>8s} {'p99.9 us':>9s} {'max us':>9s} {'timeouts':>9s}")
@@ -249,6 +294,7 @@ def main() -> None:
                 },
                 "config": vars(args) | {"obs_dim": OBS_DIM, "action_dim": ACTION_DIM, "batch": BATCH},
                 "codec_us": codec,
+                "codec_cold_p50_us": cold,
                 "control_round_trip_us": control,
                 "transitions": stream,
                 "targets": verdicts,
