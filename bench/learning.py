@@ -154,9 +154,13 @@ def finished(run_dir: Path, inputs: dict) -> bool:
     return True
 
 
-def aligned_checkpoint(offline: Path, method: str, run_dir: Path, overrides: list[str], inputs: dict) -> Path:
+def aligned_checkpoint(
+    offline: Path, preset: str, method: str, run_dir: Path, overrides: list[str], inputs: dict
+) -> Path:
     """`acalign align` into the run directory (with its `inputs` recorded): each seed's online run starts from its
-    own aligned checkpoint."""
+    own aligned checkpoint. The alignment's settings are the dataset's preset and this run's --set, never what a
+    reused pre-training was given: its stored settings would otherwise carry its --set (a w schedule, say) into every
+    later alignment made without them."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / INPUTS_FILE).write_text(json.dumps(inputs))
     aligned = run_dir / f"aligned-{method}.pt"
@@ -165,6 +169,8 @@ def aligned_checkpoint(offline: Path, method: str, run_dir: Path, overrides: lis
         str(offline),
         "--finetune",
         method,
+        "--preset",
+        preset,
         "--out",
         str(aligned),
         *config_overrides(overrides),
@@ -185,12 +191,14 @@ def finetune_schedule(scale: Scale) -> list[str]:
     ]
 
 
-def online_run(offline: Path, method: str, seed: int, scale: Scale, overrides: list[str], reused: set[Path]) -> Path:
+def online_run(
+    offline: Path, preset: str, method: str, seed: int, scale: Scale, overrides: list[str], reused: set[Path]
+) -> Path:
     """One seed's online run, unless its directory is among the finished runs `reused` (main checks them first)."""
     run_dir, inputs = run_dir_of(offline, method, seed), run_inputs(method, scale, overrides)
     if run_dir in reused:
         return run_dir
-    aligned = aligned_checkpoint(offline, method, run_dir, overrides, inputs)
+    aligned = aligned_checkpoint(offline, preset, method, run_dir, overrides, inputs)
     acalign(
         "finetune",
         str(aligned),
@@ -205,7 +213,7 @@ def online_run(offline: Path, method: str, seed: int, scale: Scale, overrides: l
 
 
 def batched_online_runs(
-    offline: Path, method: str, seeds: int, scale: Scale, overrides: list[str], reused: set[Path]
+    offline: Path, preset: str, method: str, seeds: int, scale: Scale, overrides: list[str], reused: set[Path]
 ) -> list[Path]:
     """Every unfinished seed of `method` in one `acalign finetune` process (a seed batch, algo/seed_batch.py): each
     aligned as `online_run` aligns it, then trained as one batched learner. Each seed's run directory is what
@@ -218,7 +226,7 @@ def batched_online_runs(
     pending = [(seed, run_dir) for seed, run_dir in enumerate(run_dirs) if run_dir not in reused]
     if not pending:
         return run_dirs
-    aligned = [str(aligned_checkpoint(offline, method, run_dir, overrides, inputs)) for _, run_dir in pending]
+    aligned = [str(aligned_checkpoint(offline, preset, method, run_dir, overrides, inputs)) for _, run_dir in pending]
     acalign(
         "finetune",
         *aligned,
@@ -364,7 +372,7 @@ def main() -> None:
         default=[],
         metavar="KEY=VALUE",
         help="ACA config override for pre-training and alignment (repeatable); an existing offline checkpoint in OUT "
-        "is reused as it is",
+        "is reused as it is, and aligned with the dataset's preset and this run's --set only",
     )
     parser.add_argument(
         "--jobs", type=int, default=1, help="online runs (seed batches with --batched-seeds) in parallel, one core each"
@@ -412,16 +420,19 @@ def main() -> None:
                 pool.map(lambda d: pretrain(d[0], d[1], scale, out, args.set), zip(args.datasets, presets)),
             )
         )
+        preset_of = dict(zip(args.datasets, presets))
         if args.batched_seeds:
             batches = {
-                (d, m): pool.submit(batched_online_runs, offline[d], m, args.seeds, scale, args.set, reused)
+                (d, m): pool.submit(
+                    batched_online_runs, offline[d], preset_of[d], m, args.seeds, scale, args.set, reused
+                )
                 for d in args.datasets
                 for m in args.methods
             }
             run_dirs = {(d, m, s): run_dir for (d, m), job in batches.items() for s, run_dir in enumerate(job.result())}
         else:
             jobs = {
-                (d, m, s): pool.submit(online_run, offline[d], m, s, scale, args.set, reused)
+                (d, m, s): pool.submit(online_run, offline[d], preset_of[d], m, s, scale, args.set, reused)
                 for d in args.datasets
                 for m in args.methods
                 for s in range(args.seeds)

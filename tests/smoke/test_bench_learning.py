@@ -47,3 +47,26 @@ def test_batched_seeds_write_the_single_seed_runs_directories(tiny_hopper_datase
     results = json.loads((out / next(out.iterdir()).name / "results.json").read_text())
     assert sorted(run["seed"] for run in results["runs"]) == [0, 1, 2]
     assert "| tiny-hopper-v0 | aca | 3 |" in batched.stdout
+
+
+def test_a_reused_pre_training_is_aligned_with_the_preset_and_this_runs_settings(tiny_hopper_dataset, tmp_path):
+    """A --set given at pre-training is stored in the offline checkpoint; a later run from it without that --set
+    must not inherit it (it once carried a pre-training's w schedule into a row labelled with the preset's)."""
+    from acalign_robot.algo.checkpoint import load_checkpoint
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    ran = learning("--seeds", "1", "--methods", "aca", "--set", "w_min=0.3", "--out", str(first), cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    scale_dir = next(first.iterdir()).name
+    runs = second / scale_dir / tiny_hopper_dataset
+    runs.mkdir(parents=True)
+    (runs / "offline").symlink_to(first / scale_dir / tiny_hopper_dataset / "offline")  # the same pre-training
+    ran = learning("--seeds", "1", "--methods", "aca", "--out", str(second), cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+
+    def aligned_w_min(out: Path) -> float:
+        aligned = out / scale_dir / tiny_hopper_dataset / "aca-seed0" / "aligned-aca.pt"
+        return load_checkpoint(aligned, "online")["config"]["w_min"]
+
+    assert aligned_w_min(first) == 0.3
+    assert aligned_w_min(second) == 0.5  # the medium preset's
