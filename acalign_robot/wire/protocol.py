@@ -139,8 +139,8 @@ class ProtocolError(InputError):
 
     Codes: "version" (missing or other protocol version), "type" (unknown type tag, or a type this channel does not
     carry), "field" (missing, extra or wrongly typed field, or a broken cross-field rule), "array" (dtype not allowed,
-    bad shape, byte count != prod(shape) * itemsize), "size" (frame over the receiver's limit), "malformed" (not a
-    msgpack map: truncated, trailing or random bytes).
+    bad shape, byte count != prod(shape) * itemsize), "size" (frame over the receiver's limit), "malformed" (neither
+    a msgpack map nor a fixed-layout frame: truncated, trailing or random bytes).
     """
 
     CODES: ClassVar[frozenset[str]] = frozenset({"version", "type", "field", "array", "size", "malformed"})
@@ -811,16 +811,15 @@ _SCHEMA_BY_TAG: dict[str, _Schema] = {schema.tag: schema for schema in _SCHEMA_B
 def encode(message: Message, fixed_layout: bool = True) -> bytes:
     """One frame for `message`: Step and StepReply in the fixed layout where they fit it (`fixed_layout` False: the
     msgpack map, as every other message). Raises ProtocolError for a value that cannot go on the wire."""
-    if fixed_layout:
-        encode_fixed = _FIXED_ENCODERS.get(type(message))
-        frame = encode_fixed(message) if encode_fixed is not None else None
-        if frame is not None:
-            return frame
     schema = _SCHEMA_BY_CLASS.get(type(message))
     if schema is None:
         raise ProtocolError("type", f"{type(message).__name__} is not a protocol message")
     if schema.check is not None:
         schema.check(message)
+    encode_fixed = _FIXED_ENCODERS.get(type(message)) if fixed_layout else None
+    frame = encode_fixed(message) if encode_fixed is not None else None
+    if frame is not None:
+        return frame
     out: dict[str, Any] = {"v": PROTOCOL_VERSION, "t": schema.tag}
     for name, encode_field in schema.encoders:
         try:
@@ -848,14 +847,19 @@ def decode(
     """
     if type(frame) not in (bytes, bytearray, memoryview):
         raise ProtocolError("malformed", f"a frame is bytes, got {type(frame).__name__}")
-    size = frame.nbytes if type(frame) is memoryview else len(frame)
+    if type(frame) is memoryview:
+        try:
+            frame = frame.cast("B")  # one byte per item whatever the view's format (no copy)
+        except (TypeError, ValueError) as exc:  # a strided or released view
+            raise ProtocolError("malformed", f"a frame is a contiguous buffer ({exc})") from None
+    size = len(frame)
     if size > max_size:
         raise ProtocolError("size", f"frame of {size} bytes exceeds the limit of {max_size}")
-    if frame[:1] == _FIXED_MARKER:
-        return _decode_fixed(frame if type(frame) is not memoryview else frame.cast("B"), accept)
+    if size and frame[0] == _FIXED_MARKER:
+        return _decode_fixed(frame, accept)
     max_objects = _max_objects(accept)
     if size > max_objects:  # every msgpack object takes at least one byte: a smaller frame needs no scan
-        _check_object_count(frame if type(frame) is not memoryview else frame.cast("B"), max_objects)  # no copy
+        _check_object_count(frame, max_objects)
     try:
         raw = msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several types (ValueError, ExtraData, StackError, ...) on bad input
@@ -889,24 +893,22 @@ def decode(
 # --- Fixed-layout frames ------------------------------------------------------------------------------------------
 #
 # Step and StepReply cross the control link once per tick each. After the 1-2 ms a controller sleeps between ticks,
-# every call runs cold, and the generic map (a dict built, packed, unpacked and checked field by field) cost 36-71 us
-# per message at each end, a fifth of a 500 Hz tick's own work; read and written with `struct`, 14-56 us
-# (docs/results.md, control loop). A fixed-layout frame starts with 0xC1, the one byte msgpack never uses, so the two
-# forms cannot be confused: `encode` writes this layout whenever the message fits it (a 1-D float32 or float64 array,
-# integers within 64 bits, an info that packs into 64 KiB) and the map otherwise; `decode` reads both. All numbers are
-# little-endian.
+# every call runs cold, and the generic map (a dict built, packed, unpacked and checked field by field) costs a tick's
+# four codec calls about 30% more than `struct` does (bench/transport.py, docs/results.md). A fixed-layout frame starts with 0xC1, the one byte msgpack never uses, so the two forms cannot be
+# confused: `encode` writes this layout whenever the message fits it (a 1-D float32 or float64 array, integers within
+# 64 bits) and the map otherwise; `decode` reads both. All numbers are little-endian.
 #   Step:      0xC1, kind 1, version (u8), array dtype (u8: 0 float32, 1 float64), n (u16), tick (i64)
 #              | action: n values
 #   StepReply: 0xC1, kind 2, version, dtype, n, tick (i64), reward (f64), driver_time_s (f64), flags (u8), clears
 #              (i64), info length (u16) | obs: n values | info: the map form's msgpack map, that many bytes (or none)
-#   flags: terminated 1, truncated 2, watchdog_fired 4, safe_action_applied 8, estopped 16.
-_FIXED_MARKER = b"\xc1"
+#   flags: terminated 1, truncated 2, watchdog_fired 4, safe_action_applied 8, estopped 16 (`_reply_flags`).
+_FIXED_MARKER = 0xC1
 _FIXED_DTYPES = (WIRE_DTYPES["float32"], WIRE_DTYPES["float64"])
 _FIXED_DTYPE_CODE = {dtype: code for code, dtype in enumerate(_FIXED_DTYPES)}
 _STEP_KIND, _STEP_REPLY_KIND = 1, 2
 _STEP_HEAD = struct.Struct("<BBBBHq")
 _STEP_REPLY_HEAD = struct.Struct("<BBBBHqddBqH")
-_REPLY_FLAGS = ("terminated", "truncated", "watchdog_fired", "safe_action_applied", "estopped")
+_REPLY_FLAG_BITS = 5
 _INFO_OBJECTS = _CODECS["dict[str, InfoValue]"].max_objects
 
 
@@ -922,7 +924,7 @@ def _encode_step_fixed(message: Step) -> bytes | None:
     if code is None:
         return None
     try:
-        head = _STEP_HEAD.pack(0xC1, _STEP_KIND, PROTOCOL_VERSION, code, message.action.size, message.tick)
+        head = _STEP_HEAD.pack(_FIXED_MARKER, _STEP_KIND, PROTOCOL_VERSION, code, message.action.size, message.tick)
     except struct.error:  # a tick that is not an integer within 64 bits: the map form refuses it by name
         return None
     return head + message.action.tobytes()
@@ -930,13 +932,13 @@ def _encode_step_fixed(message: Step) -> bytes | None:
 
 def _encode_step_reply_fixed(message: StepReply) -> bytes | None:
     code = _fixed_array_code(message.obs)
-    if code is None:
+    if code is None or type(message.info) is not dict:
         return None
-    info = msgpack.packb(_enc_info(message.info), use_bin_type=True) if message.info else b""
-    flags = sum(1 << bit for bit, name in enumerate(_REPLY_FLAGS) if getattr(message, name))
     try:
+        info = msgpack.packb(_enc_info(message.info), use_bin_type=True) if message.info else b""
+        flags = _reply_flags(message)
         head = _STEP_REPLY_HEAD.pack(
-            0xC1,
+            _FIXED_MARKER,
             _STEP_REPLY_KIND,
             PROTOCOL_VERSION,
             code,
@@ -948,9 +950,20 @@ def _encode_step_reply_fixed(message: StepReply) -> bytes | None:
             message.clears,
             len(info),
         )
-    except struct.error:  # a value the layout cannot hold (an info over 64 KiB, ...): the map carries or refuses it
+    except (struct.error, TypeError, ValueError):  # a value the layout cannot hold: the map form refuses it by name
         return None
     return head + message.obs.tobytes() + info
+
+
+def _reply_flags(message: StepReply) -> int:
+    # Spelled out, as in _decode_fixed: a loop over the names costs a cold tick more than the five terms.
+    return (
+        bool(message.terminated)
+        | bool(message.truncated) << 1
+        | bool(message.watchdog_fired) << 2
+        | bool(message.safe_action_applied) << 3
+        | bool(message.estopped) << 4
+    )
 
 
 _FIXED_ENCODERS: dict[type, Callable[[Any], bytes | None]] = {
@@ -960,20 +973,22 @@ _FIXED_ENCODERS: dict[type, Callable[[Any], bytes | None]] = {
 
 
 def _decode_fixed(frame: bytes | bytearray | memoryview, accept: tuple[type, ...]) -> Step | StepReply:
-    """A fixed-layout frame (its first byte is 0xC1); ProtocolError for anything that does not match the layout."""
+    """A fixed-layout frame (its first byte is 0xC1; a memoryview already cast to bytes); ProtocolError for anything
+    that does not match the layout."""
     if len(frame) < 2:
         raise ProtocolError("malformed", "a frame of one byte")
     kind = frame[1]
     if kind == _STEP_KIND:
-        cls, head, tag = Step, _STEP_HEAD, Step.TAG
+        cls, head = Step, _STEP_HEAD
     elif kind == _STEP_REPLY_KIND:
-        cls, head, tag = StepReply, _STEP_REPLY_HEAD, StepReply.TAG
+        cls, head = StepReply, _STEP_REPLY_HEAD
     else:
         raise ProtocolError("type", f"unknown fixed-layout message kind {kind}")
+    tag = cls.TAG
     if len(frame) < head.size:
         raise ProtocolError("malformed", f"{tag}: {len(frame)} bytes, shorter than its {head.size}-byte header")
     fields = head.unpack_from(frame)
-    version, code, count = fields[2], fields[3], fields[4]
+    _, _, version, code, count, tick = fields[:6]
     if version != PROTOCOL_VERSION:
         raise ProtocolError("version", f"protocol version {version}, this side speaks {PROTOCOL_VERSION}")
     if cls not in accept:
@@ -984,34 +999,41 @@ def _decode_fixed(frame: bytes | bytearray | memoryview, accept: tuple[type, ...
         raise ProtocolError("array", f"{tag}: {count} elements, more than {MAX_SPACE_ELEMENTS}")
     dtype = _FIXED_DTYPES[code]
     info_bytes = fields[-1] if cls is StepReply else 0
-    expected = head.size + count * dtype.itemsize + info_bytes
-    if len(frame) != expected:
-        raise ProtocolError("malformed", f"{tag}: {len(frame)} bytes where its header makes {expected}")
-    array = np.frombuffer(frame, dtype, count, head.size)
-    if type(frame) is not bytes:  # a view on the caller's buffer, read-only as the map form's arrays are
-        array.flags.writeable = False
+    array_end = head.size + count * dtype.itemsize
+    if len(frame) != array_end + info_bytes:
+        raise ProtocolError("malformed", f"{tag}: {len(frame)} bytes where its header makes {array_end + info_bytes}")
+    # A view on immutable bytes, as the map form's arrays are; a caller's mutable buffer is copied (a few KB at most),
+    # so that nothing it does later changes the message.
+    data = frame if type(frame) is bytes else bytes(frame[head.size : array_end])
+    array = np.frombuffer(data, dtype, count, head.size if data is frame else 0)
     if cls is Step:
-        return Step(fields[5], array)
-    _, _, _, _, _, tick, reward, driver_time_s, flags, clears, _ = fields
-    if flags >> len(_REPLY_FLAGS):
-        raise ProtocolError("field", f"{tag}: flags {flags:#x} set bits no flag uses")
-    info = _decode_fixed_info(memoryview(frame)[expected - info_bytes :]) if info_bytes else {}  # no copy
-    return StepReply(
-        tick,
-        array,
-        reward,
-        bool(flags & 1),
-        bool(flags & 2),
-        driver_time_s,
-        bool(flags & 4),
-        bool(flags & 8),
-        bool(flags & 16),
-        clears,
-        info,
-    )
+        message = Step(tick, array)
+    else:
+        reward, driver_time_s, flags, clears = fields[6:10]
+        if flags >> _REPLY_FLAG_BITS:
+            raise ProtocolError("field", f"{tag}: flags {flags:#x} set bits no flag uses")
+        info = _decode_fixed_info(memoryview(frame)[array_end:]) if info_bytes else {}  # no copy
+        # The flags as _reply_flags packs them.
+        message = StepReply(
+            tick,
+            array,
+            reward,
+            bool(flags & 1),  # terminated
+            bool(flags & 2),  # truncated
+            driver_time_s,
+            bool(flags & 4),  # watchdog_fired
+            bool(flags & 8),  # safe_action_applied
+            bool(flags & 16),  # estopped
+            clears,
+            info,
+        )
+    check = _SCHEMA_BY_CLASS[cls].check
+    if check is not None:
+        check(message)
+    return message
 
 
-def _decode_fixed_info(raw: bytes | bytearray | memoryview) -> dict[str, InfoValue]:
+def _decode_fixed_info(raw: memoryview) -> dict[str, InfoValue]:
     """A StepReply's info in the fixed layout: the map form's info, bounded the same way before it is unpacked."""
     if len(raw) > _INFO_OBJECTS:
         _check_object_count(raw, _INFO_OBJECTS)

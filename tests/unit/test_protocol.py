@@ -687,11 +687,40 @@ def test_a_fixed_frame_info_of_many_objects_is_refused_before_it_is_unpacked():
     assert code_of(frame, accept=CONTROL_REPLIES) == "size"
 
 
-def test_fixed_frame_arrays_are_read_only_views_whatever_buffer_holds_the_frame():
-    for frame in (fixed_step(), bytearray(fixed_step()), memoryview(bytearray(fixed_step()))):
+def test_fixed_frame_arrays_are_read_only_and_owned_whatever_buffer_holds_the_frame():
+    for frame in (fixed_step(), bytearray(fixed_step()), memoryview(bytearray(fixed_step())), memoryview(fixed_step())):
         action = decode(frame).action
         assert not action.flags.writeable
         np.testing.assert_array_equal(action, np.asarray((0.5, -0.25), np.float32))
+    buffer = bytearray(fixed_step())
+    message = decode(buffer)
+    buffer[-4:] = np.float32(7).tobytes()  # the caller reuses its buffer
+    buffer.extend(b"more")  # and may resize it: the message holds no view on it
+    np.testing.assert_array_equal(message.action, np.asarray((0.5, -0.25), np.float32))
+    assert_same(decode(memoryview(fixed_step()).cast("c")), decode(fixed_step()))  # any one-byte format
+
+
+def test_a_frame_in_an_odd_buffer_is_refused_as_malformed():
+    released = memoryview(fixed_step())
+    released.release()
+    for frame in (
+        memoryview(np.array(0xC1, np.uint8)),  # zero-dimensional
+        memoryview(b"\xc1\x01" * 20)[::2],  # strided
+        memoryview(bytes(6000))[::2],
+        released,
+    ):
+        assert code_of(frame) == "malformed"
+
+
+def test_encode_refuses_by_name_what_neither_form_can_carry():
+    for message in (
+        dataclasses.replace(step_reply_with({}), info={"text": "\ud800"}),  # a lone surrogate is no UTF-8
+        dataclasses.replace(step_reply_with({}), terminated=np.array([True, False])),
+        dataclasses.replace(step_reply_with({}), info=None),
+    ):
+        with pytest.raises(ProtocolError) as info:
+            encode(message)
+        assert info.value.code == "field"
 
 
 def test_random_frames_behind_the_fixed_marker_raise_only_protocol_error():
