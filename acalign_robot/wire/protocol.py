@@ -894,9 +894,10 @@ def decode(
 #
 # Step and StepReply cross the control link once per tick each. After the 1-2 ms a controller sleeps between ticks,
 # every call runs cold, and the generic map (a dict built, packed, unpacked and checked field by field) costs a tick's
-# four codec calls about 30% more than `struct` does (bench/transport.py, docs/results.md). A fixed-layout frame starts with 0xC1, the one byte msgpack never uses, so the two forms cannot be
-# confused: `encode` writes this layout whenever the message fits it (a 1-D float32 or float64 array, integers within
-# 64 bits) and the map otherwise; `decode` reads both. All numbers are little-endian.
+# four codec calls about 30% more than `struct` does (bench/transport.py, docs/results.md). A fixed-layout frame
+# starts with 0xC1, the one byte msgpack never uses, so the two forms cannot be confused: `encode` writes this layout
+# whenever the message fits it (a 1-D float32 or float64 array, integers within 64 bits) and the map otherwise;
+# `decode` reads both. All numbers are little-endian.
 #   Step:      0xC1, kind 1, version (u8), array dtype (u8: 0 float32, 1 float64), n (u16), tick (i64)
 #              | action: n values
 #   StepReply: 0xC1, kind 2, version, dtype, n, tick (i64), reward (f64), driver_time_s (f64), flags (u8), clears
