@@ -648,7 +648,13 @@ def _info_value_problem(value: Any) -> str | None:
     if kind is int:
         return None if -(2**63) <= value < 2**64 else "an integer outside 64 bits"
     if kind is str:
-        if len(value) > MAX_INFO_TEXT_BYTES or len(value.encode("utf-8", "surrogatepass")) > MAX_INFO_TEXT_BYTES:
+        if len(value) > MAX_INFO_TEXT_BYTES:
+            return f"a string of more than {MAX_INFO_TEXT_BYTES} UTF-8 bytes"
+        try:
+            encoded = value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: msgpack could not send it, and the server loop would stop there
+            return "a string that is not valid UTF-8 (a lone surrogate)"
+        if len(encoded) > MAX_INFO_TEXT_BYTES:
             return f"a string of more than {MAX_INFO_TEXT_BYTES} UTF-8 bytes"
         return None
     if kind is np.ndarray:
@@ -857,13 +863,7 @@ def decode(
         raise ProtocolError("size", f"frame of {size} bytes exceeds the limit of {max_size}")
     if size and frame[0] == _FIXED_MARKER:
         return _decode_fixed(frame, accept)
-    max_objects = _max_objects(accept)
-    if size > max_objects:  # every msgpack object takes at least one byte: a smaller frame needs no scan
-        _check_object_count(frame, max_objects)
-    try:
-        raw = msgpack.unpackb(frame, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several types (ValueError, ExtraData, StackError, ...) on bad input
-        raise ProtocolError("malformed", f"not a msgpack frame ({type(exc).__name__})") from exc
+    raw = _unpack_bounded(frame, _max_objects(accept), "not a msgpack frame")
     if type(raw) is not dict:
         raise ProtocolError("malformed", f"a message is a msgpack map, got {type(raw).__name__}")
     version = raw.get("v")
@@ -1036,13 +1036,18 @@ def _decode_fixed(frame: bytes | bytearray | memoryview, accept: tuple[type, ...
 
 def _decode_fixed_info(raw: memoryview) -> dict[str, InfoValue]:
     """A StepReply's info in the fixed layout: the map form's info, bounded the same way before it is unpacked."""
-    if len(raw) > _INFO_OBJECTS:
-        _check_object_count(raw, _INFO_OBJECTS)
+    return _dec_info(_unpack_bounded(raw, _INFO_OBJECTS, "step_reply.info: not a msgpack map"), "step_reply.info")
+
+
+def _unpack_bounded(frame: bytes | bytearray | memoryview, max_objects: int, what: str) -> Any:
+    """msgpack's reading of `frame` once a header scan has found at most `max_objects` objects in it (ProtocolError
+    "size" otherwise, before anything is built); ProtocolError "malformed", saying `what`, for bytes msgpack refuses."""
+    if len(frame) > max_objects:  # every msgpack object takes at least one byte: a smaller frame needs no scan
+        _check_object_count(frame, max_objects)
     try:
-        info = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        return msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several types (ValueError, ExtraData, StackError, ...) on bad input
-        raise ProtocolError("malformed", f"step_reply.info: not a msgpack map ({type(exc).__name__})") from exc
-    return _dec_info(info, "step_reply.info")
+        raise ProtocolError("malformed", f"{what} ({type(exc).__name__})") from exc
 
 
 @functools.cache

@@ -65,6 +65,18 @@ def test_a_driver_info_reaches_the_client_and_a_bad_one_is_an_error_naming_the_k
     assert instance.stats.bad_infos == 1 and "StepResult.info.pose: a dict" in capsys.readouterr().err
 
 
+def test_an_info_string_msgpack_cannot_send_is_refused_at_the_driver_and_the_server_goes_on(serve):
+    driver = ReportingDriver()
+    instance, server = serve(driver)
+    client = MemoryControlClient(server)
+    client.request(p.Reset(), 1.0)
+    driver.next_info = {"mode": "grip \ud800"}  # a lone surrogate: not UTF-8
+    reply = client.request(p.Step(tick=1, action=np.zeros(2, np.float32)), 1.0)
+    assert isinstance(reply, p.Error) and reply.code == "driver" and "not valid UTF-8" in reply.message
+    driver.next_info = {"mode": "grip"}
+    assert client.request(p.Step(tick=2, action=np.zeros(2, np.float32)), 1.0).info == {"mode": "grip"}
+
+
 def test_a_paused_session_is_not_stepped_by_the_watchdog_and_keeps_the_driver(serve):
     instance, server = serve(LoopbackDriver(), watchdog_s=0.05)
     holder, other = MemoryControlClient(server), MemoryControlClient(server)

@@ -543,6 +543,7 @@ def test_info_values_are_normalised_and_the_largest_valid_info_decodes():
         ({"n": None}, "a NoneType"),
         ({"b": b"raw"}, "a bytes"),
         ({"i": 2**64}, "outside 64 bits"),
+        ({"s": "ok \ud800"}, "not valid UTF-8"),  # msgpack cannot send a lone surrogate
         ([("a", 1)], "expected a dict"),
     ],
 )
