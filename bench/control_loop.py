@@ -42,8 +42,8 @@ ECHO_SERVER = """
 import sys, zmq
 from acalign_robot.realtime import RealtimeConfig, apply
 cores = tuple(int(core) for core in sys.argv[3].split(",")) if sys.argv[3] else None
-apply(RealtimeConfig(priority=int(sys.argv[2]) or None, cpu_affinity=cores), "echo")  # before the context: its I/O
-# thread inherits it
+# Before the context, so that its I/O thread inherits the scheduling and the cores.
+apply(RealtimeConfig(priority=int(sys.argv[2]) or None, cpu_affinity=cores), "echo")
 socket = zmq.Context().socket(zmq.ROUTER)
 socket.setsockopt(zmq.LINGER, 0)
 socket.bind(sys.argv[1])

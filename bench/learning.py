@@ -87,6 +87,13 @@ def config_overrides(overrides: list[str]) -> list[str]:
     return [argument for override in overrides for argument in ("--set", override)]
 
 
+def guessed_preset(dataset: str) -> str:
+    """The ACA preset a dataset's name suggests (medium when it names none)."""
+    return next(
+        (kind for kind in ("medium-replay", "medium-expert", "medium", "expert", "random") if kind in dataset), "medium"
+    )
+
+
 def offline_checkpoint_of(out: Path, dataset: str) -> Path:
     return out / dataset / "offline" / "offline.pt"
 
@@ -400,10 +407,7 @@ def main() -> None:
     )
     out = Path(args.out) / f"{args.scale}-{scale.offline_steps}-{scale.online_steps}"
     out.mkdir(parents=True, exist_ok=True)
-    presets = args.presets or [
-        next((k for k in ("medium-replay", "medium-expert", "medium", "expert", "random") if k in name), "medium")
-        for name in args.datasets
-    ]
+    preset_of = dict(zip(args.datasets, args.presets or [guessed_preset(name) for name in args.datasets]))
     # The finished runs to reuse, found before any work: one made with other inputs stops the bench here (exit 2).
     reused: set[Path] = set()
     for dataset in args.datasets:
@@ -415,12 +419,8 @@ def main() -> None:
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         offline = dict(
-            zip(
-                args.datasets,
-                pool.map(lambda d: pretrain(d[0], d[1], scale, out, args.set), zip(args.datasets, presets)),
-            )
+            zip(args.datasets, pool.map(lambda d: pretrain(d, preset_of[d], scale, out, args.set), args.datasets))
         )
-        preset_of = dict(zip(args.datasets, presets))
         if args.batched_seeds:
             batches = {
                 (d, m): pool.submit(

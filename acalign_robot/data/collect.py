@@ -352,7 +352,7 @@ def _pack_episodes(episodes: list[EpisodeRecord]) -> dict[str, np.ndarray]:
 
 def _unpack_episodes(data) -> list[EpisodeRecord]:
     # Each array read once: indexing an NpzFile decompresses the whole array again on every access, and every
-    # episode's slice would keep its own full copy alive (a 210k-step run grew past 12 GB).
+    # episode's slice would keep its own full copy alive (a 300k-step run's grew past 12 GB).
     arrays = {name: data[name] for name in ("observations", "actions", "rewards", "terminations", "truncations")}
     episodes, step_offset, obs_offset = [], 0, 0
     for length in data["lengths"]:
